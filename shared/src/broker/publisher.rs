@@ -1,0 +1,173 @@
+//! Confirmed publishing to one vhost: jobs, retries (to a delay tier) and cancel requests.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_lapin::Pool;
+use futures_util::future::join_all;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel};
+use tokio::sync::Mutex;
+
+use super::connection::redact;
+use super::topology::{CONTROL_EXCHANGE, DELAY_EXCHANGE, Topology, WORK_EXCHANGE};
+use crate::JobId;
+use crate::envelope::Envelope;
+use crate::retry::DelayTier;
+
+/// A broker that stops answering must not hold a publisher forever.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Publishes with publisher confirms over one lazily (re)opened channel.
+pub struct Publisher {
+    vhost: String,
+    pool: Pool,
+    topology: Topology,
+    /// The confirm-mode channel in use; replaced when its connection drops.
+    channel: Mutex<Option<Channel>>,
+}
+
+impl Publisher {
+    pub fn new(vhost: String, pool: Pool, topology: Topology) -> Self {
+        Self {
+            vhost,
+            pool,
+            topology,
+            channel: Mutex::new(None),
+        }
+    }
+
+    /// A live confirm-mode channel, opening one (and declaring the topology) if needed.
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        let mut current = self.channel.lock().await;
+        if let Some(channel) = current.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        *current = None;
+        let connection = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| anyhow::anyhow!("no connection to vhost {:?}: {e}", self.vhost))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| anyhow::anyhow!("opening a channel: {}", redact(&e)))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("enabling publisher confirms: {}", redact(&e)))?;
+        self.topology.declare(&channel).await.map_err(|e| {
+            anyhow::anyhow!("declaring the topology in {:?}: {}", self.vhost, redact(&e))
+        })?;
+        *current = Some(channel.clone());
+        Ok(channel)
+    }
+
+    async fn forget_channel(&self) {
+        *self.channel.lock().await = None;
+    }
+
+    /// Publishes each job to its work queue and waits for the broker's confirms. Returns,
+    /// per envelope, whether the broker confirmed it (persisted in its queue).
+    pub async fn publish_jobs(&self, envelopes: &[Envelope]) -> anyhow::Result<Vec<bool>> {
+        let messages: Vec<_> = envelopes
+            .iter()
+            .map(|envelope| {
+                (
+                    WORK_EXCHANGE,
+                    envelope.queue.as_str().to_owned(),
+                    properties(envelope.id).with_priority(envelope.priority),
+                    envelope.to_bytes(),
+                )
+            })
+            .collect();
+        self.publish_confirmed(messages).await
+    }
+
+    /// Parks `envelope` in `tier`; when the tier's TTL expires it returns to its work queue.
+    pub async fn publish_retry(&self, envelope: &Envelope, tier: &DelayTier) -> anyhow::Result<()> {
+        let mut headers = FieldTable::default();
+        let cc: FieldArray = vec![AMQPValue::LongString(LongString::from(
+            envelope.queue.as_str(),
+        ))]
+        .into();
+        headers.insert(ShortString::from("CC"), AMQPValue::FieldArray(cc));
+        let message = (
+            DELAY_EXCHANGE,
+            tier.routing_key(),
+            properties(envelope.id)
+                .with_priority(envelope.priority)
+                .with_headers(headers),
+            envelope.to_bytes(),
+        );
+        match self.publish_confirmed(vec![message]).await?.as_slice() {
+            [true] => Ok(()),
+            _ => anyhow::bail!(
+                "the broker did not confirm the retry of job {}",
+                envelope.id
+            ),
+        }
+    }
+
+    /// Tells every worker of this vhost that `id` should stop (fanout, confirmed).
+    pub async fn publish_cancel(&self, id: JobId) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(&serde_json::json!({ "cancel": id }))?;
+        let message = (CONTROL_EXCHANGE, String::new(), properties(id), body);
+        match self.publish_confirmed(vec![message]).await?.as_slice() {
+            [true] => Ok(()),
+            _ => anyhow::bail!("the broker did not confirm the cancel request for job {id}"),
+        }
+    }
+
+    async fn publish_confirmed(
+        &self,
+        messages: Vec<(&'static str, String, BasicProperties, Vec<u8>)>,
+    ) -> anyhow::Result<Vec<bool>> {
+        let channel = self.channel().await?;
+        let mut pending = Vec::with_capacity(messages.len());
+        for (exchange, routing_key, properties, body) in &messages {
+            let sent = channel
+                .basic_publish(
+                    ShortString::from(*exchange),
+                    ShortString::from(routing_key.as_str()),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties.clone(),
+                )
+                .await;
+            match sent {
+                Ok(confirm) => pending.push(confirm),
+                Err(error) => {
+                    self.forget_channel().await;
+                    return Err(anyhow::anyhow!("publishing: {}", redact(&error)));
+                }
+            }
+        }
+        let confirmations = tokio::time::timeout(CONFIRM_TIMEOUT, join_all(pending))
+            .await
+            .context("waiting for publisher confirms timed out")?;
+        let mut acked = Vec::with_capacity(confirmations.len());
+        for confirmation in confirmations {
+            match confirmation {
+                Ok(confirmation) => acked.push(confirmation.is_ack()),
+                Err(error) => {
+                    self.forget_channel().await;
+                    return Err(anyhow::anyhow!("awaiting a confirm: {}", redact(&error)));
+                }
+            }
+        }
+        Ok(acked)
+    }
+}
+
+/// Persistent JSON with the job id as message id (visible in the management UI).
+fn properties(id: JobId) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+        .with_message_id(ShortString::from(id.to_string()))
+}

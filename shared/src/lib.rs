@@ -1,0 +1,36 @@
+//! The library every tl-engine binary shares.
+//!
+//! Module map:
+//! - [`config`]: layered settings (defaults → file → environment), secrets wrapped.
+//! - [`namespace`]: a tenant and what it owns (vhost, key prefix, object prefix, rows).
+//! - [`job_id`], [`kind`], [`queue`], [`status`], [`idempotency`]: typed job values.
+//! - [`envelope`]: the message a job travels in through RabbitMQ.
+//! - [`retry`]: backoff with jitter and the delay tiers it rounds up to.
+//! - [`group_commit`]: batches concurrent writes into one statement (one fsync).
+//! - [`store`]: every SQL statement the fleet runs, and the pools they run on.
+//! - [`broker`]: AMQP connections per vhost, the topology, and confirmed publishing.
+//! - [`telemetry`] and [`tls`]: process set-up every binary does first.
+//! - [`shutdown`]: the one stop signal every long-running service obeys.
+
+pub mod broker;
+pub mod config;
+pub mod envelope;
+pub mod group_commit;
+pub mod idempotency;
+pub mod job_id;
+pub mod kind;
+pub mod namespace;
+pub mod queue;
+pub mod retry;
+pub mod shutdown;
+pub mod status;
+pub mod store;
+pub mod telemetry;
+pub mod tls;
+
+pub use idempotency::IdempotencyKey;
+pub use job_id::JobId;
+pub use kind::Kind;
+pub use namespace::Namespace;
+pub use queue::QueueName;
+pub use status::JobStatus;

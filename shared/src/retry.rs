@@ -1,0 +1,164 @@
+//! Retry timing: exponential backoff with jitter, rounded up to a fixed delay tier.
+//!
+//! Delays are never held in worker memory: a retry is a message parked in the delay-tier
+//! queue whose fixed TTL is at least the computed delay (see [`crate::broker::topology`]).
+
+use std::time::Duration;
+
+use rand::Rng;
+use serde::Deserialize;
+
+/// How long failed attempts wait before the next one, and how they are parked.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RetryPolicy {
+    /// Delay before the second attempt; doubles with every further attempt.
+    #[serde(default = "default_base_ms")]
+    pub base_delay_ms: u64,
+    /// Upper bound of the computed delay.
+    #[serde(default = "default_max_ms")]
+    pub max_delay_ms: u64,
+    /// The TTLs of the delay-tier queues, ascending. A delay is rounded up to one of them.
+    #[serde(default = "default_tiers_ms")]
+    pub tiers_ms: Vec<u64>,
+    /// Quorum-queue redeliveries after which a message that keeps killing its worker is
+    /// dead-lettered (`x-delivery-limit`).
+    #[serde(default = "default_delivery_limit")]
+    pub delivery_limit: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base_delay_ms: default_base_ms(),
+            max_delay_ms: default_max_ms(),
+            tiers_ms: default_tiers_ms(),
+            delivery_limit: default_delivery_limit(),
+        }
+    }
+}
+
+/// One delay-tier queue: `jobs.delay.<label>` with `x-message-ttl = ttl`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DelayTier {
+    pub ttl: Duration,
+    /// Human-readable TTL (`1s`, `2m`, `1h`) used in queue names and routing keys.
+    pub label: String,
+}
+
+impl DelayTier {
+    fn new(ttl_ms: u64) -> Self {
+        let label = if ttl_ms.is_multiple_of(3_600_000) {
+            format!("{}h", ttl_ms / 3_600_000)
+        } else if ttl_ms.is_multiple_of(60_000) {
+            format!("{}m", ttl_ms / 60_000)
+        } else if ttl_ms.is_multiple_of(1_000) {
+            format!("{}s", ttl_ms / 1_000)
+        } else {
+            format!("{ttl_ms}ms")
+        };
+        Self {
+            ttl: Duration::from_millis(ttl_ms),
+            label,
+        }
+    }
+
+    /// The AMQP queue holding messages of this tier.
+    pub fn queue_name(&self) -> String {
+        format!("jobs.delay.{}", self.label)
+    }
+
+    /// The routing key that reaches this tier's queue on the `jobs.delay` exchange.
+    pub fn routing_key(&self) -> String {
+        format!("delay.{}", self.label)
+    }
+}
+
+impl RetryPolicy {
+    /// Checks the tiers are usable; the message is shown as the `retry` setting's defect.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tiers_ms.is_empty() {
+            return Err("tiers_ms needs at least one tier".into());
+        }
+        if self.tiers_ms.windows(2).any(|w| w[0] >= w[1]) || self.tiers_ms[0] == 0 {
+            return Err("tiers_ms must be positive and strictly ascending".into());
+        }
+        if self.base_delay_ms == 0 || self.max_delay_ms < self.base_delay_ms {
+            return Err("need 0 < base_delay_ms <= max_delay_ms".into());
+        }
+        Ok(())
+    }
+
+    pub fn tiers(&self) -> Vec<DelayTier> {
+        self.tiers_ms.iter().map(|&ms| DelayTier::new(ms)).collect()
+    }
+
+    /// The delay after failed attempt number `attempt` (1-based): `base * 2^(attempt-1)`,
+    /// capped at `max`, with ±25 % jitter so a burst of failures does not retry in lockstep.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(32);
+        let raw = self
+            .base_delay_ms
+            .saturating_mul(1u64 << exponent)
+            .min(self.max_delay_ms);
+        let jitter = rand::rng().random_range(0.75..=1.25);
+        Duration::from_millis(((raw as f64) * jitter) as u64)
+    }
+
+    /// The smallest tier at least as long as `delay` (the largest tier if none is).
+    pub fn tier_for(&self, delay: Duration) -> DelayTier {
+        let wanted = delay.as_millis() as u64;
+        let ms = self
+            .tiers_ms
+            .iter()
+            .copied()
+            .find(|&tier| tier >= wanted)
+            .unwrap_or_else(|| *self.tiers_ms.last().expect("validated: at least one tier"));
+        DelayTier::new(ms)
+    }
+}
+
+fn default_base_ms() -> u64 {
+    1_000
+}
+fn default_max_ms() -> u64 {
+    3_600_000
+}
+fn default_tiers_ms() -> Vec<u64> {
+    vec![1_000, 5_000, 30_000, 120_000, 600_000, 3_600_000]
+}
+fn default_delivery_limit() -> u32 {
+    20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_round_up_to_a_tier() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.tier_for(Duration::from_millis(1)).label, "1s");
+        assert_eq!(policy.tier_for(Duration::from_millis(1_001)).label, "5s");
+        assert_eq!(policy.tier_for(Duration::from_secs(100)).label, "2m");
+        assert_eq!(policy.tier_for(Duration::from_secs(86_400)).label, "1h");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RetryPolicy::default();
+        let first = policy.backoff(1).as_millis();
+        assert!((750..=1_250).contains(&first), "{first}");
+        let tenth = policy.backoff(10).as_millis();
+        assert!((384_000..=640_000).contains(&tenth), "{tenth}");
+        assert!(policy.backoff(40).as_millis() <= 4_500_000);
+    }
+
+    #[test]
+    fn tiers_must_ascend() {
+        let policy = RetryPolicy {
+            tiers_ms: vec![5_000, 1_000],
+            ..RetryPolicy::default()
+        };
+        assert!(policy.validate().is_err());
+    }
+}

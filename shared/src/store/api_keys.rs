@@ -1,0 +1,98 @@
+//! API keys: random bearer tokens, stored only as SHA-256 hashes, each bound to a namespace.
+
+use anyhow::Context;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{Store, count_round_trips};
+use crate::Namespace;
+
+/// Every key starts with this, so a leaked key is recognisable by secret scanners.
+const KEY_PREFIX: &str = "tle_";
+
+/// A freshly created key. The plaintext exists only here: print it once, then drop it.
+pub struct NewApiKey {
+    pub id: Uuid,
+    pub namespace: Namespace,
+    pub key: SecretString,
+}
+
+/// A caller's presented key, hashed; never logged.
+pub struct ApiKey {
+    hash: [u8; 32],
+}
+
+impl ApiKey {
+    /// Hashes a presented bearer token. Keys carry 256 random bits, so a plain SHA-256 is
+    /// enough (a slow password hash protects guessable secrets, not random ones).
+    pub fn from_presented(token: &str) -> Self {
+        Self {
+            hash: Sha256::digest(token.as_bytes()).into(),
+        }
+    }
+
+    pub fn hash(&self) -> [u8; 32] {
+        self.hash
+    }
+}
+
+impl Store {
+    /// Creates a key for `namespace` and returns its plaintext once.
+    pub async fn create_api_key(
+        &self,
+        namespace: &Namespace,
+        label: &str,
+    ) -> anyhow::Result<NewApiKey> {
+        let mut random = [0u8; 32];
+        rand::rng().fill_bytes(&mut random);
+        let key = SecretString::from(format!("{KEY_PREFIX}{}", hex::encode(random)));
+        let id = Uuid::now_v7();
+        count_round_trips(1);
+        sqlx::query(
+            "INSERT INTO api_keys (id, namespace, label, key_hash) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(namespace.as_str())
+        .bind(label)
+        .bind(
+            ApiKey::from_presented(key.expose_secret())
+                .hash()
+                .as_slice(),
+        )
+        .execute(&self.durable)
+        .await
+        .context("storing the API key")?;
+        Ok(NewApiKey {
+            id,
+            namespace: namespace.clone(),
+            key,
+        })
+    }
+
+    /// The namespace a presented key belongs to, if the key exists and is not revoked.
+    pub async fn namespace_for_key(&self, key: &ApiKey) -> anyhow::Result<Option<String>> {
+        count_round_trips(1);
+        sqlx::query_scalar(
+            "SELECT namespace FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(key.hash().as_slice())
+        .fetch_optional(&self.durable)
+        .await
+        .context("looking up an API key")
+    }
+
+    /// Revokes a key by id; returns whether one was revoked.
+    pub async fn revoke_api_key(&self, id: Uuid) -> anyhow::Result<bool> {
+        count_round_trips(1);
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.durable)
+        .await
+        .context("revoking an API key")?;
+        Ok(done.rows_affected() == 1)
+    }
+}

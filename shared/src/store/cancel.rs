@@ -1,0 +1,60 @@
+//! Cancelling a job: waiting jobs stop at once; a running job's handler is asked to stop.
+
+use anyhow::Context;
+
+use super::{Store, count_round_trips};
+use crate::{JobId, JobStatus, Namespace};
+
+/// The result of a cancel request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was waiting (scheduled, queued, retrying) and is now `cancelled`; it never runs again.
+    Cancelled,
+    /// It is running: the request is recorded and its worker must be told.
+    Requested,
+    /// It had already finished with this status; nothing changed.
+    AlreadyFinal(JobStatus),
+    /// No such job in this namespace.
+    NotFound,
+}
+
+impl Store {
+    pub async fn cancel_job(
+        &self,
+        namespace: &Namespace,
+        id: JobId,
+    ) -> anyhow::Result<CancelOutcome> {
+        count_round_trips(1);
+        // In SET, `status` is the row's old value: a running job keeps running until its
+        // handler stops; every other cancellable job is cancelled here.
+        let updated: Option<JobStatus> = sqlx::query_scalar(
+            "UPDATE jobs
+             SET status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
+                 finished_at = CASE WHEN status = 'running' THEN finished_at ELSE now() END,
+                 cancel_requested_at = now()
+             WHERE id = $1 AND namespace = $2
+               AND status IN ('scheduled', 'queued', 'retrying', 'running')
+             RETURNING status",
+        )
+        .bind(id.as_uuid())
+        .bind(namespace.as_str())
+        .fetch_optional(&self.durable)
+        .await
+        .with_context(|| format!("cancelling job {id}"))?;
+        match updated {
+            Some(JobStatus::Running) => Ok(CancelOutcome::Requested),
+            Some(_) => Ok(CancelOutcome::Cancelled),
+            None => {
+                count_round_trips(1);
+                let current: Option<JobStatus> =
+                    sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 AND namespace = $2")
+                        .bind(id.as_uuid())
+                        .bind(namespace.as_str())
+                        .fetch_optional(&self.durable)
+                        .await
+                        .with_context(|| format!("reading job {id}"))?;
+                Ok(current.map_or(CancelOutcome::NotFound, CancelOutcome::AlreadyFinal))
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The state store: every SQL statement of the fleet lives in this module's files.
+//!
+//! Two pools: `durable` commits wait for the WAL flush (accepted jobs, final states);
+//! `relaxed` commits do not (`synchronous_commit = off`) and carry only writes a crash may
+//! lose harmlessly — the move to `running` (a redelivery re-runs the job) and the
+//! `published_at` stamp (the sweeper republishes, the worker skips the duplicate).
+
+mod api_keys;
+mod cancel;
+mod execution;
+mod outbox;
+mod query;
+mod submit;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+pub use api_keys::{ApiKey, NewApiKey};
+pub use cancel::CancelOutcome;
+pub use execution::{AttemptOutcome, FinishedJob, StartRequest, StartedJob};
+pub use outbox::{OutboxClaim, OutboxJob};
+pub use query::{JobFilter, JobRecord};
+pub use submit::{NewJob, Submitted};
+
+use crate::config::DatabaseSettings;
+
+/// Round trips to PostgreSQL made by this process, for the benchmark's per-job figure.
+static ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
+
+fn count_round_trips(n: u64) {
+    ROUND_TRIPS.fetch_add(n, Ordering::Relaxed);
+}
+
+/// PostgreSQL round trips this process has made through the store so far.
+pub fn round_trips() -> u64 {
+    ROUND_TRIPS.load(Ordering::Relaxed)
+}
+
+/// Handles to the state database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    /// Commits that must survive a crash before anyone is told they happened.
+    durable: PgPool,
+    /// Commits a crash may lose harmlessly; see the module docs.
+    relaxed: PgPool,
+}
+
+impl Store {
+    /// Creates both pools lazily: the first query connects, so a process can start (and
+    /// answer 503) while PostgreSQL is still down.
+    pub fn connect_lazy(settings: &DatabaseSettings) -> anyhow::Result<Self> {
+        let options = PgConnectOptions::from_str(settings.url.expose_secret())
+            .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {e}"))?
+            .application_name("tl-engine");
+        let durable = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_lazy_with(options.clone());
+        let relaxed = PgPoolOptions::new()
+            .max_connections((settings.max_connections / 3).max(2))
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
+        Ok(Self { durable, relaxed })
+    }
+
+    /// Applies the migrations in `migrations/` (idempotent; concurrent callers serialize on
+    /// sqlx's advisory lock).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        sqlx::migrate!("../migrations")
+            .run(&self.durable)
+            .await
+            .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))
+    }
+
+    /// A pool for callers outside the store that need raw access (tests, benchmarks).
+    pub fn pool(&self) -> &PgPool {
+        &self.durable
+    }
+
+    pub async fn close(&self) {
+        self.durable.close().await;
+        self.relaxed.close().await;
+    }
+}
+
+/// True when the error means "PostgreSQL cannot be reached", as opposed to a bad statement:
+/// no connection, a broken one (a protocol error is what a half-open connection or a dying
+/// proxy produces), or the server refusing connections (SQLSTATE class 08, 57P01-03, 53300).
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// Walks an error chain for a sqlx error that means the database is unreachable.
+pub fn chain_is_unavailable(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
+        .any(is_unavailable)
+}

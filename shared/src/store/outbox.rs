@@ -1,0 +1,143 @@
+//! The transactional outbox: rows not yet published, claimed with `FOR UPDATE SKIP LOCKED`
+//! so any number of relay replicas can sweep at once without publishing a row twice.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{Store, count_round_trips};
+use crate::envelope::Envelope;
+use crate::{JobId, Kind, Namespace, QueueName};
+
+/// An unpublished job as the relay needs it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct OutboxJob {
+    pub id: Uuid,
+    pub namespace: String,
+    pub kind: String,
+    pub queue: String,
+    pub args: serde_json::Value,
+    pub priority: i16,
+}
+
+impl OutboxJob {
+    /// The message for this row. Rows were validated on insert, so parsing cannot fail
+    /// unless someone edited the table by hand; such a row is reported, not published.
+    pub fn envelope(&self) -> anyhow::Result<(Namespace, Envelope)> {
+        let namespace = Namespace::parse(&self.namespace)?;
+        let envelope = Envelope {
+            id: JobId::from(self.id),
+            kind: Kind::parse(&self.kind)?,
+            queue: QueueName::parse(&self.queue)?,
+            args: self.args.clone(),
+            priority: u8::try_from(self.priority.clamp(0, 9)).unwrap_or(0),
+        };
+        Ok((namespace, envelope))
+    }
+}
+
+/// Rows locked by one sweep; other sweepers skip them until [`OutboxClaim::complete`].
+pub struct OutboxClaim {
+    transaction: Transaction<'static, Postgres>,
+    pub jobs: Vec<OutboxJob>,
+}
+
+impl OutboxClaim {
+    /// Stamps the rows that were published and releases the claim on all of them.
+    pub async fn complete(mut self, published: &[Uuid]) -> anyhow::Result<()> {
+        if !published.is_empty() {
+            count_round_trips(1);
+            sqlx::query("UPDATE jobs SET published_at = now() WHERE id = ANY($1)")
+                .bind(published)
+                .execute(&mut *self.transaction)
+                .await
+                .context("stamping swept jobs as published")?;
+        }
+        count_round_trips(1);
+        self.transaction
+            .commit()
+            .await
+            .context("committing the sweep")
+    }
+}
+
+const OUTBOX_COLUMNS: &str =
+    "jobs.id, jobs.namespace, jobs.kind, jobs.queue, jobs.args, jobs.priority";
+
+impl Store {
+    /// Moves due `scheduled` jobs of `namespaces` to `queued` (committed before they are
+    /// published, so a worker never receives a job that still looks scheduled) and returns
+    /// them for publishing.
+    pub async fn release_due(
+        &self,
+        namespaces: &[String],
+        limit: i64,
+    ) -> anyhow::Result<Vec<OutboxJob>> {
+        count_round_trips(1);
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH due AS (
+                 SELECT id FROM jobs
+                 WHERE published_at IS NULL AND status = 'scheduled' AND run_at <= now()
+                   AND namespace = ANY($1)
+                 ORDER BY run_at
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE jobs SET status = 'queued'
+             FROM due WHERE jobs.id = due.id
+             RETURNING {OUTBOX_COLUMNS}"
+        )))
+        .bind(namespaces)
+        .bind(limit)
+        .fetch_all(&self.durable)
+        .await
+        .context("releasing due scheduled jobs")
+    }
+
+    /// Claims queued jobs that were never published and are older than `grace` (younger
+    /// ones are the fast path's to publish).
+    pub async fn claim_unpublished(
+        &self,
+        namespaces: &[String],
+        grace: Duration,
+        limit: i64,
+    ) -> anyhow::Result<OutboxClaim> {
+        count_round_trips(2);
+        let mut transaction = self.durable.begin().await.context("starting a sweep")?;
+        let jobs = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {OUTBOX_COLUMNS} FROM jobs
+             WHERE published_at IS NULL AND status = 'queued'
+               AND run_at <= now() - make_interval(secs => $2)
+               AND namespace = ANY($1)
+             ORDER BY run_at
+             LIMIT $3
+             FOR UPDATE SKIP LOCKED"
+        )))
+        .bind(namespaces)
+        .bind(grace.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&mut *transaction)
+        .await
+        .context("claiming unpublished jobs")?;
+        Ok(OutboxClaim { transaction, jobs })
+    }
+
+    /// Stamps fast-path publications. Relaxed commit: a lost stamp only means the sweeper
+    /// publishes the job again and the worker skips the duplicate. Rows are locked in id
+    /// order, the order every batched UPDATE here uses, so batches never deadlock.
+    pub async fn mark_published(&self, ids: &[Uuid]) -> anyhow::Result<()> {
+        count_round_trips(1);
+        sqlx::query(
+            "WITH target AS (
+                 SELECT id FROM jobs WHERE id = ANY($1) AND published_at IS NULL
+                 ORDER BY id FOR UPDATE)
+             UPDATE jobs SET published_at = now() FROM target WHERE jobs.id = target.id",
+        )
+        .bind(ids)
+        .execute(&self.relaxed)
+        .await
+        .context("stamping published jobs")?;
+        Ok(())
+    }
+}
