@@ -1,0 +1,77 @@
+//! The `Job` trait: a stable kind name, typed args, defaults, and an async handler.
+
+use std::future::Future;
+use std::time::Duration;
+
+use engine_shared::{JobId, Namespace, QueueName};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+/// One kind of job. Implementations hold only what their handler needs (an HTTP client,
+/// a secret), built once at start-up and shared by every run.
+///
+/// Invariant: `KIND` never changes once jobs of it exist — it is stored in rows and
+/// messages. Rename the Rust type freely; keep the string.
+pub trait Job: Send + Sync + 'static {
+    /// The wire name, e.g. `webhook.deliver`.
+    const KIND: &'static str;
+
+    /// The arguments, checked at submit time (a mismatch is a 422 naming the field).
+    type Args: DeserializeOwned + Send + 'static;
+
+    /// Queue used when the submitter names none.
+    fn queue(&self) -> QueueName {
+        QueueName::default_queue()
+    }
+
+    /// Attempts (first run included) when the submitter does not say.
+    fn max_attempts(&self) -> u32 {
+        5
+    }
+
+    /// Per-attempt time limit when the submitter does not say.
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    /// Runs one attempt. `Ok` carries the result stored on the job.
+    fn run(
+        &self,
+        context: JobContext,
+        args: Self::Args,
+    ) -> impl Future<Output = Result<serde_json::Value, JobError>> + Send;
+}
+
+/// What a handler knows about the attempt it runs.
+#[derive(Clone, Debug)]
+pub struct JobContext {
+    pub id: JobId,
+    pub namespace: Namespace,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// Cancelled when someone cancels the job, when it times out, or when the worker's
+    /// grace period ends. Long handlers should watch it and return [`JobError::Cancelled`].
+    pub cancellation: CancellationToken,
+}
+
+/// How a handler says an attempt failed. The worker alone turns this into ack, retry or
+/// dead-letter.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Worth trying again later (network error, 5xx, timeout).
+    #[error("{0:#}")]
+    Retryable(anyhow::Error),
+    /// Will fail the same way every time; no more attempts.
+    #[error("fatal: {0:#}")]
+    Fatal(anyhow::Error),
+    /// Stopped because the cancellation token fired.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl From<anyhow::Error> for JobError {
+    fn from(error: anyhow::Error) -> Self {
+        Self::Retryable(error)
+    }
+}

@@ -1,0 +1,5 @@
+//! Built-in job kinds, one per file.
+
+pub mod noop;
+pub mod sleep;
+pub mod webhook_deliver;
