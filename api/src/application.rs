@@ -1,0 +1,82 @@
+//! Building the API from settings and running it until a stop signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use engine_jobs::Registry;
+use engine_shared::broker::Broker;
+use engine_shared::config::Settings;
+use engine_shared::group_commit::GroupCommit;
+use engine_shared::store::{self, Store};
+
+use crate::auth::KeyCache;
+use crate::relay::Relay;
+use crate::routes;
+use crate::state::AppState;
+
+/// The most single submissions one INSERT carries.
+const SUBMIT_BATCH: usize = 1_000;
+
+/// A built, bound, not yet running API.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects lazily (the API starts even while PostgreSQL or RabbitMQ is down), applies
+    /// migrations if configured, and binds the listener.
+    pub async fn build(settings: Settings, registry: Registry) -> anyhow::Result<Self> {
+        let store = Store::connect_lazy(&settings.database)?;
+        if settings.database.migrate_on_start {
+            store.migrate().await?;
+        }
+        let broker = Broker::new(settings.amqp_url.clone(), "tl-engine-api");
+        let relay = Arc::new(Relay::new(&settings, store.clone(), &broker)?);
+        let submit_store = store.clone();
+        let submissions = GroupCommit::spawn("submit", SUBMIT_BATCH, 2, move |jobs| {
+            let store = submit_store.clone();
+            async move { store.insert_jobs(&jobs).await }
+        });
+        let listener = TcpListener::bind(&settings.api.listen)
+            .await
+            .with_context(|| format!("binding api.listen = {}", settings.api.listen))?;
+        let state = AppState {
+            store,
+            registry: Arc::new(registry),
+            keys: Arc::new(KeyCache::new(Duration::from_secs(
+                settings.api.key_cache_secs,
+            ))),
+            settings: Arc::new(settings),
+            relay,
+            submissions,
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` fires, then finishes in-flight requests and returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let sweeper = tokio::spawn(self.state.relay.clone().run_sweeper(shutdown.clone()));
+        tracing::info!(address = %self.local_addr(), "API listening");
+        let store = self.state.store.clone();
+        axum::serve(self.listener, routes::router(self.state))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .context("serving HTTP")?;
+        let _ = sweeper.await;
+        store.close().await;
+        tracing::info!(postgres_round_trips = store::round_trips(), "API stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,21 @@
+//! tl-engine's HTTP API.
+//!
+//! Module map:
+//! - [`application`]: build the service from settings, run it until stopped.
+//! - [`routes`]: the endpoints; [`submission`]: what a submitted job must look like.
+//! - [`auth`]: bearer API key → namespace; [`problem`]: RFC 9457 errors;
+//!   [`json_body`]: JSON bodies with field-level errors.
+//! - [`relay`]: the outbox relay (fast path + sweeper) that publishes accepted jobs.
+//! - [`cli`]: the `engine-api` command line (serve, migrate, keys).
+
+pub mod application;
+pub mod auth;
+pub mod cli;
+pub mod json_body;
+pub mod problem;
+pub mod relay;
+pub mod routes;
+pub mod state;
+pub mod submission;
+
+pub use application::Application;

@@ -1,0 +1,171 @@
+//! HTTP errors as RFC 9457 problem documents (`application/problem+json`).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use engine_shared::group_commit::GroupCommitError;
+
+/// One field-level defect in a request.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    /// Where: `kind`, `args.url`, `jobs[3].args.ms`, a query parameter's name.
+    pub field: String,
+    pub message: String,
+}
+
+/// Everything the API can answer with other than success. Each variant maps to one status
+/// and problem type; the detail is specific and never contains a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("job not found")]
+    NotFound,
+    #[error("no such endpoint: {0}")]
+    NoRoute(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the request body exceeds the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("the request is not valid")]
+    Invalid(Vec<FieldError>),
+    #[error("the state database is unreachable; retry shortly")]
+    Unavailable,
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
+    }
+
+    /// Classifies a store error: unreachable database → 503, anything else → 500.
+    pub fn from_store(error: anyhow::Error) -> Self {
+        if engine_shared::store::chain_is_unavailable(&error) {
+            Self::Unavailable
+        } else {
+            Self::Internal(error)
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::MalformedJson(_) => (
+                StatusCode::BAD_REQUEST,
+                "/problems/malformed-json",
+                "Malformed JSON",
+            ),
+            Self::BadRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "/problems/bad-request",
+                "Bad request",
+            ),
+            Self::Unauthorized(_) => (
+                StatusCode::UNAUTHORIZED,
+                "/problems/unauthorized",
+                "Unauthorized",
+            ),
+            Self::NotFound | Self::NoRoute(_) => {
+                (StatusCode::NOT_FOUND, "/problems/not-found", "Not found")
+            }
+            Self::Conflict(_) => (StatusCode::CONFLICT, "/problems/conflict", "Conflict"),
+            Self::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "/problems/payload-too-large",
+                "Payload too large",
+            ),
+            Self::Invalid(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/invalid-request",
+                "Invalid request",
+            ),
+            Self::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/unavailable",
+                "Service unavailable",
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "/problems/internal",
+                "Internal error",
+            ),
+        }
+    }
+}
+
+impl From<GroupCommitError> for ApiError {
+    fn from(error: GroupCommitError) -> Self {
+        if error.unavailable {
+            Self::Unavailable
+        } else {
+            Self::Internal(error.into())
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, title) = self.parts();
+        let detail = match &self {
+            Self::Invalid(errors) => errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Self::Internal(error) => {
+                // Logged once here, where it is handled, with its whole cause chain.
+                tracing::error!(error = format!("{error:#}"), "request failed");
+                self.to_string()
+            }
+            _ => self.to_string(),
+        };
+        let errors = match &self {
+            Self::Invalid(errors) => Some(errors.as_slice()),
+            _ => None,
+        };
+        let body = serde_json::to_vec(&Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail,
+            errors,
+        })
+        .expect("a problem always serializes");
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match self {
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Unavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

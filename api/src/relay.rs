@@ -1,0 +1,216 @@
+//! The outbox relay: publishes committed jobs to their namespace's vhost.
+//!
+//! Fast path: right after a submission commits, its jobs are offered to a per-namespace
+//! batcher that publishes them with confirms and stamps `published_at`. Sweeper: every
+//! `relay.sweep_interval_ms`, any replica claims (`FOR UPDATE SKIP LOCKED`) queued rows the
+//! fast path did not stamp — a crash, a broker outage, a full batcher — and scheduled rows
+//! that are due, and publishes those. A broker outage therefore delays jobs, never refuses
+//! or loses them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use engine_shared::broker::topology::Topology;
+use engine_shared::broker::{Broker, Publisher};
+use engine_shared::config::{RelaySettings, Settings};
+use engine_shared::envelope::Envelope;
+use engine_shared::group_commit::GroupCommit;
+use engine_shared::store::{OutboxJob, Store};
+use engine_shared::{JobId, Namespace};
+
+/// Jobs one fast-path publish carries at most.
+const FAST_BATCH: usize = 1_000;
+
+pub struct Relay {
+    store: Store,
+    settings: RelaySettings,
+    /// One confirm-mode publisher per namespace (its own vhost).
+    publishers: HashMap<Namespace, Arc<Publisher>>,
+    /// The fast path per namespace.
+    fast: HashMap<Namespace, GroupCommit<Envelope, ()>>,
+    /// Namespace names the sweeper covers (those this process serves).
+    served: Vec<String>,
+}
+
+impl Relay {
+    pub fn new(settings: &Settings, store: Store, broker: &Broker) -> anyhow::Result<Self> {
+        let topology = Topology {
+            queues: settings.queues.clone(),
+            retry: settings.retry.clone(),
+        };
+        let mut publishers = HashMap::new();
+        let mut fast = HashMap::new();
+        for spec in &settings.namespaces {
+            let pool = broker.pool(&spec.vhost, 2)?;
+            let publisher = Arc::new(Publisher::new(spec.vhost.clone(), pool, topology.clone()));
+            let (flush_publisher, flush_store) = (publisher.clone(), store.clone());
+            let batcher = GroupCommit::spawn(
+                "fast publish",
+                FAST_BATCH,
+                2,
+                move |envelopes: Vec<Envelope>| {
+                    let (publisher, store) = (flush_publisher.clone(), flush_store.clone());
+                    async move {
+                        let count = envelopes.len();
+                        if let Err(error) = publish_and_stamp(&publisher, &store, &envelopes).await
+                        {
+                            tracing::warn!(
+                                error = format!("{error:#}"),
+                                count,
+                                "fast-path publish failed; the sweeper will retry"
+                            );
+                        }
+                        Ok(vec![(); count])
+                    }
+                },
+            );
+            publishers.insert(spec.name.clone(), publisher);
+            fast.insert(spec.name.clone(), batcher);
+        }
+        Ok(Self {
+            store,
+            settings: settings.relay.clone(),
+            served: settings
+                .namespaces
+                .iter()
+                .map(|s| s.name.to_string())
+                .collect(),
+            publishers,
+            fast,
+        })
+    }
+
+    /// Hands a committed job to the fast path. If the path is saturated the job stays in
+    /// the outbox for the sweeper.
+    pub fn publish_soon(&self, namespace: &Namespace, envelope: Envelope) {
+        if let Some(batcher) = self.fast.get(namespace)
+            && !batcher.offer(envelope)
+        {
+            tracing::debug!(%namespace, "fast path full; leaving the job to the sweeper");
+        }
+    }
+
+    /// Tells the workers of `namespace` to stop job `id` if they run it.
+    pub async fn request_cancel(&self, namespace: &Namespace, id: JobId) -> anyhow::Result<()> {
+        let publisher = self
+            .publishers
+            .get(namespace)
+            .with_context(|| format!("namespace {namespace} is not served here"))?;
+        publisher.publish_cancel(id).await
+    }
+
+    /// Sweeps until `shutdown`; errors are logged and the next sweep tries again.
+    pub async fn run_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.sweep_interval()) => {}
+            }
+            match self.sweep().await {
+                Ok(()) if failing => {
+                    tracing::info!("outbox sweep recovered");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(error) => {
+                    // Once per outage, not once per second.
+                    if !failing {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "outbox sweep failed; retrying every interval"
+                        );
+                    }
+                    failing = true;
+                }
+            }
+        }
+    }
+
+    /// One pass: release due scheduled jobs, then publish queued jobs the fast path missed.
+    pub async fn sweep(&self) -> anyhow::Result<()> {
+        loop {
+            let due = self
+                .store
+                .release_due(&self.served, self.settings.batch_size)
+                .await?;
+            let full = due.len() as i64 == self.settings.batch_size;
+            let published = self.publish_rows(&due).await?;
+            self.store.mark_published(&published).await?;
+            if !full {
+                break;
+            }
+        }
+        let claim = self
+            .store
+            .claim_unpublished(
+                &self.served,
+                self.settings.publish_grace(),
+                self.settings.batch_size,
+            )
+            .await?;
+        let published = match self.publish_rows(&claim.jobs).await {
+            Ok(published) => published,
+            Err(error) => {
+                claim.complete(&[]).await?;
+                return Err(error);
+            }
+        };
+        if !published.is_empty() {
+            tracing::info!(
+                count = published.len(),
+                "sweeper published jobs the fast path had not"
+            );
+        }
+        claim.complete(&published).await
+    }
+
+    /// Publishes rows grouped by namespace; returns the ids the broker confirmed.
+    async fn publish_rows(&self, rows: &[OutboxJob]) -> anyhow::Result<Vec<Uuid>> {
+        let mut by_namespace: BTreeMap<Namespace, Vec<Envelope>> = BTreeMap::new();
+        for row in rows {
+            match row.envelope() {
+                Ok((namespace, envelope)) => {
+                    by_namespace.entry(namespace).or_default().push(envelope)
+                }
+                Err(error) => {
+                    tracing::error!(job = %row.id, error = format!("{error:#}"), "outbox row cannot be published")
+                }
+            }
+        }
+        let mut confirmed = Vec::new();
+        for (namespace, envelopes) in by_namespace {
+            let Some(publisher) = self.publishers.get(&namespace) else {
+                continue;
+            };
+            let acks = publisher.publish_jobs(&envelopes).await?;
+            confirmed.extend(
+                envelopes
+                    .iter()
+                    .zip(acks)
+                    .filter(|(_, acked)| *acked)
+                    .map(|(envelope, _)| envelope.id.as_uuid()),
+            );
+        }
+        Ok(confirmed)
+    }
+}
+
+async fn publish_and_stamp(
+    publisher: &Publisher,
+    store: &Store,
+    envelopes: &[Envelope],
+) -> anyhow::Result<()> {
+    let acks = publisher.publish_jobs(envelopes).await?;
+    let confirmed: Vec<Uuid> = envelopes
+        .iter()
+        .zip(acks)
+        .filter(|(_, acked)| *acked)
+        .map(|(envelope, _)| envelope.id.as_uuid())
+        .collect();
+    store.mark_published(&confirmed).await
+}

@@ -1,0 +1,37 @@
+//! The HTTP surface: routes, limits, and the fallback.
+
+mod jobs;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{Extension, Json};
+use tower_http::trace::TraceLayer;
+
+use crate::json_body::BodyLimit;
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings.api.body_limit_bytes;
+    Router::new()
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/batch", post(jobs::submit_batch))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(Extension(BodyLimit(limit)))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Liveness: the process serves HTTP. (Dependency checks belong to `/readyz`.)
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "healthy" }))
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().to_owned())
+}

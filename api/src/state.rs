@@ -1,0 +1,24 @@
+//! What every request handler shares: the store, the registry, settings, and the relay.
+
+use std::sync::Arc;
+
+use engine_jobs::Registry;
+use engine_shared::config::Settings;
+use engine_shared::group_commit::GroupCommit;
+use engine_shared::store::{NewJob, Store, Submitted};
+
+use crate::auth::KeyCache;
+use crate::relay::Relay;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    /// Kinds and their arg types, to refuse bad submissions before they are stored.
+    pub registry: Arc<Registry>,
+    pub settings: Arc<Settings>,
+    pub keys: Arc<KeyCache>,
+    /// Publishes accepted jobs right after commit, and sweeps what it could not.
+    pub relay: Arc<Relay>,
+    /// Group-commits single submissions from concurrent requests into one INSERT.
+    pub submissions: GroupCommit<NewJob, Submitted>,
+}

@@ -1,0 +1,177 @@
+//! A submitted job as the API receives it, checked against the registry and settings and
+//! turned into a [`NewJob`]. Every defect is reported with the field it is in.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use engine_jobs::Registry;
+use engine_shared::config::Settings;
+use engine_shared::store::NewJob;
+use engine_shared::{IdempotencyKey, JobId, Kind, Namespace, QueueName};
+
+use crate::problem::FieldError;
+
+/// `POST /v1/jobs` body (and each element of a batch).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    pub kind: String,
+    #[serde(default = "empty_object")]
+    pub args: serde_json::Value,
+    pub queue: Option<String>,
+    /// 0 (default) to 9.
+    pub priority: Option<u8>,
+    /// Run no earlier than this instant (RFC 3339). Excludes `delay`.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Run no earlier than this many seconds from now. Excludes `run_at`.
+    pub delay: Option<f64>,
+    /// Attempts including the first, 1 to 100; the kind's default otherwise.
+    pub max_attempts: Option<u32>,
+    /// Seconds one attempt may take, up to a day; the kind's default otherwise.
+    pub timeout: Option<f64>,
+    pub idempotency_key: Option<String>,
+}
+
+/// `POST /v1/jobs/batch` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBatch {
+    pub jobs: Vec<SubmitJob>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+const MAX_DELAY_SECS: f64 = 365.0 * 86_400.0;
+
+impl SubmitJob {
+    /// Validates every field; `prefix` is prepended to field names (`jobs[3].`).
+    pub fn validate(
+        self,
+        namespace: &Namespace,
+        registry: &Registry,
+        settings: &Settings,
+        prefix: &str,
+    ) -> Result<NewJob, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut fail = |field: &str, message: String| {
+            errors.push(FieldError {
+                field: format!("{prefix}{field}"),
+                message,
+            })
+        };
+
+        let kind = match Kind::parse(&self.kind) {
+            Ok(kind) if registry.contains(&kind) => Some(kind),
+            Ok(kind) => {
+                let mut known: Vec<_> = registry.kinds().map(Kind::as_str).collect();
+                known.sort_unstable();
+                fail(
+                    "kind",
+                    format!("unknown kind \"{kind}\"; known kinds: {}", known.join(", ")),
+                );
+                None
+            }
+            Err(error) => {
+                fail("kind", error.to_string());
+                None
+            }
+        };
+        if let Some(kind) = &kind
+            && let Some(Err(error)) = registry.check_args(kind, &self.args)
+        {
+            let field = if error.path == "." {
+                "args".to_owned()
+            } else {
+                format!("args.{}", error.path)
+            };
+            fail(&field, error.message);
+        }
+        let defaults = kind.as_ref().and_then(|kind| registry.defaults(kind));
+
+        let queue = match self.queue.as_deref().map(QueueName::parse) {
+            None => defaults.as_ref().map(|d| d.queue.clone()),
+            Some(Ok(queue)) if settings.queues.iter().any(|q| q.name == queue) => Some(queue),
+            Some(Ok(queue)) => {
+                let known: Vec<_> = settings.queues.iter().map(|q| q.name.as_str()).collect();
+                fail(
+                    "queue",
+                    format!("unknown queue \"{queue}\"; queues: {}", known.join(", ")),
+                );
+                None
+            }
+            Some(Err(error)) => {
+                fail("queue", error.to_string());
+                None
+            }
+        };
+        let priority = self.priority.unwrap_or(0);
+        if priority > 9 {
+            fail("priority", "must be between 0 and 9".into());
+        }
+        let run_at = match (self.run_at, self.delay) {
+            (Some(_), Some(_)) => {
+                fail("delay", "give either run_at or delay, not both".into());
+                None
+            }
+            (Some(at), None) => Some(at),
+            (None, Some(delay)) if (0.0..=MAX_DELAY_SECS).contains(&delay) => {
+                Some(Utc::now() + chrono::Duration::milliseconds((delay * 1000.0) as i64))
+            }
+            (None, Some(_)) => {
+                fail(
+                    "delay",
+                    format!("must be between 0 and {MAX_DELAY_SECS} seconds"),
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let max_attempts = self
+            .max_attempts
+            .or(defaults.as_ref().map(|d| d.max_attempts))
+            .unwrap_or(1);
+        if !(1..=100).contains(&max_attempts) {
+            fail("max_attempts", "must be between 1 and 100".into());
+        }
+        let timeout_ms = match self.timeout {
+            Some(secs) if secs > 0.0 && secs <= MAX_TIMEOUT_SECS => (secs * 1000.0).ceil() as u32,
+            Some(_) => {
+                fail(
+                    "timeout",
+                    format!("must be more than 0 and at most {MAX_TIMEOUT_SECS} seconds"),
+                );
+                0
+            }
+            None => defaults.as_ref().map_or(60_000, |d| {
+                d.timeout.as_millis().min(u128::from(u32::MAX)) as u32
+            }),
+        };
+        let idempotency_key = match self.idempotency_key.as_deref().map(IdempotencyKey::parse) {
+            None => None,
+            Some(Ok(key)) => Some(key),
+            Some(Err(error)) => {
+                fail("idempotency_key", error.to_string());
+                None
+            }
+        };
+
+        match (kind, queue) {
+            (Some(kind), Some(queue)) if errors.is_empty() => Ok(NewJob {
+                id: JobId::new(),
+                namespace: namespace.clone(),
+                kind,
+                queue,
+                args: self.args,
+                priority,
+                max_attempts,
+                timeout_ms,
+                idempotency_key,
+                run_at,
+            }),
+            _ => Err(errors),
+        }
+    }
+}

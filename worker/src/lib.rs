@@ -1,0 +1,21 @@
+//! tl-engine's worker: a stateless process that runs jobs.
+//!
+//! Module map:
+//! - [`runtime`]: build from settings, run until stopped, drain on SIGTERM.
+//! - [`consumer`]: per namespace, a connection to its vhost, one consumer per queue, and
+//!   reconnection with backoff.
+//! - [`dispatch`]: picks the next delivery across queues by weight, bounded by concurrency.
+//! - [`execution`]: one delivery's way: start → handler → final state → ack/retry/dead.
+//! - [`transitions`]: the group-committed state writes executions share.
+//! - [`in_flight`]: running jobs' cancellation tokens (cancel requests, shutdown).
+//! - [`control`]: listens for cancel requests broadcast by the API.
+
+pub mod consumer;
+pub mod control;
+pub mod dispatch;
+pub mod execution;
+pub mod in_flight;
+pub mod runtime;
+pub mod transitions;
+
+pub use runtime::Worker;

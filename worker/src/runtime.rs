@@ -1,0 +1,164 @@
+//! Building a worker from settings and running it until a stop signal, then draining:
+//! stop consuming, return never-started deliveries, let running jobs finish within the
+//! grace period, return the rest to their queues, close the connections.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use engine_jobs::Registry;
+use engine_shared::broker::topology::Topology;
+use engine_shared::broker::{Broker, Publisher};
+use engine_shared::config::Settings;
+use engine_shared::store::{self, Store};
+
+use crate::consumer::NamespaceConsumer;
+use crate::dispatch::Dispatcher;
+use crate::execution::{self, NamespaceContext, Shared};
+use crate::in_flight::InFlight;
+use crate::transitions::Transitions;
+
+/// A built worker, not yet consuming.
+pub struct Worker {
+    settings: Settings,
+    store: Store,
+    shared: Arc<Shared>,
+    dispatcher: Dispatcher<lapin::message::Delivery>,
+    consumers: Vec<NamespaceConsumer>,
+}
+
+impl Worker {
+    pub async fn build(settings: Settings, registry: Registry) -> anyhow::Result<Self> {
+        let namespaces = settings.worker_namespaces();
+        if namespaces.is_empty() {
+            anyhow::bail!(
+                "no namespace to serve: configure [namespaces.<name>] (and worker.namespaces)"
+            );
+        }
+        let store = Store::connect_lazy(&settings.database)?;
+        if settings.database.migrate_on_start {
+            store.migrate().await?;
+        }
+        let broker = Broker::new(
+            settings.amqp_url.clone(),
+            format!("tl-engine-worker {}", settings.worker.id),
+        );
+        let topology = Topology {
+            queues: settings.queues.clone(),
+            retry: settings.retry.clone(),
+        };
+        let in_flight = Arc::new(InFlight::default());
+        let prefetch = settings.worker.concurrency;
+        let mut dispatcher = Dispatcher::new();
+        let mut consumers = Vec::new();
+        let mut contexts = Vec::new();
+        for (index, spec) in namespaces.into_iter().enumerate() {
+            let lanes = settings
+                .queues
+                .iter()
+                .map(|queue| {
+                    let lane = dispatcher.add_lane(index, queue.weight, usize::from(prefetch));
+                    (queue.name.clone(), lane)
+                })
+                .collect();
+            contexts.push(NamespaceContext {
+                publisher: Publisher::new(
+                    spec.vhost.clone(),
+                    broker.pool(&spec.vhost, 1)?,
+                    topology.clone(),
+                ),
+                spec: spec.clone(),
+            });
+            consumers.push(NamespaceConsumer {
+                spec,
+                broker: broker.clone(),
+                topology: topology.clone(),
+                lanes,
+                prefetch,
+                in_flight: in_flight.clone(),
+            });
+        }
+        let shared = Arc::new(Shared {
+            registry: Arc::new(registry),
+            transitions: Transitions::new(&store),
+            in_flight,
+            retry: settings.retry.clone(),
+            namespaces: contexts,
+        });
+        Ok(Self {
+            settings,
+            store,
+            shared,
+            dispatcher,
+            consumers,
+        })
+    }
+
+    /// Runs jobs until `shutdown`, then drains (see the module docs) and returns.
+    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let close = CancellationToken::new();
+        let mut supervisors = JoinSet::new();
+        for consumer in self.consumers.drain(..) {
+            supervisors.spawn(consumer.run(shutdown.clone(), close.clone()));
+        }
+        let concurrency = usize::from(self.settings.worker.concurrency);
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let mut running = JoinSet::new();
+        tracing::info!(
+            worker = self.settings.worker.id,
+            concurrency,
+            "worker started"
+        );
+
+        loop {
+            while running.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let (namespace, delivery) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = self.dispatcher.next() => next,
+            };
+            let shared = self.shared.clone();
+            running.spawn(async move {
+                execution::execute(shared, namespace, delivery).await;
+                drop(permit);
+            });
+        }
+
+        let waiting = self.dispatcher.drain();
+        tracing::info!(
+            running = self.shared.in_flight.len(),
+            returned = waiting.len(),
+            grace_secs = self.settings.worker.grace_period.as_secs_f64(),
+            "stopping: consumers cancelled; waiting for running jobs"
+        );
+        for delivery in &waiting {
+            execution::requeue(delivery).await;
+        }
+        let drained = tokio::time::timeout(self.settings.worker.grace_period, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = running.len(),
+                "grace period over; abandoning the remaining jobs, which return to their queues"
+            );
+            running.abort_all();
+            while running.join_next().await.is_some() {}
+        }
+        // Closing the connections returns every unacked delivery to its queue.
+        close.cancel();
+        while supervisors.join_next().await.is_some() {}
+        self.store.close().await;
+        tracing::info!(
+            postgres_round_trips = store::round_trips(),
+            "worker stopped"
+        );
+        Ok(())
+    }
+}

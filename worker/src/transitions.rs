@@ -1,0 +1,45 @@
+//! The worker's state writes, group-committed: every execution in the process shares one
+//! batcher for "move to running" and one for "record the outcome", so a hundred jobs
+//! finishing together cost one statement and one WAL flush, not a hundred.
+
+use engine_shared::JobId;
+use engine_shared::group_commit::GroupCommit;
+use engine_shared::store::{AttemptOutcome, FinishedJob, StartRequest, StartedJob, Store};
+
+/// Most rows one transition statement carries.
+const BATCH: usize = 500;
+/// Statements of each kind in flight at once (each holds a connection).
+const IN_FLIGHT: usize = 2;
+
+#[derive(Clone)]
+pub struct Transitions {
+    pub starts: GroupCommit<StartRequest, Option<StartedJob>>,
+    pub finishes: GroupCommit<(JobId, AttemptOutcome), FinishedJob>,
+}
+
+impl Transitions {
+    pub fn new(store: &Store) -> Self {
+        let start_store = store.clone();
+        let finish_store = store.clone();
+        Self {
+            starts: GroupCommit::spawn(
+                "start jobs",
+                BATCH,
+                IN_FLIGHT,
+                move |requests: Vec<StartRequest>| {
+                    let store = start_store.clone();
+                    async move { store.start_jobs(&requests).await }
+                },
+            ),
+            finishes: GroupCommit::spawn(
+                "finish jobs",
+                BATCH,
+                IN_FLIGHT,
+                move |outcomes: Vec<(JobId, AttemptOutcome)>| {
+                    let store = finish_store.clone();
+                    async move { store.finish_jobs(&outcomes).await }
+                },
+            ),
+        }
+    }
+}
