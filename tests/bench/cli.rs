@@ -1,0 +1,92 @@
+//! The command line: how many jobs each scenario submits, how the fleet is sized, and
+//! where the servers are.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "engine-bench",
+    // bin/bench passes the server URLs first; a flag given again later wins.
+    args_override_self = true,
+    about = "End-to-end throughput, latency, round trips and memory of tl-engine, next to a raw lapin loop on the same broker"
+)]
+pub struct Args {
+    /// Jobs of the batched scenario (POST /v1/jobs/batch).
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: usize,
+    /// Jobs per batch request (the API accepts up to 1000).
+    #[arg(long, default_value_t = 1_000)]
+    pub batch_size: usize,
+    /// Batch requests in flight at once (1 measured best: more overflow the API's publish
+    /// fast path sooner; see docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = 1)]
+    pub batch_concurrency: usize,
+    /// Jobs of the one-by-one scenario (POST /v1/jobs).
+    #[arg(long, default_value_t = 5_000)]
+    pub single_jobs: usize,
+    /// Client tasks submitting one-by-one at once.
+    #[arg(long, default_value_t = 64)]
+    pub single_concurrency: usize,
+    /// Submissions per second of the paced latency scenario.
+    #[arg(long, default_value_t = 500)]
+    pub latency_rate: u32,
+    /// Seconds the paced latency scenario lasts.
+    #[arg(long, default_value_t = 5)]
+    pub latency_secs: u64,
+    /// Messages of the raw lapin baseline.
+    #[arg(long, default_value_t = 30_000)]
+    pub raw_messages: usize,
+    /// Unconfirmed publishes the raw baseline keeps in flight.
+    #[arg(long, default_value_t = 1_000)]
+    pub raw_window: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 1)]
+    pub workers: u16,
+    /// Jobs each worker runs at once (also its prefetch, and the raw consumer's prefetch);
+    /// 256 measured best on 2 cores (bigger group commits), see docs/BENCHMARKS.md.
+    #[arg(long, default_value_t = 256)]
+    pub worker_concurrency: u16,
+    /// database.max_connections of the API and of each worker.
+    #[arg(long, default_value_t = 10)]
+    pub db_max_connections: u32,
+    /// TOML appended to the generated fleet settings, e.g. "[relay]\nbatch_size = 5000"
+    /// (printed in the header; production defaults when absent).
+    #[arg(long, default_value = "")]
+    pub extra_settings: String,
+    /// Jobs each fresh fleet runs, submitted like the scenario's, before the measured ones
+    /// (0: measure from a cold start).
+    #[arg(long, default_value_t = 200)]
+    pub warmup_jobs: usize,
+    #[arg(long)]
+    pub skip_batched: bool,
+    #[arg(long)]
+    pub skip_single: bool,
+    #[arg(long)]
+    pub skip_latency: bool,
+    #[arg(long)]
+    pub skip_raw: bool,
+    /// Longest wait for one scenario's jobs to finish.
+    #[arg(long, default_value_t = 180)]
+    pub deadline_secs: u64,
+    /// PostgreSQL database the fleet and the benchmark use.
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/tl_engine_bench"
+    )]
+    pub database_url: String,
+    /// Broker URL; its vhost is replaced by each scenario's own.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// RabbitMQ management API (vhosts are created and deleted through it), with the
+    /// AMQP URL's user and password.
+    #[arg(long, default_value = "http://127.0.0.1:15672")]
+    pub management_url: String,
+    /// Where engine-api and engine-worker are; the directory of this binary by default.
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Keep the generated settings and the servers' logs (always kept after a failure).
+    #[arg(long)]
+    pub keep_logs: bool,
+}

@@ -1,0 +1,171 @@
+//! One scenario's fleet: a fresh namespace and vhost, an API key, the release `engine-api`
+//! and `--workers` `engine-worker` processes — started, awaited, and stopped with what
+//! they report (round trips, peak RSS, warnings).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+
+use engine_shared::Namespace;
+
+use crate::environment::{Environment, random_hex};
+use crate::process::{ServerProcess, Stopped};
+use crate::settings::FleetSettings;
+
+/// How long a server may take to come up, and to exit after SIGTERM.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+const STOP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running fleet serving one namespace.
+pub struct Fleet {
+    pub namespace: Namespace,
+    /// `http://127.0.0.1:<port>`.
+    pub base_url: String,
+    pub key: String,
+    api: ServerProcess,
+    workers: Vec<ServerProcess>,
+}
+
+/// What the fleet's processes reported when stopped.
+pub struct FleetReport {
+    pub api: Stopped,
+    pub workers: Vec<Stopped>,
+}
+
+impl FleetReport {
+    /// PostgreSQL round trips of the API and every worker together.
+    pub fn round_trips(&self) -> u64 {
+        self.api.round_trips + self.workers.iter().map(|w| w.round_trips).sum::<u64>()
+    }
+
+    /// The largest peak RSS among the workers, in KiB.
+    pub fn worker_peak_rss_kib(&self) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| w.peak_rss_kib)
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = (&str, &str)> {
+        std::iter::once(&self.api)
+            .chain(&self.workers)
+            .flat_map(|s| s.warnings.iter().map(|w| (s.name.as_str(), w.as_str())))
+    }
+}
+
+impl Fleet {
+    /// Creates namespace `bench-<label>-<hex>` (vhost, key), starts the API and the workers
+    /// and waits until the API answers `/healthz` and every worker consumes.
+    pub async fn start(env: &Environment, label: &str) -> anyhow::Result<Self> {
+        let name = format!("bench-{label}-{}", random_hex(4));
+        let namespace = Namespace::parse(&name).with_context(|| format!("namespace {name}"))?;
+        env.management.create_vhost(&name).await?;
+        match Self::start_in(env, namespace).await {
+            Ok(fleet) => Ok(fleet),
+            Err(error) => {
+                let _ = env.management.delete_vhost(&name).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn start_in(env: &Environment, namespace: Namespace) -> anyhow::Result<Self> {
+        let config = env.run_dir.join(format!("{namespace}.toml"));
+        let text = FleetSettings {
+            database_url: &env.database_url,
+            amqp_url: &env.amqp_url,
+            namespace: namespace.as_str(),
+            worker_concurrency: env.worker_concurrency,
+            max_connections: env.db_max_connections,
+            extra: &env.extra_settings,
+        }
+        .toml();
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+        let key = env
+            .store
+            .create_api_key(&namespace, "bench")
+            .await?
+            .key
+            .expose_secret()
+            .to_owned();
+
+        let mut api = ServerProcess::spawn(
+            "engine-api",
+            &env.bin_dir.join("engine-api"),
+            &config,
+            env.run_dir.join(format!("{namespace}-api.log")),
+        )?;
+        let listening = api.wait_for_log("API listening", START_DEADLINE).await?;
+        let address = listening["address"]
+            .as_str()
+            .context("the API's \"API listening\" line has no address")?;
+        let base_url = format!("http://{address}");
+        wait_healthy(&env.http, &base_url).await?;
+
+        let mut workers = Vec::new();
+        for index in 0..env.workers {
+            let mut worker = ServerProcess::spawn(
+                &format!("engine-worker#{index}"),
+                &env.bin_dir.join("engine-worker"),
+                &config,
+                env.run_dir.join(format!("{namespace}-worker-{index}.log")),
+            )?;
+            worker.wait_for_log("consuming", START_DEADLINE).await?;
+            workers.push(worker);
+        }
+        Ok(Self {
+            namespace,
+            base_url,
+            key,
+            api,
+            workers,
+        })
+    }
+
+    /// Pids of the API and the workers, for CPU accounting.
+    pub fn pids(&self) -> (i32, Vec<i32>) {
+        (self.api.pid, self.workers.iter().map(|w| w.pid).collect())
+    }
+
+    /// Stops the workers (they drain), then the API, then deletes the vhost.
+    pub async fn stop(self, env: &Environment) -> anyhow::Result<FleetReport> {
+        let mut workers = Vec::with_capacity(self.workers.len());
+        let mut failure = None;
+        for worker in self.workers {
+            match worker.stop(STOP_DEADLINE).await {
+                Ok(stopped) => workers.push(stopped),
+                Err(error) => failure = failure.or(Some(error)),
+            }
+        }
+        let api = self.api.stop(STOP_DEADLINE).await;
+        let deleted = env.management.delete_vhost(self.namespace.as_str()).await;
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        let api = api?;
+        deleted?;
+        Ok(FleetReport { api, workers })
+    }
+}
+
+/// Polls `GET /healthz` until it answers 200.
+async fn wait_healthy(http: &reqwest::Client, base_url: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let answer = http.get(format!("{base_url}/healthz")).send().await;
+        if matches!(&answer, Ok(response) if response.status().is_success()) {
+            return Ok(());
+        }
+        if started.elapsed() > START_DEADLINE {
+            return Err(match answer {
+                Ok(response) => {
+                    anyhow::anyhow!("GET {base_url}/healthz answered {}", response.status())
+                }
+                Err(error) => anyhow::Error::new(error).context(format!("GET {base_url}/healthz")),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

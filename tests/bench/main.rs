@@ -1,0 +1,161 @@
+//! `engine-bench`: tl-engine's end-to-end benchmark against the real servers.
+//!
+//! Runs the release `engine-api` and `engine-worker` binaries as child processes and
+//! measures, in one run: a raw lapin loop on the same broker (the baseline), N jobs
+//! submitted in batches, M jobs submitted one-by-one, and jobs paced at a fixed rate
+//! (latency). Each tl-engine scenario gets a fresh fleet, namespace and vhost, so its
+//! round trips and peak RSS are its own. `bin/bench` builds everything and runs this.
+//!
+//! Modules: [`cli`] flags; [`environment`] what scenarios share; [`machine`] the header's
+//! facts; [`management`] vhosts; [`settings`] the fleet's TOML; [`process`] one server
+//! process; [`fleet`] API + workers; [`submit`] HTTP load; [`outcome`] reading job rows;
+//! [`cpu`] CPU accounting; [`scenario`] one scenario end to end; [`raw`] the lapin
+//! baseline; [`report`] the printed figures and target verdicts; [`sys`] libc calls.
+
+mod cli;
+mod cpu;
+mod environment;
+mod fleet;
+mod machine;
+mod management;
+mod outcome;
+mod process;
+mod raw;
+mod report;
+mod scenario;
+mod settings;
+mod submit;
+mod sys;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::cli::Args;
+use crate::environment::Environment;
+use crate::machine::Machine;
+use crate::raw::RawParams;
+use crate::scenario::Load;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    engine_shared::tls::install_crypto_provider();
+    let args = Args::parse();
+    let env = match Environment::prepare(&args).await {
+        Ok(env) => env,
+        Err(error) => {
+            eprintln!("engine-bench: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(&args, &env).await {
+        Ok(()) => {
+            if args.keep_logs {
+                eprintln!("settings and logs kept in {}", env.run_dir.display());
+            } else {
+                let _ = std::fs::remove_dir_all(&env.run_dir);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("engine-bench: {error:#}");
+            eprintln!("settings and logs kept in {}", env.run_dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args, env: &Environment) -> anyhow::Result<()> {
+    let machine = Machine::probe(env.pool(), env.management.version().await, &env.run_dir).await?;
+    report::header(&machine, env, args);
+
+    let raw = if args.skip_raw {
+        None
+    } else {
+        let params = RawParams {
+            messages: args.raw_messages,
+            window: args.raw_window,
+            prefetch: env.worker_concurrency,
+        };
+        let result = raw::run(env, &params).await?;
+        report::raw(&result, args.raw_window, env.worker_concurrency);
+        Some(result)
+    };
+
+    let mut namespaces = Vec::new();
+    let outcome = async {
+        let batched = if args.skip_batched {
+            None
+        } else {
+            let load = Load::Batched {
+                jobs: args.jobs,
+                batch_size: args.batch_size,
+                concurrency: args.batch_concurrency,
+            };
+            let result = scenario::run(env, "batch", load).await?;
+            namespaces.push(result.namespace.clone());
+            report::scenario(
+                &format!(
+                    "batched: POST /v1/jobs/batch, {} per request, {} in flight",
+                    args.batch_size, args.batch_concurrency
+                ),
+                &result,
+                raw.as_ref(),
+            );
+            Some(result)
+        };
+        let single = if args.skip_single {
+            None
+        } else {
+            let load = Load::Single {
+                jobs: args.single_jobs,
+                concurrency: args.single_concurrency,
+            };
+            let result = scenario::run(env, "single", load).await?;
+            namespaces.push(result.namespace.clone());
+            report::scenario(
+                &format!(
+                    "one-by-one: POST /v1/jobs from {} client tasks",
+                    args.single_concurrency
+                ),
+                &result,
+                raw.as_ref(),
+            );
+            Some(result)
+        };
+        let paced = if args.skip_latency {
+            None
+        } else {
+            let load = Load::Paced {
+                rate: args.latency_rate,
+                duration: Duration::from_secs(args.latency_secs),
+            };
+            let result = scenario::run(env, "paced", load).await?;
+            namespaces.push(result.namespace.clone());
+            report::scenario(
+                &format!(
+                    "paced latency: POST /v1/jobs at {}/s for {} s",
+                    args.latency_rate, args.latency_secs
+                ),
+                &result,
+                None,
+            );
+            Some(result)
+        };
+        report::targets(&report::Results {
+            raw: raw.as_ref(),
+            batched: batched.as_ref(),
+            single: single.as_ref(),
+            paced: paced.as_ref(),
+            latency_rate: args.latency_rate,
+        });
+        anyhow::Ok(())
+    }
+    .await;
+    // The rows are namespaced, but the bench database need not grow run after run.
+    for namespace in &namespaces {
+        outcome::delete_rows(env.pool(), namespace).await?;
+    }
+    outcome
+}

@@ -1,0 +1,52 @@
+//! The settings file one scenario's fleet (API and workers) is started with.
+
+/// What varies between fleets; everything else keeps the production defaults.
+pub struct FleetSettings<'a> {
+    pub database_url: &'a str,
+    pub amqp_url: &'a str,
+    pub namespace: &'a str,
+    pub worker_concurrency: u16,
+    pub max_connections: u32,
+    /// Appended verbatim (tables only: top-level keys must come first in TOML).
+    pub extra: &'a str,
+}
+
+impl FleetSettings<'_> {
+    /// TOML for `engine-api --config` and `engine-worker --config`. The API listens on a
+    /// free port (it logs the address); logs are JSON so the benchmark can read them.
+    pub fn toml(&self) -> String {
+        format!(
+            r#"log_format = "json"
+
+[database]
+url = {database_url}
+max_connections = {max_connections}
+
+[amqp]
+url = {amqp_url}
+
+[api]
+listen = "127.0.0.1:0"
+
+[worker]
+concurrency = {concurrency}
+grace_period_secs = 10
+
+[namespaces.{namespace}]
+
+{extra}
+"#,
+            database_url = quoted(self.database_url),
+            amqp_url = quoted(self.amqp_url),
+            max_connections = self.max_connections,
+            concurrency = self.worker_concurrency,
+            namespace = self.namespace,
+            extra = self.extra,
+        )
+    }
+}
+
+/// A TOML basic string (JSON string syntax is a subset of it for these values).
+fn quoted(value: &str) -> String {
+    serde_json::Value::String(value.to_owned()).to_string()
+}

@@ -1,0 +1,78 @@
+//! Namespaces: one namespace's key can neither see nor touch another's jobs.
+
+use engine_shared::JobStatus;
+use engine_tests::{FleetOptions, TestFleet};
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn a_key_of_one_namespace_cannot_read_cancel_or_list_another_namespaces_job() {
+    let fleet = TestFleet::start(FleetOptions {
+        worker: false,
+        namespaces: 2,
+        ..FleetOptions::default()
+    })
+    .await;
+    let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
+    let b_job = b
+        .client
+        .submit(&json!({ "kind": "noop", "idempotency_key": "shared-key" }))
+        .await
+        .id();
+
+    let read = a.client.job(&b_job).await;
+    let cancel = a.client.cancel(&b_job).await;
+    let listed = a.client.get("/v1/jobs").await;
+    let same_key_in_a = a
+        .client
+        .submit(&json!({ "kind": "noop", "idempotency_key": "shared-key" }))
+        .await;
+
+    assert_eq!(
+        read.status,
+        StatusCode::NOT_FOUND,
+        "existence must not leak: {read:?}"
+    );
+    assert_eq!(read.body["detail"], "job not found");
+    assert_eq!(cancel.status, StatusCode::NOT_FOUND);
+    let a_jobs = listed.body["jobs"].as_array().unwrap();
+    assert!(a_jobs.iter().all(|job| job["id"] != b_job.as_str()));
+    assert_eq!(
+        same_key_in_a.status,
+        StatusCode::ACCEPTED,
+        "idempotency keys are per namespace"
+    );
+    assert_ne!(same_key_in_a.id(), b_job);
+    let b_record = fleet.record_in(&b.namespace, &b_job).await.unwrap();
+    assert_eq!(b_record.status, JobStatus::Queued, "B's job untouched");
+    assert!(b_record.cancel_requested_at.is_none());
+    assert!(fleet.record_in(&a.namespace, &b_job).await.is_none());
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn each_namespace_has_its_own_vhost_and_its_jobs_run_there() {
+    let fleet = TestFleet::start(FleetOptions {
+        namespaces: 2,
+        ..FleetOptions::default()
+    })
+    .await;
+    let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
+
+    let a_job = a.client.submit(&json!({ "kind": "noop" })).await.id();
+    let b_job = b.client.submit(&json!({ "kind": "noop" })).await.id();
+
+    engine_tests::wait_until(
+        "both jobs to succeed",
+        std::time::Duration::from_secs(20),
+        || async {
+            let a_done =
+                fleet.record_in(&a.namespace, &a_job).await?.status == JobStatus::Succeeded;
+            let b_done =
+                fleet.record_in(&b.namespace, &b_job).await?.status == JobStatus::Succeeded;
+            (a_done && b_done).then_some(())
+        },
+    )
+    .await;
+    fleet.stop().await;
+}

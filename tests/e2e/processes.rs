@@ -1,0 +1,148 @@
+//! Real worker processes: SIGKILL mid-job loses nothing; SIGTERM drains.
+
+use std::time::Duration;
+
+use engine_shared::JobStatus;
+use engine_tests::{FleetOptions, TestFleet, wait_until};
+use serde_json::json;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_leaves_it_to_another_that_completes_it_once() {
+    let fleet = TestFleet::start(FleetOptions {
+        worker: false,
+        ..FleetOptions::default()
+    })
+    .await;
+    let mut doomed = fleet.spawn_worker_process(4, 10);
+    let id = fleet
+        .client
+        .submit(&json!({ "kind": "sleep", "args": { "ms": 1500 } }))
+        .await
+        .id();
+    fleet
+        .wait_for_status(&id, JobStatus::Running, DEADLINE)
+        .await;
+
+    doomed.kill();
+    let survivor = fleet.spawn_worker_process(4, 10);
+
+    let record = fleet
+        .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
+        .await;
+    assert_eq!(
+        record.attempts, 2,
+        "the killed attempt and the one that completed"
+    );
+    assert_eq!(record.result, Some(json!({ "slept_ms": 1500 })));
+    // Completed once: a later redelivery (there should be none) could not run it again.
+    let later = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    fleet
+        .wait_for_status(&later, JobStatus::Succeeded, DEADLINE)
+        .await;
+    let again = fleet.record(&id).await;
+    assert_eq!((again.attempts, again.finished_at), (2, record.finished_at));
+    drop(survivor);
+}
+
+#[tokio::test]
+async fn sigterm_lets_running_jobs_finish_returns_the_rest_and_exits_0() {
+    let fleet = TestFleet::start(FleetOptions {
+        worker: false,
+        ..FleetOptions::default()
+    })
+    .await;
+    let mut worker = fleet.spawn_worker_process(2, 20);
+    let slow = json!({ "kind": "sleep", "args": { "ms": 1500 } });
+    let running: Vec<String> =
+        futures_util::future::join_all((0..2).map(|_| fleet.client.submit(&slow)))
+            .await
+            .iter()
+            .map(|a| a.id())
+            .collect();
+    for id in &running {
+        fleet
+            .wait_for_status(id, JobStatus::Running, DEADLINE)
+            .await;
+    }
+    let quick = json!({ "kind": "noop", "queue": "bulk" });
+    let waiting: Vec<String> =
+        futures_util::future::join_all((0..3).map(|_| fleet.client.submit(&quick)))
+            .await
+            .iter()
+            .map(|a| a.id())
+            .collect();
+
+    worker.terminate();
+    let status = worker.wait(DEADLINE).await;
+
+    assert!(
+        status.success(),
+        "exit 0 after a drain; log:\n{}",
+        worker.log_text()
+    );
+    for id in &running {
+        let record = fleet.record(id).await;
+        assert_eq!(
+            record.status,
+            JobStatus::Succeeded,
+            "in-flight jobs finish during the drain"
+        );
+        assert_eq!(record.attempts, 1);
+    }
+    for id in &waiting {
+        assert_eq!(
+            fleet.record(id).await.status,
+            JobStatus::Queued,
+            "not started by a stopping worker"
+        );
+    }
+    let _next = fleet.spawn_worker_process(2, 20);
+    wait_until(
+        "the returned jobs to run on the next worker",
+        DEADLINE,
+        || async {
+            for id in &waiting {
+                if fleet.record(id).await.status != JobStatus::Succeeded {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn jobs_still_running_when_the_grace_period_ends_go_back_to_the_queue() {
+    let fleet = TestFleet::start(FleetOptions {
+        worker: false,
+        ..FleetOptions::default()
+    })
+    .await;
+    let mut worker = fleet.spawn_worker_process(1, 1);
+    let id = fleet
+        .client
+        .submit(&json!({ "kind": "sleep", "args": { "ms": 4000 } }))
+        .await
+        .id();
+    fleet
+        .wait_for_status(&id, JobStatus::Running, DEADLINE)
+        .await;
+
+    worker.terminate();
+    let status = worker.wait(DEADLINE).await;
+    let _next = fleet.spawn_worker_process(1, 10);
+
+    assert!(status.success(), "log:\n{}", worker.log_text());
+    assert!(
+        worker.log_text().contains("grace period over"),
+        "log:\n{}",
+        worker.log_text()
+    );
+    let record = fleet
+        .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
+        .await;
+    assert_eq!(record.attempts, 2);
+}

@@ -1,0 +1,440 @@
+//! A test's own fleet: a fresh namespace (vhost, rows, key), the API in-process on port 0,
+//! a worker in-process or as real child processes — and teardown when it drops.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use secrecy::ExposeSecret;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use engine_api::Application;
+use engine_jobs::{JobDeps, Registry, register_all};
+use engine_shared::config::Settings;
+use engine_shared::store::{JobRecord, Store};
+use engine_shared::{JobId, JobStatus, Namespace};
+use engine_worker::Worker;
+
+use crate::client::ApiClient;
+use crate::services;
+use crate::test_kinds::{AlwaysFails, Panics};
+use crate::wait::wait_until;
+
+/// How to set a fleet up; `Default` is an API and one in-process worker on the real servers.
+#[derive(Clone, Debug)]
+pub struct FleetOptions {
+    /// Replaces the broker URL (e.g. a proxy's) for the API only.
+    pub api_amqp_url: Option<String>,
+    /// Replaces the database URL (e.g. a proxy's) for the API only.
+    pub api_database_url: Option<String>,
+    /// Start an in-process worker.
+    pub worker: bool,
+    pub worker_concurrency: u16,
+    /// Extra TOML appended to the generated settings.
+    pub extra_toml: String,
+    pub webhook_secret: Option<String>,
+    /// How many namespaces (tenants) the one API and worker serve.
+    pub namespaces: usize,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        Self {
+            api_amqp_url: None,
+            api_database_url: None,
+            worker: true,
+            worker_concurrency: 8,
+            extra_toml: String::new(),
+            webhook_secret: None,
+            namespaces: 1,
+        }
+    }
+}
+
+/// One namespace of the fleet and a client holding its key.
+pub struct Tenant {
+    pub namespace: Namespace,
+    pub key: String,
+    pub client: ApiClient,
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task
+            .await
+            .expect("task panicked")
+            .expect("service failed");
+    }
+}
+
+pub struct TestFleet {
+    /// Every namespace; the first is also `namespace`, `key` and `client`.
+    pub tenants: Vec<Tenant>,
+    pub namespace: Namespace,
+    pub key: String,
+    pub client: ApiClient,
+    pub store: Store,
+    /// The settings file worker processes are started with.
+    pub config_path: PathBuf,
+    settings_text: String,
+    api: Option<Running>,
+    worker: Option<Running>,
+}
+
+/// The registry tests run with: the built-in kinds plus [`crate::test_kinds`].
+pub fn test_registry(webhook_secret: Option<&str>, namespace: &Namespace) -> Registry {
+    let mut deps = JobDeps::default();
+    if let Some(secret) = webhook_secret {
+        deps.webhook_secrets.insert(
+            namespace.clone(),
+            secrecy::SecretString::from(secret.to_owned()),
+        );
+    }
+    let mut registry = register_all(deps).expect("built-in kinds register");
+    registry
+        .register(Panics)
+        .unwrap()
+        .register(AlwaysFails)
+        .unwrap();
+    registry
+}
+
+fn settings_text(
+    namespaces: &[String],
+    database_url: &str,
+    amqp_url: &str,
+    options: &FleetOptions,
+) -> String {
+    let secret = options
+        .webhook_secret
+        .as_ref()
+        .map(|s| format!("webhook_signing_secret = \"{s}\"\n"))
+        .unwrap_or_default();
+    let namespaces: String = namespaces
+        .iter()
+        .map(|name| format!("[namespaces.{name}]\n{secret}\n"))
+        .collect();
+    format!(
+        r#"
+[database]
+url = "{database_url}"
+max_connections = 6
+acquire_timeout_ms = 1500
+[amqp]
+url = "{amqp_url}"
+[api]
+listen = "127.0.0.1:0"
+body_limit_bytes = 65536
+key_cache_secs = 1
+[worker]
+concurrency = {concurrency}
+grace_period_secs = 10
+[relay]
+sweep_interval_ms = 100
+publish_grace_ms = 300
+[retry]
+base_delay_ms = 100
+max_delay_ms = 500
+tiers_ms = [200, 500]
+{namespaces}
+{extra}
+"#,
+        concurrency = options.worker_concurrency,
+        extra = options.extra_toml,
+    )
+}
+
+static MIGRATED: OnceLock<()> = OnceLock::new();
+
+impl TestFleet {
+    pub async fn start(options: FleetOptions) -> Self {
+        engine_shared::tls::install_crypto_provider();
+        engine_shared::telemetry::init(Default::default(), "warn,engine_worker=info");
+        let names: Vec<String> = (0..options.namespaces.max(1))
+            .map(|_| services::unique_namespace())
+            .collect();
+        for name in &names {
+            services::create_vhost(name).await;
+        }
+        let name = names[0].clone();
+        let namespace = Namespace::parse(&name).unwrap();
+
+        let base_text = settings_text(
+            &names,
+            &services::database_url(),
+            &services::amqp_url(),
+            &options,
+        );
+        let settings = Settings::from_toml(&base_text).expect("test settings are valid");
+        let store = Store::connect_lazy(&settings.database).unwrap();
+        if MIGRATED.get().is_none() {
+            store.migrate().await.expect("migrating the test database");
+            let _ = MIGRATED.set(());
+        }
+        let mut keys = Vec::new();
+        for name in &names {
+            let tenant = Namespace::parse(name).unwrap();
+            keys.push(
+                store
+                    .create_api_key(&tenant, "test")
+                    .await
+                    .unwrap()
+                    .key
+                    .expose_secret()
+                    .to_owned(),
+            );
+        }
+        let key = keys[0].clone();
+
+        let config_path = std::env::temp_dir().join(format!("{name}.toml"));
+        std::fs::write(&config_path, &base_text).unwrap();
+
+        let api_text = settings_text(
+            &names,
+            options
+                .api_database_url
+                .as_deref()
+                .unwrap_or(&services::database_url()),
+            options
+                .api_amqp_url
+                .as_deref()
+                .unwrap_or(&services::amqp_url()),
+            &options,
+        );
+        let api_settings = Settings::from_toml(&api_text).unwrap();
+        let application = Application::build(
+            api_settings,
+            test_registry(options.webhook_secret.as_deref(), &namespace),
+        )
+        .await
+        .expect("the API builds");
+        let address = application.local_addr();
+        let stop = CancellationToken::new();
+        let api = Running {
+            task: tokio::spawn(application.run_until_stopped(stop.clone())),
+            stop,
+        };
+        let tenants = names
+            .iter()
+            .zip(&keys)
+            .map(|(name, key)| Tenant {
+                namespace: Namespace::parse(name).unwrap(),
+                key: key.clone(),
+                client: ApiClient::new(address, Some(key.clone())),
+            })
+            .collect();
+        let mut fleet = Self {
+            tenants,
+            client: ApiClient::new(address, Some(key.clone())),
+            namespace,
+            key,
+            store,
+            config_path,
+            settings_text: base_text,
+            api: Some(api),
+            worker: None,
+        };
+        if options.worker {
+            fleet.start_worker(options.webhook_secret.as_deref()).await;
+        }
+        fleet
+    }
+
+    /// Starts (another) in-process worker for this namespace.
+    pub async fn start_worker(&mut self, webhook_secret: Option<&str>) {
+        let settings = Settings::from_toml(&self.settings_text).unwrap();
+        let worker = Worker::build(settings, test_registry(webhook_secret, &self.namespace))
+            .await
+            .expect("the worker builds");
+        let stop = CancellationToken::new();
+        self.worker = Some(Running {
+            task: tokio::spawn(worker.run_until_stopped(stop.clone())),
+            stop,
+        });
+    }
+
+    /// Stops the in-process worker (graceful drain) and waits for it.
+    pub async fn stop_worker(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop().await;
+        }
+    }
+
+    /// Stops everything in-process and waits for it.
+    pub async fn stop(mut self) {
+        self.stop_worker().await;
+        if let Some(api) = self.api.take() {
+            api.stop().await;
+        }
+    }
+
+    /// The job's row, read directly from PostgreSQL.
+    pub async fn record(&self, id: &str) -> JobRecord {
+        self.record_in(&self.namespace, id)
+            .await
+            .expect("the job exists")
+    }
+
+    /// The job's row if it exists in `namespace`.
+    pub async fn record_in(&self, namespace: &Namespace, id: &str) -> Option<JobRecord> {
+        let id: JobId = id.parse().unwrap();
+        self.store.get_job(namespace, id).await.unwrap()
+    }
+
+    /// Waits until job `id` has `status`, and returns its row.
+    pub async fn wait_for_status(
+        &self,
+        id: &str,
+        status: JobStatus,
+        deadline: Duration,
+    ) -> JobRecord {
+        wait_until(
+            &format!("job {id} to be {}", status.as_str()),
+            deadline,
+            || async {
+                let record = self.record(id).await;
+                (record.status == status).then_some(record)
+            },
+        )
+        .await
+    }
+
+    /// Starts a real `engine-worker` process for this namespace.
+    pub fn spawn_worker_process(&self, concurrency: u16, grace_secs: u64) -> WorkerProcess {
+        WorkerProcess::spawn(&self.config_path, &self.namespace, concurrency, grace_secs)
+    }
+}
+
+impl Drop for TestFleet {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config_path);
+        let vhosts: Vec<String> = self
+            .tenants
+            .iter()
+            .map(|t| t.namespace.to_string())
+            .collect();
+        // Async teardown cannot run in Drop; a thread with its own runtime deletes the vhost.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    for vhost in &vhosts {
+                        services::delete_vhost(vhost).await;
+                    }
+                });
+        })
+        .join();
+    }
+}
+
+/// A real worker process (the `engine-worker` binary), killed on drop.
+pub struct WorkerProcess {
+    child: Child,
+    pub log: PathBuf,
+}
+
+/// The path of one of the workspace's binaries (`engine-worker`, `engine-api`), built
+/// beside the test executable.
+pub fn binary(name: &str) -> PathBuf {
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/<name>
+    let exe = std::env::current_exe().unwrap();
+    let binary = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (bin/test does)",
+        binary.display()
+    );
+    binary
+}
+
+impl WorkerProcess {
+    pub fn spawn(
+        config: &std::path::Path,
+        namespace: &Namespace,
+        concurrency: u16,
+        grace_secs: u64,
+    ) -> Self {
+        let log =
+            std::env::temp_dir().join(format!("{namespace}-worker-{}.log", rand::random::<u32>()));
+        let child = Command::new(binary("engine-worker"))
+            .arg("--config")
+            .arg(config)
+            .env_remove("DATABASE_URL")
+            .env_remove("AMQP_URL")
+            .env("ENGINE__WORKER__CONCURRENCY", concurrency.to_string())
+            .env("ENGINE__WORKER__GRACE_PERIOD_SECS", grace_secs.to_string())
+            .env("RUST_LOG", "info,sqlx=warn,lapin=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting engine-worker");
+        Self { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    fn signal(&self, signal: i32) {
+        let result = unsafe_kill(self.pid(), signal);
+        assert_eq!(result, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// SIGKILL: the process dies at once, mid-job, without any cleanup.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM: asks for a graceful drain.
+    pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Waits for the process to exit, up to `deadline`.
+    pub async fn wait(&mut self, deadline: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "worker did not exit within {deadline:?}; log: {}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: i32, signal: i32) -> i32 {
+    // SAFETY: kill(2) has no memory-safety preconditions; pid is our own child.
+    unsafe { libc::kill(pid, signal) }
+}

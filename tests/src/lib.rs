@@ -1,0 +1,20 @@
+//! Test harness for tl-engine's end-to-end tests and benchmark, against real servers.
+//!
+//! - [`services`]: where PostgreSQL and RabbitMQ are; per-test vhosts via the management API.
+//! - [`fleet`]: an API and worker in-process (port 0) or a worker as a real child process.
+//! - [`client`]: one typed HTTP client for the API.
+//! - [`proxy`]: a TCP proxy a test can cut and restore to simulate a server outage.
+//! - [`wait`]: waiting for a condition with a deadline (never a bare sleep).
+//! - [`test_kinds`]: job kinds that exist only for tests (panic, fail).
+
+pub mod client;
+pub mod fleet;
+pub mod proxy;
+pub mod services;
+pub mod test_kinds;
+pub mod wait;
+
+pub use client::ApiClient;
+pub use fleet::{FleetOptions, TestFleet, WorkerProcess, binary};
+pub use proxy::TcpProxy;
+pub use wait::wait_until;

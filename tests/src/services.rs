@@ -1,0 +1,93 @@
+//! The real servers tests use, from `TEST_*` environment variables with loopback defaults,
+//! and per-test vhosts created through RabbitMQ's management API.
+
+use rand::RngCore;
+
+pub fn database_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| {
+        "postgres://postgres@127.0.0.1:5432/tl_engine_test?sslmode=disable".to_owned()
+    })
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+fn management_url() -> String {
+    std::env::var("TEST_RABBITMQ_MANAGEMENT_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:15672".to_owned())
+}
+
+/// A fresh namespace name, unique per test: `t-<10 hex>`.
+pub fn unique_namespace() -> String {
+    let mut bytes = [0u8; 5];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("t-{}", hex::encode(bytes))
+}
+
+/// Creates `vhost` and gives guest full permissions on it.
+pub async fn create_vhost(vhost: &str) {
+    let http = reqwest::Client::new();
+    let base = management_url();
+    let created = http
+        .put(format!("{base}/api/vhosts/{vhost}"))
+        .basic_auth("guest", Some("guest"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("RabbitMQ management API unreachable: run infra/local/prepare.sh test");
+    assert!(
+        created.status().is_success(),
+        "creating vhost {vhost}: {}",
+        created.status()
+    );
+    let permitted = http
+        .put(format!("{base}/api/permissions/{vhost}/guest"))
+        .basic_auth("guest", Some("guest"))
+        .json(&serde_json::json!({ "configure": ".*", "write": ".*", "read": ".*" }))
+        .send()
+        .await
+        .expect("setting vhost permissions");
+    assert!(
+        permitted.status().is_success(),
+        "permissions on {vhost}: {}",
+        permitted.status()
+    );
+}
+
+/// Deletes `vhost` (and every queue in it).
+pub async fn delete_vhost(vhost: &str) {
+    let _ = reqwest::Client::new()
+        .delete(format!("{}/api/vhosts/{vhost}", management_url()))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await;
+}
+
+/// Messages in `queue` of `vhost`, read live with a passive declare (the management
+/// API's figures lag by seconds).
+pub async fn queue_depth(vhost: &str, queue: &str) -> Option<u32> {
+    let base = secrecy::SecretString::from(amqp_url());
+    let url = engine_shared::broker::vhost_url(&base, vhost).ok()?;
+    let connection = lapin::Connection::connect(
+        secrecy::ExposeSecret::expose_secret(&url),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .ok()?;
+    let channel = connection.create_channel().await.ok()?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .ok()?;
+    let _ = connection.close(200, "done".into()).await;
+    Some(declared.message_count())
+}
