@@ -1,11 +1,14 @@
 //! The outbox relay: publishes committed jobs to their namespace's vhost.
 //!
 //! Fast path: right after a submission commits, its jobs are offered to a per-namespace
-//! batcher that publishes them with confirms and stamps `published_at`. Sweeper: every
-//! `relay.sweep_interval_ms`, any replica claims (`FOR UPDATE SKIP LOCKED`) queued rows the
-//! fast path did not stamp — a crash, a broker outage, a full batcher — and scheduled rows
-//! that are due, and publishes those. A broker outage therefore delays jobs, never refuses
-//! or loses them.
+//! batcher that publishes them with confirms and stamps `published_at`. When the batcher
+//! is full the submission waits for room, up to `relay.fast_path_wait_ms` (back-pressure),
+//! so a fast client slows to the publish rate instead of leaving its jobs to the slower
+//! sweeper. Sweeper: every `relay.sweep_interval_ms`, any replica claims (`FOR UPDATE SKIP
+//! LOCKED`) queued rows the fast path did not stamp — a crash, a broker outage, a batcher
+//! still full after the wait — and scheduled rows that are due, and publishes those,
+//! claiming again while claims come back full. A broker outage therefore delays jobs, never
+//! refuses or loses them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -84,13 +87,26 @@ impl Relay {
         })
     }
 
-    /// Hands a committed job to the fast path. If the path is saturated the job stays in
-    /// the outbox for the sweeper.
-    pub fn publish_soon(&self, namespace: &Namespace, envelope: Envelope) {
-        if let Some(batcher) = self.fast.get(namespace)
-            && !batcher.offer(envelope)
-        {
-            tracing::debug!(%namespace, "fast path full; leaving the job to the sweeper");
+    /// Hands committed jobs to the fast path, waiting up to `relay.fast_path_wait_ms` in
+    /// all for room. Jobs that find none stay in the outbox for the sweeper.
+    pub async fn publish_soon(
+        &self,
+        namespace: &Namespace,
+        envelopes: impl IntoIterator<Item = Envelope>,
+    ) {
+        let Some(batcher) = self.fast.get(namespace) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + self.settings.fast_path_wait();
+        let mut spilled = 0_usize;
+        for envelope in envelopes {
+            // Past the deadline, `offer_until` still takes whatever room there is at once.
+            if !batcher.offer_until(envelope, deadline).await {
+                spilled += 1;
+            }
+        }
+        if spilled > 0 {
+            tracing::debug!(%namespace, spilled, "fast path full; leaving jobs to the sweeper");
         }
     }
 
@@ -145,28 +161,37 @@ impl Relay {
                 break;
             }
         }
-        let claim = self
-            .store
-            .claim_unpublished(
-                &self.served,
-                self.settings.publish_grace(),
-                self.settings.batch_size,
-            )
-            .await?;
-        let published = match self.publish_rows(&claim.jobs).await {
-            Ok(published) => published,
-            Err(error) => {
-                claim.complete(&[]).await?;
-                return Err(error);
+        loop {
+            let claim = self
+                .store
+                .claim_unpublished(
+                    &self.served,
+                    self.settings.publish_grace(),
+                    self.settings.batch_size,
+                )
+                .await?;
+            let full = claim.jobs.len() as i64 == self.settings.batch_size;
+            let published = match self.publish_rows(&claim.jobs).await {
+                Ok(published) => published,
+                Err(error) => {
+                    claim.complete(&[]).await?;
+                    return Err(error);
+                }
+            };
+            if !published.is_empty() {
+                tracing::info!(
+                    count = published.len(),
+                    "sweeper published jobs the fast path had not"
+                );
             }
-        };
-        if !published.is_empty() {
-            tracing::info!(
-                count = published.len(),
-                "sweeper published jobs the fast path had not"
-            );
+            // A claim the broker only partly confirmed is not retried in this pass, so a
+            // refusing broker cannot keep the sweeper looping.
+            let all_confirmed = published.len() == claim.jobs.len();
+            claim.complete(&published).await?;
+            if !(full && all_confirmed) {
+                return Ok(());
+            }
         }
-        claim.complete(&published).await
     }
 
     /// Publishes rows grouped by namespace; returns the ids the broker confirmed.

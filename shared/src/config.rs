@@ -143,9 +143,14 @@ pub struct RelaySettings {
     /// A queued job younger than this belongs to the fast path; the sweeper leaves it alone.
     #[serde(default = "default_publish_grace_ms")]
     pub publish_grace_ms: u64,
-    /// Most rows one sweep claims.
+    /// Most rows one claim takes; a sweep keeps claiming while claims come back full.
     #[serde(default = "default_sweep_batch")]
     pub batch_size: i64,
+    /// How long a submission waits for room in the fast path before leaving its jobs to
+    /// the sweeper. Back-pressure: a client submitting faster than the relay publishes is
+    /// slowed down rather than having its jobs wait `publish_grace_ms` for the sweeper.
+    #[serde(default = "default_fast_path_wait_ms")]
+    pub fast_path_wait_ms: u64,
 }
 
 impl Default for RelaySettings {
@@ -154,6 +159,7 @@ impl Default for RelaySettings {
             sweep_interval_ms: default_sweep_ms(),
             publish_grace_ms: default_publish_grace_ms(),
             batch_size: default_sweep_batch(),
+            fast_path_wait_ms: default_fast_path_wait_ms(),
         }
     }
 }
@@ -164,6 +170,9 @@ impl RelaySettings {
     }
     pub fn publish_grace(&self) -> Duration {
         Duration::from_millis(self.publish_grace_ms)
+    }
+    pub fn fast_path_wait(&self) -> Duration {
+        Duration::from_millis(self.fast_path_wait_ms)
     }
 }
 
@@ -427,6 +436,9 @@ fn default_publish_grace_ms() -> u64 {
 }
 fn default_sweep_batch() -> i64 {
     500
+}
+fn default_fast_path_wait_ms() -> u64 {
+    1_000
 }
 
 #[cfg(test)]

@@ -70,6 +70,18 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
         self.sender.try_send((item, reply)).is_ok()
     }
 
+    /// Queues `item` without waiting for its output, waiting for room in the queue until
+    /// `deadline` at most; `false` if there was none by then (the caller relies on its
+    /// fallback). This is back-pressure with a bound: a fast producer slows to the flush
+    /// rate instead of spilling work, but a stuck flush cannot hold the producer forever.
+    pub async fn offer_until(&self, item: I, deadline: tokio::time::Instant) -> bool {
+        let (reply, _ignored) = oneshot::channel();
+        match tokio::time::timeout_at(deadline, self.sender.send((item, reply))).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_elapsed) => false,
+        }
+    }
+
     /// Queues `item` for the next flush and waits for its output.
     pub async fn submit(&self, item: I) -> Result<O, GroupCommitError> {
         let (reply, answer) = oneshot::channel();
@@ -184,6 +196,36 @@ mod tests {
             flushes.load(Ordering::SeqCst) < 500,
             "items were not batched"
         );
+    }
+
+    #[tokio::test]
+    async fn offer_until_waits_for_room_but_not_past_its_deadline() {
+        let (release, released) = tokio::sync::watch::channel(false);
+        // A flush that blocks until released, so the queue (4 x max_batch = 4) fills up.
+        let blocked = GroupCommit::spawn("blocked", 1, 1, move |items: Vec<u32>| {
+            let mut released = released.clone();
+            async move {
+                released.wait_for(|open| *open).await.ok();
+                Ok(vec![(); items.len()])
+            }
+        });
+        let soon = || tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        let mut accepted = 0;
+        while blocked.offer_until(accepted, soon()).await {
+            accepted += 1;
+            assert!(accepted < 100, "the queue never filled");
+        }
+        assert!(!blocked.offer(0), "the queue is full");
+
+        let waiting = {
+            let blocked = blocked.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+                blocked.offer_until(99, deadline).await
+            })
+        };
+        release.send(true).unwrap();
+        assert!(waiting.await.unwrap(), "room appeared before the deadline");
     }
 
     #[tokio::test]

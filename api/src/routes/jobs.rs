@@ -37,22 +37,31 @@ fn envelope_of(job: &NewJob) -> Envelope {
     }
 }
 
-/// After the commit: hand newly queued jobs to the relay's fast path.
-fn publish_created(
+/// After the commit: hand newly queued jobs to the relay's fast path (which may make the
+/// answer wait briefly for room: back-pressure on clients that outpace publishing).
+async fn publish_created(
     state: &AppState,
     namespace: &Namespace,
     jobs: &[NewJob],
     outcomes: &[Submitted],
 ) {
-    for (job, outcome) in jobs.iter().zip(outcomes) {
-        if let Submitted::Created {
-            status: JobStatus::Queued,
-            ..
-        } = outcome
-        {
-            state.relay.publish_soon(namespace, envelope_of(job));
-        }
-    }
+    // Collected first: a lazy iterator held across the await would make the handler's
+    // future not `Send` (its closure's lifetimes are not general enough).
+    let queued: Vec<Envelope> = jobs
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| {
+            matches!(
+                outcome,
+                Submitted::Created {
+                    status: JobStatus::Queued,
+                    ..
+                }
+            )
+        })
+        .map(|(job, _)| envelope_of(job))
+        .collect();
+    state.relay.publish_soon(namespace, queued).await;
 }
 
 fn accepted(outcome: &Submitted) -> Accepted {
@@ -86,7 +95,8 @@ pub async fn submit(
         &caller.namespace,
         std::slice::from_ref(&job),
         std::slice::from_ref(&outcome),
-    );
+    )
+    .await;
     let status = match outcome {
         Submitted::Created { .. } => StatusCode::ACCEPTED,
         Submitted::Existing { .. } => StatusCode::OK,
@@ -128,7 +138,7 @@ pub async fn submit_batch(
         .insert_jobs(&jobs)
         .await
         .map_err(ApiError::from_store)?;
-    publish_created(&state, &caller.namespace, &jobs, &outcomes);
+    publish_created(&state, &caller.namespace, &jobs, &outcomes).await;
     let any_created = outcomes
         .iter()
         .any(|o| matches!(o, Submitted::Created { .. }));
