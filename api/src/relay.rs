@@ -22,7 +22,7 @@ use engine_shared::broker::{Broker, Publisher};
 use engine_shared::config::{RelaySettings, Settings};
 use engine_shared::envelope::Envelope;
 use engine_shared::group_commit::GroupCommit;
-use engine_shared::store::{OutboxJob, Store};
+use engine_shared::store::{OutboxClaim, OutboxJob, Store};
 use engine_shared::{JobId, Namespace};
 
 /// Jobs one fast-path publish carries at most.
@@ -147,17 +147,18 @@ impl Relay {
         }
     }
 
-    /// One pass: release due scheduled jobs, then publish queued jobs the fast path missed.
+    /// One pass: the scheduler (due scheduled jobs and long retries, one replica at a
+    /// time), then the outbox (queued jobs the fast path missed).
     pub async fn sweep(&self) -> anyhow::Result<()> {
-        loop {
-            let due = self
-                .store
-                .release_due(&self.served, self.settings.batch_size)
-                .await?;
-            let full = due.len() as i64 == self.settings.batch_size;
-            let published = self.publish_rows(&due).await?;
-            self.store.mark_published(&published).await?;
-            if !full {
+        while let Some(claim) = self
+            .store
+            .claim_due(&self.served, self.settings.batch_size)
+            .await?
+        {
+            if !self
+                .publish_claim(claim, "scheduler released due jobs")
+                .await?
+            {
                 break;
             }
         }
@@ -170,28 +171,34 @@ impl Relay {
                     self.settings.batch_size,
                 )
                 .await?;
-            let full = claim.jobs.len() as i64 == self.settings.batch_size;
-            let published = match self.publish_rows(&claim.jobs).await {
-                Ok(published) => published,
-                Err(error) => {
-                    claim.complete(&[]).await?;
-                    return Err(error);
-                }
-            };
-            if !published.is_empty() {
-                tracing::info!(
-                    count = published.len(),
-                    "sweeper published jobs the fast path had not"
-                );
-            }
-            // A claim the broker only partly confirmed is not retried in this pass, so a
-            // refusing broker cannot keep the sweeper looping.
-            let all_confirmed = published.len() == claim.jobs.len();
-            claim.complete(&published).await?;
-            if !(full && all_confirmed) {
+            if !self
+                .publish_claim(claim, "sweeper published jobs the fast path had not")
+                .await?
+            {
                 return Ok(());
             }
         }
+    }
+
+    /// Publishes a claim's rows and completes it. `true` when the claim was full and the
+    /// broker confirmed all of it, i.e. there may be more to claim right away; a partly
+    /// confirmed claim is not retried in this pass, so a refusing broker cannot keep the
+    /// sweeper looping.
+    async fn publish_claim(&self, claim: OutboxClaim, what: &'static str) -> anyhow::Result<bool> {
+        let full = claim.jobs.len() as i64 == self.settings.batch_size;
+        let published = match self.publish_rows(&claim.jobs).await {
+            Ok(published) => published,
+            Err(error) => {
+                claim.complete(&[]).await?;
+                return Err(error);
+            }
+        };
+        if !published.is_empty() {
+            tracing::info!(count = published.len(), "{what}");
+        }
+        let all_confirmed = published.len() == claim.jobs.len();
+        claim.complete(&published).await?;
+        Ok(full && all_confirmed)
     }
 
     /// Publishes rows grouped by namespace; returns the ids the broker confirmed.

@@ -1,11 +1,14 @@
 //! A submitted job as the API receives it, checked against the registry and settings and
 //! turned into a [`NewJob`]. Every defect is reported with the field it is in.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use engine_jobs::Registry;
 use engine_shared::config::Settings;
+use engine_shared::retry::Backoff;
 use engine_shared::store::NewJob;
 use engine_shared::{IdempotencyKey, JobId, Kind, Namespace, QueueName};
 
@@ -30,7 +33,20 @@ pub struct SubmitJob {
     /// Seconds one attempt may take, up to a day; the kind's default otherwise.
     pub timeout: Option<f64>,
     pub idempotency_key: Option<String>,
+    /// Backoff between failed attempts; the kind's (or the fleet's) otherwise.
+    pub backoff: Option<BackoffRequest>,
 }
+
+/// `backoff` in a submission: seconds, `min` after the first failure, doubling up to `max`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffRequest {
+    pub min: f64,
+    pub max: f64,
+}
+
+/// The longest backoff a job may ask for (it is stored in milliseconds as `integer`).
+const MAX_BACKOFF_SECS: f64 = 7.0 * 86_400.0;
 
 /// `POST /v1/jobs/batch` body.
 #[derive(Debug, Deserialize)]
@@ -136,18 +152,48 @@ impl SubmitJob {
         if !(1..=100).contains(&max_attempts) {
             fail("max_attempts", "must be between 1 and 100".into());
         }
+        // RabbitMQ closes the channel of a delivery unacked past its consumer timeout, so an
+        // attempt may not be allowed to run that long.
+        let ceiling = settings
+            .max_attempt_timeout()
+            .as_secs_f64()
+            .min(MAX_TIMEOUT_SECS);
         let timeout_ms = match self.timeout {
-            Some(secs) if secs > 0.0 && secs <= MAX_TIMEOUT_SECS => (secs * 1000.0).ceil() as u32,
+            Some(secs) if secs > 0.0 && secs <= ceiling => (secs * 1000.0).ceil() as u32,
             Some(_) => {
                 fail(
                     "timeout",
-                    format!("must be more than 0 and at most {MAX_TIMEOUT_SECS} seconds"),
+                    format!(
+                        "must be more than 0 and at most {ceiling} seconds (the broker's \
+                         consumer timeout, amqp.consumer_timeout_secs = {}, less 30 s)",
+                        settings.consumer_timeout.as_secs()
+                    ),
                 );
                 0
             }
+            // A kind's default above the ceiling is lowered to it rather than refused: the
+            // submitter did not ask for it.
             None => defaults.as_ref().map_or(60_000, |d| {
-                d.timeout.as_millis().min(u128::from(u32::MAX)) as u32
+                d.timeout.as_millis().min((ceiling * 1000.0) as u128) as u32
             }),
+        };
+        let backoff = match &self.backoff {
+            None => defaults.as_ref().and_then(|d| d.backoff),
+            Some(BackoffRequest { min, max })
+                if *min > 0.0 && min <= max && *max <= MAX_BACKOFF_SECS =>
+            {
+                Some(Backoff {
+                    min: Duration::from_secs_f64(*min),
+                    max: Duration::from_secs_f64(*max),
+                })
+            }
+            Some(_) => {
+                fail(
+                    "backoff",
+                    format!("need 0 < min <= max <= {MAX_BACKOFF_SECS} seconds"),
+                );
+                None
+            }
         };
         let idempotency_key = match self.idempotency_key.as_deref().map(IdempotencyKey::parse) {
             None => None,
@@ -170,6 +216,7 @@ impl SubmitJob {
                 timeout_ms,
                 idempotency_key,
                 run_at,
+                backoff,
             }),
             _ => Err(errors),
         }

@@ -160,6 +160,11 @@ ensure_demo_vhost() {
     quietly "granting guest access to vhost $DEMO_VHOST" \
       rabbitmqctl -q set_permissions -p "$DEMO_VHOST" guest ".*" ".*" ".*"
   fi
+  # Dead jobs are redriven from PostgreSQL, so their parked messages are only a record:
+  # keep them 14 days. Idempotent (set_policy replaces a policy of the same name).
+  quietly "setting the dead-queue retention policy on vhost $DEMO_VHOST" \
+    rabbitmqctl -q set_policy -p "$DEMO_VHOST" dead-retention '^jobs\.dead$' \
+    '{"message-ttl":1209600000}' --apply-to queues
 }
 
 random_hex() {

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use engine_shared::retry::Backoff;
 use engine_shared::{JobId, Namespace, QueueName};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,12 @@ pub trait Job: Send + Sync + 'static {
         Duration::from_secs(60)
     }
 
+    /// Backoff between failed attempts when the submitter does not say; `None` uses the
+    /// fleet's `retry.base_delay_ms` / `retry.max_delay_ms`.
+    fn backoff(&self) -> Option<Backoff> {
+        None
+    }
+
     /// Runs one attempt. `Ok` carries the result stored on the job.
     fn run(
         &self,
@@ -50,6 +57,8 @@ pub struct JobContext {
     /// 1-based attempt number.
     pub attempt: u32,
     pub max_attempts: u32,
+    /// Earlier runs of this job that returned [`JobError::Snooze`] (not counted as attempts).
+    pub snoozes: u32,
     /// Cancelled when someone cancels the job, when it times out, or when the worker's
     /// grace period ends. Long handlers should watch it and return [`JobError::Cancelled`].
     pub cancellation: CancellationToken,
@@ -68,6 +77,10 @@ pub enum JobError {
     /// Stopped because the cancellation token fired.
     #[error("cancelled")]
     Cancelled,
+    /// Not now: run again after this delay without counting an attempt (a busy
+    /// downstream, a resource not ready yet). The delay is rounded up to a delay tier.
+    #[error("snoozed for {0:?}")]
+    Snooze(Duration),
 }
 
 impl From<anyhow::Error> for JobError {

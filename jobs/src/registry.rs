@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine_shared::kind::InvalidKind;
+use engine_shared::retry::Backoff;
 use engine_shared::{Kind, Namespace, QueueName};
 use futures_util::future::BoxFuture;
 use secrecy::SecretString;
@@ -37,6 +38,8 @@ pub struct KindDefaults {
     pub queue: QueueName,
     pub max_attempts: u32,
     pub timeout: Duration,
+    /// `None`: the fleet's retry settings.
+    pub backoff: Option<Backoff>,
 }
 
 /// What built-in handlers need from outside.
@@ -73,6 +76,7 @@ impl<J: Job> ErasedJob for Erased<J> {
             queue: self.0.queue(),
             max_attempts: self.0.max_attempts(),
             timeout: self.0.timeout(),
+            backoff: self.0.backoff(),
         }
     }
 

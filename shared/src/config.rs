@@ -62,9 +62,20 @@ struct RawDatabase {
     migrate_on_start: bool,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct RawAmqp {
     url: Option<SecretString>,
+    #[serde(default = "default_consumer_timeout_secs")]
+    consumer_timeout_secs: u64,
+}
+
+impl Default for RawAmqp {
+    fn default() -> Self {
+        Self {
+            url: None,
+            consumer_timeout_secs: default_consumer_timeout_secs(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +215,9 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// Broker URL; its vhost part is replaced by each namespace's vhost.
     pub amqp_url: SecretString,
+    /// The broker's `consumer_timeout`: RabbitMQ closes the channel of a delivery left
+    /// unacked longer than this, so no attempt may be allowed to run that long.
+    pub consumer_timeout: Duration,
     pub app_prefix: String,
     pub log_format: LogFormat,
     pub api: ApiSettings,
@@ -277,6 +291,12 @@ impl Settings {
         if raw.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1".into()));
         }
+        if raw.amqp.consumer_timeout_secs < 60 {
+            return Err(invalid(
+                "amqp.consumer_timeout_secs",
+                "must be at least 60 (RabbitMQ's default is 1800)".into(),
+            ));
+        }
         if raw.api.max_batch == 0 {
             return Err(invalid("api.max_batch", "must be at least 1".into()));
         }
@@ -336,6 +356,7 @@ impl Settings {
                 migrate_on_start: raw.database.migrate_on_start,
             },
             amqp_url,
+            consumer_timeout: Duration::from_secs(raw.amqp.consumer_timeout_secs),
             app_prefix: raw.app_prefix,
             log_format: raw.log_format,
             api: raw.api,
@@ -350,6 +371,13 @@ impl Settings {
             queues: raw.queues,
             namespaces,
         })
+    }
+
+    /// The longest an attempt may be allowed to run: the broker's consumer timeout less a
+    /// margin for the final state's commit and the ack.
+    pub fn max_attempt_timeout(&self) -> Duration {
+        self.consumer_timeout
+            .saturating_sub(Duration::from_secs(30))
     }
 
     /// The namespace named `name`, if configured.
@@ -394,6 +422,11 @@ fn check_url(url: &SecretString, setting: &str, schemes: &[&str]) -> Result<(), 
         });
     }
     Ok(())
+}
+
+fn default_consumer_timeout_secs() -> u64 {
+    // RabbitMQ's default `consumer_timeout` (30 minutes).
+    1_800
 }
 
 fn default_worker_id() -> String {

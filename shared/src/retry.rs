@@ -92,16 +92,12 @@ impl RetryPolicy {
         self.tiers_ms.iter().map(|&ms| DelayTier::new(ms)).collect()
     }
 
-    /// The delay after failed attempt number `attempt` (1-based): `base * 2^(attempt-1)`,
-    /// capped at `max`, with ±25 % jitter so a burst of failures does not retry in lockstep.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(32);
-        let raw = self
-            .base_delay_ms
-            .saturating_mul(1u64 << exponent)
-            .min(self.max_delay_ms);
-        let jitter = rand::rng().random_range(0.75..=1.25);
-        Duration::from_millis(((raw as f64) * jitter) as u64)
+    /// The fleet-wide backoff, used where neither the job nor its kind sets one.
+    pub fn default_backoff(&self) -> Backoff {
+        Backoff {
+            min: Duration::from_millis(self.base_delay_ms),
+            max: Duration::from_millis(self.max_delay_ms),
+        }
     }
 
     /// The smallest tier at least as long as `delay` (the largest tier if none is).
@@ -114,6 +110,68 @@ impl RetryPolicy {
             .find(|&tier| tier >= wanted)
             .unwrap_or_else(|| *self.tiers_ms.last().expect("validated: at least one tier"));
         DelayTier::new(ms)
+    }
+
+    /// Where a retry after `delay` waits: the smallest delay tier that is at least as long,
+    /// or PostgreSQL (released by the scheduler) when even the largest tier is shorter.
+    pub fn route_for(&self, delay: Duration) -> RetryRoute {
+        let largest = *self.tiers_ms.last().expect("validated: at least one tier");
+        if delay.as_millis() as u64 > largest {
+            RetryRoute::Scheduler(delay)
+        } else {
+            RetryRoute::Tier(self.tier_for(delay))
+        }
+    }
+}
+
+/// The exponential backoff of one job: `min * 2^(attempt-1)`, at most `max`, with jitter.
+/// Set per kind (`Job::backoff` in engine-jobs), per job at submit, or fleet-wide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// The delay after the first failed attempt.
+    pub min: Duration,
+    /// The cap, whatever the attempt.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay after failed attempt number `attempt` (1-based), with ±25 % jitter so a
+    /// burst of failures does not retry in lockstep, kept within `min..=max`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let (min, max) = (self.min.as_millis() as u64, self.max.as_millis() as u64);
+        let exponent = attempt.saturating_sub(1).min(32);
+        let raw = min.saturating_mul(1u64 << exponent).min(max);
+        let jitter = rand::rng().random_range(0.75..=1.25);
+        let jittered = ((raw as f64) * jitter) as u64;
+        Duration::from_millis(jittered.clamp(min, max.max(min)))
+    }
+}
+
+/// Where a delayed retry waits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RetryRoute {
+    /// In a delay-tier queue; its TTL expiry is the retry.
+    Tier(DelayTier),
+    /// In PostgreSQL (`retrying`, unpublished, `run_at` in the future) until the scheduler
+    /// releases it: for delays longer than the largest tier.
+    Scheduler(Duration),
+}
+
+impl RetryRoute {
+    /// How long the retry actually waits (a tier rounds the wanted delay up).
+    pub fn delay(&self) -> Duration {
+        match self {
+            Self::Tier(tier) => tier.ttl,
+            Self::Scheduler(delay) => *delay,
+        }
+    }
+
+    /// The name recorded with the attempt's error: the tier's queue, or `scheduler`.
+    pub fn via(&self) -> String {
+        match self {
+            Self::Tier(tier) => tier.queue_name(),
+            Self::Scheduler(_) => "scheduler".to_owned(),
+        }
     }
 }
 
@@ -145,12 +203,31 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let policy = RetryPolicy::default();
-        let first = policy.backoff(1).as_millis();
-        assert!((750..=1_250).contains(&first), "{first}");
-        let tenth = policy.backoff(10).as_millis();
+        let backoff = RetryPolicy::default().default_backoff();
+        let first = backoff.delay(1).as_millis();
+        assert!((1_000..=1_250).contains(&first), "never below min: {first}");
+        let tenth = backoff.delay(10).as_millis();
         assert!((384_000..=640_000).contains(&tenth), "{tenth}");
-        assert!(policy.backoff(40).as_millis() <= 4_500_000);
+        assert!(
+            backoff.delay(40).as_millis() <= 3_600_000,
+            "never above max"
+        );
+    }
+
+    #[test]
+    fn delays_beyond_the_largest_tier_go_to_the_scheduler() {
+        let policy = RetryPolicy::default();
+        assert_eq!(
+            policy.route_for(Duration::from_secs(2)),
+            RetryRoute::Tier(DelayTier::new(5_000))
+        );
+        assert_eq!(
+            policy.route_for(Duration::from_secs(3_600)).via(),
+            "jobs.delay.1h"
+        );
+        let long = Duration::from_secs(7_200);
+        assert_eq!(policy.route_for(long), RetryRoute::Scheduler(long));
+        assert_eq!(policy.route_for(long).via(), "scheduler");
     }
 
     #[test]

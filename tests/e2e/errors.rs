@@ -152,6 +152,17 @@ async fn invalid_fields_are_422_naming_the_field() {
             "unknown field `surprise`",
         ),
         (json!({ "kind": 7 }), "kind", "invalid type"),
+        (
+            // RabbitMQ's consumer timeout (1800 s by default) would kill the channel first.
+            json!({ "kind": "noop", "timeout": 1800 }),
+            "timeout",
+            "consumer timeout, amqp.consumer_timeout_secs = 1800",
+        ),
+        (
+            json!({ "kind": "noop", "backoff": { "min": 10, "max": 1 } }),
+            "backoff",
+            "need 0 < min <= max",
+        ),
     ];
     for (job, field, message) in cases {
         let answer = fleet.client.submit(&job).await;

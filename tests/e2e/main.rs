@@ -3,10 +3,13 @@
 
 mod cancel;
 mod command_line;
+mod dead;
 mod errors;
 mod isolation;
 mod lifecycle;
 mod outage;
+mod poison;
 mod processes;
 mod retries;
+mod scheduler;
 mod webhook;

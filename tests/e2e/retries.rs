@@ -37,3 +37,180 @@ async fn a_failing_job_is_retried_through_delay_tiers_then_dead_lettered() {
     .await;
     fleet.stop().await;
 }
+
+/// The errors recorded for job `id`, as `GET /v1/jobs/{id}` shows them.
+async fn errors_of(fleet: &TestFleet, id: &str) -> Vec<serde_json::Value> {
+    let answer = fleet.client.job(id).await;
+    answer.body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors array in {answer:?}"))
+        .clone()
+}
+
+#[tokio::test]
+async fn a_job_failing_twice_then_succeeding_takes_three_attempts_through_the_tiers() {
+    let fleet = TestFleet::start(FleetOptions::default()).await;
+
+    let id = fleet
+        .client
+        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 2 }, "max_attempts": 5 }))
+        .await
+        .id();
+
+    let record = fleet
+        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
+        .await;
+    assert_eq!(record.attempts, 3, "two failures, then the success");
+    assert_eq!(
+        record.result,
+        Some(json!({ "succeeded_on_attempt": 3 })),
+        "the handler saw attempt 3"
+    );
+    let errors = errors_of(&fleet, &id).await;
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    for (index, error) in errors.iter().enumerate() {
+        assert_eq!(error["attempt"], json!(index + 1));
+        assert_eq!(error["kind"], "error");
+        assert!(error["message"].as_str().unwrap().contains("flaky failure"));
+        // Settings: base 100 ms, max 500 ms, tiers 200 ms and 500 ms. A delay is rounded up
+        // to a tier, and the recorded wait is that tier's TTL.
+        let (via, delay) = (
+            error["retry_via"].as_str().unwrap(),
+            &error["retry_delay_ms"],
+        );
+        match via {
+            "jobs.delay.200ms" => assert_eq!(delay, &json!(200)),
+            "jobs.delay.500ms" => assert_eq!(delay, &json!(500)),
+            other => panic!("unexpected retry route {other}"),
+        }
+        assert!(error["worker_id"].is_string());
+        assert!(error["duration_ms"].is_number());
+    }
+    assert_eq!(
+        errors[0]["retry_via"], "jobs.delay.200ms",
+        "the first backoff (100-125 ms) rounds up to the 200 ms tier"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_fatal_error_kills_the_job_after_one_attempt() {
+    let fleet = TestFleet::start(FleetOptions::default()).await;
+
+    let id = fleet
+        .client
+        .submit(&json!({ "kind": "test.fatal", "max_attempts": 5 }))
+        .await
+        .id();
+
+    let record = fleet
+        .wait_for_status(&id, JobStatus::Dead, Duration::from_secs(20))
+        .await;
+    assert_eq!(record.attempts, 1, "no retry after a fatal error");
+    let errors = errors_of(&fleet, &id).await;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["kind"], "fatal");
+    assert!(errors[0]["retry_via"].is_null(), "no retry was scheduled");
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_snooze_runs_the_job_again_later_without_counting_an_attempt() {
+    let fleet = TestFleet::start(FleetOptions::default()).await;
+
+    let id = fleet
+        .client
+        .submit(
+            &json!({ "kind": "test.snooze", "args": { "times": 2, "ms": 100 }, "max_attempts": 1 }),
+        )
+        .await
+        .id();
+
+    let record = fleet
+        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        record.attempts, 1,
+        "snoozes are not attempts (max_attempts is 1)"
+    );
+    assert_eq!(record.snoozes, 2);
+    assert!(
+        errors_of(&fleet, &id).await.is_empty(),
+        "a snooze is no error"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_delay_longer_than_every_tier_waits_in_postgres_for_the_scheduler() {
+    let fleet = TestFleet::start(FleetOptions::default()).await;
+
+    // 1.5 s is longer than the largest test tier (500 ms).
+    let id = fleet
+        .client
+        .submit(&json!({
+            "kind": "test.flaky",
+            "args": { "fail_times": 1 },
+            "backoff": { "min": 1.5, "max": 1.5 },
+        }))
+        .await
+        .id();
+
+    let waiting = fleet
+        .wait_for_status(&id, JobStatus::Retrying, Duration::from_secs(20))
+        .await;
+    assert!(
+        waiting.published_at.is_none(),
+        "back in the outbox, not in a delay tier"
+    );
+    assert!(waiting.run_at > chrono::Utc::now(), "due in the future");
+    let errors = errors_of(&fleet, &id).await;
+    assert_eq!(errors[0]["retry_via"], "scheduler");
+    assert_eq!(errors[0]["retry_delay_ms"], json!(1500));
+
+    let record = fleet
+        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
+        .await;
+    assert_eq!(record.attempts, 2);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_cancelled_while_it_waits_in_a_delay_tier_never_runs_again() {
+    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let vhost = fleet.namespace.to_string();
+
+    let id = fleet
+        .client
+        .submit(&json!({
+            "kind": "test.flaky",
+            "args": { "fail_times": 1 },
+            "backoff": { "min": 0.4, "max": 0.4 },
+        }))
+        .await
+        .id();
+    engine_tests::wait_until(
+        "the retry to be parked in the 500 ms tier",
+        Duration::from_secs(20),
+        || async { (queue_depth(&vhost, "jobs.delay.500ms").await == Some(1)).then_some(()) },
+    )
+    .await;
+    let cancelled = fleet.client.cancel(&id).await;
+    assert_eq!(cancelled.status, reqwest::StatusCode::OK, "{cancelled:?}");
+
+    // The parked message comes back from the 500 ms tier and is skipped.
+    engine_tests::wait_until(
+        "the retry message to leave the tier and the work queue",
+        Duration::from_secs(10),
+        || async {
+            let parked = queue_depth(&vhost, "jobs.delay.500ms").await?;
+            let waiting = queue_depth(&vhost, "jobs.default").await?;
+            (parked == 0 && waiting == 0).then_some(())
+        },
+    )
+    .await;
+    let record = fleet.record(&id).await;
+    assert_eq!(record.status, JobStatus::Cancelled);
+    assert_eq!(record.attempts, 1, "the retry never ran");
+    fleet.stop().await;
+}

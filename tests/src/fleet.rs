@@ -19,7 +19,7 @@ use engine_worker::Worker;
 
 use crate::client::ApiClient;
 use crate::services;
-use crate::test_kinds::{AlwaysFails, Panics};
+use crate::test_kinds::{AbortsProcess, AlwaysFails, FailsFatally, Flaky, Panics, Snoozes, Switch};
 use crate::wait::wait_until;
 
 /// How to set a fleet up; `Default` is an API and one in-process worker on the real servers.
@@ -37,6 +37,8 @@ pub struct FleetOptions {
     pub webhook_secret: Option<String>,
     /// How many namespaces (tenants) the one API and worker serve.
     pub namespaces: usize,
+    /// `retry.delivery_limit`: deliveries after which a crash-looping job is buried.
+    pub delivery_limit: u32,
 }
 
 impl Default for FleetOptions {
@@ -49,6 +51,7 @@ impl Default for FleetOptions {
             extra_toml: String::new(),
             webhook_secret: None,
             namespaces: 1,
+            delivery_limit: 20,
         }
     }
 }
@@ -87,10 +90,41 @@ pub struct TestFleet {
     settings_text: String,
     api: Option<Running>,
     worker: Option<Running>,
+    /// More API replicas (same namespaces and database), for tests of what replicas share.
+    replicas: Vec<Running>,
+}
+
+/// Whether a registry may hold `test.abort`, which ends the process that runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortKind {
+    /// The API (which only validates) and `engine-test-worker` processes.
+    Included,
+    /// An in-process worker: a `test.abort` job there would kill the test binary, so it is
+    /// unknown (poison) instead.
+    Excluded,
 }
 
 /// The registry tests run with: the built-in kinds plus [`crate::test_kinds`].
-pub fn test_registry(webhook_secret: Option<&str>, namespace: &Namespace) -> Registry {
+pub fn test_registry(deps: JobDeps, abort: AbortKind) -> Registry {
+    let mut registry = register_all(deps).expect("built-in kinds register");
+    registry
+        .register(Panics)
+        .and_then(|r| r.register(AlwaysFails))
+        .and_then(|r| r.register(Flaky))
+        .and_then(|r| r.register(FailsFatally))
+        .and_then(|r| r.register(Snoozes))
+        .and_then(|r| r.register(Switch))
+        .expect("test kinds register");
+    if abort == AbortKind::Included {
+        registry
+            .register(AbortsProcess)
+            .expect("test.abort registers");
+    }
+    registry
+}
+
+/// Job dependencies with `namespace`'s webhook secret, if any.
+fn deps_with_secret(webhook_secret: Option<&str>, namespace: &Namespace) -> JobDeps {
     let mut deps = JobDeps::default();
     if let Some(secret) = webhook_secret {
         deps.webhook_secrets.insert(
@@ -98,13 +132,7 @@ pub fn test_registry(webhook_secret: Option<&str>, namespace: &Namespace) -> Reg
             secrecy::SecretString::from(secret.to_owned()),
         );
     }
-    let mut registry = register_all(deps).expect("built-in kinds register");
-    registry
-        .register(Panics)
-        .unwrap()
-        .register(AlwaysFails)
-        .unwrap();
-    registry
+    deps
 }
 
 fn settings_text(
@@ -144,10 +172,12 @@ publish_grace_ms = 300
 base_delay_ms = 100
 max_delay_ms = 500
 tiers_ms = [200, 500]
+delivery_limit = {delivery_limit}
 {namespaces}
 {extra}
 "#,
         concurrency = options.worker_concurrency,
+        delivery_limit = options.delivery_limit,
         extra = options.extra_toml,
     )
 }
@@ -212,7 +242,10 @@ impl TestFleet {
         let api_settings = Settings::from_toml(&api_text).unwrap();
         let application = Application::build(
             api_settings,
-            test_registry(options.webhook_secret.as_deref(), &namespace),
+            test_registry(
+                deps_with_secret(options.webhook_secret.as_deref(), &namespace),
+                AbortKind::Included,
+            ),
         )
         .await
         .expect("the API builds");
@@ -241,6 +274,7 @@ impl TestFleet {
             settings_text: base_text,
             api: Some(api),
             worker: None,
+            replicas: Vec::new(),
         };
         if options.worker {
             fleet.start_worker(options.webhook_secret.as_deref()).await;
@@ -251,7 +285,11 @@ impl TestFleet {
     /// Starts (another) in-process worker for this namespace.
     pub async fn start_worker(&mut self, webhook_secret: Option<&str>) {
         let settings = Settings::from_toml(&self.settings_text).unwrap();
-        let worker = Worker::build(settings, test_registry(webhook_secret, &self.namespace))
+        let registry = test_registry(
+            deps_with_secret(webhook_secret, &self.namespace),
+            AbortKind::Excluded,
+        );
+        let worker = Worker::build(settings, registry)
             .await
             .expect("the worker builds");
         let stop = CancellationToken::new();
@@ -268,9 +306,29 @@ impl TestFleet {
         }
     }
 
+    /// Starts another API replica in-process (its own relay and scheduler), unreachable
+    /// over HTTP: it matters for what it does in the background.
+    pub async fn start_api_replica(&mut self) {
+        let settings = Settings::from_toml(&self.settings_text).unwrap();
+        let application = Application::build(
+            settings,
+            test_registry(JobDeps::default(), AbortKind::Included),
+        )
+        .await
+        .expect("the API replica builds");
+        let stop = CancellationToken::new();
+        self.replicas.push(Running {
+            task: tokio::spawn(application.run_until_stopped(stop.clone())),
+            stop,
+        });
+    }
+
     /// Stops everything in-process and waits for it.
     pub async fn stop(mut self) {
         self.stop_worker().await;
+        for replica in self.replicas.drain(..) {
+            replica.stop().await;
+        }
         if let Some(api) = self.api.take() {
             api.stop().await;
         }
@@ -310,6 +368,18 @@ impl TestFleet {
     /// Starts a real `engine-worker` process for this namespace.
     pub fn spawn_worker_process(&self, concurrency: u16, grace_secs: u64) -> WorkerProcess {
         WorkerProcess::spawn(&self.config_path, &self.namespace, concurrency, grace_secs)
+    }
+
+    /// Starts a real `engine-test-worker` process (the worker runtime with the test kinds,
+    /// `test.abort` included) for this namespace.
+    pub fn spawn_test_worker_process(&self, concurrency: u16) -> WorkerProcess {
+        WorkerProcess::spawn_binary(
+            "engine-test-worker",
+            &self.config_path,
+            &self.namespace,
+            concurrency,
+            10,
+        )
     }
 }
 
@@ -364,9 +434,20 @@ impl WorkerProcess {
         concurrency: u16,
         grace_secs: u64,
     ) -> Self {
+        Self::spawn_binary("engine-worker", config, namespace, concurrency, grace_secs)
+    }
+
+    /// Starts the workspace binary `name` as a worker with these settings.
+    pub fn spawn_binary(
+        name: &str,
+        config: &std::path::Path,
+        namespace: &Namespace,
+        concurrency: u16,
+        grace_secs: u64,
+    ) -> Self {
         let log =
             std::env::temp_dir().join(format!("{namespace}-worker-{}.log", rand::random::<u32>()));
-        let child = Command::new(binary("engine-worker"))
+        let child = Command::new(binary(name))
             .arg("--config")
             .arg(config)
             .env_remove("DATABASE_URL")
@@ -378,7 +459,7 @@ impl WorkerProcess {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .expect("starting engine-worker");
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         Self { child, log }
     }
 
@@ -400,6 +481,11 @@ impl WorkerProcess {
     /// SIGTERM: asks for a graceful drain.
     pub fn terminate(&self) {
         self.signal(libc::SIGTERM);
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     /// Waits for the process to exit, up to `deadline`.

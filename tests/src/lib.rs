@@ -3,10 +3,13 @@
 //! - [`services`]: where PostgreSQL and RabbitMQ are; per-test vhosts via the management API.
 //! - [`fleet`]: an API and worker in-process (port 0) or a worker as a real child process.
 //! - [`client`]: one typed HTTP client for the API.
+//! - [`broker`]: a test's vhost seen directly: raw publishes, dead letters and their reasons.
 //! - [`proxy`]: a TCP proxy a test can cut and restore to simulate a server outage.
 //! - [`wait`]: waiting for a condition with a deadline (never a bare sleep).
-//! - [`test_kinds`]: job kinds that exist only for tests (panic, fail).
+//! - [`test_kinds`]: job kinds that exist only for tests (panic, fail, flaky, fatal, snooze,
+//!   a switch, and one that aborts its process).
 
+pub mod broker;
 pub mod client;
 pub mod fleet;
 pub mod proxy;
@@ -14,6 +17,7 @@ pub mod services;
 pub mod test_kinds;
 pub mod wait;
 
+pub use broker::{DeadLetter, VhostClient};
 pub use client::ApiClient;
 pub use fleet::{FleetOptions, TestFleet, WorkerProcess, binary};
 pub use proxy::TcpProxy;

@@ -36,3 +36,118 @@ impl Job for AlwaysFails {
         )))
     }
 }
+
+/// Fails its first `fail_times` attempts (retryable), then succeeds.
+pub struct Flaky;
+
+#[derive(Debug, Deserialize)]
+pub struct FlakyArgs {
+    pub fail_times: u32,
+}
+
+impl Job for Flaky {
+    const KIND: &'static str = "test.flaky";
+    type Args = FlakyArgs;
+
+    async fn run(
+        &self,
+        context: JobContext,
+        args: FlakyArgs,
+    ) -> Result<serde_json::Value, JobError> {
+        if context.attempt <= args.fail_times {
+            return Err(JobError::Retryable(anyhow::anyhow!(
+                "flaky failure {} of {}",
+                context.attempt,
+                args.fail_times
+            )));
+        }
+        Ok(serde_json::json!({ "succeeded_on_attempt": context.attempt }))
+    }
+}
+
+/// Fails fatally: no further attempt.
+pub struct FailsFatally;
+
+impl Job for FailsFatally {
+    const KIND: &'static str = "test.fatal";
+    type Args = NoArgs;
+
+    async fn run(
+        &self,
+        _context: JobContext,
+        _args: NoArgs,
+    ) -> Result<serde_json::Value, JobError> {
+        Err(JobError::Fatal(anyhow::anyhow!("deliberate fatal error")))
+    }
+}
+
+/// Snoozes `times` times for `ms` milliseconds, then succeeds.
+pub struct Snoozes;
+
+#[derive(Debug, Deserialize)]
+pub struct SnoozeArgs {
+    pub times: u32,
+    pub ms: u64,
+}
+
+impl Job for Snoozes {
+    const KIND: &'static str = "test.snooze";
+    type Args = SnoozeArgs;
+
+    async fn run(
+        &self,
+        context: JobContext,
+        args: SnoozeArgs,
+    ) -> Result<serde_json::Value, JobError> {
+        if context.snoozes < args.times {
+            return Err(JobError::Snooze(std::time::Duration::from_millis(args.ms)));
+        }
+        Ok(serde_json::json!({ "attempt": context.attempt, "snoozes": context.snoozes }))
+    }
+}
+
+/// Namespaces whose `test.switch` jobs succeed; every other namespace's fail fatally. A
+/// test flips its own namespace on to make dead jobs healthy before redriving them.
+static HEALED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Lets `test.switch` jobs of `namespace` succeed from now on (in this process).
+pub fn heal(namespace: &engine_shared::Namespace) {
+    HEALED.lock().unwrap().push(namespace.to_string());
+}
+
+/// Fails fatally until [`heal`] is called for its namespace, then succeeds.
+pub struct Switch;
+
+impl Job for Switch {
+    const KIND: &'static str = "test.switch";
+    type Args = NoArgs;
+
+    async fn run(&self, context: JobContext, _args: NoArgs) -> Result<serde_json::Value, JobError> {
+        if HEALED
+            .lock()
+            .unwrap()
+            .contains(&context.namespace.to_string())
+        {
+            Ok(serde_json::Value::Null)
+        } else {
+            Err(JobError::Fatal(anyhow::anyhow!("switch is off")))
+        }
+    }
+}
+
+/// Aborts the whole worker process, like a segfault or an OOM kill would end it. Only
+/// ever run by `engine-test-worker` processes, never in the test process itself.
+pub struct AbortsProcess;
+
+impl Job for AbortsProcess {
+    const KIND: &'static str = "test.abort";
+    type Args = NoArgs;
+
+    async fn run(
+        &self,
+        _context: JobContext,
+        _args: NoArgs,
+    ) -> Result<serde_json::Value, JobError> {
+        std::process::abort()
+    }
+}

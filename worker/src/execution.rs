@@ -1,19 +1,25 @@
-//! One delivery's way: decode → move to `running` → run the handler under a timeout, a
-//! cancellation token and a panic guard → record the outcome → ack, retry or dead-letter.
-//! The ack is sent only after the outcome is committed.
+//! One delivery's way: decode → screen for poison (unknown kind, args that no longer fit,
+//! too many deliveries) → move to `running` → run the handler under a timeout, a
+//! cancellation token and a panic guard → record the outcome → ack, retry (delay tier or
+//! scheduler) or dead-letter. The ack is sent only after the outcome is committed; a
+//! message that can never run goes to the dead queue with its reason, never back to its
+//! queue.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::types::AMQPValue;
 
 use engine_jobs::{JobContext, JobError, Registry};
 use engine_shared::broker::Publisher;
 use engine_shared::envelope::Envelope;
 use engine_shared::namespace::NamespaceSpec;
-use engine_shared::retry::RetryPolicy;
-use engine_shared::store::{AttemptOutcome, StartRequest};
+use engine_shared::retry::{RetryPolicy, RetryRoute};
+use engine_shared::store::{
+    AttemptOutcome, Burial, ErrorKind, FinishRequest, StartOutcome, StartRequest, StartedJob, Store,
+};
 use engine_shared::{JobId, JobStatus};
 
 use crate::in_flight::InFlight;
@@ -36,6 +42,12 @@ pub struct Shared {
     pub in_flight: Arc<InFlight>,
     pub retry: RetryPolicy,
     pub namespaces: Vec<NamespaceContext>,
+    /// Recorded with every error and burial, so a person can tell which pod ran what.
+    pub worker_id: String,
+    /// The longest an attempt may run (the broker's consumer timeout less a margin).
+    pub max_attempt_timeout: Duration,
+    /// Needed to bury poison and crash-looping jobs outside the batched transitions.
+    pub store: Store,
 }
 
 pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) {
@@ -43,23 +55,42 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
     let envelope = match Envelope::from_bytes(&delivery.data) {
         Ok(envelope) => envelope,
         Err(error) => {
-            // Not ours to run: park it in the dead queue instead of redelivering it forever.
-            tracing::error!(namespace = %context.spec.name, %error, "malformed message; dead-lettering it");
-            reject(&delivery).await;
+            let reason = format!("malformed message: not a job envelope ({error})");
+            dead_letter(context, &delivery, None, &reason).await;
             return;
         }
     };
     let id = envelope.id;
+    if let Some(reason) = poison_reason(&shared, &envelope) {
+        bury(&shared, context, &delivery, id, ErrorKind::Poison, &reason).await;
+        return;
+    }
+    let deliveries = delivery_count(&delivery);
+    if deliveries >= shared.retry.delivery_limit {
+        let reason = format!(
+            "{deliveries} deliveries ended without an outcome: the job kills or outlives the \
+             workers that take it (retry.delivery_limit = {})",
+            shared.retry.delivery_limit
+        );
+        bury(&shared, context, &delivery, id, ErrorKind::Crashed, &reason).await;
+        return;
+    }
+
     let request = StartRequest {
         namespace: context.spec.name.clone(),
         id,
         redelivered: delivery.redelivered,
     };
     let started = match shared.transitions.starts.submit(request).await {
-        Ok(Some(started)) => started,
-        Ok(None) => {
-            tracing::debug!(job = %id, "not runnable (finished, cancelled, unknown or running elsewhere); skipping");
+        Ok(StartOutcome::Started(started)) => started,
+        Ok(StartOutcome::Skipped(status)) => {
+            tracing::debug!(job = %id, status = status.as_str(), "not runnable now; skipping the message");
             ack(&delivery).await;
+            return;
+        }
+        Ok(StartOutcome::Unknown) => {
+            let reason = format!("no job {id} in namespace {}", context.spec.name);
+            dead_letter(context, &delivery, Some(id), &reason).await;
             return;
         }
         Err(error) => {
@@ -69,16 +100,24 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
         }
     };
 
-    let outcome = run_handler(
-        &shared,
-        &context.spec,
-        &envelope,
-        started.attempt,
-        started.max_attempts,
-        started.timeout_ms,
-    )
-    .await;
-    let finished = match shared.transitions.finishes.submit((id, outcome)).await {
+    let began = Instant::now();
+    let outcome = run_handler(&shared, &context.spec, &envelope, &started).await;
+    let retry = match &outcome {
+        HandlerOutcome::Snoozed(delay) => shared.retry.route_for(*delay),
+        _ => {
+            let backoff = started
+                .backoff
+                .unwrap_or_else(|| shared.retry.default_backoff());
+            shared.retry.route_for(backoff.delay(started.attempt))
+        }
+    };
+    let request = FinishRequest {
+        id,
+        outcome: outcome.into(),
+        duration: began.elapsed(),
+        retry: retry.clone(),
+    };
+    let finished = match shared.transitions.finishes.submit(request).await {
         Ok(finished) => finished,
         Err(error) => {
             // Not recorded, so not acked: the redelivery re-runs it (at-least-once).
@@ -87,12 +126,11 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
             return;
         }
     };
-    match finished.status {
-        Some(JobStatus::Retrying) => {
-            let tier = shared.retry.tier_for(shared.retry.backoff(started.attempt));
+    match (finished.status, retry) {
+        (Some(JobStatus::Retrying), RetryRoute::Tier(tier)) => {
             match context.publisher.publish_retry(&envelope, &tier).await {
                 Ok(()) => {
-                    tracing::info!(job = %id, attempt = started.attempt, tier = tier.label, "attempt failed; retry parked in delay tier");
+                    tracing::info!(job = %id, attempt = started.attempt, tier = tier.label, "retry parked in delay tier");
                     ack(&delivery).await;
                 }
                 Err(error) => {
@@ -102,17 +140,132 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
                 }
             }
         }
-        Some(JobStatus::Dead) => {
-            tracing::warn!(job = %id, attempt = started.attempt, "job is dead; moved to the dead queue");
-            reject(&delivery).await;
+        (Some(JobStatus::Retrying), RetryRoute::Scheduler(delay)) => {
+            tracing::info!(job = %id, attempt = started.attempt, delay_secs = delay.as_secs(), "retry held in PostgreSQL for the scheduler");
+            ack(&delivery).await;
         }
-        Some(status) => {
+        (Some(JobStatus::Dead), _) => {
+            let reason = format!("out of attempts after attempt {}", started.attempt);
+            dead_letter(context, &delivery, Some(id), &reason).await;
+        }
+        (Some(status), _) => {
             tracing::debug!(job = %id, status = status.as_str(), "job finished");
             ack(&delivery).await;
         }
-        None => {
+        (None, _) => {
             tracing::debug!(job = %id, "outcome not recorded: the job was no longer running here");
             ack(&delivery).await;
+        }
+    }
+}
+
+/// Why this worker can never run `envelope`, if it cannot: an unknown kind, or args that
+/// no longer fit the kind (changed since the job was submitted).
+fn poison_reason(shared: &Shared, envelope: &Envelope) -> Option<String> {
+    match shared.registry.check_args(&envelope.kind, &envelope.args) {
+        None => Some(format!(
+            "unknown kind {:?}: no handler registered in this worker",
+            envelope.kind.as_str()
+        )),
+        Some(Err(error)) => Some(format!("args no longer fit the kind: {error}")),
+        Some(Ok(())) => None,
+    }
+}
+
+/// Marks the job dead with `reason` and parks its message in the dead queue, unless the job
+/// already finished (then the message is a stale duplicate and is simply acked).
+async fn bury(
+    shared: &Shared,
+    context: &NamespaceContext,
+    delivery: &Delivery,
+    id: JobId,
+    kind: ErrorKind,
+    reason: &str,
+) {
+    match shared
+        .store
+        .bury(&context.spec.name, id, kind, reason, &shared.worker_id)
+        .await
+    {
+        Ok(Burial::AlreadyFinal(status)) => {
+            tracing::debug!(job = %id, status = status.as_str(), "stale message of a finished job; skipping");
+            ack(delivery).await;
+        }
+        Ok(Burial::Buried) => dead_letter(context, delivery, Some(id), reason).await,
+        Ok(Burial::Unknown) => {
+            let reason = format!(
+                "{reason}; and no job {id} in namespace {}",
+                context.spec.name
+            );
+            dead_letter(context, delivery, Some(id), &reason).await;
+        }
+        Err(error) => {
+            tracing::warn!(job = %id, error = format!("{error:#}"), "could not bury the job; returning it");
+            requeue_after_pause(delivery).await;
+        }
+    }
+}
+
+/// Parks the delivery in `jobs.dead` with `reason` in its headers, then acks it. If that
+/// publish fails, the delivery is rejected instead: the work queue's dead-letter exchange
+/// still moves it to `jobs.dead`, without the reason header. Never requeued in a loop.
+async fn dead_letter(
+    context: &NamespaceContext,
+    delivery: &Delivery,
+    id: Option<JobId>,
+    reason: &str,
+) {
+    tracing::warn!(namespace = %context.spec.name, job = ?id.map(|id| id.to_string()), reason, "moving the message to the dead queue");
+    match context
+        .publisher
+        .publish_dead(&delivery.data, &delivery.properties, reason)
+        .await
+    {
+        Ok(()) => ack(delivery).await,
+        Err(error) => {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "could not publish to the dead queue; rejecting the message instead"
+            );
+            reject(delivery).await;
+        }
+    }
+}
+
+/// Earlier deliveries of this message that did not end in an ack: RabbitMQ's quorum queues
+/// count them in the `x-delivery-count` header.
+fn delivery_count(delivery: &Delivery) -> u32 {
+    let Some(headers) = delivery.properties.headers() else {
+        return 0;
+    };
+    let count = headers
+        .inner()
+        .iter()
+        .find(|(key, _)| key.as_str() == "x-delivery-count")
+        .map(|(_, value)| value);
+    match count {
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortShortInt(n)) => u32::try_from(*n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// How the handler ended, before PostgreSQL decides what that means for the job.
+enum HandlerOutcome {
+    Succeeded(serde_json::Value),
+    Failed(ErrorKind, String),
+    Snoozed(Duration),
+}
+
+impl From<HandlerOutcome> for AttemptOutcome {
+    fn from(outcome: HandlerOutcome) -> Self {
+        match outcome {
+            HandlerOutcome::Succeeded(value) => Self::Succeeded(value),
+            HandlerOutcome::Failed(kind, message) => Self::Failed { kind, message },
+            HandlerOutcome::Snoozed(_) => Self::Snoozed,
         }
     }
 }
@@ -121,17 +274,16 @@ async fn run_handler(
     shared: &Shared,
     spec: &NamespaceSpec,
     envelope: &Envelope,
-    attempt: u32,
-    max_attempts: u32,
-    timeout_ms: u32,
-) -> AttemptOutcome {
+    started: &StartedJob,
+) -> HandlerOutcome {
     let id: JobId = envelope.id;
     let cancellation = shared.in_flight.start(id);
     let context = JobContext {
         id,
         namespace: spec.name.clone(),
-        attempt,
-        max_attempts,
+        attempt: started.attempt,
+        max_attempts: started.max_attempts,
+        snoozes: started.snoozes,
         cancellation: cancellation.clone(),
     };
     let Some(handler) = shared
@@ -139,21 +291,32 @@ async fn run_handler(
         .run(&envelope.kind, context, envelope.args.clone())
     else {
         shared.in_flight.finish(id);
-        return AttemptOutcome::Fatal(format!(
-            "no handler for kind {:?} in this worker",
-            envelope.kind.as_str()
-        ));
+        return HandlerOutcome::Failed(
+            ErrorKind::Poison,
+            format!(
+                "no handler for kind {:?} in this worker",
+                envelope.kind.as_str()
+            ),
+        );
     };
-    let timeout = Duration::from_millis(u64::from(timeout_ms));
+    // Never past the broker's consumer timeout: RabbitMQ would close the channel and
+    // redeliver the job while it still runs here.
+    let timeout =
+        Duration::from_millis(u64::from(started.timeout_ms)).min(shared.max_attempt_timeout);
     // A task of its own, so a panic is caught as a JoinError instead of killing the worker.
     let mut task = tokio::spawn(handler);
     let outcome = match tokio::time::timeout(timeout, &mut task).await {
-        Ok(Ok(Ok(result))) => AttemptOutcome::Succeeded(result),
-        Ok(Ok(Err(JobError::Retryable(error)))) => AttemptOutcome::Failed(format!("{error:#}")),
-        Ok(Ok(Err(JobError::Fatal(error)))) => AttemptOutcome::Fatal(format!("{error:#}")),
+        Ok(Ok(Ok(result))) => HandlerOutcome::Succeeded(result),
+        Ok(Ok(Err(JobError::Retryable(error)))) => {
+            HandlerOutcome::Failed(ErrorKind::Error, format!("{error:#}"))
+        }
+        Ok(Ok(Err(JobError::Fatal(error)))) => {
+            HandlerOutcome::Failed(ErrorKind::Fatal, format!("{error:#}"))
+        }
+        Ok(Ok(Err(JobError::Snooze(delay)))) => HandlerOutcome::Snoozed(delay),
         // Whether this becomes `cancelled` is decided in PostgreSQL, where the request is.
         Ok(Ok(Err(JobError::Cancelled))) => {
-            AttemptOutcome::Failed("stopped on cancellation".into())
+            HandlerOutcome::Failed(ErrorKind::Error, "stopped on cancellation".into())
         }
         Ok(Err(join_error)) if join_error.is_panic() => {
             let payload = join_error.into_panic();
@@ -163,13 +326,19 @@ async fn run_handler(
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-text panic payload".into());
             tracing::error!(job = %id, message, "handler panicked");
-            AttemptOutcome::Failed(format!("handler panicked: {message}"))
+            HandlerOutcome::Failed(ErrorKind::Panic, format!("handler panicked: {message}"))
         }
-        Ok(Err(join_error)) => AttemptOutcome::Failed(format!("handler task ended: {join_error}")),
+        Ok(Err(join_error)) => HandlerOutcome::Failed(
+            ErrorKind::Error,
+            format!("handler task ended: {join_error}"),
+        ),
         Err(_) => {
             cancellation.cancel();
             task.abort();
-            AttemptOutcome::Failed(format!("timed out after {:.3}s", timeout.as_secs_f64()))
+            HandlerOutcome::Failed(
+                ErrorKind::Timeout,
+                format!("timed out after {:.3}s", timeout.as_secs_f64()),
+            )
         }
     };
     shared.in_flight.finish(id);

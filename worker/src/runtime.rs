@@ -82,10 +82,13 @@ impl Worker {
         }
         let shared = Arc::new(Shared {
             registry: Arc::new(registry),
-            transitions: Transitions::new(&store),
+            transitions: Transitions::new(&store, settings.worker.id.clone()),
             in_flight,
             retry: settings.retry.clone(),
             namespaces: contexts,
+            worker_id: settings.worker.id.clone(),
+            max_attempt_timeout: settings.max_attempt_timeout(),
+            store: store.clone(),
         });
         Ok(Self {
             settings,

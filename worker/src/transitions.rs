@@ -2,9 +2,8 @@
 //! batcher for "move to running" and one for "record the outcome", so a hundred jobs
 //! finishing together cost one statement and one WAL flush, not a hundred.
 
-use engine_shared::JobId;
 use engine_shared::group_commit::GroupCommit;
-use engine_shared::store::{AttemptOutcome, FinishedJob, StartRequest, StartedJob, Store};
+use engine_shared::store::{FinishRequest, FinishedJob, StartOutcome, StartRequest, Store};
 
 /// Most rows one transition statement carries.
 const BATCH: usize = 500;
@@ -13,12 +12,13 @@ const IN_FLIGHT: usize = 2;
 
 #[derive(Clone)]
 pub struct Transitions {
-    pub starts: GroupCommit<StartRequest, Option<StartedJob>>,
-    pub finishes: GroupCommit<(JobId, AttemptOutcome), FinishedJob>,
+    pub starts: GroupCommit<StartRequest, StartOutcome>,
+    pub finishes: GroupCommit<FinishRequest, FinishedJob>,
 }
 
 impl Transitions {
-    pub fn new(store: &Store) -> Self {
+    /// `worker_id` is recorded with every error the finishes write.
+    pub fn new(store: &Store, worker_id: String) -> Self {
         let start_store = store.clone();
         let finish_store = store.clone();
         Self {
@@ -35,9 +35,9 @@ impl Transitions {
                 "finish jobs",
                 BATCH,
                 IN_FLIGHT,
-                move |outcomes: Vec<(JobId, AttemptOutcome)>| {
-                    let store = finish_store.clone();
-                    async move { store.finish_jobs(&outcomes).await }
+                move |requests: Vec<FinishRequest>| {
+                    let (store, worker_id) = (finish_store.clone(), worker_id.clone());
+                    async move { store.finish_jobs(&requests, &worker_id).await }
                 },
             ),
         }

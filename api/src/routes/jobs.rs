@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use engine_shared::envelope::Envelope;
-use engine_shared::store::{CancelOutcome, JobFilter, JobRecord, NewJob, Submitted};
+use engine_shared::store::{CancelOutcome, JobError, JobFilter, JobRecord, NewJob, Submitted};
 use engine_shared::{JobId, JobStatus, Kind, Namespace, QueueName};
 
 use crate::auth::Caller;
@@ -151,9 +151,17 @@ pub async fn submit_batch(
     Ok((status, Json(json!({ "jobs": body }))).into_response())
 }
 
-fn parse_id(raw: &str) -> Result<JobId, ApiError> {
+pub(super) fn parse_id(raw: &str) -> Result<JobId, ApiError> {
     // A malformed id names no job: same answer as an unknown one.
     raw.parse().map_err(|_| ApiError::NotFound)
+}
+
+/// A job with the error of each failed attempt, oldest first.
+#[derive(Serialize)]
+struct JobWithErrors {
+    #[serde(flatten)]
+    job: JobRecord,
+    errors: Vec<JobError>,
 }
 
 /// `GET /v1/jobs/{id}`: 404 for unknown ids and for other namespaces' jobs alike.
@@ -161,15 +169,25 @@ pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<JobRecord>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    state
+    let job = state
         .store
         .get_job(&caller.namespace, id)
         .await
         .map_err(ApiError::from_store)?
-        .map(Json)
-        .ok_or(ApiError::NotFound)
+        .ok_or(ApiError::NotFound)?;
+    // Only jobs that ever failed have errors: spare the second query for the rest.
+    let errors = if job.last_error.is_some() {
+        state
+            .store
+            .job_errors(id)
+            .await
+            .map_err(ApiError::from_store)?
+    } else {
+        Vec::new()
+    };
+    Ok(Json(JobWithErrors { job, errors }).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +195,8 @@ pub struct ListParams {
     status: Option<String>,
     kind: Option<String>,
     queue: Option<String>,
+    /// Case-insensitive text in the last error.
+    error: Option<String>,
     /// The previous page's `next` value.
     before: Option<String>,
     limit: Option<String>,
@@ -184,7 +204,7 @@ pub struct ListParams {
 
 const MAX_PAGE: u32 = 200;
 
-/// `GET /v1/jobs?status=&kind=&queue=&limit=&before=`: newest first, keyset-paginated.
+/// `GET /v1/jobs?status=&kind=&queue=&error=&limit=&before=`: newest first, keyset-paginated.
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -244,6 +264,7 @@ pub async fn list(
         status,
         kind,
         queue,
+        error: params.error.filter(|text| !text.is_empty()),
         before,
         limit,
     };

@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, limits, and the fallback.
 
+mod dead;
 mod jobs;
 
 use axum::Router;
@@ -17,8 +18,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/batch", post(jobs::submit_batch))
+        .route("/v1/jobs/redrive", post(dead::redrive))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/retry", post(dead::retry))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(Extension(BodyLimit(limit)))

@@ -12,17 +12,21 @@ pub struct Sleep;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SleepArgs {
-    /// How long to sleep, at most one hour.
-    #[serde(deserialize_with = "at_most_an_hour")]
+    /// How long to sleep, at most 20 minutes.
+    #[serde(deserialize_with = "at_most_20_minutes")]
     pub ms: u64,
 }
 
-fn at_most_an_hour<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+/// Longest sleep: under RabbitMQ's default 30-minute consumer timeout with room to spare,
+/// so the kind's default timeout fits every broker left at its defaults.
+const MAX_SLEEP_MS: u64 = 1_200_000;
+
+fn at_most_20_minutes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     let ms = u64::deserialize(deserializer)?;
-    if ms > 3_600_000 {
-        return Err(serde::de::Error::custom(
-            "must be at most 3600000 (one hour)",
-        ));
+    if ms > MAX_SLEEP_MS {
+        return Err(serde::de::Error::custom(format!(
+            "must be at most {MAX_SLEEP_MS} (20 minutes)"
+        )));
     }
     Ok(ms)
 }
@@ -32,7 +36,7 @@ impl Job for Sleep {
     type Args = SleepArgs;
 
     fn timeout(&self) -> Duration {
-        Duration::from_secs(3_700)
+        Duration::from_millis(MAX_SLEEP_MS) + Duration::from_secs(60)
     }
 
     async fn run(

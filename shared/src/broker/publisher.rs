@@ -11,10 +11,13 @@ use lapin::{BasicProperties, Channel};
 use tokio::sync::Mutex;
 
 use super::connection::redact;
-use super::topology::{CONTROL_EXCHANGE, DELAY_EXCHANGE, Topology, WORK_EXCHANGE};
+use super::topology::{CONTROL_EXCHANGE, DEAD_EXCHANGE, DELAY_EXCHANGE, Topology, WORK_EXCHANGE};
 use crate::JobId;
 use crate::envelope::Envelope;
 use crate::retry::DelayTier;
+
+/// The header that says why a message was moved to `jobs.dead`.
+pub const DEAD_REASON_HEADER: &str = "x-tl-dead-reason";
 
 /// A broker that stops answering must not hold a publisher forever.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,6 +113,36 @@ impl Publisher {
                 "the broker did not confirm the retry of job {}",
                 envelope.id
             ),
+        }
+    }
+
+    /// Parks a message in `jobs.dead` (confirmed), keeping its body and properties and adding
+    /// the reason it can never run as the `x-tl-dead-reason` header, so a person inspecting
+    /// the queue sees why without reading logs.
+    pub async fn publish_dead(
+        &self,
+        body: &[u8],
+        original: &BasicProperties,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let mut headers = FieldTable::default();
+        if let Some(existing) = original.headers() {
+            for (key, value) in existing.inner() {
+                // CC/BCC were routing for the delay tiers; they mean nothing here.
+                if !matches!(key.as_str(), "CC" | "BCC") {
+                    headers.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        headers.insert(
+            ShortString::from(DEAD_REASON_HEADER),
+            AMQPValue::LongString(LongString::from(reason)),
+        );
+        let properties = original.clone().with_delivery_mode(2).with_headers(headers);
+        let message = (DEAD_EXCHANGE, String::new(), properties, body.to_vec());
+        match self.publish_confirmed(vec![message]).await?.as_slice() {
+            [true] => Ok(()),
+            _ => anyhow::bail!("the broker did not confirm the dead-lettered message"),
         }
     }
 

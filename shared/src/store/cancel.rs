@@ -45,14 +45,7 @@ impl Store {
             Some(JobStatus::Running) => Ok(CancelOutcome::Requested),
             Some(_) => Ok(CancelOutcome::Cancelled),
             None => {
-                count_round_trips(1);
-                let current: Option<JobStatus> =
-                    sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 AND namespace = $2")
-                        .bind(id.as_uuid())
-                        .bind(namespace.as_str())
-                        .fetch_optional(&self.durable)
-                        .await
-                        .with_context(|| format!("reading job {id}"))?;
+                let current = self.job_status(namespace, id).await?;
                 Ok(current.map_or(CancelOutcome::NotFound, CancelOutcome::AlreadyFinal))
             }
         }

@@ -7,6 +7,7 @@
 
 mod api_keys;
 mod cancel;
+mod dead;
 mod execution;
 mod outbox;
 mod query;
@@ -21,7 +22,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use api_keys::{ApiKey, NewApiKey};
 pub use cancel::CancelOutcome;
-pub use execution::{AttemptOutcome, FinishedJob, StartRequest, StartedJob};
+pub use dead::{Burial, DeadFilter, JobError};
+pub use execution::{
+    AttemptOutcome, ErrorKind, FinishRequest, FinishedJob, StartOutcome, StartRequest, StartedJob,
+};
 pub use outbox::{OutboxClaim, OutboxJob};
 pub use query::{JobFilter, JobRecord};
 pub use submit::{NewJob, Submitted};

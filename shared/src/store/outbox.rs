@@ -63,36 +63,66 @@ impl OutboxClaim {
     }
 }
 
-const OUTBOX_COLUMNS: &str =
+/// The advisory lock key of the scheduler ("tl_sched" in ASCII).
+const SCHEDULER_LOCK: i64 = 0x746c_5f73_6368_6564;
+
+pub(super) const OUTBOX_COLUMNS: &str =
     "jobs.id, jobs.namespace, jobs.kind, jobs.queue, jobs.args, jobs.priority";
 
 impl Store {
-    /// Moves due `scheduled` jobs of `namespaces` to `queued` (committed before they are
-    /// published, so a worker never receives a job that still looks scheduled) and returns
-    /// them for publishing.
-    pub async fn release_due(
+    /// The scheduler's claim: due `scheduled` jobs (moved to `queued`) and due `retrying`
+    /// jobs whose delay was too long for a delay tier, locked until
+    /// [`OutboxClaim::complete`] stamps the published ones. `None` when another replica's
+    /// scheduler holds the scheduler lock right now: one scheduler runs at a time.
+    ///
+    /// The lock is transaction-scoped (`pg_try_advisory_xact_lock`), so it works through a
+    /// transaction-mode connection pooler and frees itself if the replica dies. A worker
+    /// that receives a job before this claim commits waits on the row lock, then sees it
+    /// `queued` (or `retrying`) and runs it.
+    pub async fn claim_due(
         &self,
         namespaces: &[String],
         limit: i64,
-    ) -> anyhow::Result<Vec<OutboxJob>> {
+    ) -> anyhow::Result<Option<OutboxClaim>> {
+        count_round_trips(2);
+        let mut transaction = self
+            .durable
+            .begin()
+            .await
+            .context("starting a scheduler pass")?;
+        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(SCHEDULER_LOCK)
+            .fetch_one(&mut *transaction)
+            .await
+            .context("taking the scheduler lock")?;
+        if !leader {
+            count_round_trips(1);
+            transaction
+                .rollback()
+                .await
+                .context("ending a scheduler pass")?;
+            return Ok(None);
+        }
         count_round_trips(1);
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let jobs = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH due AS (
                  SELECT id FROM jobs
-                 WHERE published_at IS NULL AND status = 'scheduled' AND run_at <= now()
-                   AND namespace = ANY($1)
+                 WHERE published_at IS NULL AND status IN ('scheduled', 'retrying')
+                   AND run_at <= now() AND namespace = ANY($1)
                  ORDER BY run_at
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED)
-             UPDATE jobs SET status = 'queued'
+             UPDATE jobs
+             SET status = CASE WHEN status = 'scheduled' THEN 'queued' ELSE status END
              FROM due WHERE jobs.id = due.id
              RETURNING {OUTBOX_COLUMNS}"
         )))
         .bind(namespaces)
         .bind(limit)
-        .fetch_all(&self.durable)
+        .fetch_all(&mut *transaction)
         .await
-        .context("releasing due scheduled jobs")
+        .context("claiming due scheduled and retrying jobs")?;
+        Ok(Some(OutboxClaim { transaction, jobs }))
     }
 
     /// Claims queued jobs that were never published and are older than `grace` (younger

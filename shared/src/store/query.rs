@@ -30,11 +30,15 @@ pub struct JobRecord {
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub result: Option<serde_json::Value>,
     pub last_error: Option<String>,
+    /// Runs that asked to be retried later without counting an attempt.
+    pub snoozes: i32,
+    /// Times the job was sent back to work after it died or was cancelled.
+    pub redrives: i32,
 }
 
 const COLUMNS: &str = "id, namespace, kind, queue, status, args, priority, attempts, max_attempts, \
      timeout_ms, idempotency_key, run_at, created_at, published_at, started_at, finished_at, \
-     cancel_requested_at, result, last_error";
+     cancel_requested_at, result, last_error, snoozes, redrives";
 
 /// Which jobs a listing returns. Every field narrows the result.
 #[derive(Clone, Debug, Default)]
@@ -42,6 +46,8 @@ pub struct JobFilter {
     pub status: Option<JobStatus>,
     pub kind: Option<Kind>,
     pub queue: Option<QueueName>,
+    /// Case-insensitive substring of the last error.
+    pub error: Option<String>,
     /// Only jobs older than this one (the previous page's last id).
     pub before: Option<JobId>,
     pub limit: u32,
@@ -66,6 +72,22 @@ impl Store {
         .with_context(|| format!("reading job {id}"))
     }
 
+    /// Just the status of job `id` in `namespace` (`None`: no such job there). Used after a
+    /// guarded UPDATE matched nothing, to tell "wrong state" from "not found".
+    pub async fn job_status(
+        &self,
+        namespace: &Namespace,
+        id: JobId,
+    ) -> anyhow::Result<Option<JobStatus>> {
+        count_round_trips(1);
+        sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 AND namespace = $2")
+            .bind(id.as_uuid())
+            .bind(namespace.as_str())
+            .fetch_optional(&self.durable)
+            .await
+            .with_context(|| format!("reading the status of job {id}"))
+    }
+
     /// A page of `namespace`'s jobs, newest first.
     pub async fn list_jobs(
         &self,
@@ -80,6 +102,7 @@ impl Store {
                AND ($3::text IS NULL OR kind = $3)
                AND ($4::text IS NULL OR queue = $4)
                AND ($5::uuid IS NULL OR id < $5)
+               AND ($7::text IS NULL OR last_error ILIKE '%' || $7 || '%' ESCAPE '\\')
              ORDER BY id DESC
              LIMIT $6"
         )))
@@ -89,6 +112,7 @@ impl Store {
         .bind(filter.queue.as_ref().map(QueueName::as_str))
         .bind(filter.before.map(|id| id.as_uuid()))
         .bind(i64::from(filter.limit))
+        .bind(filter.error.as_deref().map(super::dead::escape_like))
         .fetch_all(&self.durable)
         .await
         .context("listing jobs")

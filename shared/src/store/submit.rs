@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Store, count_round_trips};
+use crate::retry::Backoff;
 use crate::{IdempotencyKey, JobId, JobStatus, Kind, Namespace, QueueName};
 
 /// A validated job ready to be written.
@@ -21,6 +22,8 @@ pub struct NewJob {
     pub idempotency_key: Option<IdempotencyKey>,
     /// `Some` for a job that must wait (`run_at` / `delay`); it starts `scheduled`.
     pub run_at: Option<DateTime<Utc>>,
+    /// `None`: the fleet's retry settings apply when it fails.
+    pub backoff: Option<Backoff>,
 }
 
 impl NewJob {
@@ -68,6 +71,8 @@ impl Store {
         let mut timeouts = Vec::with_capacity(n);
         let mut keys = Vec::with_capacity(n);
         let mut run_ats = Vec::with_capacity(n);
+        let mut backoff_min = Vec::with_capacity(n);
+        let mut backoff_max = Vec::with_capacity(n);
         for job in jobs {
             ids.push(job.id.as_uuid());
             namespaces.push(job.namespace.as_str().to_owned());
@@ -80,18 +85,23 @@ impl Store {
             timeouts.push(i32::try_from(job.timeout_ms).unwrap_or(i32::MAX));
             keys.push(job.idempotency_key.as_ref().map(|k| k.as_str().to_owned()));
             run_ats.push(job.run_at);
+            let millis = |d: std::time::Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+            backoff_min.push(job.backoff.map(|b| millis(b.min)));
+            backoff_max.push(job.backoff.map(|b| millis(b.max)));
         }
 
         count_round_trips(1);
         let created: Vec<Uuid> = sqlx::query_scalar(
             "INSERT INTO jobs (id, namespace, kind, queue, args, status, priority, max_attempts,
-                               timeout_ms, idempotency_key, run_at)
+                               timeout_ms, idempotency_key, run_at, backoff_min_ms, backoff_max_ms)
              SELECT u.id, u.namespace, u.kind, u.queue, u.args, u.status::job_status, u.priority,
-                    u.max_attempts, u.timeout_ms, u.idempotency_key, COALESCE(u.run_at, now())
+                    u.max_attempts, u.timeout_ms, u.idempotency_key, COALESCE(u.run_at, now()),
+                    u.backoff_min_ms, u.backoff_max_ms
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
-                         $7::int2[], $8::int4[], $9::int4[], $10::text[], $11::timestamptz[])
+                         $7::int2[], $8::int4[], $9::int4[], $10::text[], $11::timestamptz[],
+                         $12::int4[], $13::int4[])
                   AS u(id, namespace, kind, queue, args, status, priority, max_attempts,
-                       timeout_ms, idempotency_key, run_at)
+                       timeout_ms, idempotency_key, run_at, backoff_min_ms, backoff_max_ms)
              ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL
              DO NOTHING
              RETURNING id",
@@ -107,6 +117,8 @@ impl Store {
         .bind(&timeouts)
         .bind(&keys)
         .bind(&run_ats)
+        .bind(&backoff_min)
+        .bind(&backoff_max)
         .fetch_all(&self.durable)
         .await
         .context("inserting jobs")?;

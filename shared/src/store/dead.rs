@@ -1,0 +1,211 @@
+//! Dead jobs: burying a poison or crash-looping job, the error history of a job, and
+//! sending dead jobs back to work (one by id, or many by filter).
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::outbox::{OUTBOX_COLUMNS, OutboxJob};
+use super::{Store, count_round_trips};
+use crate::store::execution::ErrorKind;
+use crate::{JobId, JobStatus, Kind, Namespace, QueueName};
+
+/// What [`Store::bury`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Burial {
+    /// The job is now `dead` with the reason recorded.
+    Buried,
+    /// It had already reached this state (finished or cancelled); nothing changed.
+    AlreadyFinal(JobStatus),
+    /// No such job in the namespace.
+    Unknown,
+}
+
+/// One failed attempt (or poison/crash verdict) of a job, as `GET /v1/jobs/{id}` shows it.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct JobError {
+    pub attempt: i32,
+    /// How many redrives preceded it (0 for the job's first life).
+    pub redrive: i32,
+    pub kind: String,
+    pub message: String,
+    pub at: DateTime<Utc>,
+    pub duration_ms: Option<i32>,
+    pub worker_id: Option<String>,
+    /// The wait before the next attempt, when one followed.
+    pub retry_delay_ms: Option<i32>,
+    /// The delay-tier queue that held the retry, or `scheduler`.
+    pub retry_via: Option<String>,
+}
+
+/// Which dead jobs a redrive takes. Every field narrows it.
+#[derive(Clone, Debug, Default)]
+pub struct DeadFilter {
+    pub kind: Option<Kind>,
+    pub queue: Option<QueueName>,
+    /// Case-insensitive substring of the last error.
+    pub error: Option<String>,
+}
+
+/// What a job gets when it is sent back to work: fresh attempts, a clean slate for this
+/// life, and the outbox (published_at NULL) so the relay publishes it even if the API
+/// process that redrove it dies before its fast path does.
+const BACK_TO_WORK: &str = "status = 'queued', attempts = 0, redrives = redrives + 1,
+     run_at = now(), published_at = NULL, started_at = NULL, finished_at = NULL,
+     cancel_requested_at = NULL, result = NULL";
+
+impl Store {
+    /// Marks a job that cannot run (`Poison`) or keeps killing its workers (`Crashed`) as
+    /// `dead`, recording `reason` in its error history. Jobs already finished or cancelled
+    /// are left alone.
+    pub async fn bury(
+        &self,
+        namespace: &Namespace,
+        id: JobId,
+        kind: ErrorKind,
+        reason: &str,
+        worker_id: &str,
+    ) -> anyhow::Result<Burial> {
+        count_round_trips(1);
+        let buried: Option<Uuid> = sqlx::query_scalar(
+            "WITH target AS (
+                 SELECT id, attempts, redrives FROM jobs
+                 WHERE id = $1 AND namespace = $2
+                   AND status IN ('scheduled', 'queued', 'retrying', 'running')
+                 FOR UPDATE),
+             recorded AS (
+                 INSERT INTO job_errors (job_id, attempt, redrive, kind, message, worker_id)
+                 SELECT id, attempts, redrives, $3, $4, $5 FROM target)
+             UPDATE jobs SET status = 'dead', finished_at = now(), last_error = $4
+             FROM target WHERE jobs.id = target.id
+             RETURNING jobs.id",
+        )
+        .bind(id.as_uuid())
+        .bind(namespace.as_str())
+        .bind(kind.as_str())
+        .bind(reason)
+        .bind(worker_id)
+        .fetch_optional(&self.durable)
+        .await
+        .with_context(|| format!("burying job {id}"))?;
+        if buried.is_some() {
+            return Ok(Burial::Buried);
+        }
+        let current = self.job_status(namespace, id).await?;
+        Ok(current.map_or(Burial::Unknown, Burial::AlreadyFinal))
+    }
+
+    /// Every recorded error of job `id` (already checked to be in the caller's namespace),
+    /// oldest first.
+    pub async fn job_errors(&self, id: JobId) -> anyhow::Result<Vec<JobError>> {
+        count_round_trips(1);
+        sqlx::query_as(
+            "SELECT attempt, redrive, kind, message, at, duration_ms, worker_id,
+                    retry_delay_ms::int4 AS retry_delay_ms, retry_via
+             FROM job_errors WHERE job_id = $1 ORDER BY at, attempt",
+        )
+        .bind(id.as_uuid())
+        .fetch_all(&self.durable)
+        .await
+        .with_context(|| format!("reading the errors of job {id}"))
+    }
+
+    /// Sends one `dead` or `cancelled` job back to work with fresh attempts. `Err(status)`
+    /// when the job exists in another state; `Ok(None)` when there is no such job.
+    pub async fn retry_job(
+        &self,
+        namespace: &Namespace,
+        id: JobId,
+    ) -> anyhow::Result<Result<Option<OutboxJob>, JobStatus>> {
+        count_round_trips(1);
+        let row: Option<OutboxJob> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET {BACK_TO_WORK}
+             WHERE id = $1 AND namespace = $2 AND status IN ('dead', 'cancelled')
+             RETURNING {OUTBOX_COLUMNS}"
+        )))
+        .bind(id.as_uuid())
+        .bind(namespace.as_str())
+        .fetch_optional(&self.durable)
+        .await
+        .with_context(|| format!("retrying job {id}"))?;
+        if let Some(row) = row {
+            return Ok(Ok(Some(row)));
+        }
+        let current = self.job_status(namespace, id).await?;
+        Ok(current.map_or(Ok(None), Err))
+    }
+
+    /// How many of `namespace`'s dead jobs match `filter` (a redrive's dry run).
+    pub async fn count_dead(
+        &self,
+        namespace: &Namespace,
+        filter: &DeadFilter,
+    ) -> anyhow::Result<i64> {
+        count_round_trips(1);
+        sqlx::query_scalar(
+            "SELECT count(*) FROM jobs
+             WHERE namespace = $1 AND status = 'dead'
+               AND ($2::text IS NULL OR kind = $2)
+               AND ($3::text IS NULL OR queue = $3)
+               AND ($4::text IS NULL OR last_error ILIKE '%' || $4 || '%' ESCAPE '\\')",
+        )
+        .bind(namespace.as_str())
+        .bind(filter.kind.as_ref().map(Kind::as_str))
+        .bind(filter.queue.as_ref().map(QueueName::as_str))
+        .bind(filter.error.as_deref().map(escape_like))
+        .fetch_one(&self.durable)
+        .await
+        .context("counting dead jobs")
+    }
+
+    /// Sends up to `limit` of `namespace`'s dead jobs matching `filter` back to work, oldest
+    /// first, in one statement; returns them for publishing.
+    pub async fn redrive(
+        &self,
+        namespace: &Namespace,
+        filter: &DeadFilter,
+        limit: i64,
+    ) -> anyhow::Result<Vec<OutboxJob>> {
+        count_round_trips(1);
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH target AS (
+                 SELECT id FROM jobs
+                 WHERE namespace = $1 AND status = 'dead'
+                   AND ($2::text IS NULL OR kind = $2)
+                   AND ($3::text IS NULL OR queue = $3)
+                   AND ($4::text IS NULL OR last_error ILIKE '%' || $4 || '%' ESCAPE '\\')
+                 ORDER BY id
+                 LIMIT $5
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE jobs SET {BACK_TO_WORK}
+             FROM target WHERE jobs.id = target.id
+             RETURNING {OUTBOX_COLUMNS}"
+        )))
+        .bind(namespace.as_str())
+        .bind(filter.kind.as_ref().map(Kind::as_str))
+        .bind(filter.queue.as_ref().map(QueueName::as_str))
+        .bind(filter.error.as_deref().map(escape_like))
+        .bind(limit)
+        .fetch_all(&self.durable)
+        .await
+        .context("redriving dead jobs")
+    }
+}
+
+/// A user's text matched literally inside ILIKE: `%`, `_` and `\` lose their meaning.
+pub(super) fn escape_like(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_like;
+
+    #[test]
+    fn like_wildcards_in_a_filter_are_literal() {
+        assert_eq!(escape_like("50%_off\\"), "50\\%\\_off\\\\");
+    }
+}

@@ -1,0 +1,177 @@
+//! Messages that can never run go to the dead queue at once, with the reason in a header;
+//! they never loop back into their queue and never stop the worker.
+
+use std::time::Duration;
+
+use engine_shared::JobStatus;
+use engine_tests::{DeadLetter, FleetOptions, TestFleet, VhostClient, wait_until};
+use serde_json::json;
+
+/// Waits for the next dead letter of the fleet's vhost.
+async fn next_dead_letter(broker: &VhostClient) -> DeadLetter {
+    wait_until("a dead letter", Duration::from_secs(20), || async {
+        broker.take_dead_letters().await.into_iter().next()
+    })
+    .await
+}
+
+/// The worker is still healthy: a fresh job runs to success.
+async fn assert_worker_still_runs_jobs(fleet: &TestFleet) {
+    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    fleet
+        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
+        .await;
+}
+
+#[tokio::test]
+async fn a_message_that_is_not_json_goes_to_the_dead_queue_with_its_reason() {
+    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let broker = VhostClient::connect(fleet.namespace.as_str()).await;
+    assert_worker_still_runs_jobs(&fleet).await; // the topology is declared
+
+    broker.publish_raw("default", b"{ this is not json").await;
+
+    let letter = next_dead_letter(&broker).await;
+    assert_eq!(letter.body, b"{ this is not json");
+    let reason = letter.reason.expect("a reason header");
+    assert!(reason.starts_with("malformed message"), "{reason}");
+    assert_worker_still_runs_jobs(&fleet).await;
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_for_a_job_that_does_not_exist_goes_to_the_dead_queue() {
+    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let broker = VhostClient::connect(fleet.namespace.as_str()).await;
+    let ghost = engine_shared::JobId::new();
+    assert_worker_still_runs_jobs(&fleet).await; // the topology is declared
+
+    let envelope = json!({ "id": ghost, "kind": "noop", "queue": "default", "args": {} });
+    broker
+        .publish_raw("default", envelope.to_string().as_bytes())
+        .await;
+
+    let reason = next_dead_letter(&broker).await.reason.unwrap();
+    assert_eq!(
+        reason,
+        format!("no job {ghost} in namespace {}", fleet.namespace)
+    );
+    assert_worker_still_runs_jobs(&fleet).await;
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_of_a_kind_this_worker_does_not_know_is_dead_at_once() {
+    // The API knows `test.abort`; the in-process worker deliberately does not.
+    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let broker = VhostClient::connect(fleet.namespace.as_str()).await;
+
+    let id = fleet
+        .client
+        .submit(&json!({ "kind": "test.abort", "max_attempts": 5 }))
+        .await
+        .id();
+
+    let record = fleet
+        .wait_for_status(&id, JobStatus::Dead, Duration::from_secs(20))
+        .await;
+    assert_eq!(record.attempts, 0, "it never ran");
+    let letter = next_dead_letter(&broker).await;
+    assert!(
+        letter
+            .reason
+            .unwrap()
+            .starts_with("unknown kind \"test.abort\"")
+    );
+    let errors = fleet.client.job(&id).await.body["errors"].clone();
+    assert_eq!(errors[0]["kind"], "poison", "{errors}");
+    assert_worker_still_runs_jobs(&fleet).await;
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_whose_args_no_longer_fit_its_kind_is_dead_at_once() {
+    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let broker = VhostClient::connect(fleet.namespace.as_str()).await;
+    // A real job, held back by its delay so that only our forged message reaches a worker.
+    let id = fleet
+        .client
+        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 0 }, "delay": 3600 }))
+        .await
+        .id();
+
+    assert_worker_still_runs_jobs(&fleet).await; // the topology is declared
+    let forged = json!({
+        "id": id, "kind": "test.flaky", "queue": "default", "args": { "fail_times": "many" }
+    });
+    broker
+        .publish_raw("default", forged.to_string().as_bytes())
+        .await;
+
+    let record = fleet
+        .wait_for_status(&id, JobStatus::Dead, Duration::from_secs(20))
+        .await;
+    assert!(
+        record
+            .last_error
+            .unwrap()
+            .contains("args no longer fit the kind")
+    );
+    let reason = next_dead_letter(&broker).await.reason.unwrap();
+    assert!(reason.contains("args.fail_times"), "{reason}");
+    assert_worker_still_runs_jobs(&fleet).await;
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_that_aborts_its_worker_process_is_buried_after_the_delivery_limit() {
+    let fleet = TestFleet::start(FleetOptions {
+        worker: false,
+        delivery_limit: 2,
+        ..FleetOptions::default()
+    })
+    .await;
+    let broker = VhostClient::connect(fleet.namespace.as_str()).await;
+    let id = fleet
+        .client
+        .submit(&json!({ "kind": "test.abort", "max_attempts": 10 }))
+        .await
+        .id();
+
+    // Each delivery kills the process that takes it; a new worker takes the redelivery,
+    // as a Kubernetes Deployment would restart a pod.
+    let mut crashes = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while fleet.record(&id).await.status != JobStatus::Dead {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job was not buried after {crashes} crashes"
+        );
+        let mut worker = fleet.spawn_test_worker_process(1);
+        loop {
+            if fleet.record(&id).await.status == JobStatus::Dead {
+                worker.terminate();
+                worker.wait(Duration::from_secs(20)).await;
+                break;
+            }
+            if worker.try_exit().is_some() {
+                crashes += 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(
+        crashes, 2,
+        "the delivery and one redelivery each killed a worker; the next delivery buried it"
+    );
+
+    let errors = fleet.client.job(&id).await.body["errors"].clone();
+    assert_eq!(errors[0]["kind"], "crashed", "{errors}");
+    let reason = next_dead_letter(&broker).await.reason.unwrap();
+    assert!(
+        reason.starts_with("2 deliveries ended without an outcome"),
+        "{reason}"
+    );
+    fleet.stop().await;
+}

@@ -1,0 +1,99 @@
+//! Talking to a test's vhost directly, as a misbehaving publisher or a person inspecting
+//! the dead queue would: raw publishes and reading dead letters with their reasons.
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::services;
+
+/// A message taken from `jobs.dead`.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    /// The `x-tl-dead-reason` header, if the worker set one.
+    pub reason: Option<String>,
+    pub message_id: Option<String>,
+}
+
+/// An AMQP connection to one vhost.
+pub struct VhostClient {
+    connection: Connection,
+}
+
+impl VhostClient {
+    pub async fn connect(vhost: &str) -> Self {
+        let base = SecretString::from(services::amqp_url());
+        let url = engine_shared::broker::vhost_url(&base, vhost).expect("a vhost URL");
+        let connection = Connection::connect(url.expose_secret(), ConnectionProperties::default())
+            .await
+            .expect("connecting to the test vhost");
+        Self { connection }
+    }
+
+    /// Publishes `body` as-is to the work exchange for `queue` (persistent, confirmed).
+    pub async fn publish_raw(&self, queue: &str, body: &[u8]) {
+        let channel = self.connection.create_channel().await.unwrap();
+        channel.confirm_select(Default::default()).await.unwrap();
+        let confirm = channel
+            .basic_publish(
+                "jobs".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack(), "the broker refused the raw message");
+        let _ = channel.close(200, "done".into()).await;
+    }
+
+    /// Takes (and acks) every message now in `jobs.dead`.
+    pub async fn take_dead_letters(&self) -> Vec<DeadLetter> {
+        let channel = self.connection.create_channel().await.unwrap();
+        let mut letters = Vec::new();
+        while let Some(message) = channel
+            .basic_get("jobs.dead".into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            let delivery = message.delivery;
+            let reason = delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|headers| header_text(headers, "x-tl-dead-reason"));
+            letters.push(DeadLetter {
+                body: delivery.data.clone(),
+                reason,
+                message_id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string()),
+            });
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
+        }
+        let _ = channel.close(200, "done".into()).await;
+        letters
+    }
+}
+
+fn header_text(headers: &FieldTable, name: &str) -> Option<String> {
+    headers
+        .inner()
+        .iter()
+        .find(|(key, _)| key.as_str() == name)
+        .and_then(|(_, value)| match value {
+            AMQPValue::LongString(text) => Some(text.to_string()),
+            _ => None,
+        })
+}
