@@ -19,7 +19,7 @@ CREATE TABLE job_errors (
     at              timestamptz NOT NULL DEFAULT now(),
     duration_ms     integer,                     -- NULL when the handler never ran
     worker_id       text,
-    retry_delay_ms  integer,                     -- the wait before the next attempt, if one follows
+    retry_delay_ms  bigint,                      -- the wait before the next attempt, if one follows
     retry_via       text                         -- the delay-tier queue, or 'scheduler' (PostgreSQL)
 );
 CREATE INDEX job_errors_by_job ON job_errors (job_id, at);

@@ -8,6 +8,9 @@ use std::time::Duration;
 use rand::Rng;
 use serde::Deserialize;
 
+/// The longest any retry or snooze waits (the API's cap on a job's `backoff` too).
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * 86_400);
+
 /// How long failed attempts wait before the next one, and how they are parked.
 #[derive(Clone, Debug, Deserialize)]
 pub struct RetryPolicy {
@@ -85,6 +88,12 @@ impl RetryPolicy {
         if self.base_delay_ms == 0 || self.max_delay_ms < self.base_delay_ms {
             return Err("need 0 < base_delay_ms <= max_delay_ms".into());
         }
+        if self.max_delay_ms > MAX_RETRY_DELAY.as_millis() as u64 {
+            return Err(format!(
+                "max_delay_ms must be at most {} (7 days)",
+                MAX_RETRY_DELAY.as_millis()
+            ));
+        }
         Ok(())
     }
 
@@ -115,6 +124,8 @@ impl RetryPolicy {
     /// Where a retry after `delay` waits: the smallest delay tier that is at least as long,
     /// or PostgreSQL (released by the scheduler) when even the largest tier is shorter.
     pub fn route_for(&self, delay: Duration) -> RetryRoute {
+        // A snooze or a kind's backoff could ask for anything; nothing waits longer.
+        let delay = delay.min(MAX_RETRY_DELAY);
         let largest = *self.tiers_ms.last().expect("validated: at least one tier");
         if delay.as_millis() as u64 > largest {
             RetryRoute::Scheduler(delay)

@@ -15,6 +15,7 @@ use lapin::types::AMQPValue;
 use engine_jobs::{JobContext, JobError, Registry};
 use engine_shared::broker::Publisher;
 use engine_shared::envelope::Envelope;
+use engine_shared::group_commit::GroupCommitError;
 use engine_shared::namespace::NamespaceSpec;
 use engine_shared::retry::{RetryPolicy, RetryRoute};
 use engine_shared::store::{
@@ -72,8 +73,11 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
              workers that take it (retry.delivery_limit = {})",
             shared.retry.delivery_limit
         );
-        bury(&shared, context, &delivery, id, ErrorKind::Crashed, &reason).await;
-        return;
+        // Only a job that started and never finished is buried as crashed; one that never
+        // got to start (its deliveries were returned for other reasons) runs normally.
+        if bury(&shared, context, &delivery, id, ErrorKind::Crashed, &reason).await {
+            return;
+        }
     }
 
     let request = StartRequest {
@@ -81,7 +85,11 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
         id,
         redelivered: delivery.redelivered,
     };
-    let started = match shared.transitions.starts.submit(request).await {
+    let started = match persist(id, "move the job to running", || {
+        shared.transitions.starts.submit(request.clone())
+    })
+    .await
+    {
         Ok(StartOutcome::Started(started)) => started,
         Ok(StartOutcome::Skipped(status)) => {
             tracing::debug!(job = %id, status = status.as_str(), "not runnable now; skipping the message");
@@ -93,8 +101,7 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
             dead_letter(context, &delivery, Some(id), &reason).await;
             return;
         }
-        Err(error) => {
-            tracing::warn!(job = %id, %error, "could not move the job to running; returning it");
+        Err(_) => {
             requeue_after_pause(&delivery).await;
             return;
         }
@@ -113,15 +120,19 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
     };
     let request = FinishRequest {
         id,
+        attempt: started.attempt,
         outcome: outcome.into(),
         duration: began.elapsed(),
         retry: retry.clone(),
     };
-    let finished = match shared.transitions.finishes.submit(request).await {
+    let finished = match persist(id, "record the outcome", || {
+        shared.transitions.finishes.submit(request.clone())
+    })
+    .await
+    {
         Ok(finished) => finished,
-        Err(error) => {
+        Err(_) => {
             // Not recorded, so not acked: the redelivery re-runs it (at-least-once).
-            tracing::error!(job = %id, %error, "could not record the outcome; returning the job");
             requeue_after_pause(&delivery).await;
             return;
         }
@@ -159,21 +170,58 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
     }
 }
 
+/// How long a delivery is held while PostgreSQL cannot record its job's transition, before
+/// it is returned to its queue. Holding it (instead of requeueing at once) keeps a database
+/// outage from inflating the message's delivery count towards the crash limit.
+const DATABASE_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs `write` until it succeeds, backing off from 250 ms to 10 s, for up to
+/// [`DATABASE_PATIENCE`]; the last error otherwise.
+async fn persist<T, F, Fut>(id: JobId, what: &str, mut write: F) -> Result<T, GroupCommitError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, GroupCommitError>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match write().await {
+            Ok(value) => return Ok(value),
+            Err(error) if started.elapsed() + pause < DATABASE_PATIENCE => {
+                tracing::warn!(job = %id, %error, retry_in_ms = pause.as_millis() as u64, "could not {what}; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+            Err(error) => {
+                tracing::error!(job = %id, %error, "could not {what}; returning the job to its queue");
+                return Err(error);
+            }
+        }
+    }
+}
+
 /// Why this worker can never run `envelope`, if it cannot: an unknown kind, or args that
-/// no longer fit the kind (changed since the job was submitted).
+/// no longer fit the kind (changed since the job was submitted). Names the field, never
+/// its value: args may hold secrets, and this reason is logged and put in a header.
 fn poison_reason(shared: &Shared, envelope: &Envelope) -> Option<String> {
     match shared.registry.check_args(&envelope.kind, &envelope.args) {
         None => Some(format!(
             "unknown kind {:?}: no handler registered in this worker",
             envelope.kind.as_str()
         )),
-        Some(Err(error)) => Some(format!("args no longer fit the kind: {error}")),
+        Some(Err(error)) => Some(format!(
+            "args no longer fit the kind {:?} at args.{}",
+            envelope.kind.as_str(),
+            error.path
+        )),
         Some(Ok(())) => None,
     }
 }
 
-/// Marks the job dead with `reason` and parks its message in the dead queue, unless the job
-/// already finished (then the message is a stale duplicate and is simply acked).
+/// Marks the job dead with `reason` and parks its message in the dead queue. Returns
+/// `false` when the job is in a state `kind` does not bury (a `crashed` verdict needs a
+/// job left `running`): the caller carries on with the delivery. A job already finished
+/// means a stale duplicate message, which is acked.
 async fn bury(
     shared: &Shared,
     context: &NamespaceContext,
@@ -181,13 +229,14 @@ async fn bury(
     id: JobId,
     kind: ErrorKind,
     reason: &str,
-) {
+) -> bool {
     match shared
         .store
         .bury(&context.spec.name, id, kind, reason, &shared.worker_id)
         .await
     {
-        Ok(Burial::AlreadyFinal(status)) => {
+        Ok(Burial::NotBuried(status)) if !status.is_final() => return false,
+        Ok(Burial::NotBuried(status)) => {
             tracing::debug!(job = %id, status = status.as_str(), "stale message of a finished job; skipping");
             ack(delivery).await;
         }
@@ -204,6 +253,7 @@ async fn bury(
             requeue_after_pause(delivery).await;
         }
     }
+    true
 }
 
 /// Parks the delivery in `jobs.dead` with `reason` in its headers, then acks it. If that

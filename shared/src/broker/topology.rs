@@ -99,7 +99,10 @@ impl Topology {
             )
             .await?;
 
-        let delivery_limit = i64::from(self.retry.delivery_limit);
+        // Twice the worker's own limit: the worker buries a crash-looping job (and marks it
+        // dead in PostgreSQL) first; the broker's limit is only the net behind it, for
+        // messages no worker could even look at.
+        let delivery_limit = i64::from(self.retry.delivery_limit).saturating_mul(2);
         for queue in &self.queues {
             let name = work_queue(queue.name.as_str());
             let mut args = quorum.to_vec();

@@ -16,8 +16,9 @@ use crate::{JobId, JobStatus, Kind, Namespace, QueueName};
 pub enum Burial {
     /// The job is now `dead` with the reason recorded.
     Buried,
-    /// It had already reached this state (finished or cancelled); nothing changed.
-    AlreadyFinal(JobStatus),
+    /// It is in this state, which this verdict does not bury (finished or cancelled; or,
+    /// for `crashed`, not `running`); nothing changed.
+    NotBuried(JobStatus),
     /// No such job in the namespace.
     Unknown,
 }
@@ -34,7 +35,7 @@ pub struct JobError {
     pub duration_ms: Option<i32>,
     pub worker_id: Option<String>,
     /// The wait before the next attempt, when one followed.
-    pub retry_delay_ms: Option<i32>,
+    pub retry_delay_ms: Option<i64>,
     /// The delay-tier queue that held the retry, or `scheduler`.
     pub retry_via: Option<String>,
 }
@@ -56,9 +57,9 @@ const BACK_TO_WORK: &str = "status = 'queued', attempts = 0, redrives = redrives
      cancel_requested_at = NULL, result = NULL";
 
 impl Store {
-    /// Marks a job that cannot run (`Poison`) or keeps killing its workers (`Crashed`) as
-    /// `dead`, recording `reason` in its error history. Jobs already finished or cancelled
-    /// are left alone.
+    /// Marks a job that cannot run (`Poison`: any waiting or running job) or keeps killing
+    /// its workers (`Crashed`: only a job left `running`, i.e. one that started and never
+    /// finished) as `dead`, recording `reason` in its error history.
     pub async fn bury(
         &self,
         namespace: &Namespace,
@@ -72,7 +73,8 @@ impl Store {
             "WITH target AS (
                  SELECT id, attempts, redrives FROM jobs
                  WHERE id = $1 AND namespace = $2
-                   AND status IN ('scheduled', 'queued', 'retrying', 'running')
+                   AND (status = 'running'
+                        OR ($3 <> 'crashed' AND status IN ('scheduled', 'queued', 'retrying')))
                  FOR UPDATE),
              recorded AS (
                  INSERT INTO job_errors (job_id, attempt, redrive, kind, message, worker_id)
@@ -93,7 +95,7 @@ impl Store {
             return Ok(Burial::Buried);
         }
         let current = self.job_status(namespace, id).await?;
-        Ok(current.map_or(Burial::Unknown, Burial::AlreadyFinal))
+        Ok(current.map_or(Burial::Unknown, Burial::NotBuried))
     }
 
     /// Every recorded error of job `id` (already checked to be in the caller's namespace),
@@ -102,7 +104,7 @@ impl Store {
         count_round_trips(1);
         sqlx::query_as(
             "SELECT attempt, redrive, kind, message, at, duration_ms, worker_id,
-                    retry_delay_ms::int4 AS retry_delay_ms, retry_via
+                    retry_delay_ms, retry_via
              FROM job_errors WHERE job_id = $1 ORDER BY at, attempt",
         )
         .bind(id.as_uuid())

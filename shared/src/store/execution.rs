@@ -129,6 +129,9 @@ pub struct FinishRequest {
     /// Where the job waits if this ends in `retrying` (computed before the statement,
     /// which alone decides whether a retry happens).
     pub retry: RetryRoute,
+    /// The attempt this outcome belongs to: a late outcome of an earlier attempt (its worker
+    /// lost the delivery, another took over) must not overwrite the live one.
+    pub attempt: u32,
 }
 
 /// The state a finished attempt left its job in.
@@ -140,8 +143,12 @@ pub struct FinishedJob {
 }
 
 impl Store {
-    /// Moves each job to `running` if it may run: from `queued` or `retrying`, or from
-    /// `running` when the message was redelivered. Returns one [`StartOutcome`] per request,
+    /// Moves each job to `running` if it may run: from `queued`, from `retrying` once its
+    /// `run_at` has passed, or from `running` when the message was redelivered. A due
+    /// `scheduled` row is matched too, to wait on the scheduler's row lock: when the claim
+    /// commits, the recheck sees `queued`. (If the claim rolled back after publishing, the
+    /// job is due and has a message, so starting it is right; the scheduler no longer
+    /// sees it once it is `running`.) Returns one [`StartOutcome`] per request,
     /// in input order.
     ///
     /// Relaxed commit: if the commit is lost in a crash, the message is redelivered and the
@@ -158,7 +165,14 @@ impl Store {
                         AS i(id, namespace, redelivered)),
              target AS (
                  SELECT j.id FROM jobs j JOIN input i ON i.id = j.id AND i.namespace = j.namespace
-                 WHERE j.status IN ('queued', 'retrying')
+                 WHERE j.status = 'queued'
+                    -- a retry held for the scheduler may not start before its time, even
+                    -- from a stale message
+                    OR (j.status = 'retrying' AND j.run_at <= now())
+                    -- the scheduler publishes before its claim commits: the row still reads
+                    -- `scheduled`; this matches it so the lock wait ends in a recheck that
+                    -- sees `queued`, instead of a skip that would lose the job
+                    OR (j.status = 'scheduled' AND j.run_at <= now())
                     OR (j.status = 'running' AND i.redelivered)
                  ORDER BY j.id
                  FOR UPDATE OF j)
@@ -264,15 +278,20 @@ impl Store {
             .map(|r| i64::try_from(r.retry.delay().as_millis()).unwrap_or(i64::MAX))
             .collect();
         let retry_via: Vec<String> = requests.iter().map(|r| r.retry.via()).collect();
+        let attempts: Vec<i32> = requests
+            .iter()
+            .map(|r| i32::try_from(r.attempt).unwrap_or(i32::MAX))
+            .collect();
         count_round_trips(1);
         let rows: Vec<(Uuid, JobStatus)> = sqlx::query_as(
             "WITH input AS (
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[],
-                                      $6::int4[], $7::int8[], $8::text[])
+                                      $6::int4[], $7::int8[], $8::text[], $10::int4[])
                         AS i(id, outcome, result, error, error_kind, duration_ms,
-                             retry_delay_ms, retry_via)),
+                             retry_delay_ms, retry_via, attempt)),
              decided AS (
-                 SELECT i.*, j.attempts, j.redrives,
+                 SELECT i.id, i.outcome, i.result, i.error, i.error_kind, i.duration_ms,
+                        i.retry_delay_ms, i.retry_via, j.attempts, j.redrives,
                         CASE
                             WHEN i.outcome = 'succeeded' THEN 'succeeded'
                             WHEN i.outcome = 'cancelled' OR j.cancel_requested_at IS NOT NULL
@@ -283,7 +302,7 @@ impl Store {
                             ELSE 'dead'
                         END::job_status AS next
                  FROM jobs j JOIN input i ON i.id = j.id
-                 WHERE j.status = 'running'
+                 WHERE j.status = 'running' AND j.attempts = i.attempt
                  ORDER BY j.id
                  FOR UPDATE OF j),
              recorded AS (
@@ -317,6 +336,7 @@ impl Store {
         .bind(&retry_delays)
         .bind(&retry_via)
         .bind(worker_id)
+        .bind(&attempts)
         .fetch_all(&self.durable)
         .await
         .context("recording attempt outcomes")?;

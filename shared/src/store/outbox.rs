@@ -77,8 +77,8 @@ impl Store {
     ///
     /// The lock is transaction-scoped (`pg_try_advisory_xact_lock`), so it works through a
     /// transaction-mode connection pooler and frees itself if the replica dies. A worker
-    /// that receives a job before this claim commits waits on the row lock, then sees it
-    /// `queued` (or `retrying`) and runs it.
+    /// that receives a job before this claim commits waits on the row lock (its start
+    /// matches due `scheduled` rows for exactly this), then sees it `queued` and runs it.
     pub async fn claim_due(
         &self,
         namespaces: &[String],
