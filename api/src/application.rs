@@ -12,6 +12,7 @@ use engine_jobs::Registry;
 use engine_shared::broker::Broker;
 use engine_shared::config::Settings;
 use engine_shared::group_commit::GroupCommit;
+use engine_shared::limits::Limiter;
 use engine_shared::store::{self, Store};
 
 use crate::auth::KeyCache;
@@ -38,6 +39,10 @@ impl Application {
         }
         let broker = Broker::new(settings.amqp_url.clone(), "tl-engine-api");
         let relay = Arc::new(Relay::new(&settings, store.clone(), &broker)?);
+        let limiter = Arc::new(
+            Limiter::new(&settings.redis, settings.limits.clone())
+                .context("building the limiter")?,
+        );
         let submit_store = store.clone();
         let submissions = GroupCommit::spawn("submit", SUBMIT_BATCH, 2, move |jobs| {
             let store = submit_store.clone();
@@ -55,6 +60,7 @@ impl Application {
             settings: Arc::new(settings),
             relay,
             submissions,
+            limiter,
         };
         Ok(Self { listener, state })
     }

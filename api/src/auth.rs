@@ -19,6 +19,9 @@ use crate::state::AppState;
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub namespace: Namespace,
+    /// A short, stable, non-secret tag of the key (part of its hash): what per-key limits
+    /// are kept by.
+    pub key_tag: String,
 }
 
 /// Verified keys (by hash) and when each was verified. Revoking a key takes effect within
@@ -110,6 +113,7 @@ impl FromRequestParts<AppState> for Caller {
                 "the API key's namespace is not served by this API",
             ));
         }
-        Ok(Self { namespace })
+        let key_tag = hex::encode(&ApiKey::from_presented(token).hash()[..8]);
+        Ok(Self { namespace, key_tag })
     }
 }

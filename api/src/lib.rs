@@ -3,7 +3,8 @@
 //! Module map:
 //! - [`application`]: build the service from settings, run it until stopped.
 //! - [`routes`]: the endpoints; [`submission`]: what a submitted job must look like.
-//! - [`auth`]: bearer API key → namespace; [`problem`]: RFC 9457 errors;
+//! - [`auth`]: bearer API key → namespace; [`submission_limit`]: per-key 429s;
+//!   [`problem`]: RFC 9457 errors;
 //!   [`json_body`]: JSON bodies with field-level errors.
 //! - [`relay`]: the outbox relay (fast path + sweeper) that publishes accepted jobs.
 //! - [`cli`]: the `engine-api` command line (serve, migrate, keys).
@@ -17,5 +18,6 @@ pub mod relay;
 pub mod routes;
 pub mod state;
 pub mod submission;
+pub mod submission_limit;
 
 pub use application::Application;

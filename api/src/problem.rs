@@ -36,6 +36,15 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
     #[error("the state database is unreachable; retry shortly")]
     Unavailable,
+    #[error(
+        "this API key submits more than {rate} jobs per second (burst {burst}); retry in {} s",
+        retry_after_secs
+    )]
+    TooManyRequests {
+        rate: u32,
+        burst: u32,
+        retry_after_secs: u64,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -104,6 +113,11 @@ impl ApiError {
                 "/problems/unavailable",
                 "Service unavailable",
             ),
+            Self::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "/problems/too-many-requests",
+                "Too many requests",
+            ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "/problems/internal",
@@ -163,6 +177,11 @@ impl IntoResponse for ApiError {
             }
             Self::Unavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            }
+            Self::TooManyRequests {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             _ => {}
         }

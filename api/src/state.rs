@@ -5,6 +5,7 @@ use std::sync::Arc;
 use engine_jobs::Registry;
 use engine_shared::config::Settings;
 use engine_shared::group_commit::GroupCommit;
+use engine_shared::limits::Limiter;
 use engine_shared::store::{NewJob, Store, Submitted};
 
 use crate::auth::KeyCache;
@@ -21,4 +22,6 @@ pub struct AppState {
     pub relay: Arc<Relay>,
     /// Group-commits single submissions from concurrent requests into one INSERT.
     pub submissions: GroupCommit<NewJob, Submitted>,
+    /// Per-API-key submission limits (Redis), when configured.
+    pub limiter: Arc<Limiter>,
 }

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use engine_shared::limits::Limit;
 use engine_shared::retry::Backoff;
 use engine_shared::{JobId, Namespace, QueueName};
 use serde::de::DeserializeOwned;
@@ -38,6 +39,18 @@ pub trait Job: Send + Sync + 'static {
     /// Backoff between failed attempts when the submitter does not say; `None` uses the
     /// fleet's `retry.base_delay_ms` / `retry.max_delay_ms`.
     fn backoff(&self) -> Option<Backoff> {
+        None
+    }
+
+    /// Rate and concurrency limits for this kind, fleet-wide, in every namespace (each with
+    /// its own budget). `[[limits]]` in the settings override it.
+    fn limit(&self) -> Option<Limit> {
+        None
+    }
+
+    /// The key a `per_key` limit is kept per (e.g. a webhook's destination host); `None`
+    /// shares one budget across the kind.
+    fn limit_key(&self, _args: &Self::Args) -> Option<String> {
         None
     }
 

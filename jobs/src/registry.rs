@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine_shared::kind::InvalidKind;
+use engine_shared::limits::Limit;
 use engine_shared::retry::Backoff;
 use engine_shared::{Kind, Namespace, QueueName};
 use futures_util::future::BoxFuture;
@@ -53,6 +54,8 @@ pub struct JobDeps {
 
 trait ErasedJob: Send + Sync {
     fn defaults(&self) -> KindDefaults;
+    fn limit(&self) -> Option<Limit>;
+    fn limit_key(&self, args: &serde_json::Value) -> Option<String>;
     fn check_args(&self, args: &serde_json::Value) -> Result<(), ArgsError>;
     fn run(
         &self,
@@ -82,6 +85,14 @@ impl<J: Job> ErasedJob for Erased<J> {
 
     fn check_args(&self, args: &serde_json::Value) -> Result<(), ArgsError> {
         parse_args::<J>(args.clone()).map(drop)
+    }
+
+    fn limit(&self) -> Option<Limit> {
+        self.0.limit()
+    }
+
+    fn limit_key(&self, args: &serde_json::Value) -> Option<String> {
+        self.0.limit_key(&parse_args::<J>(args.clone()).ok()?)
     }
 
     fn run(
@@ -141,6 +152,16 @@ impl Registry {
         args: &serde_json::Value,
     ) -> Option<Result<(), ArgsError>> {
         self.kinds.get(kind).map(|job| job.check_args(args))
+    }
+
+    /// The limit `kind` declares in code, if any.
+    pub fn limit(&self, kind: &Kind) -> Option<Limit> {
+        self.kinds.get(kind).and_then(|job| job.limit())
+    }
+
+    /// The key `kind` keeps per-key limits by, for these args.
+    pub fn limit_key(&self, kind: &Kind, args: &serde_json::Value) -> Option<String> {
+        self.kinds.get(kind).and_then(|job| job.limit_key(args))
     }
 
     /// The handler future for one attempt. `None` if the kind is unknown.

@@ -11,6 +11,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::kind::Kind;
+use crate::limits::{LimitRule, RedisSettings};
 use crate::namespace::{Namespace, NamespaceSpec};
 use crate::queue::{WeightedQueue, standard_queues};
 use crate::retry::RetryPolicy;
@@ -45,6 +47,10 @@ struct RawSettings {
     relay: RelaySettings,
     #[serde(default)]
     retry: RetryPolicy,
+    #[serde(default)]
+    redis: RawRedis,
+    #[serde(default)]
+    limits: Vec<LimitRule>,
     #[serde(default = "standard_queues")]
     queues: Vec<WeightedQueue>,
     #[serde(default)]
@@ -76,6 +82,30 @@ impl Default for RawAmqp {
             consumer_timeout_secs: default_consumer_timeout_secs(),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRedis {
+    #[serde(default = "default_redis_url")]
+    url: SecretString,
+    #[serde(default = "default_redis_timeout_ms")]
+    timeout_ms: u64,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        Self {
+            url: default_redis_url(),
+            timeout_ms: default_redis_timeout_ms(),
+        }
+    }
+}
+
+fn default_redis_url() -> SecretString {
+    SecretString::from("redis://127.0.0.1:6379")
+}
+fn default_redis_timeout_ms() -> u64 {
+    500
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +162,16 @@ pub struct ApiSettings {
     /// How long a verified API key is trusted without asking PostgreSQL again.
     #[serde(default = "default_key_cache_secs")]
     pub key_cache_secs: u64,
+    /// Jobs one API key may submit per second (0: unlimited); over it, 429.
+    #[serde(default)]
+    pub submit_rate_per_sec: u32,
+    /// Jobs one API key may submit back to back before the rate applies.
+    #[serde(default = "default_submit_burst")]
+    pub submit_burst: u32,
+}
+
+fn default_submit_burst() -> u32 {
+    100
 }
 
 impl Default for ApiSettings {
@@ -141,6 +181,8 @@ impl Default for ApiSettings {
             body_limit_bytes: default_body_limit(),
             max_batch: default_max_batch(),
             key_cache_secs: default_key_cache_secs(),
+            submit_rate_per_sec: 0,
+            submit_burst: default_submit_burst(),
         }
     }
 }
@@ -224,6 +266,10 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub relay: RelaySettings,
     pub retry: RetryPolicy,
+    /// Where rate and concurrency limits are kept.
+    pub redis: RedisSettings,
+    /// `[[limits]]`: per kind, optionally per namespace; they beat what kinds declare.
+    pub limits: Vec<LimitRule>,
     pub queues: Vec<WeightedQueue>,
     pub namespaces: Vec<NamespaceSpec>,
 }
@@ -252,6 +298,7 @@ impl Settings {
             )
             .set_override_option("database.url", std::env::var("DATABASE_URL").ok())
             .and_then(|b| b.set_override_option("amqp.url", std::env::var("AMQP_URL").ok()))
+            .and_then(|b| b.set_override_option("redis.url", std::env::var("REDIS_URL").ok()))
             .map_err(|e| ConfigError::Load(e.to_string()))?
             .build()
             .and_then(|c| c.try_deserialize())
@@ -335,6 +382,29 @@ impl Settings {
                 webhook_signing_secret: ns.webhook_signing_secret,
             });
         }
+        check_url(
+            &raw.redis.url,
+            "REDIS_URL (redis.url)",
+            &["redis", "rediss"],
+        )?;
+        for (index, rule) in raw.limits.iter().enumerate() {
+            let setting = format!("limits[{index}]");
+            Kind::parse(&rule.kind)
+                .map_err(|e| invalid(&format!("{setting}.kind"), e.to_string()))?;
+            rule.limit().map_err(|reason| invalid(&setting, reason))?;
+            if let Some(name) = &rule.namespace
+                && !namespaces.iter().any(|spec| spec.name.as_str() == name)
+            {
+                return Err(invalid(
+                    &format!("{setting}.namespace"),
+                    format!("namespace {name} is not configured under [namespaces]"),
+                ));
+            }
+        }
+        if raw.api.submit_rate_per_sec > 0 && raw.api.submit_burst == 0 {
+            return Err(invalid("api.submit_burst", "must be at least 1".into()));
+        }
+
         let mut worker_namespaces = Vec::new();
         for name in raw.worker.namespaces.iter().filter(|n| !n.is_empty()) {
             let ns =
@@ -368,6 +438,11 @@ impl Settings {
             },
             relay: raw.relay,
             retry: raw.retry,
+            redis: RedisSettings {
+                url: raw.redis.url,
+                timeout: Duration::from_millis(raw.redis.timeout_ms.max(1)),
+            },
+            limits: raw.limits,
             queues: raw.queues,
             namespaces,
         })

@@ -6,6 +6,7 @@
 //! - [`job_id`], [`kind`], [`queue`], [`status`], [`idempotency`]: typed job values.
 //! - [`envelope`]: the message a job travels in through RabbitMQ.
 //! - [`retry`]: backoff with jitter and the delay tiers it rounds up to.
+//! - [`limits`]: rate and concurrency limits in Redis, per namespace key prefix.
 //! - [`group_commit`]: batches concurrent writes into one statement (one fsync).
 //! - [`store`]: every SQL statement the fleet runs, and the pools they run on.
 //! - [`broker`]: AMQP connections per vhost, the topology, and confirmed publishing.
@@ -19,6 +20,7 @@ pub mod group_commit;
 pub mod idempotency;
 pub mod job_id;
 pub mod kind;
+pub mod limits;
 pub mod namespace;
 pub mod queue;
 pub mod retry;

@@ -121,6 +121,22 @@ impl RetryPolicy {
         DelayTier::new(ms)
     }
 
+    /// The tier a deferral of `delay` waits in: the longest tier not longer than `delay`
+    /// (the message comes back early and is parked again for the rest), or the shortest
+    /// tier when `delay` is shorter than all of them. So a deferral is never late by more
+    /// than the shortest tier, and never waits in PostgreSQL.
+    pub fn deferral_tier(&self, delay: Duration) -> DelayTier {
+        let wanted = delay.as_millis() as u64;
+        let ms = self
+            .tiers_ms
+            .iter()
+            .copied()
+            .rev()
+            .find(|&tier| tier <= wanted)
+            .unwrap_or(self.tiers_ms[0]);
+        DelayTier::new(ms)
+    }
+
     /// Where a retry after `delay` waits: the smallest delay tier that is at least as long,
     /// or PostgreSQL (released by the scheduler) when even the largest tier is shorter.
     pub fn route_for(&self, delay: Duration) -> RetryRoute {
@@ -222,6 +238,21 @@ mod tests {
         assert!(
             backoff.delay(40).as_millis() <= 3_600_000,
             "never above max"
+        );
+    }
+
+    #[test]
+    fn deferrals_take_the_longest_tier_that_is_not_too_long() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.deferral_tier(Duration::from_millis(10)).label, "1s");
+        assert_eq!(
+            policy.deferral_tier(Duration::from_millis(4_999)).label,
+            "1s"
+        );
+        assert_eq!(policy.deferral_tier(Duration::from_secs(40)).label, "30s");
+        assert_eq!(
+            policy.deferral_tier(Duration::from_secs(86_400)).label,
+            "1h"
         );
     }
 

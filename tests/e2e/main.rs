@@ -7,6 +7,7 @@ mod dead;
 mod errors;
 mod isolation;
 mod lifecycle;
+mod limits;
 mod outage;
 mod poison;
 mod processes;

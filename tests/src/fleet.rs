@@ -19,7 +19,9 @@ use engine_worker::Worker;
 
 use crate::client::ApiClient;
 use crate::services;
-use crate::test_kinds::{AbortsProcess, AlwaysFails, FailsFatally, Flaky, Panics, Snoozes, Switch};
+use crate::test_kinds::{
+    AbortsProcess, AlwaysFails, FailsFatally, Flaky, Panics, Snoozes, Switch, Tracked,
+};
 use crate::wait::wait_until;
 
 /// How to set a fleet up; `Default` is an API and one in-process worker on the real servers.
@@ -39,6 +41,10 @@ pub struct FleetOptions {
     pub namespaces: usize,
     /// `retry.delivery_limit`: deliveries after which a crash-looping job is buried.
     pub delivery_limit: u32,
+    /// Replaces the Redis URL (e.g. a proxy's) for the whole fleet.
+    pub redis_url: Option<String>,
+    /// `api.submit_rate_per_sec` and `api.submit_burst`.
+    pub submit_rate: Option<(u32, u32)>,
 }
 
 impl Default for FleetOptions {
@@ -52,6 +58,8 @@ impl Default for FleetOptions {
             webhook_secret: None,
             namespaces: 1,
             delivery_limit: 20,
+            redis_url: None,
+            submit_rate: None,
         }
     }
 }
@@ -114,6 +122,7 @@ pub fn test_registry(deps: JobDeps, abort: AbortKind) -> Registry {
         .and_then(|r| r.register(FailsFatally))
         .and_then(|r| r.register(Snoozes))
         .and_then(|r| r.register(Switch))
+        .and_then(|r| r.register(Tracked))
         .expect("test kinds register");
     if abort == AbortKind::Included {
         registry
@@ -162,6 +171,11 @@ url = "{amqp_url}"
 listen = "127.0.0.1:0"
 body_limit_bytes = 65536
 key_cache_secs = 1
+submit_rate_per_sec = {submit_rate}
+submit_burst = {submit_burst}
+[redis]
+url = "{redis_url}"
+timeout_ms = 300
 [worker]
 concurrency = {concurrency}
 grace_period_secs = 10
@@ -178,6 +192,12 @@ delivery_limit = {delivery_limit}
 "#,
         concurrency = options.worker_concurrency,
         delivery_limit = options.delivery_limit,
+        submit_rate = options.submit_rate.map_or(0, |rate| rate.0),
+        submit_burst = options.submit_rate.map_or(100, |rate| rate.1),
+        redis_url = options
+            .redis_url
+            .clone()
+            .unwrap_or_else(services::redis_url),
         extra = options.extra_toml,
     )
 }
@@ -294,6 +314,20 @@ impl TestFleet {
             .expect("the worker builds");
         let stop = CancellationToken::new();
         self.worker = Some(Running {
+            task: tokio::spawn(worker.run_until_stopped(stop.clone())),
+            stop,
+        });
+    }
+
+    /// Starts one more in-process worker beside the first (fleet-wide limits are shared).
+    pub async fn start_extra_worker(&mut self) {
+        let settings = Settings::from_toml(&self.settings_text).unwrap();
+        let registry = test_registry(JobDeps::default(), AbortKind::Excluded);
+        let worker = Worker::build(settings, registry)
+            .await
+            .expect("the extra worker builds");
+        let stop = CancellationToken::new();
+        self.replicas.push(Running {
             task: tokio::spawn(worker.run_until_stopped(stop.clone())),
             stop,
         });

@@ -14,6 +14,19 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A plain connection to the test Redis, for tests that inspect or seed keys.
+pub async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis unreachable: run infra/local/prepare.sh test")
+}
+
 fn management_url() -> String {
     std::env::var("TEST_RABBITMQ_MANAGEMENT_URL")
         .unwrap_or_else(|_| "http://127.0.0.1:15672".to_owned())

@@ -151,3 +151,56 @@ impl Job for AbortsProcess {
         std::process::abort()
     }
 }
+
+/// Running `test.track` jobs per namespace, and the most seen at once.
+static TRACKED: std::sync::Mutex<Vec<(String, u32, u32)>> = std::sync::Mutex::new(Vec::new());
+
+/// The most `test.track` jobs of `namespace` that ran at once in this process.
+pub fn most_tracked_at_once(namespace: &engine_shared::Namespace) -> u32 {
+    let name = namespace.to_string();
+    TRACKED
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(ns, _, _)| *ns == name)
+        .map_or(0, |(_, _, most)| *most)
+}
+
+fn track(namespace: &str, delta: i32) {
+    let mut tracked = TRACKED.lock().unwrap();
+    let index = match tracked.iter().position(|(ns, _, _)| ns == namespace) {
+        Some(index) => index,
+        None => {
+            tracked.push((namespace.to_owned(), 0, 0));
+            tracked.len() - 1
+        }
+    };
+    let entry = &mut tracked[index];
+    entry.1 = entry.1.saturating_add_signed(delta);
+    entry.2 = entry.2.max(entry.1);
+}
+
+/// Runs for `ms`, recording how many of its namespace's `test.track` jobs run at once.
+pub struct Tracked;
+
+#[derive(Debug, Deserialize)]
+pub struct TrackedArgs {
+    pub ms: u64,
+}
+
+impl Job for Tracked {
+    const KIND: &'static str = "test.track";
+    type Args = TrackedArgs;
+
+    async fn run(
+        &self,
+        context: JobContext,
+        args: TrackedArgs,
+    ) -> Result<serde_json::Value, JobError> {
+        let namespace = context.namespace.to_string();
+        track(&namespace, 1);
+        tokio::time::sleep(std::time::Duration::from_millis(args.ms)).await;
+        track(&namespace, -1);
+        Ok(serde_json::Value::Null)
+    }
+}

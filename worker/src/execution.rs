@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, FieldTable};
 
 use engine_jobs::{JobContext, JobError, Registry};
 use engine_shared::broker::Publisher;
 use engine_shared::envelope::Envelope;
 use engine_shared::group_commit::GroupCommitError;
+use engine_shared::limits::Limiter;
 use engine_shared::namespace::NamespaceSpec;
 use engine_shared::retry::{RetryPolicy, RetryRoute};
 use engine_shared::store::{
@@ -23,6 +24,7 @@ use engine_shared::store::{
 };
 use engine_shared::{JobId, JobStatus};
 
+use crate::admission::{Admission, DEFERRALS_HEADER, NOT_BEFORE_HEADER, admit, deferrals};
 use crate::in_flight::InFlight;
 use crate::transitions::Transitions;
 
@@ -49,6 +51,8 @@ pub struct Shared {
     pub max_attempt_timeout: Duration,
     /// Needed to bury poison and crash-looping jobs outside the batched transitions.
     pub store: Store,
+    /// Rate and concurrency limits, checked before a job starts.
+    pub limiter: Arc<Limiter>,
 }
 
 pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) {
@@ -80,6 +84,66 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
         }
     }
 
+    let slot = match admit(&shared, &context.spec, &envelope, &delivery).await {
+        Admission::Run(slot) => slot,
+        Admission::Defer { delay, not_before } => {
+            defer(&shared, context, &delivery, &envelope, delay, not_before).await;
+            return;
+        }
+    };
+    run_admitted(&shared, context, &delivery, &envelope).await;
+    if let Some(slot) = slot {
+        slot.release(&shared.limiter).await;
+    }
+}
+
+/// Parks a job its limits hold back in a delay tier, with its reserved turn (if any) and
+/// its deferral count in headers, then acks. Nothing is written to PostgreSQL: the job
+/// stays `queued` (or `retrying`) and no attempt is used.
+async fn defer(
+    shared: &Shared,
+    context: &NamespaceContext,
+    delivery: &Delivery,
+    envelope: &Envelope,
+    delay: Duration,
+    not_before: Option<u64>,
+) {
+    let tier = shared.retry.deferral_tier(delay);
+    let mut headers = FieldTable::default();
+    if let Some(turn) = not_before {
+        headers.insert(
+            NOT_BEFORE_HEADER.into(),
+            AMQPValue::LongLongInt(i64::try_from(turn).unwrap_or(i64::MAX)),
+        );
+    }
+    headers.insert(
+        DEFERRALS_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(deferrals(delivery)) + 1),
+    );
+    match context
+        .publisher
+        .publish_retry(envelope, &tier, headers)
+        .await
+    {
+        Ok(()) => {
+            tracing::debug!(job = %envelope.id, tier = tier.label, delay_ms = delay.as_millis() as u64, "limited; deferred");
+            ack(delivery).await;
+        }
+        Err(error) => {
+            tracing::warn!(job = %envelope.id, error = format!("{error:#}"), "could not defer a limited job; requeueing it");
+            requeue_after_pause(delivery).await;
+        }
+    }
+}
+
+/// Start → handler → outcome → ack, retry or dead-letter, for an admitted delivery.
+async fn run_admitted(
+    shared: &Arc<Shared>,
+    context: &NamespaceContext,
+    delivery: &Delivery,
+    envelope: &Envelope,
+) {
+    let id = envelope.id;
     let request = StartRequest {
         namespace: context.spec.name.clone(),
         id,
@@ -93,22 +157,22 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
         Ok(StartOutcome::Started(started)) => started,
         Ok(StartOutcome::Skipped(status)) => {
             tracing::debug!(job = %id, status = status.as_str(), "not runnable now; skipping the message");
-            ack(&delivery).await;
+            ack(delivery).await;
             return;
         }
         Ok(StartOutcome::Unknown) => {
             let reason = format!("no job {id} in namespace {}", context.spec.name);
-            dead_letter(context, &delivery, Some(id), &reason).await;
+            dead_letter(context, delivery, Some(id), &reason).await;
             return;
         }
         Err(_) => {
-            requeue_after_pause(&delivery).await;
+            requeue_after_pause(delivery).await;
             return;
         }
     };
 
     let began = Instant::now();
-    let outcome = run_handler(&shared, &context.spec, &envelope, &started).await;
+    let outcome = run_handler(shared, &context.spec, envelope, &started).await;
     let retry = match &outcome {
         HandlerOutcome::Snoozed(delay) => shared.retry.route_for(*delay),
         _ => {
@@ -133,39 +197,43 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
         Ok(finished) => finished,
         Err(_) => {
             // Not recorded, so not acked: the redelivery re-runs it (at-least-once).
-            requeue_after_pause(&delivery).await;
+            requeue_after_pause(delivery).await;
             return;
         }
     };
     match (finished.status, retry) {
         (Some(JobStatus::Retrying), RetryRoute::Tier(tier)) => {
-            match context.publisher.publish_retry(&envelope, &tier).await {
+            match context
+                .publisher
+                .publish_retry(envelope, &tier, FieldTable::default())
+                .await
+            {
                 Ok(()) => {
                     tracing::info!(job = %id, attempt = started.attempt, tier = tier.label, "retry parked in delay tier");
-                    ack(&delivery).await;
+                    ack(delivery).await;
                 }
                 Err(error) => {
                     // The row says `retrying`; requeueing retries now rather than later.
                     tracing::warn!(job = %id, error = format!("{error:#}"), "could not park the retry; requeueing it");
-                    requeue_after_pause(&delivery).await;
+                    requeue_after_pause(delivery).await;
                 }
             }
         }
         (Some(JobStatus::Retrying), RetryRoute::Scheduler(delay)) => {
             tracing::info!(job = %id, attempt = started.attempt, delay_secs = delay.as_secs(), "retry held in PostgreSQL for the scheduler");
-            ack(&delivery).await;
+            ack(delivery).await;
         }
         (Some(JobStatus::Dead), _) => {
             let reason = format!("out of attempts after attempt {}", started.attempt);
-            dead_letter(context, &delivery, Some(id), &reason).await;
+            dead_letter(context, delivery, Some(id), &reason).await;
         }
         (Some(status), _) => {
             tracing::debug!(job = %id, status = status.as_str(), "job finished");
-            ack(&delivery).await;
+            ack(delivery).await;
         }
         (None, _) => {
             tracing::debug!(job = %id, "outcome not recorded: the job was no longer running here");
-            ack(&delivery).await;
+            ack(delivery).await;
         }
     }
 }

@@ -5,11 +5,13 @@
 //! - [`consumer`]: per namespace, a connection to its vhost, one consumer per queue, and
 //!   reconnection with backoff.
 //! - [`dispatch`]: picks the next delivery across queues by weight, bounded by concurrency.
+//! - [`admission`]: rate and concurrency limits checked before a job starts (defer, not fail).
 //! - [`execution`]: one delivery's way: start → handler → final state → ack/retry/dead.
 //! - [`transitions`]: the group-committed state writes executions share.
 //! - [`in_flight`]: running jobs' cancellation tokens (cancel requests, shutdown).
 //! - [`control`]: listens for cancel requests broadcast by the API.
 
+pub mod admission;
 pub mod consumer;
 pub mod control;
 pub mod dispatch;

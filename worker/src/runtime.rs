@@ -8,10 +8,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use anyhow::Context;
 use engine_jobs::Registry;
 use engine_shared::broker::topology::Topology;
 use engine_shared::broker::{Broker, Publisher};
 use engine_shared::config::Settings;
+use engine_shared::limits::Limiter;
 use engine_shared::store::{self, Store};
 
 use crate::consumer::NamespaceConsumer;
@@ -89,6 +91,10 @@ impl Worker {
             worker_id: settings.worker.id.clone(),
             max_attempt_timeout: settings.max_attempt_timeout(),
             store: store.clone(),
+            limiter: Arc::new(
+                Limiter::new(&settings.redis, settings.limits.clone())
+                    .context("building the limiter")?,
+            ),
         });
         Ok(Self {
             settings,

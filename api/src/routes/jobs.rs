@@ -18,6 +18,7 @@ use crate::json_body::JsonBody;
 use crate::problem::{ApiError, FieldError};
 use crate::state::AppState;
 use crate::submission::{SubmitBatch, SubmitJob};
+use crate::submission_limit;
 
 #[derive(Serialize)]
 struct Accepted {
@@ -89,6 +90,7 @@ pub async fn submit(
     let job = request
         .validate(&caller.namespace, &state.registry, &state.settings, "")
         .map_err(ApiError::Invalid)?;
+    submission_limit::check(&state, &caller, 1).await?;
     let outcome = state.submissions.submit(job.clone()).await?;
     publish_created(
         &state,
@@ -133,6 +135,7 @@ pub async fn submit_batch(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
+    submission_limit::check(&state, &caller, jobs.len()).await?;
     let outcomes = state
         .store
         .insert_jobs(&jobs)

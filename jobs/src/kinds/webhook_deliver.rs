@@ -90,6 +90,12 @@ impl Job for WebhookDeliver {
         Duration::from_secs(70)
     }
 
+    /// Per destination host, so one slow receiver's limit never holds back the others
+    /// (`per_key = true` in a `[[limits]]` rule for `webhook.deliver`).
+    fn limit_key(&self, args: &WebhookArgs) -> Option<String> {
+        args.url.host_str().map(str::to_owned)
+    }
+
     async fn run(
         &self,
         context: JobContext,

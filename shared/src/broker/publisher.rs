@@ -92,8 +92,13 @@ impl Publisher {
     }
 
     /// Parks `envelope` in `tier`; when the tier's TTL expires it returns to its work queue.
-    pub async fn publish_retry(&self, envelope: &Envelope, tier: &DelayTier) -> anyhow::Result<()> {
-        let mut headers = FieldTable::default();
+    /// `headers` travel with it (a deferral's reserved turn, say).
+    pub async fn publish_retry(
+        &self,
+        envelope: &Envelope,
+        tier: &DelayTier,
+        mut headers: FieldTable,
+    ) -> anyhow::Result<()> {
         let cc: FieldArray = vec![AMQPValue::LongString(LongString::from(
             envelope.queue.as_str(),
         ))]

@@ -1,0 +1,246 @@
+//! Admission: may this job start now under its kind's limits? Decided before the job moves
+//! to `running`, so a limited job is deferred without touching PostgreSQL and without
+//! using an attempt.
+//!
+//! A rate limit *reserves*: the first check takes the job's turn in the GCRA queue and
+//! says how long until it comes. The message then waits in delay tiers (never in worker
+//! memory) carrying its turn in the `x-tl-not-before` header, and is not checked again, so
+//! a backlog behind a slow limit costs one Redis call per job, not one per retry. A
+//! concurrency limit leases a slot for the job's run; a full limit defers with backoff.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lapin::message::Delivery;
+use lapin::types::AMQPValue;
+use tokio::task::AbortHandle;
+
+use engine_shared::envelope::Envelope;
+use engine_shared::limits::{KeyClass, Limit, Limiter, RateOutcome, RedisErrorPolicy, redis_key};
+use engine_shared::namespace::NamespaceSpec;
+
+use crate::execution::Shared;
+
+/// The header holding a deferred job's reserved turn (milliseconds since the epoch).
+pub const NOT_BEFORE_HEADER: &str = "x-tl-not-before";
+/// The header counting a job's deferrals, for the backoff of concurrency deferrals.
+pub const DEFERRALS_HEADER: &str = "x-tl-deferrals";
+
+/// A slot's lease: long enough to survive a slow refresh, short enough that a dead worker's
+/// slot frees itself soon.
+const SLOT_LEASE: Duration = Duration::from_secs(30);
+/// A running job renews its slot this often.
+const SLOT_RENEWAL: Duration = Duration::from_secs(10);
+/// The longest a concurrency (or Redis outage) deferral waits.
+const MAX_DEFERRAL: Duration = Duration::from_secs(30);
+
+/// What admission decided.
+pub enum Admission {
+    /// Start it. A leased concurrency slot, if any, must be released when the job ends.
+    Run(Option<Slot>),
+    /// Not now: park the message for `delay`; `not_before` is its reserved rate turn.
+    Defer {
+        delay: Duration,
+        not_before: Option<u64>,
+    },
+}
+
+/// A leased concurrency slot, renewed in the background until released.
+pub struct Slot {
+    key: String,
+    holder: String,
+    renewal: AbortHandle,
+}
+
+impl Slot {
+    /// Stops renewing and gives the slot back (a failure leaves it to expire).
+    pub async fn release(self, limiter: &Limiter) {
+        self.renewal.abort();
+        if let Err(error) = limiter.release_slot(&self.key, &self.holder).await {
+            tracing::debug!(%error, "could not release a concurrency slot; it will expire");
+        }
+    }
+}
+
+/// The deferrals this delivery already had, and its reserved turn.
+struct Marks {
+    deferrals: u32,
+    not_before: Option<u64>,
+}
+
+fn marks(delivery: &Delivery) -> Marks {
+    let mut marks = Marks {
+        deferrals: 0,
+        not_before: None,
+    };
+    if let Some(headers) = delivery.properties.headers() {
+        for (key, value) in headers.inner() {
+            let number = match value {
+                AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+                AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+                AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+                _ => None,
+            };
+            match key.as_str() {
+                NOT_BEFORE_HEADER => marks.not_before = number,
+                DEFERRALS_HEADER => {
+                    marks.deferrals = number.and_then(|n| u32::try_from(n).ok()).unwrap_or(0)
+                }
+                _ => {}
+            }
+        }
+    }
+    marks
+}
+
+/// Deferrals of this delivery so far (0 for a fresh message).
+pub fn deferrals(delivery: &Delivery) -> u32 {
+    marks(delivery).deferrals
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Decides whether `envelope`'s job may start now.
+pub async fn admit(
+    shared: &Shared,
+    spec: &NamespaceSpec,
+    envelope: &Envelope,
+    delivery: &Delivery,
+) -> Admission {
+    let declared = shared.registry.limit(&envelope.kind);
+    let Some(limit) = shared
+        .limiter
+        .limit_for(&spec.name, envelope.kind.as_str(), declared)
+    else {
+        return Admission::Run(None);
+    };
+    let marks = marks(delivery);
+    let key = if limit.per_key {
+        shared.registry.limit_key(&envelope.kind, &envelope.args)
+    } else {
+        None
+    };
+    let kind = envelope.kind.as_str();
+    let backoff = deferral_backoff(shared, marks.deferrals);
+
+    if let Some(rate) = limit.rate {
+        match marks.not_before {
+            Some(turn) if now_ms() >= turn => {}
+            Some(turn) => {
+                return Admission::Defer {
+                    delay: Duration::from_millis(turn - now_ms()),
+                    not_before: Some(turn),
+                };
+            }
+            None => {
+                let rate_key = redis_key(spec, KeyClass::Rate, kind, key.as_deref());
+                match shared.limiter.take_rate(&rate_key, &rate, 1, true).await {
+                    Ok(RateOutcome::Reserved(wait)) if wait.is_zero() => {}
+                    Ok(RateOutcome::Reserved(wait)) => {
+                        return Admission::Defer {
+                            delay: wait,
+                            not_before: Some(now_ms() + wait.as_millis() as u64),
+                        };
+                    }
+                    Ok(RateOutcome::Refused(wait)) => {
+                        return Admission::Defer {
+                            delay: wait,
+                            not_before: None,
+                        };
+                    }
+                    Err(error) => {
+                        if let Some(defer) = on_redis_error(shared, &limit, &error, backoff).await {
+                            return defer;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let Some(concurrency) = limit.concurrency else {
+        return Admission::Run(None);
+    };
+    let slot_key = redis_key(spec, KeyClass::Slots, kind, key.as_deref());
+    let holder = envelope.id.to_string();
+    match shared
+        .limiter
+        .acquire_slot(&slot_key, concurrency, &holder, SLOT_LEASE)
+        .await
+    {
+        Ok(None) => Admission::Run(Some(lease(shared, slot_key, holder, concurrency))),
+        Ok(Some(_)) => Admission::Defer {
+            delay: backoff,
+            not_before: marks.not_before,
+        },
+        Err(error) => match on_redis_error(shared, &limit, &error, backoff).await {
+            Some(defer) => defer,
+            None => Admission::Run(None),
+        },
+    }
+}
+
+/// Fail open (`None`: run unlimited) or closed (defer), as the limit says; counted and
+/// logged either way.
+async fn on_redis_error(
+    shared: &Shared,
+    limit: &Limit,
+    error: &engine_shared::limits::LimiterError,
+    backoff: Duration,
+) -> Option<Admission> {
+    match limit.on_redis_error {
+        RedisErrorPolicy::Allow => {
+            shared
+                .limiter
+                .report_failure(error, "allow: running unlimited")
+                .await;
+            None
+        }
+        RedisErrorPolicy::Defer => {
+            shared
+                .limiter
+                .report_failure(error, "defer: holding jobs back")
+                .await;
+            Some(Admission::Defer {
+                delay: backoff,
+                not_before: None,
+            })
+        }
+    }
+}
+
+/// Concurrency and outage deferrals back off: the smallest delay tier, doubling with each
+/// deferral of the same message, up to [`MAX_DEFERRAL`]. A saturated limit therefore costs
+/// a few Redis calls per job per minute, not a hot loop.
+fn deferral_backoff(shared: &Shared, deferrals: u32) -> Duration {
+    let smallest = Duration::from_millis(shared.retry.tiers_ms[0]);
+    smallest
+        .saturating_mul(1u32 << deferrals.min(16))
+        .min(MAX_DEFERRAL.max(smallest))
+}
+
+/// Starts renewing a leased slot while its job runs.
+fn lease(shared: &Shared, key: String, holder: String, concurrency: u32) -> Slot {
+    let limiter = shared.limiter.clone();
+    let (renew_key, renew_holder) = (key.clone(), holder.clone());
+    let renewal = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(SLOT_RENEWAL).await;
+            if let Err(error) = limiter
+                .acquire_slot(&renew_key, concurrency, &renew_holder, SLOT_LEASE)
+                .await
+            {
+                tracing::warn!(%error, "could not renew a concurrency slot");
+            }
+        }
+    })
+    .abort_handle();
+    Slot {
+        key,
+        holder,
+        renewal,
+    }
+}
