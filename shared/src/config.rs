@@ -171,7 +171,7 @@ pub struct ApiSettings {
 }
 
 fn default_submit_burst() -> u32 {
-    100
+    1_000
 }
 
 impl Default for ApiSettings {
@@ -401,8 +401,16 @@ impl Settings {
                 ));
             }
         }
-        if raw.api.submit_rate_per_sec > 0 && raw.api.submit_burst == 0 {
-            return Err(invalid("api.submit_burst", "must be at least 1".into()));
+        // A batch is charged one unit per job, all at once: a burst smaller than the largest
+        // batch would refuse such batches forever.
+        if raw.api.submit_rate_per_sec > 0 && raw.api.submit_burst < raw.api.max_batch as u32 {
+            return Err(invalid(
+                "api.submit_burst",
+                format!(
+                    "must be at least api.max_batch ({}) when api.submit_rate_per_sec is set",
+                    raw.api.max_batch
+                ),
+            ));
         }
 
         let mut worker_namespaces = Vec::new();
@@ -574,6 +582,45 @@ mod tests {
         settings.amqp.url = None;
         let message = Settings::validate(settings).unwrap_err().to_string();
         assert!(message.contains("AMQP_URL"), "{message}");
+    }
+
+    #[test]
+    fn limits_are_checked_and_name_their_entry() {
+        let mut settings = raw("postgres://localhost/x");
+        settings.limits = vec![LimitRule {
+            kind: "noop".into(),
+            namespace: None,
+            rate: None,
+            period_ms: 1_000,
+            burst: 1,
+            concurrency: None,
+            per_key: false,
+            on_redis_error: Default::default(),
+        }];
+        let message = Settings::validate(settings).unwrap_err().to_string();
+        assert!(message.contains("limits[0]"), "{message}");
+        assert!(
+            message.contains("set rate, concurrency, or both"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_submission_burst_below_the_largest_batch_is_refused() {
+        let mut settings = raw("postgres://localhost/x");
+        settings.api.submit_rate_per_sec = 10;
+        settings.api.submit_burst = 100;
+        let message = Settings::validate(settings).unwrap_err().to_string();
+        assert!(message.contains("api.submit_burst"), "{message}");
+    }
+
+    #[test]
+    fn a_redis_url_with_a_password_is_named_not_printed() {
+        let mut settings = raw("postgres://localhost/x");
+        settings.redis.url = SecretString::from("http://:hunter2@cache:6379");
+        let message = Settings::validate(settings).unwrap_err().to_string();
+        assert!(message.contains("REDIS_URL"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
     }
 
     #[test]

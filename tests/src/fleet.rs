@@ -171,6 +171,7 @@ url = "{amqp_url}"
 listen = "127.0.0.1:0"
 body_limit_bytes = 65536
 key_cache_secs = 1
+max_batch = {max_batch}
 submit_rate_per_sec = {submit_rate}
 submit_burst = {submit_burst}
 [redis]
@@ -193,7 +194,8 @@ delivery_limit = {delivery_limit}
         concurrency = options.worker_concurrency,
         delivery_limit = options.delivery_limit,
         submit_rate = options.submit_rate.map_or(0, |rate| rate.0),
-        submit_burst = options.submit_rate.map_or(100, |rate| rate.1),
+        submit_burst = options.submit_rate.map_or(1_000, |rate| rate.1),
+        max_batch = options.submit_rate.map_or(1_000, |rate| rate.1),
         redis_url = options
             .redis_url
             .clone()

@@ -5,8 +5,10 @@
 //! A rate limit *reserves*: the first check takes the job's turn in the GCRA queue and
 //! says how long until it comes. The message then waits in delay tiers (never in worker
 //! memory) carrying its turn in the `x-tl-not-before` header, and is not checked again, so
-//! a backlog behind a slow limit costs one Redis call per job, not one per retry. A
-//! concurrency limit leases a slot for the job's run; a full limit defers with backoff.
+//! a backlog behind a slow limit costs one Redis call per job, not one per retry. The last
+//! stretch of a wait, shorter than the shortest tier, is waited here holding the delivery,
+//! so turns keep their spacing. A concurrency limit leases a slot for the job's run; a full
+//! limit defers with backoff.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +51,14 @@ pub struct Slot {
     key: String,
     holder: String,
     renewal: AbortHandle,
+}
+
+/// A slot dropped without `release` (its execution was abandoned at the end of a shutdown
+/// grace period) stops being renewed, so its lease runs out and frees it.
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.renewal.abort();
+    }
 }
 
 impl Slot {
@@ -126,24 +136,35 @@ pub async fn admit(
     let kind = envelope.kind.as_str();
     let backoff = deferral_backoff(shared, marks.deferrals);
 
+    // The job's rate turn once it has one: kept through concurrency deferrals, so waiting
+    // for a slot never books (and wastes) another turn.
+    let mut turn = marks.not_before;
     if let Some(rate) = limit.rate {
         match marks.not_before {
-            Some(turn) if now_ms() >= turn => {}
-            Some(turn) => {
-                return Admission::Defer {
-                    delay: Duration::from_millis(turn - now_ms()),
-                    not_before: Some(turn),
-                };
+            Some(at) => {
+                let now = now_ms();
+                if at > now {
+                    let wait = Duration::from_millis(at - now);
+                    if !wait_in_memory(shared, wait).await {
+                        return Admission::Defer {
+                            delay: wait,
+                            not_before: Some(at),
+                        };
+                    }
+                }
             }
             None => {
                 let rate_key = redis_key(spec, KeyClass::Rate, kind, key.as_deref());
                 match shared.limiter.take_rate(&rate_key, &rate, 1, true).await {
-                    Ok(RateOutcome::Reserved(wait)) if wait.is_zero() => {}
                     Ok(RateOutcome::Reserved(wait)) => {
-                        return Admission::Defer {
-                            delay: wait,
-                            not_before: Some(now_ms() + wait.as_millis() as u64),
-                        };
+                        let at = now_ms() + wait.as_millis() as u64;
+                        turn = Some(at);
+                        if !wait.is_zero() && !wait_in_memory(shared, wait).await {
+                            return Admission::Defer {
+                                delay: wait,
+                                not_before: Some(at),
+                            };
+                        }
                     }
                     Ok(RateOutcome::Refused(wait)) => {
                         return Admission::Defer {
@@ -165,7 +186,9 @@ pub async fn admit(
         return Admission::Run(None);
     };
     let slot_key = redis_key(spec, KeyClass::Slots, kind, key.as_deref());
-    let holder = envelope.id.to_string();
+    // Unique per admission: a duplicate delivery of the same job must neither count as the
+    // running copy's slot nor release it.
+    let holder = format!("{}:{:016x}", envelope.id, rand::random::<u64>());
     match shared
         .limiter
         .acquire_slot(&slot_key, concurrency, &holder, SLOT_LEASE)
@@ -174,13 +197,26 @@ pub async fn admit(
         Ok(None) => Admission::Run(Some(lease(shared, slot_key, holder, concurrency))),
         Ok(Some(_)) => Admission::Defer {
             delay: backoff,
-            not_before: marks.not_before,
+            not_before: turn,
         },
         Err(error) => match on_redis_error(shared, &limit, &error, backoff).await {
             Some(defer) => defer,
             None => Admission::Run(None),
         },
     }
+}
+
+/// A wait shorter than the shortest delay tier is waited here, holding the delivery (at
+/// most that tier, 1 s by default): parking it would round it up to the whole tier and
+/// bunch up jobs whose turns fall within it, breaking the configured spacing. `false` when
+/// the wait is too long for that, and the message must be parked.
+async fn wait_in_memory(shared: &Shared, wait: Duration) -> bool {
+    let shortest = Duration::from_millis(shared.retry.tiers_ms[0]);
+    if wait >= shortest {
+        return false;
+    }
+    tokio::time::sleep(wait).await;
+    true
 }
 
 /// Fail open (`None`: run unlimited) or closed (defer), as the limit says; counted and

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::Mutex;
 
 use super::scripts;
 use super::spec::{Limit, LimitRule, Rate};
@@ -52,11 +52,10 @@ pub struct RedisSettings {
 }
 
 pub struct Limiter {
-    client: redis::Client,
-    timeout: Duration,
-    /// Connected on first use, so a process starts while Redis is down; after that the
-    /// manager reconnects by itself.
-    connection: OnceCell<ConnectionManager>,
+    /// Multiplexed and lazy: it connects on first use, so a process starts while Redis is
+    /// down, and it reconnects by itself; callers never queue behind one another's
+    /// connection attempts.
+    connection: ConnectionManager,
     rules: Vec<LimitRule>,
     gcra: Script,
     acquire: Script,
@@ -70,10 +69,14 @@ impl Limiter {
     pub fn new(settings: &RedisSettings, rules: Vec<LimitRule>) -> anyhow::Result<Self> {
         let client = redis::Client::open(settings.url.expose_secret())
             .map_err(|e| anyhow::anyhow!("REDIS_URL (redis.url) is not usable: {:?}", e.kind()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| anyhow::anyhow!("setting up the Redis connection: {}", redacted(&e)))?;
         Ok(Self {
-            client,
-            timeout: settings.timeout,
-            connection: OnceCell::new(),
+            connection,
             rules,
             gcra: Script::new(scripts::GCRA),
             acquire: Script::new(scripts::ACQUIRE_SLOT),
@@ -105,16 +108,9 @@ impl Limiter {
             .or(declared)
     }
 
+    /// A handle to the shared connection (cheap: the manager is a multiplexed handle).
     async fn connection(&self) -> Result<ConnectionManager, LimiterError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        self.connection
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
-            .await
-            .cloned()
-            .map_err(|e| LimiterError(redacted(&e)))
+        Ok(self.connection.clone())
     }
 
     /// Takes a rate slot for one job at `key`. With `reserve`, the next free slot is always
@@ -129,10 +125,10 @@ impl Limiter {
     ) -> Result<RateOutcome, LimiterError> {
         let mut connection = self.connection().await?;
         REDIS_CALLS.fetch_add(1, Ordering::Relaxed);
-        let (taken, wait_ms): (i64, i64) = self
+        let (taken, wait_micros): (i64, i64) = self
             .gcra
             .key(key)
-            .arg(rate.interval_ms())
+            .arg(rate.interval_micros())
             .arg(rate.burst)
             .arg(cost)
             .arg(if reserve { 1 } else { 0 })
@@ -140,7 +136,7 @@ impl Limiter {
             .invoke_async(&mut connection)
             .await
             .map_err(|e| LimiterError(redacted(&e)))?;
-        let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
+        let wait = Duration::from_micros(u64::try_from(wait_micros).unwrap_or(0));
         Ok(if taken == 1 {
             RateOutcome::Reserved(wait)
         } else {

@@ -4,15 +4,16 @@
 //! and, on `NOSCRIPT` (after a `SCRIPT FLUSH` or a Redis restart), loads them again.
 
 /// GCRA (generic cell rate algorithm) over one key holding the "theoretical arrival time"
-/// (TAT) in milliseconds.
+/// (TAT) in microseconds (so 3 per second spaces jobs 333,333 µs apart, not 333 ms; epoch
+/// microseconds stay far below 2^53, exact in Lua's doubles).
 ///
-/// KEYS[1] the TAT key. ARGV: [1] emission interval ms (period / rate), [2] burst (requests
+/// KEYS[1] the TAT key. ARGV: [1] emission interval µs (period / rate), [2] burst (requests
 /// that may go back to back), [3] cost (requests in this call), [4] reserve (1: always take
 /// the next free slot and answer how long to wait for it — a queue; 0: take a slot only if
 /// one is free now, else answer how long until one is), [5] most ms a reservation may lie
 /// ahead (beyond it nothing is taken; the caller asks again later).
 ///
-/// Returns {taken (1|0), wait ms}.
+/// Returns {taken (1|0), wait µs}.
 pub const GCRA: &str = r#"
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -20,7 +21,7 @@ local cost = tonumber(ARGV[3])
 local reserve = ARGV[4] == '1'
 local horizon = tonumber(ARGV[5])
 local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local tolerance = interval * (burst - 1)
@@ -28,10 +29,10 @@ local new_tat = tat + interval * cost
 local allowed_at = new_tat - interval - tolerance
 local wait = allowed_at - now
 if wait < 0 then wait = 0 end
-if (not reserve and wait > 0) or wait > horizon then
+if (not reserve and wait > 0) or wait > horizon * 1000 then
   return {0, wait}
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', math.max(new_tat - now, 1) + 1000)
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
 return {1, wait}
 "#;
 

@@ -25,9 +25,9 @@ impl Rate {
         }
     }
 
-    /// The spacing GCRA keeps between jobs, in milliseconds (at least 1).
-    pub fn interval_ms(&self) -> u64 {
-        (self.period.as_millis() as u64 / u64::from(self.count.max(1))).max(1)
+    /// The spacing GCRA keeps between jobs, in microseconds (at least 1).
+    pub fn interval_micros(&self) -> u64 {
+        (self.period.as_micros() as u64 / u64::from(self.count.max(1))).max(1)
     }
 }
 
