@@ -4,19 +4,27 @@
 //! seed's unprefixed names `DATABASE_URL`, `AMQP_URL` and `REDIS_URL`. URLs carry
 //! passwords, so they are held as [`SecretString`] and errors name the setting, never its value.
 
-use std::collections::BTreeMap;
+//!
+//! - [`raw`]: the shape read from file and environment, every field optional or defaulted.
+//! - [`sections`]: the typed sections binaries read (API, relay, database, worker).
+//! - this module: [`Settings`], loading, and the validation between the two.
+
+mod raw;
+mod sections;
+
 use std::path::Path;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 
 use crate::kind::Kind;
 use crate::limits::{LimitRule, RedisSettings};
 use crate::namespace::{Namespace, NamespaceSpec};
-use crate::queue::{WeightedQueue, standard_queues};
+use crate::queue::WeightedQueue;
 use crate::retry::RetryPolicy;
 use crate::telemetry::LogFormat;
+use raw::RawSettings;
+pub use sections::{ApiSettings, DatabaseSettings, RelaySettings, WorkerSettings};
 
 /// A configuration problem found at start-up. Messages name the setting, never a secret.
 #[derive(Debug, thiserror::Error)]
@@ -27,228 +35,6 @@ pub enum ConfigError {
     Missing { setting: &'static str },
     #[error("setting {setting} is invalid: {reason}")]
     Invalid { setting: String, reason: String },
-}
-
-#[derive(Debug, Deserialize)]
-struct RawSettings {
-    #[serde(default)]
-    database: RawDatabase,
-    #[serde(default)]
-    amqp: RawAmqp,
-    #[serde(default = "default_app_prefix")]
-    app_prefix: String,
-    #[serde(default)]
-    log_format: LogFormat,
-    #[serde(default)]
-    api: ApiSettings,
-    #[serde(default)]
-    worker: RawWorker,
-    #[serde(default)]
-    relay: RelaySettings,
-    #[serde(default)]
-    retry: RetryPolicy,
-    #[serde(default)]
-    redis: RawRedis,
-    #[serde(default)]
-    limits: Vec<LimitRule>,
-    #[serde(default = "standard_queues")]
-    queues: Vec<WeightedQueue>,
-    #[serde(default)]
-    namespaces: BTreeMap<String, RawNamespace>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawDatabase {
-    url: Option<SecretString>,
-    #[serde(default = "default_max_connections")]
-    max_connections: u32,
-    #[serde(default = "default_acquire_timeout_ms")]
-    acquire_timeout_ms: u64,
-    #[serde(default)]
-    migrate_on_start: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawAmqp {
-    url: Option<SecretString>,
-    #[serde(default = "default_consumer_timeout_secs")]
-    consumer_timeout_secs: u64,
-}
-
-impl Default for RawAmqp {
-    fn default() -> Self {
-        Self {
-            url: None,
-            consumer_timeout_secs: default_consumer_timeout_secs(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct RawRedis {
-    #[serde(default = "default_redis_url")]
-    url: SecretString,
-    #[serde(default = "default_redis_timeout_ms")]
-    timeout_ms: u64,
-}
-
-impl Default for RawRedis {
-    fn default() -> Self {
-        Self {
-            url: default_redis_url(),
-            timeout_ms: default_redis_timeout_ms(),
-        }
-    }
-}
-
-fn default_redis_url() -> SecretString {
-    SecretString::from("redis://127.0.0.1:6379")
-}
-fn default_redis_timeout_ms() -> u64 {
-    500
-}
-
-#[derive(Debug, Deserialize)]
-struct RawWorker {
-    #[serde(default = "default_concurrency")]
-    concurrency: u16,
-    #[serde(default = "default_grace_secs")]
-    grace_period_secs: u64,
-    #[serde(default)]
-    namespaces: Vec<String>,
-    id: Option<String>,
-}
-
-impl Default for RawDatabase {
-    fn default() -> Self {
-        Self {
-            url: None,
-            max_connections: default_max_connections(),
-            acquire_timeout_ms: default_acquire_timeout_ms(),
-            migrate_on_start: false,
-        }
-    }
-}
-
-impl Default for RawWorker {
-    fn default() -> Self {
-        Self {
-            concurrency: default_concurrency(),
-            grace_period_secs: default_grace_secs(),
-            namespaces: Vec::new(),
-            id: None,
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct RawNamespace {
-    vhost: Option<String>,
-    webhook_signing_secret: Option<SecretString>,
-}
-
-/// HTTP API settings.
-#[derive(Clone, Debug, Deserialize)]
-pub struct ApiSettings {
-    /// Address to listen on; port 0 picks a free port (tests).
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// Largest request body accepted; larger ones get 413.
-    #[serde(default = "default_body_limit")]
-    pub body_limit_bytes: usize,
-    /// Most jobs one batch request may carry.
-    #[serde(default = "default_max_batch")]
-    pub max_batch: usize,
-    /// How long a verified API key is trusted without asking PostgreSQL again.
-    #[serde(default = "default_key_cache_secs")]
-    pub key_cache_secs: u64,
-    /// Jobs one API key may submit per second (0: unlimited); over it, 429.
-    #[serde(default)]
-    pub submit_rate_per_sec: u32,
-    /// Jobs one API key may submit back to back before the rate applies.
-    #[serde(default = "default_submit_burst")]
-    pub submit_burst: u32,
-}
-
-fn default_submit_burst() -> u32 {
-    1_000
-}
-
-impl Default for ApiSettings {
-    fn default() -> Self {
-        Self {
-            listen: default_listen(),
-            body_limit_bytes: default_body_limit(),
-            max_batch: default_max_batch(),
-            key_cache_secs: default_key_cache_secs(),
-            submit_rate_per_sec: 0,
-            submit_burst: default_submit_burst(),
-        }
-    }
-}
-
-/// Outbox relay settings (the sweeper that publishes what the fast path left behind).
-#[derive(Clone, Debug, Deserialize)]
-pub struct RelaySettings {
-    /// How often the sweeper looks for unpublished or due jobs.
-    #[serde(default = "default_sweep_ms")]
-    pub sweep_interval_ms: u64,
-    /// A queued job younger than this belongs to the fast path; the sweeper leaves it alone.
-    #[serde(default = "default_publish_grace_ms")]
-    pub publish_grace_ms: u64,
-    /// Most rows one claim takes; a sweep keeps claiming while claims come back full.
-    #[serde(default = "default_sweep_batch")]
-    pub batch_size: i64,
-    /// How long a submission waits for room in the fast path before leaving its jobs to
-    /// the sweeper. Back-pressure: a client submitting faster than the relay publishes is
-    /// slowed down rather than having its jobs wait `publish_grace_ms` for the sweeper.
-    #[serde(default = "default_fast_path_wait_ms")]
-    pub fast_path_wait_ms: u64,
-}
-
-impl Default for RelaySettings {
-    fn default() -> Self {
-        Self {
-            sweep_interval_ms: default_sweep_ms(),
-            publish_grace_ms: default_publish_grace_ms(),
-            batch_size: default_sweep_batch(),
-            fast_path_wait_ms: default_fast_path_wait_ms(),
-        }
-    }
-}
-
-impl RelaySettings {
-    pub fn sweep_interval(&self) -> Duration {
-        Duration::from_millis(self.sweep_interval_ms)
-    }
-    pub fn publish_grace(&self) -> Duration {
-        Duration::from_millis(self.publish_grace_ms)
-    }
-    pub fn fast_path_wait(&self) -> Duration {
-        Duration::from_millis(self.fast_path_wait_ms)
-    }
-}
-
-/// PostgreSQL settings.
-#[derive(Clone, Debug)]
-pub struct DatabaseSettings {
-    pub url: SecretString,
-    pub max_connections: u32,
-    pub acquire_timeout: Duration,
-    pub migrate_on_start: bool,
-}
-
-/// Worker settings.
-#[derive(Clone, Debug)]
-pub struct WorkerSettings {
-    /// Jobs run at once by this process; also each consumer's prefetch.
-    pub concurrency: u16,
-    /// After SIGTERM, how long in-flight jobs may take before they are returned to the queue.
-    pub grace_period: Duration,
-    /// Namespaces this worker serves; all configured ones when empty.
-    pub namespaces: Vec<Namespace>,
-    /// Recorded on attempts so a person can tell which pod ran what.
-    pub id: String,
 }
 
 /// Every setting of the fleet, validated.
@@ -507,54 +293,9 @@ fn check_url(url: &SecretString, setting: &str, schemes: &[&str]) -> Result<(), 
     Ok(())
 }
 
-fn default_consumer_timeout_secs() -> u64 {
-    // RabbitMQ's default `consumer_timeout` (30 minutes).
-    1_800
-}
-
 fn default_worker_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
     format!("{host}-{}", std::process::id())
-}
-
-fn default_app_prefix() -> String {
-    "engine:".to_owned()
-}
-fn default_max_connections() -> u32 {
-    10
-}
-fn default_acquire_timeout_ms() -> u64 {
-    3_000
-}
-fn default_concurrency() -> u16 {
-    32
-}
-fn default_grace_secs() -> u64 {
-    30
-}
-fn default_listen() -> String {
-    "127.0.0.1:8080".to_owned()
-}
-fn default_body_limit() -> usize {
-    4 * 1024 * 1024
-}
-fn default_max_batch() -> usize {
-    1_000
-}
-fn default_key_cache_secs() -> u64 {
-    30
-}
-fn default_sweep_ms() -> u64 {
-    1_000
-}
-fn default_publish_grace_ms() -> u64 {
-    2_000
-}
-fn default_sweep_batch() -> i64 {
-    500
-}
-fn default_fast_path_wait_ms() -> u64 {
-    1_000
 }
 
 #[cfg(test)]

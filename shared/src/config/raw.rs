@@ -1,0 +1,158 @@
+//! The settings as read from the file and the environment, before validation: every field
+//! optional or defaulted, exactly the shape an operator writes. [`super::Settings::validate`]
+//! turns this into typed, checked settings.
+
+use std::collections::BTreeMap;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use super::sections::{ApiSettings, RelaySettings};
+use crate::limits::LimitRule;
+use crate::queue::{WeightedQueue, standard_queues};
+use crate::retry::RetryPolicy;
+use crate::telemetry::LogFormat;
+
+/// The whole settings document: `[database]`, `[amqp]`, `[api]`, … and `[[limits]]`.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawSettings {
+    #[serde(default)]
+    pub(super) database: RawDatabase,
+    #[serde(default)]
+    pub(super) amqp: RawAmqp,
+    #[serde(default = "default_app_prefix")]
+    pub(super) app_prefix: String,
+    #[serde(default)]
+    pub(super) log_format: LogFormat,
+    #[serde(default)]
+    pub(super) api: ApiSettings,
+    #[serde(default)]
+    pub(super) worker: RawWorker,
+    #[serde(default)]
+    pub(super) relay: RelaySettings,
+    #[serde(default)]
+    pub(super) retry: RetryPolicy,
+    #[serde(default)]
+    pub(super) redis: RawRedis,
+    #[serde(default)]
+    pub(super) limits: Vec<LimitRule>,
+    #[serde(default = "standard_queues")]
+    pub(super) queues: Vec<WeightedQueue>,
+    #[serde(default)]
+    pub(super) namespaces: BTreeMap<String, RawNamespace>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawDatabase {
+    pub(super) url: Option<SecretString>,
+    #[serde(default = "default_max_connections")]
+    pub(super) max_connections: u32,
+    #[serde(default = "default_acquire_timeout_ms")]
+    pub(super) acquire_timeout_ms: u64,
+    #[serde(default)]
+    pub(super) migrate_on_start: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawAmqp {
+    pub(super) url: Option<SecretString>,
+    #[serde(default = "default_consumer_timeout_secs")]
+    pub(super) consumer_timeout_secs: u64,
+}
+
+impl Default for RawAmqp {
+    fn default() -> Self {
+        Self {
+            url: None,
+            consumer_timeout_secs: default_consumer_timeout_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawRedis {
+    #[serde(default = "default_redis_url")]
+    pub(super) url: SecretString,
+    #[serde(default = "default_redis_timeout_ms")]
+    pub(super) timeout_ms: u64,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        Self {
+            url: default_redis_url(),
+            timeout_ms: default_redis_timeout_ms(),
+        }
+    }
+}
+
+fn default_redis_url() -> SecretString {
+    SecretString::from("redis://127.0.0.1:6379")
+}
+fn default_redis_timeout_ms() -> u64 {
+    500
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawWorker {
+    #[serde(default = "default_concurrency")]
+    pub(super) concurrency: u16,
+    #[serde(default = "default_grace_secs")]
+    pub(super) grace_period_secs: u64,
+    #[serde(default)]
+    pub(super) namespaces: Vec<String>,
+    pub(super) id: Option<String>,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: default_max_connections(),
+            acquire_timeout_ms: default_acquire_timeout_ms(),
+            migrate_on_start: false,
+        }
+    }
+}
+
+impl Default for RawWorker {
+    fn default() -> Self {
+        Self {
+            concurrency: default_concurrency(),
+            grace_period_secs: default_grace_secs(),
+            namespaces: Vec::new(),
+            id: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawNamespace {
+    pub(super) vhost: Option<String>,
+    pub(super) webhook_signing_secret: Option<SecretString>,
+}
+
+fn default_consumer_timeout_secs() -> u64 {
+    // RabbitMQ's default `consumer_timeout` (30 minutes).
+    1_800
+}
+
+fn default_app_prefix() -> String {
+    "engine:".to_owned()
+}
+
+fn default_max_connections() -> u32 {
+    10
+}
+
+fn default_acquire_timeout_ms() -> u64 {
+    3_000
+}
+
+fn default_concurrency() -> u16 {
+    32
+}
+
+fn default_grace_secs() -> u64 {
+    30
+}
