@@ -5,7 +5,9 @@
 #
 #   both modes  PostgreSQL, Redis and RabbitMQ running on loopback (started if stopped),
 #               the RabbitMQ management plugin answering on http://127.0.0.1:15672,
-#               databases tl_engine and tl_engine_test present
+#               the local S3 server (s3s-fs, installed with cargo once) on 127.0.0.1:9100
+#               with buckets tl-engine and tl-engine-test, databases tl_engine and
+#               tl_engine_test present
 #   fleet       vhost `demo`, .run/engine.toml (kept once written), release binaries,
 #               migrations applied to tl_engine, demo API key in .run/demo.key (kept while valid)
 #   test        debug binaries, migrations applied to the test database
@@ -36,6 +38,14 @@ TEST_AMQP_URL="${TEST_AMQP_URL:-$AMQP_URL_LOCAL}"
 MANAGEMENT_URL="http://127.0.0.1:15672"
 DEMO_NAMESPACE=demo
 DEMO_VHOST=demo
+# The local S3-compatible server (s3s-fs, built from crates.io: no prebuilt binary can be
+# downloaded here). Its data lives outside the repository, so clones share it.
+S3_VERSION=0.14.1
+S3_PORT="${TL_ENGINE_S3_PORT:-9100}"
+S3_DIR="${TL_ENGINE_S3_DIR:-$HOME/.local/share/tl-engine/s3}"
+S3_ACCESS_KEY=tl-engine-local
+S3_SECRET_KEY=tl-engine-local-secret
+S3_BUCKETS=(tl-engine tl-engine-test)
 
 die() {
   printf 'prepare: %s\n' "$*" >&2
@@ -136,6 +146,31 @@ ensure_management() {
   fi
   quietly "enabling the RabbitMQ management plugin" rabbitmq-plugins enable rabbitmq_management
   wait_until 90 "the RabbitMQ management API at $MANAGEMENT_URL (guest/guest)" management_answers
+}
+
+s3s_binary() {
+  command -v s3s-fs 2>/dev/null || { [[ -x "$HOME/.cargo/bin/s3s-fs" ]] && echo "$HOME/.cargo/bin/s3s-fs"; }
+}
+
+ensure_s3() {
+  local binary
+  binary="$(s3s_binary || true)"
+  if [[ -z "$binary" ]] || ! cargo install --list 2>/dev/null | grep -qx "s3s-fs v$S3_VERSION:"; then
+    need cargo "the Rust toolchain, to install the local S3 server (s3s-fs)"
+    quietly "installing s3s-fs $S3_VERSION (cargo install; about 3 minutes, once)" \
+      cargo install "s3s-fs@$S3_VERSION" --features binary --locked --quiet
+    binary="$(s3s_binary)" || die "s3s-fs was installed but is not on PATH nor in ~/.cargo/bin"
+  fi
+  local bucket
+  for bucket in "${S3_BUCKETS[@]}"; do
+    mkdir -p "$S3_DIR/$bucket" # s3s-fs serves each folder of its root as a bucket
+  done
+  if port_open "$S3_PORT"; then
+    return
+  fi
+  nohup "$binary" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_ACCESS_KEY" \
+    --secret-key "$S3_SECRET_KEY" "$S3_DIR" >"$S3_DIR.log" 2>&1 </dev/null &
+  wait_until 30 "the local S3 server on 127.0.0.1:$S3_PORT (log: $S3_DIR.log)" port_open "$S3_PORT"
 }
 
 # --- PostgreSQL databases -----------------------------------------------------------------
@@ -261,6 +296,7 @@ ensure_postgres
 ensure_redis
 ensure_rabbitmq
 ensure_management
+ensure_s3
 ensure_database "$DEMO_DB"
 ensure_database "$TEST_DB"
 case "$MODE" in

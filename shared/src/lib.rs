@@ -8,6 +8,7 @@
 //! - [`retry`]: backoff with jitter and the delay tiers it rounds up to.
 //! - [`limits`]: rate and concurrency limits in Redis, per namespace key prefix.
 //! - [`group_commit`]: batches concurrent writes into one statement (one fsync).
+//! - [`storage`]: the S3-compatible object store (client built for B2, object keys).
 //! - [`store`]: every SQL statement the fleet runs, and the pools they run on.
 //! - [`broker`]: AMQP connections per vhost, the topology, and confirmed publishing.
 //! - [`telemetry`] and [`tls`]: process set-up every binary does first.
@@ -26,6 +27,7 @@ pub mod queue;
 pub mod retry;
 pub mod shutdown;
 pub mod status;
+pub mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

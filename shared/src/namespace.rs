@@ -64,6 +64,21 @@ pub struct NamespaceSpec {
 }
 
 #[cfg(test)]
+impl NamespaceSpec {
+    /// `name` as the settings would configure it by default (app prefix `engine:`), for
+    /// unit tests.
+    pub(crate) fn example(name: &str) -> Self {
+        Self {
+            name: Namespace::parse(name).expect("a valid example name"),
+            vhost: name.to_owned(),
+            redis_prefix: format!("engine:{name}:"),
+            s3_prefix: format!("{name}/"),
+            webhook_signing_secret: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -13,4 +13,5 @@ mod poison;
 mod processes;
 mod retries;
 mod scheduler;
+mod storage;
 mod webhook;

@@ -27,6 +27,23 @@ pub async fn redis() -> redis::aio::MultiplexedConnection {
         .expect("Redis unreachable: run infra/local/prepare.sh test")
 }
 
+/// The local S3-compatible server the prepare script runs (s3s-fs), as storage settings.
+pub fn s3_settings() -> engine_shared::storage::StorageSettings {
+    let var =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    engine_shared::storage::StorageSettings {
+        endpoint: Some(var("TEST_S3_ENDPOINT", "http://127.0.0.1:9100")),
+        region: "us-east-1".into(),
+        access_key_id: secrecy::SecretString::from(var("TEST_S3_ACCESS_KEY", "tl-engine-local")),
+        secret_access_key: secrecy::SecretString::from(var(
+            "TEST_S3_SECRET_KEY",
+            "tl-engine-local-secret",
+        )),
+        bucket: var("TEST_S3_BUCKET", "tl-engine-test"),
+        force_path_style: true,
+    }
+}
+
 fn management_url() -> String {
     std::env::var("TEST_RABBITMQ_MANAGEMENT_URL")
         .unwrap_or_else(|_| "http://127.0.0.1:15672".to_owned())

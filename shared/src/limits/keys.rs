@@ -57,16 +57,9 @@ pub fn redis_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Namespace;
 
     fn acme() -> NamespaceSpec {
-        NamespaceSpec {
-            name: Namespace::parse("acme").unwrap(),
-            vhost: "acme".into(),
-            redis_prefix: "engine:acme:".into(),
-            s3_prefix: "acme/".into(),
-            webhook_signing_secret: None,
-        }
+        NamespaceSpec::example("acme")
     }
 
     #[test]
