@@ -22,6 +22,7 @@ use crate::limits::{LimitRule, RedisSettings};
 use crate::namespace::{Namespace, NamespaceSpec};
 use crate::queue::WeightedQueue;
 use crate::retry::RetryPolicy;
+use crate::storage::StorageSettings;
 use crate::telemetry::LogFormat;
 use raw::RawSettings;
 pub use sections::{ApiSettings, DatabaseSettings, RelaySettings, WorkerSettings};
@@ -56,6 +57,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// `[[limits]]`: per kind, optionally per namespace; they beat what kinds declare.
     pub limits: Vec<LimitRule>,
+    /// S3-compatible storage; `None` while no bucket is configured.
+    pub storage: Option<StorageSettings>,
     pub queues: Vec<WeightedQueue>,
     pub namespaces: Vec<NamespaceSpec>,
 }
@@ -85,6 +88,20 @@ impl Settings {
             .set_override_option("database.url", std::env::var("DATABASE_URL").ok())
             .and_then(|b| b.set_override_option("amqp.url", std::env::var("AMQP_URL").ok()))
             .and_then(|b| b.set_override_option("redis.url", std::env::var("REDIS_URL").ok()))
+            .and_then(|b| {
+                // The seed's names for S3-compatible storage (Backblaze B2 in production).
+                let mut b = b;
+                for (key, variable) in [
+                    ("storage.endpoint_url", "AWS_S3_ENDPOINT_URL"),
+                    ("storage.access_key_id", "AWS_ACCESS_KEY_ID"),
+                    ("storage.secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+                    ("storage.bucket", "AWS_S3_BUCKET_NAME"),
+                    ("storage.region", "AWS_REGION"),
+                ] {
+                    b = b.set_override_option(key, std::env::var(variable).ok())?;
+                }
+                Ok(b)
+            })
             .map_err(|e| ConfigError::Load(e.to_string()))?
             .build()
             .and_then(|c| c.try_deserialize())
@@ -199,6 +216,8 @@ impl Settings {
             ));
         }
 
+        let storage = storage_settings(raw.storage)?;
+
         let mut worker_namespaces = Vec::new();
         for name in raw.worker.namespaces.iter().filter(|n| !n.is_empty()) {
             let ns =
@@ -237,6 +256,7 @@ impl Settings {
                 timeout: Duration::from_millis(raw.redis.timeout_ms.max(1)),
             },
             limits: raw.limits,
+            storage,
             queues: raw.queues,
             namespaces,
         })
@@ -276,6 +296,50 @@ impl Settings {
             .cloned()
             .collect()
     }
+}
+
+/// `[storage]` checked: with a bucket, both keys are required and the endpoint (if any)
+/// must be an http(s) URL; without one, storage is off.
+fn storage_settings(raw: raw::RawStorage) -> Result<Option<StorageSettings>, ConfigError> {
+    let Some(bucket) = raw.bucket.filter(|bucket| !bucket.is_empty()) else {
+        return Ok(None);
+    };
+    // S3's bucket naming rules, which B2 shares: 3-63 of [a-z0-9.-], alphanumeric ends.
+    let valid = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'))
+        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid {
+        return Err(ConfigError::Invalid {
+            setting: "AWS_S3_BUCKET_NAME (storage.bucket)".into(),
+            reason: "3 to 63 lowercase letters, digits, dots or dashes, starting and ending \
+                     with a letter or digit"
+                .into(),
+        });
+    }
+    let access_key_id = raw.access_key_id.ok_or(ConfigError::Missing {
+        setting: "AWS_ACCESS_KEY_ID (storage.access_key_id)",
+    })?;
+    let secret_access_key = raw.secret_access_key.ok_or(ConfigError::Missing {
+        setting: "AWS_SECRET_ACCESS_KEY (storage.secret_access_key)",
+    })?;
+    if let Some(endpoint) = &raw.endpoint_url {
+        check_url(
+            &SecretString::from(endpoint.clone()),
+            "AWS_S3_ENDPOINT_URL (storage.endpoint_url)",
+            &["http", "https"],
+        )?;
+    }
+    Ok(Some(StorageSettings {
+        endpoint: raw.endpoint_url,
+        region: raw.region.unwrap_or_else(|| "us-east-1".to_owned()),
+        access_key_id,
+        secret_access_key,
+        bucket,
+        force_path_style: raw.force_path_style,
+    }))
 }
 
 fn check_url(url: &SecretString, setting: &str, schemes: &[&str]) -> Result<(), ConfigError> {
@@ -362,6 +426,38 @@ mod tests {
         let message = Settings::validate(settings).unwrap_err().to_string();
         assert!(message.contains("REDIS_URL"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn storage_is_off_without_a_bucket_and_checked_with_one() {
+        let settings = Settings::validate(raw("postgres://localhost/x")).unwrap();
+        assert!(settings.storage.is_none());
+
+        let mut with_bucket = raw("postgres://localhost/x");
+        with_bucket.storage.bucket = Some("tl-engine".into());
+        let message = Settings::validate(with_bucket).unwrap_err().to_string();
+        assert!(message.contains("AWS_ACCESS_KEY_ID"), "{message}");
+
+        let mut bad_bucket = raw("postgres://localhost/x");
+        bad_bucket.storage.bucket = Some("Not_A_Bucket".into());
+        let message = Settings::validate(bad_bucket).unwrap_err().to_string();
+        assert!(message.contains("AWS_S3_BUCKET_NAME"), "{message}");
+
+        let mut complete = raw("postgres://localhost/x");
+        complete.storage = raw::RawStorage {
+            endpoint_url: Some("https://s3.us-west-004.backblazeb2.com".into()),
+            region: Some("us-west-004".into()),
+            access_key_id: Some(SecretString::from("key-id")),
+            secret_access_key: Some(SecretString::from("hunter2")),
+            bucket: Some("tl-engine".into()),
+            force_path_style: false,
+        };
+        let storage = Settings::validate(complete).unwrap().storage.unwrap();
+        assert_eq!(storage.region, "us-west-004");
+        assert!(
+            !format!("{storage:?}").contains("hunter2"),
+            "secrets never print"
+        );
     }
 
     #[test]

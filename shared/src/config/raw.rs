@@ -36,6 +36,8 @@ pub(super) struct RawSettings {
     pub(super) redis: RawRedis,
     #[serde(default)]
     pub(super) limits: Vec<LimitRule>,
+    #[serde(default)]
+    pub(super) storage: RawStorage,
     #[serde(default = "standard_queues")]
     pub(super) queues: Vec<WeightedQueue>,
     #[serde(default)]
@@ -91,6 +93,18 @@ fn default_redis_url() -> SecretString {
 }
 fn default_redis_timeout_ms() -> u64 {
     500
+}
+
+/// `[storage]`, also set by the seed's `AWS_*` names. Storage is off while no bucket is set.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawStorage {
+    pub(super) endpoint_url: Option<String>,
+    pub(super) region: Option<String>,
+    pub(super) access_key_id: Option<SecretString>,
+    pub(super) secret_access_key: Option<SecretString>,
+    pub(super) bucket: Option<String>,
+    #[serde(default)]
+    pub(super) force_path_style: bool,
 }
 
 #[derive(Debug, Deserialize)]
