@@ -166,11 +166,34 @@ ensure_s3() {
     mkdir -p "$S3_DIR/$bucket" # s3s-fs serves each folder of its root as a bucket
   done
   if port_open "$S3_PORT"; then
-    return
+    if s3_server_healthy; then
+      return
+    fi
+    # Our own server, but broken: started from a folder that was deleted since (a CI clone),
+    # it fails every request. Restart it; never touch anything else on that port.
+    local stale
+    stale="$(pgrep -f "s3s-fs --host 127.0.0.1 --port $S3_PORT " || true)"
+    [[ -n "$stale" ]] || die "port $S3_PORT is taken by something other than the local S3 server (set TL_ENGINE_S3_PORT)"
+    kill $stale 2>/dev/null || true
+    wait_until 15 "the stale S3 server to stop" port_closed "$S3_PORT"
   fi
-  nohup "$binary" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_ACCESS_KEY" \
-    --secret-key "$S3_SECRET_KEY" "$S3_DIR" >"$S3_DIR.log" 2>&1 </dev/null &
+  # Started from / so that deleting the folder this script ran in (a CI clone) cannot break it.
+  (cd / && exec nohup "$binary" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_ACCESS_KEY" \
+    --secret-key "$S3_SECRET_KEY" "$S3_DIR" >"$S3_DIR.log" 2>&1 </dev/null) &
+  echo $! >"$S3_DIR.pid"
   wait_until 30 "the local S3 server on 127.0.0.1:$S3_PORT (log: $S3_DIR.log)" port_open "$S3_PORT"
+}
+
+port_closed() {
+  ! port_open "$1"
+}
+
+# s3_server_healthy: the server this script started is alive and its working folder exists.
+s3_server_healthy() {
+  local pid
+  pid="$(cat "$S3_DIR.pid" 2>/dev/null)" || return 1
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" != *"(deleted)" ]]
 }
 
 # --- PostgreSQL databases -----------------------------------------------------------------
