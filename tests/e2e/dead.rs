@@ -25,14 +25,10 @@ async fn redriving_a_hundred_dead_jobs_runs_every_one_to_success() {
         ..FleetOptions::default()
     })
     .await;
-    let jobs: Vec<_> = (0..100)
-        .map(|_| json!({ "kind": "test.switch", "max_attempts": 1 }))
-        .collect();
-    let batch = fleet
+    let ids = fleet
         .client
-        .post("/v1/jobs/batch", &json!({ "jobs": jobs }))
+        .submit_copies(100, &json!({ "kind": "test.switch", "max_attempts": 1 }))
         .await;
-    assert_eq!(batch.status, StatusCode::ACCEPTED);
     wait_until("all 100 jobs to die", Duration::from_secs(30), || async {
         (count(&fleet, JobStatus::Dead).await == 100).then_some(())
     })
@@ -67,7 +63,7 @@ async fn redriving_a_hundred_dead_jobs_runs_every_one_to_success() {
         (count(&fleet, JobStatus::Succeeded).await == 100).then_some(())
     })
     .await;
-    let one = batch.body["jobs"][0]["id"].as_str().unwrap();
+    let one = ids[0].as_str();
     let record = fleet.record(one).await;
     assert_eq!(record.attempts, 1, "fresh attempts after the redrive");
     assert_eq!(record.redrives, 1);

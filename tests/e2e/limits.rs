@@ -11,27 +11,11 @@ use engine_tests::test_kinds::most_tracked_at_once;
 use engine_tests::{FleetOptions, TcpProxy, TestFleet, wait_until};
 use redis::AsyncCommands;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Settings that limit `kind` fleet-wide (TOML for `FleetOptions::extra_toml`).
 fn limit(kind: &str, rule: &str) -> String {
     format!("[[limits]]\nkind = \"{kind}\"\n{rule}\n")
-}
-
-/// Submits `count` jobs in one batch; their ids.
-async fn submit_many(fleet: &TestFleet, count: usize, job: Value) -> Vec<String> {
-    let jobs: Vec<_> = (0..count).map(|_| job.clone()).collect();
-    let answer = fleet
-        .client
-        .post("/v1/jobs/batch", &json!({ "jobs": jobs }))
-        .await;
-    assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
-    answer.body["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|job| job["id"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// Waits until every job in `ids` succeeded; their rows.
@@ -64,7 +48,10 @@ async fn a_rate_of_20_per_second_paces_200_jobs_over_10_seconds_across_3_workers
     .await;
     let _workers: Vec<_> = (0..3).map(|_| fleet.spawn_worker_process(64, 10)).collect();
 
-    let ids = submit_many(&fleet, 200, json!({ "kind": "noop" })).await;
+    let ids = fleet
+        .client
+        .submit_copies(200, &json!({ "kind": "noop" }))
+        .await;
 
     let records = all_succeeded(&fleet, &ids, Duration::from_secs(60)).await;
     assert!(
@@ -91,12 +78,10 @@ async fn a_concurrency_limit_of_2_never_lets_3_run_at_once() {
     .await;
     fleet.start_extra_worker().await;
 
-    let ids = submit_many(
-        &fleet,
-        10,
-        json!({ "kind": "test.track", "args": { "ms": 150 } }),
-    )
-    .await;
+    let ids = fleet
+        .client
+        .submit_copies(10, &json!({ "kind": "test.track", "args": { "ms": 150 } }))
+        .await;
 
     let records = all_succeeded(&fleet, &ids, Duration::from_secs(60)).await;
     assert_eq!(
@@ -118,7 +103,10 @@ async fn a_saturated_limit_defers_without_a_hot_loop() {
     let calls_before = engine_shared::limits::redis_calls();
     let cpu_before = cpu_time();
 
-    let ids = submit_many(&fleet, 12, json!({ "kind": "noop" })).await;
+    let ids = fleet
+        .client
+        .submit_copies(12, &json!({ "kind": "noop" }))
+        .await;
     let records = all_succeeded(&fleet, &ids, Duration::from_secs(30)).await;
 
     // Each job asks Redis once, for its turn; then it waits in delay tiers, unasked.
@@ -252,13 +240,17 @@ async fn with_redis_cut_an_allow_limit_runs_jobs_and_a_defer_limit_holds_them_un
         .await;
 
     proxy.cut();
-    let open = submit_many(&fleet, 3, json!({ "kind": "noop" })).await;
-    let held = submit_many(
-        &fleet,
-        3,
-        json!({ "kind": "test.flaky", "args": { "fail_times": 0 } }),
-    )
-    .await;
+    let open = fleet
+        .client
+        .submit_copies(3, &json!({ "kind": "noop" }))
+        .await;
+    let held = fleet
+        .client
+        .submit_copies(
+            3,
+            &json!({ "kind": "test.flaky", "args": { "fail_times": 0 } }),
+        )
+        .await;
     all_succeeded(&fleet, &open, Duration::from_secs(20)).await;
     let vhost = fleet.namespace.to_string();
     wait_until(

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use engine_shared::JobStatus;
 use engine_tests::services::queue_depth;
 use engine_tests::{FleetOptions, TestFleet, wait_until};
-use reqwest::StatusCode;
 use serde_json::json;
 
 #[tokio::test]
@@ -17,21 +17,11 @@ async fn two_replicas_schedulers_release_each_due_job_exactly_once() {
     .await;
     fleet.start_api_replica().await;
     fleet.start_api_replica().await;
-    let jobs: Vec<_> = (0..300)
-        .map(|_| json!({ "kind": "noop", "delay": 1 }))
-        .collect();
-    let batch = fleet
+    let ids = fleet
         .client
-        .post("/v1/jobs/batch", &json!({ "jobs": jobs }))
+        .submit_copies(300, &json!({ "kind": "noop", "delay": 1 }))
         .await;
-    assert_eq!(batch.status, StatusCode::ACCEPTED);
-    assert_eq!(batch.body["jobs"][0]["status"], "scheduled");
-    let ids: Vec<String> = batch.body["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|job| job["id"].as_str().unwrap().to_owned())
-        .collect();
+    assert_eq!(fleet.record(&ids[0]).await.status, JobStatus::Scheduled);
 
     wait_until(
         "every job to be released and published",

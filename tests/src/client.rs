@@ -96,6 +96,22 @@ impl ApiClient {
         self.post("/v1/jobs", job).await
     }
 
+    /// Submits `count` copies of `job` in one batch, asserts 202, and returns their ids in
+    /// order.
+    pub async fn submit_copies(&self, count: usize, job: &Value) -> Vec<String> {
+        let jobs: Vec<_> = (0..count).map(|_| job.clone()).collect();
+        let answer = self
+            .post("/v1/jobs/batch", &serde_json::json!({ "jobs": jobs }))
+            .await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
+        answer.body["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|job| job["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub async fn job(&self, id: &str) -> Answer {
         self.get(&format!("/v1/jobs/{id}")).await
     }
