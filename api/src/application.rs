@@ -13,6 +13,7 @@ use engine_shared::broker::Broker;
 use engine_shared::config::Settings;
 use engine_shared::group_commit::GroupCommit;
 use engine_shared::limits::Limiter;
+use engine_shared::storage::ObjectStore;
 use engine_shared::store::{self, Store};
 
 use crate::auth::KeyCache;
@@ -48,6 +49,7 @@ impl Application {
             let store = submit_store.clone();
             async move { store.insert_jobs(&jobs).await }
         });
+        let objects = settings.storage.as_ref().map(ObjectStore::new);
         let listener = TcpListener::bind(&settings.api.listen)
             .await
             .with_context(|| format!("binding api.listen = {}", settings.api.listen))?;
@@ -61,6 +63,7 @@ impl Application {
             relay,
             submissions,
             limiter,
+            objects: objects,
         };
         Ok(Self { listener, state })
     }

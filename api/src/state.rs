@@ -6,6 +6,7 @@ use engine_jobs::Registry;
 use engine_shared::config::Settings;
 use engine_shared::group_commit::GroupCommit;
 use engine_shared::limits::Limiter;
+use engine_shared::storage::ObjectStore;
 use engine_shared::store::{NewJob, Store, Submitted};
 
 use crate::auth::KeyCache;
@@ -24,4 +25,6 @@ pub struct AppState {
     pub submissions: GroupCommit<NewJob, Submitted>,
     /// Per-API-key submission limits (Redis), when configured.
     pub limiter: Arc<Limiter>,
+    /// Object storage (logs, artifacts); `None` when no bucket is configured.
+    pub objects: Option<ObjectStore>,
 }

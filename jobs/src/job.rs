@@ -9,6 +9,9 @@ use engine_shared::{JobId, Namespace, QueueName};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use crate::artifacts::Artifacts;
+use crate::log::JobLog;
+
 /// One kind of job. Implementations hold only what their handler needs (an HTTP client,
 /// a secret), built once at start-up and shared by every run.
 ///
@@ -75,6 +78,11 @@ pub struct JobContext {
     /// Cancelled when someone cancels the job, when it times out, or when the worker's
     /// grace period ends. Long handlers should watch it and return [`JobError::Cancelled`].
     pub cancellation: CancellationToken,
+    /// This attempt's log: what is written here is uploaded to storage when the attempt
+    /// ends and served by `GET /v1/jobs/{id}/logs`.
+    pub log: JobLog,
+    /// Named outputs kept in storage for this job.
+    pub artifacts: Artifacts,
 }
 
 /// How a handler says an attempt failed. The worker alone turns this into ack, retry or

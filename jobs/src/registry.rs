@@ -5,9 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine_shared::config::BackupSettings;
 use engine_shared::kind::InvalidKind;
 use engine_shared::limits::Limit;
 use engine_shared::retry::Backoff;
+use engine_shared::storage::ObjectStore;
+use engine_shared::store::Store;
 use engine_shared::{Kind, Namespace, QueueName};
 use futures_util::future::BoxFuture;
 use secrecy::SecretString;
@@ -50,6 +53,13 @@ pub struct JobDeps {
     pub http: reqwest::Client,
     /// Per-namespace webhook signing secrets.
     pub webhook_secrets: BTreeMap<Namespace, SecretString>,
+    /// The state database, for kinds that read it (`export.jobs_csv`, `db.backup`); `None`
+    /// in processes that have none (unit tests).
+    pub store: Option<Store>,
+    /// Object storage, for kinds that write to it beyond artifacts (`db.backup`).
+    pub objects: Option<ObjectStore>,
+    /// How many backups `db.backup` keeps, and which namespace may run it.
+    pub backup: BackupSettings,
 }
 
 trait ErasedJob: Send + Sync {

@@ -59,6 +59,8 @@ pub struct NamespaceSpec {
     pub redis_prefix: String,
     /// Every S3 object key of this namespace starts with this (`<namespace>/`).
     pub s3_prefix: String,
+    /// The bucket this namespace's objects live in; `None`: the fleet's `storage.bucket`.
+    pub bucket: Option<String>,
     /// Signs `webhook.deliver` requests so receivers can check they came from us.
     pub webhook_signing_secret: Option<SecretString>,
 }
@@ -73,6 +75,7 @@ impl NamespaceSpec {
             vhost: name.to_owned(),
             redis_prefix: format!("engine:{name}:"),
             s3_prefix: format!("{name}/"),
+            bucket: None,
             webhook_signing_secret: None,
         }
     }

@@ -12,13 +12,14 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-use engine_jobs::{JobContext, JobError, Registry};
+use engine_jobs::{Artifacts, JobContext, JobError, JobLog, Registry};
 use engine_shared::broker::Publisher;
 use engine_shared::envelope::Envelope;
 use engine_shared::group_commit::GroupCommitError;
 use engine_shared::limits::Limiter;
 use engine_shared::namespace::NamespaceSpec;
 use engine_shared::retry::{RetryPolicy, RetryRoute};
+use engine_shared::storage::ObjectStore;
 use engine_shared::store::{
     AttemptOutcome, Burial, ErrorKind, FinishRequest, StartOutcome, StartRequest, StartedJob, Store,
 };
@@ -53,6 +54,8 @@ pub struct Shared {
     pub store: Store,
     /// Rate and concurrency limits, checked before a job starts.
     pub limiter: Arc<Limiter>,
+    /// Object storage for artifacts; `None` when no bucket is configured.
+    pub objects: Option<ObjectStore>,
 }
 
 pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) {
@@ -172,7 +175,8 @@ async fn run_admitted(
     };
 
     let began = Instant::now();
-    let outcome = run_handler(shared, &context.spec, envelope, &started).await;
+    let log = JobLog::new(id, 1 << 20);
+    let outcome = run_handler(shared, &context.spec, envelope, &started, &log).await;
     let retry = match &outcome {
         HandlerOutcome::Snoozed(delay) => shared.retry.route_for(*delay),
         _ => {
@@ -393,6 +397,7 @@ async fn run_handler(
     spec: &NamespaceSpec,
     envelope: &Envelope,
     started: &StartedJob,
+    log: &JobLog,
 ) -> HandlerOutcome {
     let id: JobId = envelope.id;
     let cancellation = shared.in_flight.start(id);
@@ -403,6 +408,8 @@ async fn run_handler(
         max_attempts: started.max_attempts,
         snoozes: started.snoozes,
         cancellation: cancellation.clone(),
+        log: log.clone(),
+        artifacts: Artifacts::new(id, spec.clone(), shared.objects.clone()),
     };
     let Some(handler) = shared
         .registry

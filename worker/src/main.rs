@@ -7,6 +7,8 @@ use clap::Parser;
 
 use engine_jobs::{JobDeps, register_all};
 use engine_shared::config::Settings;
+use engine_shared::storage::ObjectStore;
+use engine_shared::store::Store;
 use engine_shared::{shutdown, telemetry, tls};
 use engine_worker::Worker;
 
@@ -43,6 +45,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .iter()
             .filter_map(|spec| Some((spec.name.clone(), spec.webhook_signing_secret.clone()?)))
             .collect(),
+        // Its own lazy pool: it connects only when a kind that reads the database runs.
+        store: Some(Store::connect_lazy(&settings.database)?),
+        objects: settings.storage.as_ref().map(ObjectStore::new),
+        backup: settings.backup.clone(),
     };
     let registry = register_all(deps).context("building the job registry")?;
     let worker = Worker::build(settings, registry).await?;

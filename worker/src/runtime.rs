@@ -14,6 +14,7 @@ use engine_shared::broker::topology::Topology;
 use engine_shared::broker::{Broker, Publisher};
 use engine_shared::config::Settings;
 use engine_shared::limits::Limiter;
+use engine_shared::storage::ObjectStore;
 use engine_shared::store::{self, Store};
 
 use crate::consumer::NamespaceConsumer;
@@ -95,6 +96,7 @@ impl Worker {
                 Limiter::new(&settings.redis, settings.limits.clone())
                     .context("building the limiter")?,
             ),
+            objects: settings.storage.as_ref().map(ObjectStore::new),
         });
         Ok(Self {
             settings,

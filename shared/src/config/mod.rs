@@ -25,7 +25,10 @@ use crate::retry::RetryPolicy;
 use crate::storage::StorageSettings;
 use crate::telemetry::LogFormat;
 use raw::RawSettings;
-pub use sections::{ApiSettings, DatabaseSettings, RelaySettings, WorkerSettings};
+pub use sections::{
+    ApiSettings, ArchiveSettings, BackupSettings, DatabaseSettings, LogSettings, RelaySettings,
+    WorkerSettings,
+};
 
 /// A configuration problem found at start-up. Messages name the setting, never a secret.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,12 @@ pub struct Settings {
     pub limits: Vec<LimitRule>,
     /// S3-compatible storage; `None` while no bucket is configured.
     pub storage: Option<StorageSettings>,
+    /// Per-attempt job logs: size cap and the local spool used while storage is down.
+    pub logs: LogSettings,
+    /// Moving finished jobs out of PostgreSQL into storage.
+    pub archive: ArchiveSettings,
+    /// Database backups in storage.
+    pub backup: BackupSettings,
     pub queues: Vec<WeightedQueue>,
     pub namespaces: Vec<NamespaceSpec>,
 }
@@ -177,9 +186,13 @@ impl Settings {
                     "1 to 200 characters".into(),
                 ));
             }
+            if let Some(bucket) = &ns.bucket {
+                check_bucket(bucket, &format!("{setting}.bucket"))?;
+            }
             namespaces.push(NamespaceSpec {
                 redis_prefix: format!("{}{}:", raw.app_prefix, name),
                 s3_prefix: format!("{name}/"),
+                bucket: ns.bucket,
                 name,
                 vhost,
                 webhook_signing_secret: ns.webhook_signing_secret,
@@ -257,6 +270,9 @@ impl Settings {
             },
             limits: raw.limits,
             storage,
+            logs: raw.logs,
+            archive: raw.archive,
+            backup: raw.backup,
             queues: raw.queues,
             namespaces,
         })
@@ -280,6 +296,7 @@ impl Settings {
         self.namespaces.push(NamespaceSpec {
             redis_prefix: format!("{}{}:", self.app_prefix, name),
             s3_prefix: format!("{name}/"),
+            bucket: None,
             name,
             vhost: vhost.to_owned(),
             webhook_signing_secret: None,
@@ -304,21 +321,7 @@ fn storage_settings(raw: raw::RawStorage) -> Result<Option<StorageSettings>, Con
     let Some(bucket) = raw.bucket.filter(|bucket| !bucket.is_empty()) else {
         return Ok(None);
     };
-    // S3's bucket naming rules, which B2 shares: 3-63 of [a-z0-9.-], alphanumeric ends.
-    let valid = (3..=63).contains(&bucket.len())
-        && bucket
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'))
-        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if !valid {
-        return Err(ConfigError::Invalid {
-            setting: "AWS_S3_BUCKET_NAME (storage.bucket)".into(),
-            reason: "3 to 63 lowercase letters, digits, dots or dashes, starting and ending \
-                     with a letter or digit"
-                .into(),
-        });
-    }
+    check_bucket(&bucket, "AWS_S3_BUCKET_NAME (storage.bucket)")?;
     let access_key_id = raw.access_key_id.ok_or(ConfigError::Missing {
         setting: "AWS_ACCESS_KEY_ID (storage.access_key_id)",
     })?;
@@ -340,6 +343,26 @@ fn storage_settings(raw: raw::RawStorage) -> Result<Option<StorageSettings>, Con
         bucket,
         force_path_style: raw.force_path_style,
     }))
+}
+
+/// S3's bucket naming rules, which B2 shares: 3-63 of [a-z0-9.-], alphanumeric ends.
+fn check_bucket(bucket: &str, setting: &str) -> Result<(), ConfigError> {
+    let valid = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'))
+        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            setting: setting.to_owned(),
+            reason: "3 to 63 lowercase letters, digits, dots or dashes, starting and ending \
+                     with a letter or digit"
+                .into(),
+        })
+    }
 }
 
 fn check_url(url: &SecretString, setting: &str, schemes: &[&str]) -> Result<(), ConfigError> {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::sections::{ApiSettings, RelaySettings};
+use super::sections::{ApiSettings, ArchiveSettings, BackupSettings, LogSettings, RelaySettings};
 use crate::limits::LimitRule;
 use crate::queue::{WeightedQueue, standard_queues};
 use crate::retry::RetryPolicy;
@@ -38,6 +38,12 @@ pub(super) struct RawSettings {
     pub(super) limits: Vec<LimitRule>,
     #[serde(default)]
     pub(super) storage: RawStorage,
+    #[serde(default)]
+    pub(super) logs: LogSettings,
+    #[serde(default)]
+    pub(super) archive: ArchiveSettings,
+    #[serde(default)]
+    pub(super) backup: BackupSettings,
     #[serde(default = "standard_queues")]
     pub(super) queues: Vec<WeightedQueue>,
     #[serde(default)]
@@ -143,6 +149,8 @@ impl Default for RawWorker {
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct RawNamespace {
     pub(super) vhost: Option<String>,
+    /// This namespace's own bucket; the fleet's `storage.bucket` (under `<ns>/`) otherwise.
+    pub(super) bucket: Option<String>,
     pub(super) webhook_signing_secret: Option<SecretString>,
 }
 

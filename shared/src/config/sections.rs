@@ -1,5 +1,7 @@
-//! The typed settings sections the binaries read: API, relay, database and worker.
+//! The typed settings sections the binaries read: API, relay, database, worker, job logs,
+//! the history archive and backups.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -141,4 +143,105 @@ fn default_sweep_batch() -> i64 {
 
 fn default_fast_path_wait_ms() -> u64 {
     1_000
+}
+
+/// `[logs]`: what is kept of each attempt's log lines, and where they wait while storage is
+/// unreachable.
+#[derive(Clone, Debug, Deserialize)]
+pub struct LogSettings {
+    /// Most bytes of log text kept per attempt; later lines are dropped and counted, so a
+    /// chatty handler cannot exhaust the worker's memory.
+    #[serde(default = "default_log_max_kib")]
+    pub max_kib_per_attempt: usize,
+    /// Logs that could not be uploaded wait here (an `emptyDir` in Kubernetes).
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: PathBuf,
+    /// The spool never grows past this; a log that would not fit is dropped with a warning.
+    #[serde(default = "default_spool_max_mib")]
+    pub spool_max_mib: u64,
+    /// How often spooled logs are offered to storage again.
+    #[serde(default = "default_spool_retry_secs")]
+    pub spool_retry_secs: u64,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            max_kib_per_attempt: default_log_max_kib(),
+            spool_dir: default_spool_dir(),
+            spool_max_mib: default_spool_max_mib(),
+            spool_retry_secs: default_spool_retry_secs(),
+        }
+    }
+}
+
+fn default_log_max_kib() -> usize {
+    1_024
+}
+fn default_spool_dir() -> PathBuf {
+    std::env::temp_dir().join("tl-engine-spool")
+}
+fn default_spool_max_mib() -> u64 {
+    256
+}
+fn default_spool_retry_secs() -> u64 {
+    10
+}
+
+/// `[archive]`: finished jobs older than `after_days` move to storage as gzipped JSON lines.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ArchiveSettings {
+    /// Age (since finishing) after which a job is archived; 0 turns archiving off.
+    #[serde(default = "default_archive_after_days")]
+    pub after_days: u32,
+    /// How often the API replicas try to archive (one of them at a time does).
+    #[serde(default = "default_archive_interval_secs")]
+    pub interval_secs: u64,
+    /// Jobs per archive object.
+    #[serde(default = "default_archive_batch")]
+    pub batch_size: u32,
+}
+
+impl Default for ArchiveSettings {
+    fn default() -> Self {
+        Self {
+            after_days: default_archive_after_days(),
+            interval_secs: default_archive_interval_secs(),
+            batch_size: default_archive_batch(),
+        }
+    }
+}
+
+fn default_archive_after_days() -> u32 {
+    30
+}
+fn default_archive_interval_secs() -> u64 {
+    3_600
+}
+fn default_archive_batch() -> u32 {
+    5_000
+}
+
+/// `[backup]`: database backups under `backups/` in the fleet's bucket.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BackupSettings {
+    /// Backups kept; older ones are deleted after each new one is complete.
+    #[serde(default = "default_backup_keep")]
+    pub keep: u32,
+    /// The only namespace whose API keys may submit `db.backup` (it backs up every
+    /// namespace's rows); `None`: the kind is refused through the API.
+    pub namespace: Option<Namespace>,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            keep: default_backup_keep(),
+            namespace: None,
+        }
+    }
+}
+
+fn default_backup_keep() -> u32 {
+    7
 }

@@ -2,12 +2,16 @@
 //!
 //! - [`settings`]: endpoint, region, credentials, bucket, addressing, from the seed's names.
 //! - [`client`]: the one place an `aws_sdk_s3::Client` is built, with what B2 needs.
-//! - [`keys`]: the one function family that builds every object key.
+//! - [`keys`]: the one function family that builds every object key (and its bucket).
+//! - [`objects`]: the operations the fleet uses: put, streamed multipart upload, get, list,
+//!   presigned download, single-key delete.
 
 pub mod client;
 pub mod keys;
+pub mod objects;
 pub mod settings;
 
 pub use client::build_client;
-pub use keys::ObjectKey;
+pub use keys::{LogRun, ObjectKey};
+pub use objects::{ObjectInfo, ObjectStore};
 pub use settings::StorageSettings;
