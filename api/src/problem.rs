@@ -45,6 +45,12 @@ pub enum ApiError {
         burst: u32,
         retry_after_secs: u64,
     },
+    #[error(
+        "object storage is not configured on this fleet (AWS_S3_BUCKET_NAME): there are no logs or artifacts to serve"
+    )]
+    StorageOff,
+    #[error("object storage is unreachable; retry shortly")]
+    Storage(#[source] anyhow::Error),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -118,6 +124,16 @@ impl ApiError {
                 "/problems/too-many-requests",
                 "Too many requests",
             ),
+            Self::StorageOff => (
+                StatusCode::NOT_IMPLEMENTED,
+                "/problems/storage-off",
+                "Storage not configured",
+            ),
+            Self::Storage(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/storage-unavailable",
+                "Storage unavailable",
+            ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "/problems/internal",
@@ -151,6 +167,10 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = format!("{error:#}"), "request failed");
                 self.to_string()
             }
+            Self::Storage(error) => {
+                tracing::warn!(error = format!("{error:#}"), "storage request failed");
+                self.to_string()
+            }
             _ => self.to_string(),
         };
         let errors = match &self {
@@ -175,7 +195,7 @@ impl IntoResponse for ApiError {
             Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::Unavailable => {
+            Self::Unavailable | Self::Storage(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
             }
             Self::TooManyRequests {

@@ -229,9 +229,30 @@ random_hex() {
   od -An -N32 -tx1 /dev/urandom | tr -d ' \n'
 }
 
+# The local S3 server's storage settings; also appended to demo settings written before
+# storage existed.
+demo_storage_settings() {
+  cat <<EOF
+
+# The local S3-compatible server (attempt logs, artifacts, archives, backups).
+[storage]
+endpoint_url = "http://127.0.0.1:$S3_PORT"
+access_key_id = "$S3_ACCESS_KEY"
+secret_access_key = "$S3_SECRET_KEY"
+bucket = "${S3_BUCKETS[0]}"
+force_path_style = true
+
+[backup]
+namespace = "$DEMO_NAMESPACE"
+EOF
+}
+
 ensure_demo_config() {
   local config="$RUN_DIR/engine.toml"
-  [[ -s "$config" ]] && return
+  if [[ -s "$config" ]]; then
+    grep -q '^\[storage\]' "$config" || demo_storage_settings >>"$config"
+    return
+  fi
   mkdir -p "$RUN_DIR"
   (
     umask 077
@@ -251,6 +272,7 @@ url = "$AMQP_URL_LOCAL"
 vhost = "$DEMO_VHOST"
 webhook_signing_secret = "$(random_hex)"
 EOF
+    demo_storage_settings >>"$config.tmp"
     mv "$config.tmp" "$config"
   )
 }

@@ -54,6 +54,12 @@ impl Artifacts {
             .map_err(JobError::Retryable)
     }
 
+    /// Removes `name` (an upload the handler decided not to keep).
+    pub async fn delete(&self, name: &str) -> Result<(), JobError> {
+        let (objects, key) = self.locate(name)?;
+        objects.delete(&key).await.map_err(JobError::Retryable)
+    }
+
     fn locate(&self, name: &str) -> Result<(&ObjectStore, ObjectKey), JobError> {
         let Some((objects, namespace)) = &self.target else {
             return Err(JobError::Fatal(anyhow!(

@@ -16,7 +16,9 @@ use futures_util::future::BoxFuture;
 use secrecy::SecretString;
 
 use crate::job::{Job, JobContext, JobError};
-use crate::kinds::{noop::Noop, sleep::Sleep, webhook_deliver::WebhookDeliver};
+use crate::kinds::{
+    export_jobs_csv::ExportJobsCsv, noop::Noop, sleep::Sleep, webhook_deliver::WebhookDeliver,
+};
 
 /// Why the registry could not be built; start-up stops on it.
 #[derive(Debug, thiserror::Error)]
@@ -191,7 +193,8 @@ pub fn register_all(deps: JobDeps) -> Result<Registry, RegistryError> {
     registry
         .register(Noop)?
         .register(Sleep)?
-        .register(WebhookDeliver::new(deps.http, deps.webhook_secrets))?;
+        .register(WebhookDeliver::new(deps.http, deps.webhook_secrets))?
+        .register(ExportJobsCsv::new(deps.store.clone()))?;
     Ok(registry)
 }
 

@@ -1,11 +1,13 @@
 //! End-to-end tests: the API and workers against real PostgreSQL and RabbitMQ, each test in
 //! its own namespace (vhost, rows, key) so they run in parallel.
 
+mod artifacts;
 mod cancel;
 mod command_line;
 mod dead;
 mod errors;
 mod isolation;
+mod job_logs;
 mod lifecycle;
 mod limits;
 mod outage;

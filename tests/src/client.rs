@@ -83,6 +83,27 @@ impl ApiClient {
         }
     }
 
+    /// GETs `path` as text, with extra request headers: the status, the response headers
+    /// and the raw body bytes (not decoded: a test may ask for gzip).
+    pub async fn get_raw(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(key) = &self.key {
+            request = request.bearer_auth(key);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("the API answered");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.expect("reading the body").to_vec();
+        (status, headers, body)
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> Answer {
         self.raw(Method::POST, path, Some(serde_json::to_vec(body).unwrap()))
             .await

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use engine_api::Application;
 use engine_jobs::{JobDeps, Registry, register_all};
 use engine_shared::config::Settings;
+use engine_shared::storage::ObjectStore;
 use engine_shared::store::{JobRecord, Store};
 use engine_shared::{JobId, JobStatus, Namespace};
 use engine_worker::Worker;
@@ -45,6 +46,19 @@ pub struct FleetOptions {
     pub redis_url: Option<String>,
     /// `api.submit_rate_per_sec` and `api.submit_burst`.
     pub submit_rate: Option<(u32, u32)>,
+    /// Turns storage on with this S3 endpoint (the test server's, or a proxy's): attempt
+    /// logs and artifacts. Off by default.
+    pub s3_endpoint: Option<String>,
+}
+
+impl FleetOptions {
+    /// Storage on, against the test S3 server.
+    pub fn with_storage(self) -> Self {
+        Self {
+            s3_endpoint: services::s3_settings().endpoint,
+            ..self
+        }
+    }
 }
 
 impl Default for FleetOptions {
@@ -60,6 +74,7 @@ impl Default for FleetOptions {
             delivery_limit: 20,
             redis_url: None,
             submit_rate: None,
+            s3_endpoint: None,
         }
     }
 }
@@ -133,8 +148,14 @@ pub fn test_registry(deps: JobDeps, abort: AbortKind) -> Registry {
 }
 
 /// Job dependencies with `namespace`'s webhook secret, if any.
-fn deps_with_secret(webhook_secret: Option<&str>, namespace: &Namespace) -> JobDeps {
-    let mut deps = JobDeps::default();
+/// What the built-in kinds need, from `settings` (database, storage) and the test's secret.
+fn deps_for(settings: &Settings, webhook_secret: Option<&str>, namespace: &Namespace) -> JobDeps {
+    let mut deps = JobDeps {
+        store: Some(Store::connect_lazy(&settings.database).unwrap()),
+        objects: settings.storage.as_ref().map(ObjectStore::new),
+        backup: settings.backup.clone(),
+        ..JobDeps::default()
+    };
     if let Some(secret) = webhook_secret {
         deps.webhook_secrets.insert(
             namespace.clone(),
@@ -155,10 +176,29 @@ fn settings_text(
         .as_ref()
         .map(|s| format!("webhook_signing_secret = \"{s}\"\n"))
         .unwrap_or_default();
+    let first_namespace = namespaces.first().cloned().unwrap_or_default();
     let namespaces: String = namespaces
         .iter()
         .map(|name| format!("[namespaces.{name}]\n{secret}\n"))
         .collect();
+    let storage = options
+        .s3_endpoint
+        .as_ref()
+        .map(|endpoint| {
+            let s3 = services::s3_settings();
+            format!(
+                "[storage]\nendpoint_url = \"{endpoint}\"\naccess_key_id = \"{}\"\n\
+                 secret_access_key = \"{}\"\nbucket = \"{}\"\nforce_path_style = true\n\
+                 [logs]\nspool_dir = \"{}\"\nspool_retry_secs = 1\n",
+                s3.access_key_id.expose_secret(),
+                s3.secret_access_key.expose_secret(),
+                s3.bucket,
+                std::env::temp_dir()
+                    .join(format!("{first_namespace}-spool"))
+                    .display()
+            )
+        })
+        .unwrap_or_default();
     format!(
         r#"
 [database]
@@ -188,6 +228,7 @@ base_delay_ms = 100
 max_delay_ms = 500
 tiers_ms = [200, 500]
 delivery_limit = {delivery_limit}
+{storage}
 {namespaces}
 {extra}
 "#,
@@ -263,9 +304,9 @@ impl TestFleet {
         );
         let api_settings = Settings::from_toml(&api_text).unwrap();
         let application = Application::build(
-            api_settings,
+            api_settings.clone(),
             test_registry(
-                deps_with_secret(options.webhook_secret.as_deref(), &namespace),
+                deps_for(&api_settings, options.webhook_secret.as_deref(), &namespace),
                 AbortKind::Included,
             ),
         )
@@ -308,7 +349,7 @@ impl TestFleet {
     pub async fn start_worker(&mut self, webhook_secret: Option<&str>) {
         let settings = Settings::from_toml(&self.settings_text).unwrap();
         let registry = test_registry(
-            deps_with_secret(webhook_secret, &self.namespace),
+            deps_for(&settings, webhook_secret, &self.namespace),
             AbortKind::Excluded,
         );
         let worker = Worker::build(settings, registry)

@@ -54,6 +54,10 @@ impl Job for Flaky {
         context: JobContext,
         args: FlakyArgs,
     ) -> Result<serde_json::Value, JobError> {
+        context.log.info(format_args!(
+            "flaky handler on attempt {}, failing {} times",
+            context.attempt, args.fail_times
+        ));
         if context.attempt <= args.fail_times {
             return Err(JobError::Retryable(anyhow::anyhow!(
                 "flaky failure {} of {}",

@@ -19,7 +19,7 @@ use engine_shared::group_commit::GroupCommitError;
 use engine_shared::limits::Limiter;
 use engine_shared::namespace::NamespaceSpec;
 use engine_shared::retry::{RetryPolicy, RetryRoute};
-use engine_shared::storage::ObjectStore;
+use engine_shared::storage::{LogRun, ObjectStore};
 use engine_shared::store::{
     AttemptOutcome, Burial, ErrorKind, FinishRequest, StartOutcome, StartRequest, StartedJob, Store,
 };
@@ -27,6 +27,7 @@ use engine_shared::{JobId, JobStatus};
 
 use crate::admission::{Admission, DEFERRALS_HEADER, NOT_BEFORE_HEADER, admit, deferrals};
 use crate::in_flight::InFlight;
+use crate::log_shipper::{AttemptLog, LogShipper};
 use crate::transitions::Transitions;
 
 /// When PostgreSQL cannot record a transition, the delivery goes back after this pause, so
@@ -35,6 +36,8 @@ const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
 /// A served namespace and the publisher its retries go through.
 pub struct NamespaceContext {
+    /// Its position in [`Shared::namespaces`].
+    pub index: usize,
     pub spec: NamespaceSpec,
     pub publisher: Publisher,
 }
@@ -56,6 +59,10 @@ pub struct Shared {
     pub limiter: Arc<Limiter>,
     /// Object storage for artifacts; `None` when no bucket is configured.
     pub objects: Option<ObjectStore>,
+    /// Uploads attempt logs (or spools them while storage is down).
+    pub logs: Arc<LogShipper>,
+    /// Most bytes of log text kept per attempt.
+    pub log_cap: usize,
 }
 
 pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) {
@@ -175,8 +182,22 @@ async fn run_admitted(
     };
 
     let began = Instant::now();
-    let log = JobLog::new(id, 1 << 20);
+    let log = JobLog::new(id, shared.log_cap);
+    log.info(format_args!(
+        "attempt {}/{} of {} started on worker {} (queue {})",
+        started.attempt,
+        started.max_attempts,
+        envelope.kind.as_str(),
+        shared.worker_id,
+        envelope.queue.as_str()
+    ));
     let outcome = run_handler(shared, &context.spec, envelope, &started, &log).await;
+    let run = LogRun {
+        redrive: started.redrives,
+        attempt: started.attempt,
+        snooze: matches!(outcome, HandlerOutcome::Snoozed(_)).then_some(started.snoozes + 1),
+    };
+    outcome.describe(&log, began.elapsed());
     let retry = match &outcome {
         HandlerOutcome::Snoozed(delay) => shared.retry.route_for(*delay),
         _ => {
@@ -200,11 +221,15 @@ async fn run_admitted(
     {
         Ok(finished) => finished,
         Err(_) => {
+            log.error("the outcome could not be recorded: the job goes back to its queue");
+            ship_log(shared, context, id, run, &log);
             // Not recorded, so not acked: the redelivery re-runs it (at-least-once).
             requeue_after_pause(delivery).await;
             return;
         }
     };
+    describe_next(&log, finished.status, &retry);
+    ship_log(shared, context, id, run, &log);
     match (finished.status, retry) {
         (Some(JobStatus::Retrying), RetryRoute::Tier(tier)) => {
             match context
@@ -239,6 +264,32 @@ async fn run_admitted(
             tracing::debug!(job = %id, "outcome not recorded: the job was no longer running here");
             ack(delivery).await;
         }
+    }
+}
+
+/// Hands the attempt's log to the shipper, which uploads it in the background.
+fn ship_log(shared: &Shared, context: &NamespaceContext, job: JobId, run: LogRun, log: &JobLog) {
+    shared.logs.ship(AttemptLog {
+        namespace: context.index,
+        job,
+        run,
+        text: log.take(),
+    });
+}
+
+/// The worker's last line in an attempt's log: what happens to the job next.
+fn describe_next(log: &JobLog, status: Option<JobStatus>, retry: &RetryRoute) {
+    match (status, retry) {
+        (Some(JobStatus::Retrying), RetryRoute::Tier(tier)) => log.info(format_args!(
+            "next attempt in {:?} (delay queue jobs.delay.{})",
+            tier.ttl, tier.label
+        )),
+        (Some(JobStatus::Retrying), RetryRoute::Scheduler(delay)) => log.info(format_args!(
+            "next attempt in {delay:?} (held in PostgreSQL)"
+        )),
+        (Some(JobStatus::Dead), _) => log.error("no attempts left: the job is dead"),
+        (Some(status), _) => log.info(format_args!("job {}", status.as_str())),
+        (None, _) => log.warn("the job was no longer running here; outcome not recorded"),
     }
 }
 
@@ -380,6 +431,23 @@ enum HandlerOutcome {
     Succeeded(serde_json::Value),
     Failed(ErrorKind, String),
     Snoozed(Duration),
+}
+
+impl HandlerOutcome {
+    /// The worker's line about how the handler ended.
+    fn describe(&self, log: &JobLog, took: Duration) {
+        let millis = took.as_millis();
+        match self {
+            Self::Succeeded(_) => log.info(format_args!("handler succeeded in {millis} ms")),
+            Self::Failed(kind, message) => log.error(format_args!(
+                "handler failed ({}) after {millis} ms: {message}",
+                kind.as_str()
+            )),
+            Self::Snoozed(delay) => log.info(format_args!(
+                "handler snoozed for {delay:?} after {millis} ms (not an attempt)"
+            )),
+        }
+    }
 }
 
 impl From<HandlerOutcome> for AttemptOutcome {

@@ -8,6 +8,8 @@
 //! - [`admission`]: rate and concurrency limits checked before a job starts (defer, not fail).
 //! - [`execution`]: one delivery's way: start → handler → final state → ack/retry/dead.
 //! - [`transitions`]: the group-committed state writes executions share.
+//! - [`log_shipper`]: uploads attempt logs in the background; a bounded spool while
+//!   storage is down.
 //! - [`in_flight`]: running jobs' cancellation tokens (cancel requests, shutdown).
 //! - [`control`]: listens for cancel requests broadcast by the API.
 
@@ -17,6 +19,7 @@ pub mod control;
 pub mod dispatch;
 pub mod execution;
 pub mod in_flight;
+pub mod log_shipper;
 pub mod runtime;
 pub mod transitions;
 

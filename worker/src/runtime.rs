@@ -3,6 +3,7 @@
 //! grace period, return the rest to their queues, close the connections.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -21,6 +22,7 @@ use crate::consumer::NamespaceConsumer;
 use crate::dispatch::Dispatcher;
 use crate::execution::{self, NamespaceContext, Shared};
 use crate::in_flight::InFlight;
+use crate::log_shipper::LogShipper;
 use crate::transitions::Transitions;
 
 /// A built worker, not yet consuming.
@@ -67,6 +69,7 @@ impl Worker {
                 })
                 .collect();
             contexts.push(NamespaceContext {
+                index,
                 publisher: Publisher::new(
                     spec.vhost.clone(),
                     broker.pool(&spec.vhost, 1)?,
@@ -83,6 +86,8 @@ impl Worker {
                 in_flight: in_flight.clone(),
             });
         }
+        let objects = settings.storage.as_ref().map(ObjectStore::new);
+        let contexts_specs = contexts.iter().map(|c| c.spec.clone()).collect();
         let shared = Arc::new(Shared {
             registry: Arc::new(registry),
             transitions: Transitions::new(&store, settings.worker.id.clone()),
@@ -96,7 +101,9 @@ impl Worker {
                 Limiter::new(&settings.redis, settings.limits.clone())
                     .context("building the limiter")?,
             ),
-            objects: settings.storage.as_ref().map(ObjectStore::new),
+            objects: objects.clone(),
+            logs: Arc::new(LogShipper::new(objects, contexts_specs, &settings.logs)),
+            log_cap: settings.logs.max_kib_per_attempt * 1024,
         });
         Ok(Self {
             settings,
@@ -114,6 +121,11 @@ impl Worker {
         for consumer in self.consumers.drain(..) {
             supervisors.spawn(consumer.run(shutdown.clone(), close.clone()));
         }
+        let stop_shipping = CancellationToken::new();
+        let shipper = tokio::spawn(self.shared.logs.clone().run(
+            Duration::from_secs(self.settings.logs.spool_retry_secs.max(1)),
+            stop_shipping.clone(),
+        ));
         let concurrency = usize::from(self.settings.worker.concurrency);
         let permits = Arc::new(Semaphore::new(concurrency));
         let mut running = JoinSet::new();
@@ -165,6 +177,9 @@ impl Worker {
         // Closing the connections returns every unacked delivery to its queue.
         close.cancel();
         while supervisors.join_next().await.is_some() {}
+        // Logs of the attempts that ran are uploaded (or spooled) before the process ends.
+        stop_shipping.cancel();
+        let _ = shipper.await;
         self.store.close().await;
         tracing::info!(
             postgres_round_trips = store::round_trips(),

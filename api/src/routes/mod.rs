@@ -2,6 +2,7 @@
 
 mod dead;
 mod jobs;
+mod objects;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -22,6 +23,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(dead::retry))
+        .route("/v1/jobs/{id}/logs", get(objects::list_logs))
+        .route("/v1/jobs/{id}/logs/{run}", get(objects::get_log))
+        .route("/v1/jobs/{id}/artifacts", get(objects::list_artifacts))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(Extension(BodyLimit(limit)))

@@ -120,6 +120,13 @@ impl Job for WebhookDeliver {
         for (name, value) in &args.headers {
             request = request.header(name.as_str(), value.as_str());
         }
+        // The query string may carry a token: the log names scheme, host and path only.
+        context.log.info(format_args!(
+            "POST {}://{}{}",
+            args.url.scheme(),
+            args.url.host_str().unwrap_or_default(),
+            args.url.path()
+        ));
         let started = std::time::Instant::now();
         let response = tokio::select! {
             response = request.body(body).send() => response,
@@ -129,6 +136,10 @@ impl Job for WebhookDeliver {
         let response = response
             .map_err(|e| JobError::Retryable(anyhow!("request failed: {}", e.without_url())))?;
         let status = response.status();
+        context.log.info(format_args!(
+            "the receiver answered {status} in {} ms",
+            started.elapsed().as_millis()
+        ));
         if !status.is_success() {
             return Err(JobError::Retryable(anyhow!(
                 "the receiver answered {status}"

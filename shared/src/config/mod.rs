@@ -484,6 +484,26 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_may_have_its_own_bucket_checked_like_the_fleets() {
+        let text = |bucket: &str| {
+            format!(
+                "[database]\nurl = \"postgres://localhost/x\"\n[amqp]\nurl = \"amqp://localhost\"\n\
+                 [namespaces.acme]\nbucket = \"{bucket}\"\n"
+            )
+        };
+        let settings = Settings::from_toml(&text("acme-objects")).unwrap();
+        let acme = Namespace::parse("acme").unwrap();
+        assert_eq!(
+            settings.namespace(&acme).unwrap().bucket.as_deref(),
+            Some("acme-objects")
+        );
+        let message = Settings::from_toml(&text("Bad_Bucket"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("namespaces.acme.bucket"), "{message}");
+    }
+
+    #[test]
     fn defaults_are_usable() {
         let settings = Settings::validate(raw("postgres://localhost/x")).unwrap();
         assert_eq!(settings.queues.len(), 3);

@@ -32,6 +32,8 @@ pub struct StartedJob {
     pub backoff: Option<Backoff>,
     /// Earlier runs that snoozed (they did not count as attempts).
     pub snoozes: u32,
+    /// Times a person sent the job back from `dead` (attempts restart at 1 after each).
+    pub redrives: u32,
 }
 
 /// A row the start transition moved to `running`.
@@ -44,6 +46,7 @@ struct StartedRow {
     backoff_min_ms: Option<i32>,
     backoff_max_ms: Option<i32>,
     snoozes: i32,
+    redrives: i32,
 }
 
 /// What the start transition decided for one delivery.
@@ -179,7 +182,7 @@ impl Store {
              UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = now()
              FROM target WHERE jobs.id = target.id
              RETURNING jobs.id, jobs.attempts, jobs.max_attempts, jobs.timeout_ms,
-                       jobs.backoff_min_ms, jobs.backoff_max_ms, jobs.snoozes",
+                       jobs.backoff_min_ms, jobs.backoff_max_ms, jobs.snoozes, jobs.redrives",
         )
         .bind(&ids)
         .bind(&namespaces)
@@ -204,6 +207,7 @@ impl Store {
                             max: millis(max),
                         }),
                     snoozes: u32::try_from(row.snoozes).unwrap_or(0),
+                    redrives: u32::try_from(row.redrives).unwrap_or(0),
                 }))
             })
             .collect();

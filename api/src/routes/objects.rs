@@ -1,0 +1,201 @@
+//! A job's objects in storage: its attempt logs and its artifacts, listed with short-lived
+//! presigned download URLs, and a log served as text. Every key is built from the caller's
+//! namespace, so no request can reach another namespace's objects.
+
+use std::io::Read;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use flate2::read::GzDecoder;
+use serde::Serialize;
+use tokio_util::io::ReaderStream;
+
+use engine_shared::JobId;
+use engine_shared::namespace::NamespaceSpec;
+use engine_shared::storage::objects::PRESIGNED_TTL;
+use engine_shared::storage::{LogRun, ObjectInfo, ObjectKey, ObjectStore};
+
+use super::jobs::parse_id;
+use crate::auth::Caller;
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// The most decompressed text one log answer holds in memory (logs are capped far lower
+/// when written; this guards against anything else found under the key).
+const MAX_TEXT: u64 = 64 * 1024 * 1024;
+
+#[derive(Serialize)]
+struct LogEntry {
+    /// The run's name, as used in `/v1/jobs/{id}/logs/{run}`: `2`, `r1-2`, `3-snooze1`.
+    run: String,
+    attempt: u32,
+    redrive: u32,
+    snooze: Option<u32>,
+    /// Compressed size in bytes.
+    size: u64,
+    uploaded_at: Option<DateTime<Utc>>,
+    /// Downloads the gzipped log directly from storage, for `expires_in_secs`.
+    url: String,
+    expires_in_secs: u64,
+}
+
+#[derive(Serialize)]
+struct ArtifactEntry {
+    name: String,
+    size: u64,
+    last_modified: Option<DateTime<Utc>>,
+    url: String,
+    expires_in_secs: u64,
+}
+
+/// `GET /v1/jobs/{id}/logs`: every run's log, in run order.
+pub async fn list_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (objects, spec, id) = locate(&state, &caller, &id)?;
+    let listed = listed(
+        &state,
+        objects,
+        &caller,
+        id,
+        ObjectKey::logs_folder(spec, id),
+    )
+    .await?;
+    let mut logs = Vec::with_capacity(listed.len());
+    for object in listed {
+        let Some(run) = run_of(&object.key) else {
+            continue;
+        };
+        logs.push(LogEntry {
+            run: run.to_string(),
+            attempt: run.attempt,
+            redrive: run.redrive,
+            snooze: run.snooze,
+            size: object.size,
+            uploaded_at: object.last_modified,
+            url: presign(objects, &object.key).await?,
+            expires_in_secs: PRESIGNED_TTL.as_secs(),
+        });
+    }
+    logs.sort_by_key(|entry| (entry.redrive, entry.attempt, entry.snooze.is_none()));
+    Ok(Json(serde_json::json!({ "job": id, "logs": logs })).into_response())
+}
+
+/// `GET /v1/jobs/{id}/logs/{run}`: one run's log as `text/plain`, streamed gzipped straight
+/// from storage to clients that accept gzip, decompressed here for those that do not.
+pub async fn get_log(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, run)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (objects, spec, id) = locate(&state, &caller, &id)?;
+    let run: LogRun = run.parse().map_err(|()| ApiError::NotFound)?;
+    let key = ObjectKey::attempt_log(spec, id, &run);
+    let body = objects
+        .get(&key)
+        .await
+        .map_err(ApiError::Storage)?
+        .ok_or(ApiError::NotFound)?;
+    let text_plain = HeaderValue::from_static("text/plain; charset=utf-8");
+    let accepts_gzip = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| {
+            value
+                .split(',')
+                .any(|coding| coding.trim().starts_with("gzip"))
+        });
+    if accepts_gzip {
+        let stream = ReaderStream::new(body.into_async_read());
+        let mut response = Body::from_stream(stream).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, text_plain);
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        return Ok(response);
+    }
+    let compressed = body
+        .collect()
+        .await
+        .map_err(|error| ApiError::Storage(anyhow::Error::new(error).context("reading a log")))?
+        .into_bytes();
+    let mut text = Vec::new();
+    GzDecoder::new(&compressed[..])
+        .take(MAX_TEXT)
+        .read_to_end(&mut text)
+        .map_err(|error| {
+            ApiError::Internal(anyhow::Error::new(error).context("decompressing a log"))
+        })?;
+    Ok(([(header::CONTENT_TYPE, text_plain)], text).into_response())
+}
+
+/// `GET /v1/jobs/{id}/artifacts`: the job's artifacts with presigned download URLs.
+pub async fn list_artifacts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (objects, spec, id) = locate(&state, &caller, &id)?;
+    let folder = ObjectKey::artifacts_folder(spec, id);
+    let mut artifacts = Vec::new();
+    for object in listed(&state, objects, &caller, id, folder).await? {
+        artifacts.push(ArtifactEntry {
+            name: object.key.file_name().to_owned(),
+            size: object.size,
+            last_modified: object.last_modified,
+            url: presign(objects, &object.key).await?,
+            expires_in_secs: PRESIGNED_TTL.as_secs(),
+        });
+    }
+    Ok(Json(serde_json::json!({ "job": id, "artifacts": artifacts })).into_response())
+}
+
+/// Storage, the caller's namespace and the job id, or the error that ends the request.
+fn locate<'a>(
+    state: &'a AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<(&'a ObjectStore, &'a NamespaceSpec, JobId), ApiError> {
+    let objects = state.objects.as_ref().ok_or(ApiError::StorageOff)?;
+    let spec = state
+        .settings
+        .namespace(&caller.namespace)
+        .ok_or(ApiError::NotFound)?;
+    Ok((objects, spec, parse_id(id)?))
+}
+
+/// The objects under `folder`. An empty folder is a 404 unless the job exists (it has no
+/// objects yet); a job that was archived out of PostgreSQL keeps its objects reachable.
+async fn listed(
+    state: &AppState,
+    objects: &ObjectStore,
+    caller: &Caller,
+    id: JobId,
+    folder: ObjectKey,
+) -> Result<Vec<ObjectInfo>, ApiError> {
+    let listed = objects.list(&folder).await.map_err(ApiError::Storage)?;
+    if listed.is_empty() {
+        state
+            .store
+            .job_status(&caller.namespace, id)
+            .await
+            .map_err(ApiError::from_store)?
+            .ok_or(ApiError::NotFound)?;
+    }
+    Ok(listed)
+}
+
+fn run_of(key: &ObjectKey) -> Option<LogRun> {
+    key.file_name().strip_suffix(".log.gz")?.parse().ok()
+}
+
+async fn presign(objects: &ObjectStore, key: &ObjectKey) -> Result<String, ApiError> {
+    objects.presigned_get(key).await.map_err(ApiError::Internal)
+}

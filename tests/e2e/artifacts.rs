@@ -1,0 +1,99 @@
+//! Artifacts: `export.jobs_csv` writes the namespace's jobs as a CSV artifact; the API lists
+//! it with a presigned URL that downloads it from storage.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use engine_shared::JobStatus;
+use engine_tests::fleet::{FleetOptions, TestFleet};
+
+#[tokio::test]
+async fn an_export_round_trips_through_a_presigned_url() {
+    let fleet = TestFleet::start(FleetOptions::default().with_storage()).await;
+    let mut ids = fleet
+        .client
+        .submit_copies(25, &json!({ "kind": "noop" }))
+        .await;
+    for id in &ids {
+        fleet
+            .wait_for_status(id, JobStatus::Succeeded, Duration::from_secs(20))
+            .await;
+    }
+    let tricky = fleet
+        .client
+        .submit(&json!({ "kind": "test.fatal" }))
+        .await
+        .id();
+    fleet
+        .wait_for_status(&tricky, JobStatus::Dead, Duration::from_secs(20))
+        .await;
+
+    let export = fleet
+        .client
+        .submit(&json!({ "kind": "export.jobs_csv", "args": { "status": "succeeded" } }))
+        .await
+        .id();
+    let record = fleet
+        .wait_for_status(&export, JobStatus::Succeeded, Duration::from_secs(30))
+        .await;
+    assert_eq!(record.result.as_ref().unwrap()["rows"], 25);
+
+    let listing = fleet
+        .client
+        .get(&format!("/v1/jobs/{export}/artifacts"))
+        .await;
+    assert_eq!(listing.status, StatusCode::OK, "{listing:?}");
+    let artifacts = listing.body["artifacts"].as_array().unwrap();
+    assert_eq!(artifacts.len(), 1, "{listing:?}");
+    assert_eq!(artifacts[0]["name"], "jobs.csv");
+    let url = artifacts[0]["url"].as_str().unwrap();
+    let download = reqwest::get(url).await.unwrap();
+    assert_eq!(download.status(), StatusCode::OK);
+    let csv = download.text().await.unwrap();
+    assert_eq!(artifacts[0]["size"], csv.len());
+
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("id,kind,queue,status"));
+    let mut exported: Vec<String> = lines
+        .map(|line| line.split(',').next().unwrap().to_owned())
+        .collect();
+    exported.sort();
+    ids.sort();
+    assert_eq!(exported, ids, "only the succeeded jobs, each once");
+
+    // Without a key, nothing is listed.
+    let stranger = fleet.client.with_key(None);
+    assert_eq!(
+        stranger
+            .get(&format!("/v1/jobs/{export}/artifacts"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn an_export_without_storage_fails_once_with_a_clear_reason() {
+    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let export = fleet
+        .client
+        .submit(&json!({ "kind": "export.jobs_csv", "args": {} }))
+        .await
+        .id();
+    let record = fleet
+        .wait_for_status(&export, JobStatus::Dead, Duration::from_secs(20))
+        .await;
+    assert_eq!(record.attempts, 1);
+    assert!(
+        record
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("storage is not configured"),
+        "{record:?}"
+    );
+    fleet.stop().await;
+}
