@@ -230,9 +230,10 @@ random_hex() {
 }
 
 # The local S3 server's storage settings; also appended to demo settings written before
-# storage existed.
+# storage existed (each table only if the file has none).
 demo_storage_settings() {
-  cat <<EOF
+  local config="$1"
+  grep -q '^\[storage\]' "$config" 2>/dev/null || cat <<EOF
 
 # The local S3-compatible server (attempt logs, artifacts, archives, backups).
 [storage]
@@ -241,7 +242,10 @@ access_key_id = "$S3_ACCESS_KEY"
 secret_access_key = "$S3_SECRET_KEY"
 bucket = "${S3_BUCKETS[0]}"
 force_path_style = true
+EOF
+  grep -q '^\[backup\]' "$config" 2>/dev/null || cat <<EOF
 
+# The demo namespace's keys may submit db.backup.
 [backup]
 namespace = "$DEMO_NAMESPACE"
 EOF
@@ -250,7 +254,7 @@ EOF
 ensure_demo_config() {
   local config="$RUN_DIR/engine.toml"
   if [[ -s "$config" ]]; then
-    grep -q '^\[storage\]' "$config" || demo_storage_settings >>"$config"
+    demo_storage_settings "$config" >>"$config"
     return
   fi
   mkdir -p "$RUN_DIR"
@@ -272,7 +276,7 @@ url = "$AMQP_URL_LOCAL"
 vhost = "$DEMO_VHOST"
 webhook_signing_secret = "$(random_hex)"
 EOF
-    demo_storage_settings >>"$config.tmp"
+    demo_storage_settings "$config.tmp" >>"$config.tmp"
     mv "$config.tmp" "$config"
   )
 }

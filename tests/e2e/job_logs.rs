@@ -96,6 +96,27 @@ async fn a_job_failing_then_succeeding_has_the_log_of_each_attempt() {
 }
 
 #[tokio::test]
+async fn an_attempt_that_times_out_keeps_its_handlers_lines_and_says_why_it_ended() {
+    let fleet = TestFleet::start(FleetOptions::default().with_storage()).await;
+    let id = fleet
+        .client
+        .submit(
+            &json!({ "kind": "sleep", "args": { "ms": 10000 }, "timeout": 0.2, "max_attempts": 1 }),
+        )
+        .await
+        .id();
+    fleet
+        .wait_for_status(&id, JobStatus::Dead, Duration::from_secs(20))
+        .await;
+    wait_for_logs(&fleet, &id, 1).await;
+    let text = log_text(&fleet, &id, "1").await;
+    assert!(text.contains("sleeping 10000 ms"), "{text}");
+    assert!(text.contains("handler failed (timeout)"), "{text}");
+    assert!(text.contains("no attempts left: the job is dead"), "{text}");
+    fleet.stop().await;
+}
+
+#[tokio::test]
 async fn logs_are_found_only_in_their_own_namespace() {
     let fleet = TestFleet::start(FleetOptions {
         namespaces: 2,

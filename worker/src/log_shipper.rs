@@ -5,6 +5,7 @@
 //! warning — the job's result never depends on it.
 
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,16 +14,24 @@ use std::time::Duration;
 use anyhow::Context;
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use engine_shared::JobId;
 use engine_shared::config::LogSettings;
 use engine_shared::namespace::NamespaceSpec;
-use engine_shared::storage::{LogRun, ObjectKey, ObjectStore};
+use engine_shared::storage::{LogRun, ObjectKey, ObjectStore, is_unreachable};
 
 /// How long one upload may take before the log is spooled instead.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Uploads under way at once; past it, logs go straight to the spool, so a slow storage
+/// cannot make memory and connections grow with the job completion rate.
+const MAX_UPLOADS: usize = 32;
+
+/// At shutdown, the spool gets one last drain of at most this long.
+const FINAL_DRAIN: Duration = Duration::from_secs(5);
 
 /// One attempt's log, ready to ship.
 pub struct AttemptLog {
@@ -38,6 +47,7 @@ pub struct LogShipper {
     namespaces: Vec<NamespaceSpec>,
     spool: Spool,
     uploads: TaskTracker,
+    permits: Arc<Semaphore>,
 }
 
 impl LogShipper {
@@ -52,6 +62,7 @@ impl LogShipper {
             namespaces,
             spool: Spool::open(&settings.spool_dir, settings.spool_max_mib * 1024 * 1024),
             uploads: TaskTracker::new(),
+            permits: Arc::new(Semaphore::new(MAX_UPLOADS)),
         }
     }
 
@@ -65,72 +76,100 @@ impl LogShipper {
         if !self.enabled() {
             return;
         }
+        let permit = self.permits.clone().try_acquire_owned().ok();
         let shipper = self.clone();
         self.uploads
-            .spawn(async move { shipper.upload_or_spool(log).await });
+            .spawn(async move { shipper.upload_or_spool(log, permit).await });
     }
 
-    async fn upload_or_spool(&self, log: AttemptLog) {
+    /// Uploads `log` if an upload permit was free, and spools it if none was or if storage
+    /// does not take it in time.
+    async fn upload_or_spool(&self, log: AttemptLog, permit: Option<OwnedSemaphorePermit>) {
         let (Some(objects), Some(spec)) = (&self.objects, self.namespaces.get(log.namespace))
         else {
             return;
         };
-        let body = match gzip(log.text.as_bytes()) {
+        let AttemptLog { job, run, text, .. } = log;
+        let compressed = gzip(text.as_bytes());
+        drop(text);
+        let body = match compressed {
             Ok(body) => body,
             Err(error) => {
-                tracing::warn!(job = %log.job, error = format!("{error:#}"), "could not compress an attempt log; dropping it");
+                tracing::warn!(job = %job, error = format!("{error:#}"), "could not compress an attempt log; dropping it");
                 return;
             }
         };
-        let key = ObjectKey::attempt_log(spec, log.job, &log.run);
-        let upload = tokio::time::timeout(
-            UPLOAD_TIMEOUT,
-            objects.put(&key, body.clone(), "application/gzip"),
-        );
-        let error = match upload.await {
-            Ok(Ok(())) => return,
-            Ok(Err(error)) => format!("{error:#}"),
-            Err(_) => format!("no answer within {}s", UPLOAD_TIMEOUT.as_secs()),
+        let error = if permit.is_some() {
+            let key = ObjectKey::attempt_log(spec, job, &run);
+            let upload = tokio::time::timeout(
+                UPLOAD_TIMEOUT,
+                objects.put(&key, body.clone(), "application/gzip"),
+            );
+            match upload.await {
+                Ok(Ok(())) => return,
+                Ok(Err(error)) => format!("{error:#}"),
+                Err(_) => format!("no answer within {}s", UPLOAD_TIMEOUT.as_secs()),
+            }
+        } else {
+            format!("{MAX_UPLOADS} uploads already under way")
         };
+        drop(permit);
         let name = SpoolName {
             namespace: spec.name.as_str().to_owned(),
-            job: log.job,
-            run: log.run,
+            job,
+            run,
         };
         match self.spool.write(&name, &body) {
             Ok(()) => {
-                tracing::warn!(job = %log.job, error, "storage did not take an attempt log; spooled it for later")
+                tracing::warn!(job = %job, error, "storage did not take an attempt log; spooled it for later")
             }
             Err(spool_error) => {
-                tracing::warn!(job = %log.job, error, spool_error = format!("{spool_error:#}"), "storage did not take an attempt log and the spool could not keep it; dropping it")
+                tracing::warn!(job = %job, error, spool_error = format!("{spool_error:#}"), "storage did not take an attempt log and the spool could not keep it; dropping it")
             }
         }
     }
 
     /// Offers spooled logs to storage every `every` until `shutdown`; then waits for
-    /// uploads under way (each bounded by the upload timeout).
+    /// uploads under way (each bounded by the upload timeout) and gives the spool one last
+    /// drain of at most [`FINAL_DRAIN`], since a pod's spool may not outlive the pod.
     pub async fn run(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
-        if self.enabled() {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                self.drain_spool().await;
+        if !self.enabled() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
             }
+            self.drain_spool(&shutdown).await;
         }
         self.uploads.close();
         self.uploads.wait().await;
+        let last_chance = CancellationToken::new();
+        let _ = tokio::time::timeout(FINAL_DRAIN, self.drain_spool(&last_chance)).await;
+        let left = self.spool.entries().len();
+        if left > 0 {
+            tracing::warn!(
+                left,
+                dir = %self.spool.dir.display(),
+                "attempt logs still spooled at shutdown; a worker started with this spool uploads them"
+            );
+        }
     }
 
-    /// Uploads spooled logs oldest first, stopping at the first failure (storage is still
-    /// down: no point hammering it). Returns how many were uploaded.
-    pub async fn drain_spool(&self) -> usize {
+    /// Uploads spooled logs oldest first until `stop`. Stops at the first failure to reach
+    /// storage (still down: no point hammering it); a log storage refuses (a bucket gone, no
+    /// access) is skipped, so it cannot hold up the rest. Returns how many were uploaded.
+    pub async fn drain_spool(&self, stop: &CancellationToken) -> usize {
         let Some(objects) = &self.objects else {
             return 0;
         };
+        self.spool.recount();
         let mut uploaded = 0;
         for (path, name) in self.spool.entries() {
+            if stop.is_cancelled() {
+                break;
+            }
             let Some(spec) = self
                 .namespaces
                 .iter()
@@ -148,6 +187,9 @@ impl LogShipper {
                 Ok(Ok(())) => {
                     self.spool.remove(&path);
                     uploaded += 1;
+                }
+                Ok(Err(error)) if !is_unreachable(&error) => {
+                    tracing::warn!(file = %path.display(), error = format!("{error:#}"), "storage refused a spooled log; skipping it this round");
                 }
                 _ => break,
             }
@@ -206,28 +248,40 @@ impl Spool {
             max_bytes,
             used: AtomicU64::new(0),
         };
-        let used = spool
+        spool.recount();
+        spool
+    }
+
+    /// Counts the bytes in the directory again. Other workers may share it (a VM running
+    /// several), adding and draining files this process never saw, so each drain pass
+    /// starts from what is really there.
+    fn recount(&self) {
+        let used = self
             .entries()
             .iter()
             .filter_map(|(path, _)| std::fs::metadata(path).ok())
             .map(|meta| meta.len())
             .sum();
-        spool.used.store(used, Ordering::Relaxed);
-        spool
+        self.used.store(used, Ordering::Relaxed);
     }
 
     fn write(&self, name: &SpoolName, body: &[u8]) -> anyhow::Result<()> {
         let size = body.len() as u64;
         let used = self.used.fetch_add(size, Ordering::Relaxed);
-        if used + size > self.max_bytes {
-            self.used.fetch_sub(size, Ordering::Relaxed);
+        if used.saturating_add(size) > self.max_bytes {
+            self.release(size);
             anyhow::bail!(
-                "the spool is full ({} of logs.spool_max_mib)",
+                "the spool is full ({} MiB used of logs.spool_max_mib)",
                 used / (1024 * 1024)
             );
         }
         let written = (|| {
-            std::fs::create_dir_all(&self.dir)?;
+            // Owner-only: logs may hold customer data, and a planted file would be
+            // uploaded as a namespace's log.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)?;
             // Written under a temporary name and renamed, so a drain never sees half a file.
             let path = self.dir.join(name.file_name());
             let partial = path.with_extension("partial");
@@ -235,7 +289,7 @@ impl Spool {
             std::fs::rename(&partial, &path)
         })();
         if written.is_err() {
-            self.used.fetch_sub(size, Ordering::Relaxed);
+            self.release(size);
         }
         written.with_context(|| format!("writing to the spool in {}", self.dir.display()))
     }
@@ -264,8 +318,18 @@ impl Spool {
         if let Ok(meta) = std::fs::metadata(path)
             && std::fs::remove_file(path).is_ok()
         {
-            self.used.fetch_sub(meta.len(), Ordering::Relaxed);
+            self.release(meta.len());
         }
+    }
+
+    /// Takes `size` off the count, never below zero (another process may have drained
+    /// files counted here).
+    fn release(&self, size: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                Some(used.saturating_sub(size))
+            });
     }
 }
 

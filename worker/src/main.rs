@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use engine_jobs::{JobDeps, register_all};
-use engine_shared::config::Settings;
+use engine_shared::config::{DatabaseSettings, Settings};
 use engine_shared::storage::ObjectStore;
 use engine_shared::store::Store;
 use engine_shared::{shutdown, telemetry, tls};
@@ -45,8 +45,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .iter()
             .filter_map(|spec| Some((spec.name.clone(), spec.webhook_signing_secret.clone()?)))
             .collect(),
-        // Its own lazy pool: it connects only when a kind that reads the database runs.
-        store: Some(Store::connect_lazy(&settings.database)?),
+        // Its own small lazy pool: it connects only when a kind that reads the database
+        // runs (an export, a backup), and never competes with the state transitions' pool.
+        store: Some(Store::connect_lazy(&DatabaseSettings {
+            max_connections: 2,
+            ..settings.database.clone()
+        })?),
         objects: settings.storage.as_ref().map(ObjectStore::new),
         backup: settings.backup.clone(),
     };

@@ -17,7 +17,7 @@ use tokio_util::io::ReaderStream;
 use engine_shared::JobId;
 use engine_shared::namespace::NamespaceSpec;
 use engine_shared::storage::objects::PRESIGNED_TTL;
-use engine_shared::storage::{LogRun, ObjectInfo, ObjectKey, ObjectStore};
+use engine_shared::storage::{LogRun, ObjectInfo, ObjectKey, ObjectStore, is_unreachable};
 
 use super::jobs::parse_id;
 use crate::auth::Caller;
@@ -83,7 +83,14 @@ pub async fn list_logs(
             expires_in_secs: PRESIGNED_TTL.as_secs(),
         });
     }
-    logs.sort_by_key(|entry| (entry.redrive, entry.attempt, entry.snooze.is_none()));
+    // Within an attempt, its snoozed runs came before the run that ended it.
+    logs.sort_by_key(|entry| {
+        (
+            entry.redrive,
+            entry.attempt,
+            entry.snooze.unwrap_or(u32::MAX),
+        )
+    });
     Ok(Json(serde_json::json!({ "job": id, "logs": logs })).into_response())
 }
 
@@ -101,24 +108,17 @@ pub async fn get_log(
     let body = objects
         .get(&key)
         .await
-        .map_err(ApiError::Storage)?
+        .map_err(storage_error)?
         .ok_or(ApiError::NotFound)?;
     let text_plain = HeaderValue::from_static("text/plain; charset=utf-8");
-    let accepts_gzip = headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .any(|value| {
-            value
-                .split(',')
-                .any(|coding| coding.trim().starts_with("gzip"))
-        });
+    let accepts_gzip = accepts_gzip(&headers);
     if accepts_gzip {
         let stream = ReaderStream::new(body.into_async_read());
         let mut response = Body::from_stream(stream).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, text_plain);
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
         return Ok(response);
     }
     let compressed = body
@@ -126,14 +126,27 @@ pub async fn get_log(
         .await
         .map_err(|error| ApiError::Storage(anyhow::Error::new(error).context("reading a log")))?
         .into_bytes();
-    let mut text = Vec::new();
-    GzDecoder::new(&compressed[..])
-        .take(MAX_TEXT)
-        .read_to_end(&mut text)
-        .map_err(|error| {
-            ApiError::Internal(anyhow::Error::new(error).context("decompressing a log"))
-        })?;
-    Ok(([(header::CONTENT_TYPE, text_plain)], text).into_response())
+    // Decompressing is CPU work: off the async threads.
+    let text = tokio::task::spawn_blocking(move || {
+        let mut text = Vec::new();
+        GzDecoder::new(&compressed[..])
+            .take(MAX_TEXT)
+            .read_to_end(&mut text)
+            .map(|_| text)
+    })
+    .await
+    .map_err(|error| ApiError::Internal(anyhow::Error::new(error)))?
+    .map_err(|error| {
+        ApiError::Internal(anyhow::Error::new(error).context("decompressing a log"))
+    })?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, text_plain),
+            (header::VARY, HeaderValue::from_static("accept-encoding")),
+        ],
+        text,
+    )
+        .into_response())
 }
 
 /// `GET /v1/jobs/{id}/artifacts`: the job's artifacts with presigned download URLs.
@@ -180,7 +193,7 @@ async fn listed(
     id: JobId,
     folder: ObjectKey,
 ) -> Result<Vec<ObjectInfo>, ApiError> {
-    let listed = objects.list(&folder).await.map_err(ApiError::Storage)?;
+    let listed = objects.list(&folder).await.map_err(storage_error)?;
     if listed.is_empty() {
         state
             .store
@@ -192,10 +205,61 @@ async fn listed(
     Ok(listed)
 }
 
+/// Whether the client takes a gzip body: `gzip` (or `*`) in `Accept-Encoding` without
+/// `q=0`.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|param| {
+                param
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
+}
+
+/// A storage failure as an answer: unreachable is 503 (retry), anything else (access
+/// denied, a missing bucket) is a 500 an operator must fix.
+fn storage_error(error: anyhow::Error) -> ApiError {
+    if is_unreachable(&error) {
+        ApiError::Storage(error)
+    } else {
+        ApiError::Internal(error)
+    }
+}
+
 fn run_of(key: &ObjectKey) -> Option<LogRun> {
     key.file_name().strip_suffix(".log.gz")?.parse().ok()
 }
 
 async fn presign(objects: &ObjectStore, key: &ObjectKey) -> Result<String, ApiError> {
     objects.presigned_get(key).await.map_err(ApiError::Internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_is_taken_unless_refused() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(value));
+            accepts_gzip(&headers)
+        };
+        assert!(with("gzip"));
+        assert!(with("br, gzip;q=0.5"));
+        assert!(with("*"));
+        assert!(!with("gzip;q=0"));
+        assert!(!with("identity"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
 }

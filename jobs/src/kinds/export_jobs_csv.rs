@@ -2,11 +2,14 @@
 //! (`jobs.csv`), streamed page by page from PostgreSQL into a multipart upload, so memory
 //! stays bounded whatever the number of jobs.
 
+use std::io;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use bytes::Bytes;
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_util::io::StreamReader;
 
 use engine_shared::store::{JobFilter, JobRecord, Store};
 use engine_shared::{JobStatus, Kind, QueueName};
@@ -16,8 +19,8 @@ use crate::job::{Job, JobContext, JobError};
 /// The artifact's name.
 pub const ARTIFACT: &str = "jobs.csv";
 
-/// Rows read per query.
-const PAGE: u32 = 1_000;
+/// Rows read per query: small, since one job's args may be megabytes.
+const PAGE: u32 = 100;
 
 /// The most rows one export writes.
 const MAX_ROWS: u64 = 1_000_000;
@@ -80,66 +83,107 @@ impl Job for ExportJobsCsv {
             .store
             .clone()
             .ok_or_else(|| JobError::Fatal(anyhow!("this worker has no database handle")))?;
-        let (reader, mut writer) = tokio::io::duplex(256 * 1024);
+        // Rows flow through a small channel into the upload: memory holds a page of rows and
+        // a few encoded ones, whatever the export's size. A failure is sent down the channel
+        // as a read error, so the upload fails (and aborts) instead of storing a cut-off file.
+        let (sender, receiver) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_ROWS);
+        let reader = StreamReader::new(ReceiverStream(receiver));
         let namespace = context.namespace.clone();
         let log = context.log.clone();
         let cancellation = context.cancellation.clone();
         let write = async move {
-            let mut filter = JobFilter {
-                status: args.status,
-                kind: args.kind,
-                queue: args.queue,
-                error: args.error,
-                before: None,
-                limit: PAGE,
-            };
-            writer.write_all(HEADER.as_bytes()).await?;
-            let mut rows = 0u64;
-            while rows < args.limit {
-                if cancellation.is_cancelled() {
-                    return Err(anyhow!("cancelled"));
-                }
-                filter.limit =
-                    u32::try_from((args.limit - rows).min(u64::from(PAGE))).unwrap_or(PAGE);
-                let page = store.list_jobs(&namespace, &filter).await?;
-                let Some(last) = page.last() else { break };
-                filter.before = Some(last.id.into());
-                let mut chunk = String::new();
-                for job in &page {
-                    push_row(&mut chunk, job);
-                }
-                writer.write_all(chunk.as_bytes()).await?;
-                rows += page.len() as u64;
-                if page.len() < PAGE as usize {
-                    break;
-                }
-                if rows.is_multiple_of(100_000) {
-                    log.info(format_args!("{rows} rows written"));
-                }
+            let outcome = write_rows(&store, &namespace, args, &sender, &cancellation, &log).await;
+            if let Err(error) = &outcome {
+                let _ = sender
+                    .send(Err(io::Error::other(format!("{error:#}"))))
+                    .await;
             }
-            writer.shutdown().await?;
-            anyhow::Ok(rows)
+            outcome
         };
         let upload = context.artifacts.upload(ARTIFACT, reader, "text/csv");
         let (rows, size) = tokio::join!(write, upload);
+        if context.cancellation.is_cancelled() {
+            return Err(JobError::Cancelled);
+        }
+        // The upload's error comes first: it is the cause when storage is missing or
+        // refused the upload (the writer then only saw the reader go away); a failed read
+        // of the jobs fails the upload too, with the reason inside.
         let size = size?;
-        // The upload ends when the writer stops, even on an error: an export that did not
-        // finish must not stay behind looking complete.
-        let rows = match rows.context("reading jobs for the export") {
-            Ok(rows) => rows,
-            Err(error) => {
-                let _ = context.artifacts.delete(ARTIFACT).await;
-                return Err(if context.cancellation.is_cancelled() {
-                    JobError::Cancelled
-                } else {
-                    JobError::Retryable(error)
-                });
-            }
-        };
+        let rows = rows
+            .context("reading jobs for the export")
+            .map_err(JobError::Retryable)?;
         context.log.info(format_args!(
             "exported {rows} jobs to {ARTIFACT} ({size} bytes)"
         ));
         Ok(serde_json::json!({ "artifact": ARTIFACT, "rows": rows, "bytes": size }))
+    }
+}
+
+/// Rows held in the channel between the database and the upload.
+const CHANNEL_ROWS: usize = 64;
+
+/// Sends the header and every matching row, page by page. Ends early (with an error) when
+/// the upload stops reading or the job is cancelled.
+async fn write_rows(
+    store: &Store,
+    namespace: &engine_shared::Namespace,
+    args: ExportArgs,
+    sender: &mpsc::Sender<io::Result<Bytes>>,
+    cancellation: &tokio_util::sync::CancellationToken,
+    log: &crate::JobLog,
+) -> anyhow::Result<u64> {
+    let send = |chunk: String| async move {
+        sender
+            .send(Ok(Bytes::from(chunk)))
+            .await
+            .map_err(|_| anyhow!("the upload stopped reading"))
+    };
+    send(HEADER.to_owned()).await?;
+    let mut filter = JobFilter {
+        status: args.status,
+        kind: args.kind,
+        queue: args.queue,
+        error: args.error,
+        before: None,
+        limit: PAGE,
+    };
+    let mut rows = 0u64;
+    while rows < args.limit {
+        if cancellation.is_cancelled() {
+            anyhow::bail!("cancelled");
+        }
+        filter.limit = u32::try_from((args.limit - rows).min(u64::from(PAGE))).unwrap_or(PAGE);
+        let page = store.list_jobs(namespace, &filter).await?;
+        let Some(last) = page.last() else { break };
+        filter.before = Some(last.id.into());
+        let full = page.len() == filter.limit as usize;
+        for job in page {
+            let mut row = String::new();
+            push_row(&mut row, &job);
+            send(row).await?;
+            rows += 1;
+            if rows.is_multiple_of(100_000) {
+                log.info(format_args!("{rows} rows written"));
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(rows)
+}
+
+/// An `mpsc::Receiver` as a `Stream` (what `StreamReader` reads).
+struct ReceiverStream(mpsc::Receiver<io::Result<Bytes>>);
+
+impl futures_util::Stream for ReceiverStream {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(context)
     }
 }
 

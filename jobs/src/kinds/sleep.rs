@@ -44,6 +44,7 @@ impl Job for Sleep {
         context: JobContext,
         args: SleepArgs,
     ) -> Result<serde_json::Value, JobError> {
+        context.log.info(format_args!("sleeping {} ms", args.ms));
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(args.ms)) => {
                 Ok(serde_json::json!({ "slept_ms": args.ms }))

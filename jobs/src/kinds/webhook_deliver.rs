@@ -120,12 +120,16 @@ impl Job for WebhookDeliver {
         for (name, value) in &args.headers {
             request = request.header(name.as_str(), value.as_str());
         }
-        // The query string may carry a token: the log names scheme, host and path only.
+        // Webhook URLs often carry their token in the path (Slack, Discord) or the query: the
+        // log names the scheme and host only.
         context.log.info(format_args!(
             "POST {}://{}{}",
             args.url.scheme(),
             args.url.host_str().unwrap_or_default(),
-            args.url.path()
+            args.url
+                .port()
+                .map(|port| format!(":{port}"))
+                .unwrap_or_default()
         ));
         let started = std::time::Instant::now();
         let response = tokio::select! {

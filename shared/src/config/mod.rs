@@ -41,6 +41,9 @@ pub enum ConfigError {
     Invalid { setting: String, reason: String },
 }
 
+/// A name no namespace may take: the folder of the fleet's own objects in storage.
+const RESERVED_NAMESPACE: &str = "backups";
+
 /// Every setting of the fleet, validated.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -179,6 +182,14 @@ impl Settings {
         for (name, ns) in raw.namespaces {
             let setting = format!("namespaces.{name}");
             let name = Namespace::parse(&name).map_err(|e| invalid(&setting, e.to_string()))?;
+            // Fleet objects (database backups) live under `backups/` in the fleet's bucket,
+            // beside the namespaces' `<ns>/` folders.
+            if name.as_str() == RESERVED_NAMESPACE {
+                return Err(invalid(
+                    &setting,
+                    format!("{RESERVED_NAMESPACE:?} is reserved for database backups in storage"),
+                ));
+            }
             let vhost = ns.vhost.unwrap_or_else(|| name.as_str().to_owned());
             if vhost.is_empty() || vhost.len() > 200 {
                 return Err(invalid(
@@ -497,6 +508,10 @@ mod tests {
             settings.namespace(&acme).unwrap().bucket.as_deref(),
             Some("acme-objects")
         );
+        let reserved = "[database]\nurl = \"postgres://localhost/x\"\n[amqp]\nurl = \"amqp://localhost\"\n\
+                        [namespaces.backups]\n";
+        let message = Settings::from_toml(reserved).unwrap_err().to_string();
+        assert!(message.contains("reserved"), "{message}");
         let message = Settings::from_toml(&text("Bad_Bucket"))
             .unwrap_err()
             .to_string();

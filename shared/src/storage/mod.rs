@@ -13,5 +13,5 @@ pub mod settings;
 
 pub use client::build_client;
 pub use keys::{LogRun, ObjectKey};
-pub use objects::{ObjectInfo, ObjectStore};
+pub use objects::{ObjectInfo, ObjectStore, Unreachable, is_unreachable};
 pub use settings::StorageSettings;

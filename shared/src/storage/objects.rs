@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -23,6 +24,52 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
 /// How long a presigned download URL works.
 pub const PRESIGNED_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// Marks an error as "storage could not be reached" (no connection, no answer in time, a
+/// broken response), as opposed to an answer refusing the request (access denied, no such
+/// bucket): the first is worth retrying later, the second is not.
+#[derive(Debug, thiserror::Error)]
+#[error("object storage unreachable")]
+pub struct Unreachable;
+
+/// True when `error` means storage could not be reached ([`Unreachable`]).
+pub fn is_unreachable(error: &anyhow::Error) -> bool {
+    // `downcast_ref` sees context types at every layer (a chain walk would not: a context
+    // layer shows as its message only).
+    error.downcast_ref::<Unreachable>().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_is_found_under_later_context() {
+        let error = anyhow::anyhow!("connection refused")
+            .context(Unreachable)
+            .context("uploading a log");
+        assert!(is_unreachable(&error));
+        assert!(!is_unreachable(&anyhow::anyhow!("access denied")));
+    }
+}
+
+/// Wraps an SDK error with `what`, marking transport failures [`Unreachable`].
+fn classify<E, R>(error: SdkError<E, R>, what: String) -> anyhow::Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let unreachable = matches!(
+        error,
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_)
+    );
+    let error = anyhow::Error::new(error).context(what);
+    if unreachable {
+        error.context(Unreachable)
+    } else {
+        error
+    }
+}
 
 /// One listed object.
 #[derive(Clone, Debug)]
@@ -66,14 +113,18 @@ impl ObjectStore {
             .body(ByteStream::from(body))
             .send()
             .await
-            .with_context(|| format!("uploading {}", key.as_str()))?;
+            .map_err(|e| classify(e, format!("uploading {}", key.as_str())))?;
         Ok(())
     }
 
     /// Streams `reader` to `key`: one request if it ends within [`PART_SIZE`], a multipart
     /// upload otherwise, holding one part in memory at a time. `progress` is called with the
-    /// bytes sent so far after each part. Returns the object's size. A failed multipart
-    /// upload is aborted, so no partial object or orphaned parts are left behind.
+    /// bytes sent so far after each part. Returns the object's size.
+    ///
+    /// A read error from `reader` fails the upload: nothing is stored, so a producer that
+    /// fails half-way must make its reader fail, not just end. A multipart upload that fails
+    /// or is dropped unfinished (a timed-out attempt, a shutdown) is aborted, so no partial
+    /// object or billed orphan parts are left behind.
     pub async fn upload<R: AsyncRead + Unpin>(
         &self,
         key: &ObjectKey,
@@ -97,23 +148,27 @@ impl ObjectStore {
             .content_type(content_type)
             .send()
             .await
-            .with_context(|| format!("starting the multipart upload of {}", key.as_str()))?;
+            .map_err(|e| {
+                classify(
+                    e,
+                    format!("starting the multipart upload of {}", key.as_str()),
+                )
+            })?;
         let upload_id = created
             .upload_id()
             .context("the server started a multipart upload without an id")?
             .to_owned();
+        let mut guard = AbortOnDrop {
+            client: self.client.clone(),
+            bucket: bucket.to_owned(),
+            key: key.as_str().to_owned(),
+            upload_id: Some(upload_id.clone()),
+        };
         let result = self
             .upload_parts(key, &upload_id, first, &mut reader, &mut progress)
             .await;
-        if result.is_err() {
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(bucket)
-                .key(key.as_str())
-                .upload_id(&upload_id)
-                .send()
-                .await;
+        if result.is_ok() {
+            guard.upload_id = None;
         }
         result
     }
@@ -143,7 +198,7 @@ impl ObjectStore {
                 .body(ByteStream::from(part))
                 .send()
                 .await
-                .with_context(|| format!("uploading part {number} of {}", key.as_str()))?;
+                .map_err(|e| classify(e, format!("uploading part {number} of {}", key.as_str())))?;
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
@@ -169,7 +224,12 @@ impl ObjectStore {
             )
             .send()
             .await
-            .with_context(|| format!("completing the multipart upload of {}", key.as_str()))?;
+            .map_err(|e| {
+                classify(
+                    e,
+                    format!("completing the multipart upload of {}", key.as_str()),
+                )
+            })?;
         Ok(sent)
     }
 
@@ -191,9 +251,7 @@ impl ObjectStore {
             {
                 Ok(None)
             }
-            Err(error) => {
-                Err(anyhow::Error::new(error).context(format!("downloading {}", key.as_str())))
-            }
+            Err(error) => Err(classify(error, format!("downloading {}", key.as_str()))),
         }
     }
 
@@ -208,7 +266,7 @@ impl ObjectStore {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.with_context(|| format!("listing {}", folder.as_str()))?;
+            let page = page.map_err(|e| classify(e, format!("listing {}", folder.as_str())))?;
             for object in page.contents() {
                 let Some(key) = object.key().and_then(|key| folder.child(key)) else {
                     continue;
@@ -250,14 +308,48 @@ impl ObjectStore {
             .key(key.as_str())
             .send()
             .await
-            .with_context(|| format!("deleting {}", key.as_str()))?;
+            .map_err(|e| classify(e, format!("deleting {}", key.as_str())))?;
         Ok(())
+    }
+}
+
+/// Aborts a multipart upload that was not completed, including when the uploading future
+/// is dropped (the abort then runs in a task of its own).
+struct AbortOnDrop {
+    client: Client,
+    bucket: String,
+    key: String,
+    /// `None` once the upload completed.
+    upload_id: Option<String>,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let Some(upload_id) = self.upload_id.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let abort = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id);
+        let key = self.key.clone();
+        runtime.spawn(async move {
+            if let Err(error) = abort.send().await {
+                tracing::warn!(key, error = %error, "could not abort an unfinished multipart upload; a lifecycle rule will have to");
+            }
+        });
     }
 }
 
 /// Reads up to [`PART_SIZE`] bytes; fewer only at the end of the stream.
 async fn read_part<R: AsyncRead + Unpin>(reader: &mut R) -> anyhow::Result<Vec<u8>> {
-    let mut part = Vec::with_capacity(PART_SIZE);
+    // Grown as data comes, so a small object does not reserve a whole part.
+    let mut part = Vec::new();
     let mut limited = reader.take(PART_SIZE as u64);
     limited
         .read_to_end(&mut part)
