@@ -177,8 +177,11 @@ ensure_s3() {
     kill $stale 2>/dev/null || true
     wait_until 15 "the stale S3 server to stop" port_closed "$S3_PORT"
   fi
-  # Started from / so that deleting the folder this script ran in (a CI clone) cannot break it.
-  (cd / && exec nohup "$binary" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_ACCESS_KEY" \
+  # Started from / so that deleting the folder this script ran in (a CI clone) cannot break
+  # it, and in a session of its own (setsid) so that a caller that kills its whole process
+  # group on exit (a CI step, a terminal closing) does not take the server with it. (The
+  # background subshell is not a group leader, so setsid runs in place and $! is the server.)
+  (cd / && exec setsid nohup "$binary" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_ACCESS_KEY" \
     --secret-key "$S3_SECRET_KEY" "$S3_DIR" >"$S3_DIR.log" 2>&1 </dev/null) &
   echo $! >"$S3_DIR.pid"
   wait_until 30 "the local S3 server on 127.0.0.1:$S3_PORT (log: $S3_DIR.log)" port_open "$S3_PORT"
