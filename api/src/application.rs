@@ -16,6 +16,7 @@ use engine_shared::limits::Limiter;
 use engine_shared::storage::ObjectStore;
 use engine_shared::store::{self, Store};
 
+use crate::archiver::Archiver;
 use crate::auth::KeyCache;
 use crate::relay::Relay;
 use crate::routes;
@@ -63,7 +64,7 @@ impl Application {
             relay,
             submissions,
             limiter,
-            objects: objects,
+            objects,
         };
         Ok(Self { listener, state })
     }
@@ -77,6 +78,8 @@ impl Application {
     /// Serves until `shutdown` fires, then finishes in-flight requests and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let sweeper = tokio::spawn(self.state.relay.clone().run_sweeper(shutdown.clone()));
+        let archiver = Archiver::from_state(&self.state)
+            .map(|archiver| tokio::spawn(archiver.run_until_stopped(shutdown.clone())));
         tracing::info!(address = %self.local_addr(), "API listening");
         let store = self.state.store.clone();
         axum::serve(self.listener, routes::router(self.state))
@@ -84,6 +87,9 @@ impl Application {
             .await
             .context("serving HTTP")?;
         let _ = sweeper.await;
+        if let Some(archiver) = archiver {
+            let _ = archiver.await;
+        }
         store.close().await;
         tracing::info!(postgres_round_trips = store::round_trips(), "API stopped");
         Ok(())

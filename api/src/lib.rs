@@ -7,13 +7,17 @@
 //!   [`problem`]: RFC 9457 errors;
 //!   [`json_body`]: JSON bodies with field-level errors.
 //! - [`relay`]: the outbox relay (fast path + sweeper) that publishes accepted jobs.
-//! - [`cli`]: the `engine-api` command line (serve, migrate, keys).
+//! - [`archiver`]: moves old finished jobs from PostgreSQL to storage, crash-safely.
+//! - [`cli`]: the `engine-api` command line (serve, migrate, keys, backup, restore);
+//!   [`progress`]: its progress line for long commands.
 
 pub mod application;
+pub mod archiver;
 pub mod auth;
 pub mod cli;
 pub mod json_body;
 pub mod problem;
+pub mod progress;
 pub mod relay;
 pub mod routes;
 pub mod state;

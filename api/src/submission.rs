@@ -60,6 +60,9 @@ fn empty_object() -> serde_json::Value {
 }
 
 const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+
+/// The kind only `backup.namespace` may submit.
+const DB_BACKUP: &str = <engine_jobs::kinds::db_backup::DbBackup as engine_jobs::Job>::KIND;
 const MAX_DELAY_SECS: f64 = 365.0 * 86_400.0;
 
 impl SubmitJob {
@@ -95,6 +98,23 @@ impl SubmitJob {
                 None
             }
         };
+        // A backup reads every namespace's rows: only the namespace named for it may ask.
+        if let Some(kind) = &kind
+            && kind.as_str() == DB_BACKUP
+            && settings.backup.namespace.as_ref() != Some(namespace)
+        {
+            fail(
+                "kind",
+                format!(
+                    "{DB_BACKUP} may only be submitted by the namespace named in backup.namespace ({})",
+                    settings
+                        .backup
+                        .namespace
+                        .as_ref()
+                        .map_or("none is set", |ns| ns.as_str())
+                ),
+            );
+        }
         if let Some(kind) = &kind
             && let Some(Err(error)) = registry.check_args(kind, &self.args)
         {

@@ -4,7 +4,8 @@
 //! - [`log`]: an attempt's log lines, capped, shipped to storage when the attempt ends.
 //! - [`artifacts`]: named outputs a handler stores for its job.
 //! - [`registry`]: the one place kinds are registered; refuses duplicates and bad names.
-//! - [`kinds`]: one module per built-in kind (`webhook.deliver`, `noop`, `sleep`).
+//! - [`kinds`]: one module per built-in kind (`webhook.deliver`, `noop`, `sleep`,
+//!   `export.jobs_csv`, `db.backup`).
 //!
 //! Adding a kind: write `kinds/<name>.rs` with an `Args` struct and a `Job` impl, then add
 //! one line to [`register_all`].

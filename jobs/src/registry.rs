@@ -16,6 +16,7 @@ use futures_util::future::BoxFuture;
 use secrecy::SecretString;
 
 use crate::job::{Job, JobContext, JobError};
+use crate::kinds::db_backup::DbBackup;
 use crate::kinds::{
     export_jobs_csv::ExportJobsCsv, noop::Noop, sleep::Sleep, webhook_deliver::WebhookDeliver,
 };
@@ -194,7 +195,8 @@ pub fn register_all(deps: JobDeps) -> Result<Registry, RegistryError> {
         .register(Noop)?
         .register(Sleep)?
         .register(WebhookDeliver::new(deps.http, deps.webhook_secrets))?
-        .register(ExportJobsCsv::new(deps.store.clone()))?;
+        .register(ExportJobsCsv::new(deps.store.clone()))?
+        .register(DbBackup::new(deps.store, deps.objects, deps.backup))?;
     Ok(registry)
 }
 

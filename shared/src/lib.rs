@@ -10,10 +10,12 @@
 //! - [`group_commit`]: batches concurrent writes into one statement (one fsync).
 //! - [`storage`]: the S3-compatible object store (client built for B2, object keys).
 //! - [`store`]: every SQL statement the fleet runs, and the pools they run on.
+//! - [`backup`]: consistent database backups to storage, kept to the last N, and restore.
 //! - [`broker`]: AMQP connections per vhost, the topology, and confirmed publishing.
 //! - [`telemetry`] and [`tls`]: process set-up every binary does first.
 //! - [`shutdown`]: the one stop signal every long-running service obeys.
 
+pub mod backup;
 pub mod broker;
 pub mod config;
 pub mod envelope;

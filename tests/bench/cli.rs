@@ -89,4 +89,21 @@ pub struct Args {
     /// Keep the generated settings and the servers' logs (always kept after a failure).
     #[arg(long)]
     pub keep_logs: bool,
+    /// Instead of the job scenarios: back up a fresh database filled with job rows and
+    /// restore it, with the release engine-api, reporting sizes, time and peak RSS.
+    #[arg(long)]
+    pub backup: bool,
+    /// MiB of job rows (as COPY text) the backup benchmark fills its database with; the
+    /// backup object is a little over half of it.
+    #[arg(long, default_value_t = 100)]
+    pub backup_rows_mib: u64,
+    /// The backup benchmark's S3-compatible server (objects go under `bench-<hex>/backups/`).
+    #[arg(long, default_value = "http://127.0.0.1:9100")]
+    pub s3_endpoint: String,
+    #[arg(long, default_value = "tl-engine")]
+    pub s3_bucket: String,
+    #[arg(long, default_value = "tl-engine-local")]
+    pub s3_access_key: String,
+    #[arg(long, default_value = "tl-engine-local-secret")]
+    pub s3_secret_key: String,
 }

@@ -10,8 +10,10 @@
 //! facts; [`management`] vhosts; [`settings`] the fleet's TOML; [`process`] one server
 //! process; [`fleet`] API + workers; [`submit`] HTTP load; [`outcome`] reading job rows;
 //! [`cpu`] CPU accounting; [`scenario`] one scenario end to end; [`raw`] the lapin
-//! baseline; [`report`] the printed figures and target verdicts; [`sys`] libc calls.
+//! baseline; [`report`] the printed figures and target verdicts; [`sys`] libc calls;
+//! [`backup`] the separate `--backup` mode (backup and restore memory and speed).
 
+mod backup;
 mod cli;
 mod cpu;
 mod environment;
@@ -42,6 +44,15 @@ use crate::scenario::Load;
 async fn main() -> ExitCode {
     engine_shared::tls::install_crypto_provider();
     let args = Args::parse();
+    if args.backup {
+        return match backup::run(&args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("engine-bench: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let env = match Environment::prepare(&args).await {
         Ok(env) => env,
         Err(error) => {

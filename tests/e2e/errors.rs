@@ -127,6 +127,11 @@ async fn invalid_fields_are_422_naming_the_field() {
             "http or https",
         ),
         (
+            json!({ "kind": "db.backup", "args": {} }),
+            "kind",
+            "may only be submitted by the namespace named in backup.namespace",
+        ),
+        (
             json!({ "kind": "noop", "queue": "nope" }),
             "queue",
             "unknown queue",

@@ -1,7 +1,9 @@
 //! End-to-end tests: the API and workers against real PostgreSQL and RabbitMQ, each test in
 //! its own namespace (vhost, rows, key) so they run in parallel.
 
+mod archive;
 mod artifacts;
+mod backup;
 mod cancel;
 mod command_line;
 mod dead;

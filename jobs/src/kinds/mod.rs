@@ -1,5 +1,6 @@
 //! Built-in job kinds, one per file.
 
+pub mod db_backup;
 pub mod export_jobs_csv;
 pub mod noop;
 pub mod sleep;

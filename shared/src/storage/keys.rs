@@ -63,6 +63,24 @@ impl ObjectKey {
         )
     }
 
+    /// The folder holding every archive batch of a namespace.
+    pub fn archive_folder(ns: &NamespaceSpec) -> Self {
+        Self::in_namespace(ns, format!("{}archive/jobs/", ns.s3_prefix))
+    }
+
+    /// An archive batch key recorded earlier (the archive manifest), in the bucket it was
+    /// recorded with, so a batch finished after a crash overwrites its first upload even if
+    /// the namespace's bucket setting changed meanwhile. `None` unless the key lies in
+    /// `ns`'s archive folder: a recorded key cannot reach outside it.
+    pub fn recorded_archive(ns: &NamespaceSpec, bucket: Option<&str>, key: &str) -> Option<Self> {
+        let folder = Self::archive_folder(ns);
+        (key.starts_with(folder.as_str()) && key.ends_with(".jsonl.gz") && !key.contains(".."))
+            .then(|| Self {
+                bucket: bucket.map(str::to_owned),
+                key: key.to_owned(),
+            })
+    }
+
     /// A database backup (the fleet's, not a namespace's), in the fleet's bucket:
     /// `backups/<timestamp>.dump.gz`.
     pub fn backup(at: DateTime<Utc>) -> Self {
@@ -82,6 +100,22 @@ impl ObjectKey {
     /// it is a plain name.
     pub fn backup_named(name: &str) -> Option<Self> {
         Self::is_plain_name(name).then(|| Self::fleet(format!("backups/{name}")))
+    }
+
+    /// A folder of backups under `prefix` (`<prefix>/backups/`) instead of the fleet's
+    /// `backups/`, so drills and tests never touch (or prune) the real ones. `None` unless
+    /// `prefix` is a plain name.
+    pub fn backups_folder_under(prefix: &str) -> Option<Self> {
+        Self::is_plain_name(prefix).then(|| Self::fleet(format!("{prefix}/backups/")))
+    }
+
+    /// A backup by its file name in `folder` ([`Self::backups_folder`] or
+    /// [`Self::backups_folder_under`]); `None` unless it is a plain name.
+    pub fn backup_in(folder: &Self, name: &str) -> Option<Self> {
+        Self::is_plain_name(name).then(|| Self {
+            bucket: folder.bucket.clone(),
+            key: format!("{}{name}", folder.key),
+        })
     }
 
     fn in_namespace(ns: &NamespaceSpec, key: String) -> Self {
@@ -236,6 +270,31 @@ mod tests {
     }
 
     #[test]
+    fn recorded_archive_keys_stay_in_the_namespace_archive_folder() {
+        let day = Utc.with_ymd_and_hms(2026, 11, 22, 10, 30, 0).unwrap();
+        let key = ObjectKey::archive(&acme(), day, "b1");
+        assert!(
+            ObjectKey::archive_folder(&acme())
+                .child(key.as_str())
+                .is_some()
+        );
+        let recorded = ObjectKey::recorded_archive(&acme(), Some("old-bucket"), key.as_str());
+        assert_eq!(recorded.as_ref().map(ObjectKey::as_str), Some(key.as_str()));
+        assert_eq!(recorded.unwrap().bucket(), Some("old-bucket"));
+        for bad in [
+            "other/archive/jobs/2026/11/22/b1.jsonl.gz",
+            "acme/logs/2026/11/22/b1.jsonl.gz",
+            "acme/archive/jobs/../../other/b1.jsonl.gz",
+            "acme/archive/jobs/2026/11/22/b1.txt",
+        ] {
+            assert!(
+                ObjectKey::recorded_archive(&acme(), None, bad).is_none(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn log_runs_round_trip_through_their_file_names() {
         for stem in ["1", "12", "r1-2", "3-snooze2", "r2-1-snooze1"] {
             let run: LogRun = stem.parse().unwrap();
@@ -244,6 +303,24 @@ mod tests {
         for bad in ["", "x", "r-1", "1-snooze", "rx-1"] {
             assert!(bad.parse::<LogRun>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn backups_can_live_in_a_folder_of_their_own() {
+        let folder = ObjectKey::backups_folder_under("drill").unwrap();
+        assert_eq!(folder.as_str(), "drill/backups/");
+        assert_eq!(
+            ObjectKey::backup_in(&folder, "20261122T103000Z.dump.gz")
+                .unwrap()
+                .as_str(),
+            "drill/backups/20261122T103000Z.dump.gz"
+        );
+        assert_eq!(
+            ObjectKey::backup_in(&ObjectKey::backups_folder(), "x.dump.gz"),
+            ObjectKey::backup_named("x.dump.gz")
+        );
+        assert!(ObjectKey::backups_folder_under("../x").is_none());
+        assert!(ObjectKey::backup_in(&folder, "../x").is_none());
     }
 
     #[test]

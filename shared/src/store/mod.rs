@@ -6,6 +6,7 @@
 //! `published_at` stamp (the sweeper republishes, the worker skips the duplicate).
 
 mod api_keys;
+mod archive;
 mod cancel;
 mod dead;
 mod execution;
@@ -21,6 +22,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use api_keys::{ApiKey, NewApiKey};
+pub use archive::{ArchiveBatch, ArchivePass, ArchivedJob};
 pub use cancel::CancelOutcome;
 pub use dead::{Burial, DeadFilter, JobError};
 pub use execution::{

@@ -1,0 +1,220 @@
+//! `db.backup`: writes a consistent backup of the whole state database to
+//! `backups/<timestamp>.dump.gz` and keeps the last `backup.keep` (the same code as
+//! `engine-api backup`). It reads every namespace's rows, so it runs only in the namespace
+//! `backup.namespace` names; any other namespace's job fails at once.
+
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use engine_shared::backup::{self, BackupFolder};
+use engine_shared::config::BackupSettings;
+use engine_shared::storage::ObjectStore;
+use engine_shared::store::Store;
+use serde::Deserialize;
+
+use crate::job::{Job, JobContext, JobError};
+
+/// How often a running backup writes a progress line to its log.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+pub struct DbBackup {
+    /// The database backed up; `None` in processes without one (fails the job).
+    store: Option<Store>,
+    /// Where backups go; `None` while storage is not configured (fails the job).
+    objects: Option<ObjectStore>,
+    settings: BackupSettings,
+    folder: BackupFolder,
+}
+
+impl DbBackup {
+    /// Backs up into the fleet's `backups/`.
+    pub fn new(
+        store: Option<Store>,
+        objects: Option<ObjectStore>,
+        settings: BackupSettings,
+    ) -> Self {
+        Self::in_folder(store, objects, settings, BackupFolder::fleet())
+    }
+
+    /// Backs up into `folder` instead (drills and tests).
+    pub fn in_folder(
+        store: Option<Store>,
+        objects: Option<ObjectStore>,
+        settings: BackupSettings,
+        folder: BackupFolder,
+    ) -> Self {
+        Self {
+            store,
+            objects,
+            settings,
+            folder,
+        }
+    }
+}
+
+/// No arguments: what is backed up and how many are kept are the fleet's settings, not the
+/// submitter's choice.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbBackupArgs {}
+
+impl Job for DbBackup {
+    const KIND: &'static str = "db.backup";
+    type Args = DbBackupArgs;
+
+    /// A failed upload or a dropped connection is worth another try; more rarely helps.
+    fn max_attempts(&self) -> u32 {
+        3
+    }
+
+    /// Generous, yet under RabbitMQ's default 30-minute consumer timeout (less the margin
+    /// the worker keeps), so the default fits a broker left at its defaults.
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(25 * 60)
+    }
+
+    async fn run(
+        &self,
+        context: JobContext,
+        _args: DbBackupArgs,
+    ) -> Result<serde_json::Value, JobError> {
+        if self.settings.namespace.as_ref() != Some(&context.namespace) {
+            let allowed = match &self.settings.namespace {
+                Some(namespace) => format!("only namespace {namespace} may run it"),
+                None => "no namespace may run it until backup.namespace is set".to_owned(),
+            };
+            return Err(JobError::Fatal(anyhow!(
+                "db.backup copies every namespace's rows: {allowed}, not {}",
+                context.namespace
+            )));
+        }
+        let (Some(store), Some(objects)) = (&self.store, &self.objects) else {
+            return Err(JobError::Fatal(anyhow!(
+                "db.backup needs the database and storage (AWS_S3_BUCKET_NAME) configured"
+            )));
+        };
+        context.log.info(format!(
+            "backing up the database to {} (keeping the last {})",
+            self.folder, self.settings.keep
+        ));
+        let log = context.log.clone();
+        let mut last_line = Instant::now();
+        let progress = move |bytes: u64| {
+            if last_line.elapsed() >= LOG_EVERY {
+                last_line = Instant::now();
+                log.info(format!("{:.1} MiB written", mebibytes(bytes)));
+            }
+        };
+        let summary = backup::back_up(
+            store.pool(),
+            objects,
+            &self.folder,
+            self.settings.keep,
+            &context.cancellation,
+            progress,
+        )
+        .await
+        .map_err(|error| {
+            if context.cancellation.is_cancelled() {
+                JobError::Cancelled
+            } else {
+                JobError::Retryable(error)
+            }
+        })?;
+        context.log.info(format!(
+            "stored {} ({:.1} MiB, {:.1} MiB of rows) in {:.1} s",
+            summary.key.as_str(),
+            mebibytes(summary.bytes),
+            mebibytes(summary.raw_bytes),
+            summary.duration.as_secs_f64()
+        ));
+        for key in &summary.pruned {
+            context
+                .log
+                .info(format!("deleted the older {}", key.as_str()));
+        }
+        if let Some(error) = &summary.prune_error {
+            context
+                .log
+                .warn(format!("could not delete older backups: {error}"));
+        }
+        Ok(serde_json::json!({
+            "key": summary.key.as_str(),
+            "bytes": summary.bytes,
+            "tables": summary.tables,
+            "pruned": summary.pruned.iter().map(|key| key.as_str()).collect::<Vec<_>>(),
+        }))
+    }
+}
+
+fn mebibytes(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use engine_shared::{JobId, Namespace};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::{Artifacts, JobLog};
+
+    fn context(namespace: &str) -> JobContext {
+        let id = JobId::new_at(chrono::Utc::now());
+        JobContext {
+            id,
+            namespace: Namespace::parse(namespace).unwrap(),
+            attempt: 1,
+            max_attempts: 3,
+            snoozes: 0,
+            cancellation: CancellationToken::new(),
+            log: JobLog::new(id, 4096),
+            artifacts: Artifacts::disabled(id),
+        }
+    }
+
+    fn settings(namespace: Option<&str>) -> BackupSettings {
+        BackupSettings {
+            keep: 7,
+            namespace: namespace.map(|n| Namespace::parse(n).unwrap()),
+        }
+    }
+
+    async fn refusal(job: DbBackup, namespace: &str) -> String {
+        match job.run(context(namespace), DbBackupArgs {}).await {
+            Err(JobError::Fatal(error)) => error.to_string(),
+            other => panic!("expected a fatal error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_backup_namespace_may_run_it() {
+        let job = DbBackup::new(None, None, settings(Some("ops")));
+        let message = refusal(job, "acme").await;
+        assert!(
+            message.contains("only namespace ops may run it, not acme"),
+            "{message}"
+        );
+        let job = DbBackup::new(None, None, settings(None));
+        let message = refusal(job, "ops").await;
+        assert!(
+            message.contains("until backup.namespace is set"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn it_needs_storage_and_the_database() {
+        let job = DbBackup::new(None, None, settings(Some("ops")));
+        let message = refusal(job, "ops").await;
+        assert!(message.contains("AWS_S3_BUCKET_NAME"), "{message}");
+    }
+
+    #[test]
+    fn args_are_an_empty_object() {
+        assert!(serde_json::from_value::<DbBackupArgs>(serde_json::json!({})).is_ok());
+        let error =
+            serde_json::from_value::<DbBackupArgs>(serde_json::json!({ "keep": 1 })).unwrap_err();
+        assert!(error.to_string().contains("unknown field"), "{error}");
+    }
+}
