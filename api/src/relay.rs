@@ -40,6 +40,17 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// Every served namespace's vhost gives a live channel (readiness).
+    pub async fn ping_broker(&self) -> anyhow::Result<()> {
+        for (namespace, publisher) in &self.publishers {
+            publisher
+                .ping()
+                .await
+                .map_err(|e| e.context(format!("namespace {namespace}")))?;
+        }
+        Ok(())
+    }
+
     pub fn new(settings: &Settings, store: Store, broker: &Broker) -> anyhow::Result<Self> {
         let topology = Topology {
             queues: settings.queues.clone(),

@@ -12,6 +12,7 @@
 //! - [`store`]: every SQL statement the fleet runs, and the pools they run on.
 //! - [`backup`]: consistent database backups to storage, kept to the last N, and restore.
 //! - [`broker`]: AMQP connections per vhost, the topology, and confirmed publishing.
+//! - [`health`]: readiness reports (each dependency, and the overall verdict).
 //! - [`telemetry`] and [`tls`]: process set-up every binary does first.
 //! - [`shutdown`]: the one stop signal every long-running service obeys.
 
@@ -20,6 +21,7 @@ pub mod broker;
 pub mod config;
 pub mod envelope;
 pub mod group_commit;
+pub mod health;
 pub mod idempotency;
 pub mod job_id;
 pub mod kind;

@@ -8,6 +8,7 @@ mod cancel;
 mod command_line;
 mod dead;
 mod errors;
+mod health;
 mod isolation;
 mod job_logs;
 mod lifecycle;

@@ -9,6 +9,7 @@ use serde_json::Value;
 pub struct ApiClient {
     http: reqwest::Client,
     base: String,
+    address: SocketAddr,
     key: Option<String>,
 }
 
@@ -37,8 +38,14 @@ impl ApiClient {
         Self {
             http: reqwest::Client::new(),
             base: format!("http://{address}"),
+            address,
             key,
         }
+    }
+
+    /// The API's address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
     }
 
     /// The same API with another key (or none).

@@ -46,6 +46,11 @@ pub struct FleetOptions {
     pub redis_url: Option<String>,
     /// `api.submit_rate_per_sec` and `api.submit_burst`.
     pub submit_rate: Option<(u32, u32)>,
+    /// Replaces the broker URL (e.g. a proxy's) for the workers only.
+    pub worker_amqp_url: Option<String>,
+    /// The in-process worker serves `/healthz` and `/readyz` on a free port, with a
+    /// 1-second liveness grace ([`TestFleet::worker_health`]).
+    pub worker_health: bool,
     /// Turns storage on with this S3 endpoint (the test server's, or a proxy's): attempt
     /// logs and artifacts. Off by default.
     pub s3_endpoint: Option<String>,
@@ -75,6 +80,8 @@ impl Default for FleetOptions {
             redis_url: None,
             submit_rate: None,
             s3_endpoint: None,
+            worker_amqp_url: None,
+            worker_health: false,
         }
     }
 }
@@ -115,6 +122,9 @@ pub struct TestFleet {
     worker: Option<Running>,
     /// More API replicas (same namespaces and database), for tests of what replicas share.
     replicas: Vec<Running>,
+    /// Where the in-process worker serves its health endpoints
+    /// ([`FleetOptions::worker_health`]).
+    pub worker_health: Option<std::net::SocketAddr>,
 }
 
 /// Whether a registry may hold `test.abort`, which ends the process that runs it.
@@ -220,6 +230,7 @@ timeout_ms = 300
 [worker]
 concurrency = {concurrency}
 grace_period_secs = 10
+{worker_health}
 [relay]
 sweep_interval_ms = 100
 publish_grace_ms = 300
@@ -233,6 +244,11 @@ delivery_limit = {delivery_limit}
 {extra}
 "#,
         concurrency = options.worker_concurrency,
+        worker_health = if options.worker_health {
+            "health_listen = \"127.0.0.1:0\"\nliveness_grace_secs = 1"
+        } else {
+            ""
+        },
         delivery_limit = options.delivery_limit,
         submit_rate = options.submit_rate.map_or(0, |rate| rate.0),
         submit_burst = options.submit_rate.map_or(1_000, |rate| rate.1),
@@ -263,7 +279,10 @@ impl TestFleet {
         let base_text = settings_text(
             &names,
             &services::database_url(),
-            &services::amqp_url(),
+            options
+                .worker_amqp_url
+                .as_deref()
+                .unwrap_or(&services::amqp_url()),
             &options,
         );
         let settings = Settings::from_toml(&base_text).expect("test settings are valid");
@@ -338,6 +357,7 @@ impl TestFleet {
             api: Some(api),
             worker: None,
             replicas: Vec::new(),
+            worker_health: None,
         };
         if options.worker {
             fleet.start_worker(options.webhook_secret.as_deref()).await;
@@ -355,6 +375,7 @@ impl TestFleet {
         let worker = Worker::build(settings, registry)
             .await
             .expect("the worker builds");
+        self.worker_health = worker.health_addr();
         let stop = CancellationToken::new();
         self.worker = Some(Running {
             task: tokio::spawn(worker.run_until_stopped(stop.clone())),

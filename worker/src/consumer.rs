@@ -20,6 +20,7 @@ use engine_shared::namespace::NamespaceSpec;
 
 use crate::control;
 use crate::dispatch::LaneSender;
+use crate::health::Consumers;
 use crate::in_flight::InFlight;
 
 /// Everything needed to (re)establish one namespace's consumers.
@@ -32,6 +33,9 @@ pub struct NamespaceConsumer {
     /// Unacked deliveries per consumer: the worker's concurrency.
     pub prefetch: u16,
     pub in_flight: Arc<InFlight>,
+    /// Where this namespace's consumer state is reported (health), and its index there.
+    pub health: Arc<Consumers>,
+    pub index: usize,
 }
 
 /// A live connection and its consumers.
@@ -53,6 +57,7 @@ impl NamespaceConsumer {
                 Ok(session) => {
                     backoff = Self::backoff();
                     tracing::info!(namespace = %self.spec.name, "consuming");
+                    self.health.consuming(self.index);
                     tokio::select! {
                         _ = stop.cancelled() => {
                             for (channel, tag) in &session.consumers {
@@ -63,12 +68,15 @@ impl NamespaceConsumer {
                             return;
                         }
                         _ = session.lost.cancelled() => {
+                            self.health.down(self.index, "lost the broker connection; reconnecting");
                             tracing::warn!(namespace = %self.spec.name, vhost, "lost the broker connection; reconnecting");
                             let _ = session.connection.close(200, "reconnecting".into()).await;
                         }
                     }
                 }
                 Err(error) => {
+                    self.health
+                        .down(self.index, format!("cannot consume: {error:#}"));
                     tracing::warn!(namespace = %self.spec.name, error = format!("{error:#}"), "cannot consume; retrying");
                 }
             }

@@ -10,6 +10,7 @@
 //! - [`transitions`]: the group-committed state writes executions share.
 //! - [`log_shipper`]: uploads attempt logs in the background; a bounded spool while
 //!   storage is down.
+//! - [`health`]: consumer states, and `/healthz` + `/readyz` on `worker.health_listen`.
 //! - [`in_flight`]: running jobs' cancellation tokens (cancel requests, shutdown).
 //! - [`control`]: listens for cancel requests broadcast by the API.
 
@@ -18,6 +19,7 @@ pub mod consumer;
 pub mod control;
 pub mod dispatch;
 pub mod execution;
+pub mod health;
 pub mod in_flight;
 pub mod log_shipper;
 pub mod runtime;

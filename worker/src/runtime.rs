@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,7 @@ use engine_shared::store::{self, Store};
 use crate::consumer::NamespaceConsumer;
 use crate::dispatch::Dispatcher;
 use crate::execution::{self, NamespaceContext, Shared};
+use crate::health::{self, Consumers, HealthState};
 use crate::in_flight::InFlight;
 use crate::log_shipper::LogShipper;
 use crate::transitions::Transitions;
@@ -32,6 +34,8 @@ pub struct Worker {
     shared: Arc<Shared>,
     dispatcher: Dispatcher<lapin::message::Delivery>,
     consumers: Vec<NamespaceConsumer>,
+    health: HealthState,
+    health_listener: Option<TcpListener>,
 }
 
 impl Worker {
@@ -55,6 +59,9 @@ impl Worker {
             retry: settings.retry.clone(),
         };
         let in_flight = Arc::new(InFlight::default());
+        let health = Arc::new(Consumers::new(
+            namespaces.iter().map(|spec| spec.name.as_str().to_owned()),
+        ));
         let prefetch = settings.worker.concurrency;
         let mut dispatcher = Dispatcher::new();
         let mut consumers = Vec::new();
@@ -78,6 +85,8 @@ impl Worker {
                 spec: spec.clone(),
             });
             consumers.push(NamespaceConsumer {
+                health: health.clone(),
+                index,
                 spec,
                 broker: broker.clone(),
                 topology: topology.clone(),
@@ -105,17 +114,51 @@ impl Worker {
             logs: Arc::new(LogShipper::new(objects, contexts_specs, &settings.logs)),
             log_cap: settings.logs.max_kib_per_attempt * 1024,
         });
+        // Bound now, so a taken port fails start-up and tests can read the address.
+        let health_listener = match &settings.worker.health_listen {
+            Some(listen) => Some(
+                TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("binding worker.health_listen = {listen}"))?,
+            ),
+            None => None,
+        };
+        let health = HealthState {
+            consumers: health,
+            store: store.clone(),
+            limiter: shared.limiter.clone(),
+            objects: shared.objects.clone(),
+            liveness_grace: settings.worker.liveness_grace,
+        };
         Ok(Self {
             settings,
             store,
             shared,
             dispatcher,
             consumers,
+            health,
+            health_listener,
         })
+    }
+
+    /// Where `/healthz` and `/readyz` are served, if `worker.health_listen` is set.
+    pub fn health_addr(&self) -> Option<std::net::SocketAddr> {
+        self.health_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// Runs jobs until `shutdown`, then drains (see the module docs) and returns.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // Served until the process has drained, so probes keep answering during the drain.
+        let stop_health = CancellationToken::new();
+        let health_server = self.health_listener.take().map(|listener| {
+            tokio::spawn(health::serve(
+                listener,
+                self.health.clone(),
+                stop_health.clone(),
+            ))
+        });
         let close = CancellationToken::new();
         let mut supervisors = JoinSet::new();
         for consumer in self.consumers.drain(..) {
@@ -180,6 +223,10 @@ impl Worker {
         // Logs of the attempts that ran are uploaded (or spooled) before the process ends.
         stop_shipping.cancel();
         let _ = shipper.await;
+        stop_health.cancel();
+        if let Some(server) = health_server {
+            let _ = server.await;
+        }
         self.store.close().await;
         tracing::info!(
             postgres_round_trips = store::round_trips(),

@@ -6,8 +6,12 @@ mod objects;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
+use engine_shared::health::{Dependency, Readiness, Verdict, checked};
 use tower_http::trace::TraceLayer;
 
 use crate::json_body::BodyLimit;
@@ -27,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/logs/{run}", get(objects::get_log))
         .route("/v1/jobs/{id}/artifacts", get(objects::list_artifacts))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(not_found)
         .layer(Extension(BodyLimit(limit)))
         .layer(DefaultBodyLimit::max(limit))
@@ -37,6 +42,40 @@ pub fn router(state: AppState) -> Router {
 /// Liveness: the process serves HTTP. (Dependency checks belong to `/readyz`.)
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "healthy" }))
+}
+
+/// Readiness: PostgreSQL, RabbitMQ (every served vhost), Redis and storage (when
+/// configured), checked concurrently; 200 only when all answer.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let mut readiness = Readiness::default();
+    let (postgres, rabbitmq, redis, storage) = tokio::join!(
+        checked(state.store.ping()),
+        checked(state.relay.ping_broker()),
+        checked(state.limiter.ping()),
+        async {
+            match &state.objects {
+                Some(objects) => Some(checked(objects.ping()).await),
+                None => None,
+            }
+        },
+    );
+    readiness.record(Dependency::Postgres, postgres);
+    readiness.record(Dependency::RabbitMq, rabbitmq);
+    readiness.record(Dependency::Redis, redis);
+    if let Some(storage) = storage {
+        readiness.record(Dependency::Storage, storage);
+    }
+    readiness_response(&readiness)
+}
+
+/// The report as JSON, 200 when healthy and 503 otherwise (the seed documents' rule).
+pub fn readiness_response(readiness: &Readiness) -> Response {
+    let status = if readiness.verdict() == Verdict::Healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness.to_json())).into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -70,6 +70,12 @@ impl Publisher {
         Ok(channel)
     }
 
+    /// A live channel to the vhost can be had (readiness): the pooled connection is up, or
+    /// a new one opens.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.channel().await.map(drop)
+    }
+
     async fn forget_channel(&self) {
         *self.channel.lock().await = None;
     }

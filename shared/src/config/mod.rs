@@ -272,6 +272,8 @@ impl Settings {
                 grace_period: Duration::from_secs(raw.worker.grace_period_secs),
                 namespaces: worker_namespaces,
                 id: raw.worker.id.unwrap_or_else(default_worker_id),
+                health_listen: raw.worker.health_listen.filter(|listen| !listen.is_empty()),
+                liveness_grace: Duration::from_secs(raw.worker.liveness_grace_secs),
             },
             relay: raw.relay,
             retry: raw.retry,

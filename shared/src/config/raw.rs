@@ -122,6 +122,9 @@ pub(super) struct RawWorker {
     #[serde(default)]
     pub(super) namespaces: Vec<String>,
     pub(super) id: Option<String>,
+    pub(super) health_listen: Option<String>,
+    #[serde(default = "default_liveness_grace_secs")]
+    pub(super) liveness_grace_secs: u64,
 }
 
 impl Default for RawDatabase {
@@ -142,6 +145,8 @@ impl Default for RawWorker {
             grace_period_secs: default_grace_secs(),
             namespaces: Vec::new(),
             id: None,
+            health_listen: None,
+            liveness_grace_secs: default_liveness_grace_secs(),
         }
     }
 }
@@ -173,6 +178,10 @@ fn default_acquire_timeout_ms() -> u64 {
 
 fn default_concurrency() -> u16 {
     32
+}
+
+fn default_liveness_grace_secs() -> u64 {
+    120
 }
 
 fn default_grace_secs() -> u64 {

@@ -111,6 +111,11 @@ pub struct WorkerSettings {
     pub namespaces: Vec<Namespace>,
     /// Recorded on attempts so a person can tell which pod ran what.
     pub id: String,
+    /// Where the worker serves `/healthz`, `/readyz` (and `/metrics`); `None`: not served.
+    pub health_listen: Option<String>,
+    /// `/healthz` fails once a namespace's consumers have been down this long: a worker
+    /// that cannot get back to its queues should be restarted.
+    pub liveness_grace: Duration,
 }
 
 fn default_listen() -> String {

@@ -108,6 +108,19 @@ impl Limiter {
             .or(declared)
     }
 
+    /// One `PING`: Redis answers (readiness).
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let mut connection = self
+            .connection()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
     /// A handle to the shared connection (cheap: the manager is a multiplexed handle).
     async fn connection(&self) -> Result<ConnectionManager, LimiterError> {
         Ok(self.connection.clone())

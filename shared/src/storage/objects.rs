@@ -300,6 +300,18 @@ impl ObjectStore {
         Ok(request.uri().to_owned())
     }
 
+    /// `HeadBucket` on the fleet's bucket: storage answers and the credentials work
+    /// (readiness).
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| classify(e, format!("checking bucket {}", self.bucket)))
+    }
+
     /// Deletes one object (a missing one is not an error).
     pub async fn delete(&self, key: &ObjectKey) -> anyhow::Result<()> {
         self.client

@@ -87,6 +87,15 @@ impl Store {
         &self.durable
     }
 
+    /// One `SELECT 1`: PostgreSQL answers (readiness).
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.durable)
+            .await
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
     pub async fn close(&self) {
         self.durable.close().await;
         self.relaxed.close().await;

@@ -1,0 +1,144 @@
+//! Health in the seed documents' format: `/readyz` on the API and on a worker names each
+//! dependency `healthy` or `unhealthy: reason` (200 only when all are healthy; PostgreSQL
+//! down is `unhealthy`, anything else `degraded`), and a worker's `/healthz` fails once its
+//! consumers have been down past the liveness grace, recovering when they are back.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use engine_tests::fleet::{FleetOptions, TestFleet};
+use engine_tests::proxy::TcpProxy;
+use engine_tests::services;
+use engine_tests::wait::wait_until;
+
+async fn probe(address: SocketAddr, path: &str) -> (StatusCode, Value) {
+    let response = reqwest::get(format!("http://{address}{path}"))
+        .await
+        .expect("the health server answers");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until `path` answers `status`, and returns the body.
+async fn wait_for(address: SocketAddr, path: &str, status: StatusCode) -> Value {
+    wait_until(
+        &format!("{path} to answer {status}"),
+        Duration::from_secs(20),
+        || async {
+            let (got, body) = probe(address, path).await;
+            (got == status).then_some(body)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_api_is_ready_with_every_dependency_and_degraded_without_redis() {
+    let redis = TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let fleet = TestFleet::start(FleetOptions {
+        redis_url: Some(format!("redis://{}", redis.address())),
+        ..FleetOptions::default().with_storage()
+    })
+    .await;
+    let api = fleet.client.address();
+
+    let ready = wait_for(api, "/readyz", StatusCode::OK).await;
+    assert_eq!(ready["status"], "healthy");
+    for dependency in ["postgres", "rabbitmq", "redis", "s3"] {
+        assert_eq!(ready["dependencies"][dependency], "healthy", "{ready}");
+    }
+    assert!(ready["timestamp"].is_string());
+
+    redis.cut();
+    let degraded = wait_for(api, "/readyz", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(degraded["status"], "degraded", "{degraded}");
+    assert!(
+        degraded["dependencies"]["redis"]
+            .as_str()
+            .unwrap()
+            .starts_with("unhealthy: "),
+        "{degraded}"
+    );
+    assert_eq!(degraded["dependencies"]["postgres"], "healthy");
+    let (live, _) = probe(api, "/healthz").await;
+    assert_eq!(live, StatusCode::OK, "liveness does not depend on Redis");
+
+    redis.restore();
+    wait_for(api, "/readyz", StatusCode::OK).await;
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_whose_consumers_stay_down_fails_liveness_until_they_return() {
+    let broker = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let through_proxy =
+        services::amqp_url().replace("127.0.0.1:5672", &broker.address().to_string());
+    let fleet = TestFleet::start(FleetOptions {
+        worker_amqp_url: Some(through_proxy),
+        worker_health: true,
+        ..FleetOptions::default()
+    })
+    .await;
+    let worker = fleet.worker_health.expect("the worker serves health");
+
+    let ready = wait_for(worker, "/readyz", StatusCode::OK).await;
+    assert_eq!(ready["dependencies"]["rabbitmq"], "healthy", "{ready}");
+    assert_eq!(probe(worker, "/healthz").await.0, StatusCode::OK);
+
+    broker.cut();
+    let not_ready = wait_for(worker, "/readyz", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(not_ready["status"], "degraded", "{not_ready}");
+    assert!(
+        not_ready["dependencies"]["rabbitmq"]
+            .as_str()
+            .unwrap()
+            .contains(fleet.namespace.as_str()),
+        "{not_ready}"
+    );
+    // Past the 1-second grace, liveness fails: the orchestrator should restart this worker.
+    let dead = wait_for(worker, "/healthz", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(dead["status"], "unhealthy", "{dead}");
+
+    broker.restore();
+    wait_for(worker, "/healthz", StatusCode::OK).await;
+    wait_for(worker, "/readyz", StatusCode::OK).await;
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_without_postgres_is_unhealthy_but_alive() {
+    let database = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxied =
+        services::database_url().replace("127.0.0.1:5432", &database.address().to_string());
+    let fleet = TestFleet::start(FleetOptions {
+        worker: false,
+        api_database_url: Some(proxied),
+        ..FleetOptions::default()
+    })
+    .await;
+    let api = fleet.client.address();
+    wait_for(api, "/readyz", StatusCode::OK).await;
+
+    database.cut();
+    let down = wait_for(api, "/readyz", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(down["status"], "unhealthy", "{down}");
+    assert!(
+        down["dependencies"]["postgres"]
+            .as_str()
+            .unwrap()
+            .starts_with("unhealthy: "),
+        "{down}"
+    );
+    assert!(
+        !down.to_string().contains("postgres://"),
+        "no connection string in the report: {down}"
+    );
+    assert_eq!(probe(api, "/healthz").await.0, StatusCode::OK);
+
+    database.restore();
+    wait_for(api, "/readyz", StatusCode::OK).await;
+    fleet.stop().await;
+}
