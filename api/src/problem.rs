@@ -77,6 +77,7 @@ impl ApiError {
     /// Classifies a store error: unreachable database → 503, anything else → 500.
     pub fn from_store(error: anyhow::Error) -> Self {
         if engine_shared::store::chain_is_unavailable(&error) {
+            engine_shared::metrics::metrics().dependency_error("postgres");
             Self::Unavailable
         } else {
             Self::Internal(error)

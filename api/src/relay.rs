@@ -22,8 +22,9 @@ use engine_shared::broker::{Broker, Publisher};
 use engine_shared::config::{RelaySettings, Settings};
 use engine_shared::envelope::Envelope;
 use engine_shared::group_commit::GroupCommit;
+use engine_shared::metrics::{QueueLabels, metrics};
 use engine_shared::store::{OutboxClaim, OutboxJob, Store};
-use engine_shared::{JobId, Namespace};
+use engine_shared::{JobId, Namespace, QueueName};
 
 /// Jobs one fast-path publish carries at most.
 const FAST_BATCH: usize = 1_000;
@@ -40,6 +41,37 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// Refreshes the queue gauges: each served namespace's `queues`, by passive declares
+    /// (metrics, at scrape time). A vhost that cannot be reached is skipped and counted.
+    pub async fn refresh_queue_metrics(&self, queues: &[QueueName]) {
+        let metrics = metrics();
+        for (namespace, publisher) in &self.publishers {
+            for queue in queues {
+                match publisher.queue_stats(queue.as_str()).await {
+                    Ok((messages, consumers)) => {
+                        let labels = QueueLabels {
+                            namespace: namespace.as_str().to_owned(),
+                            queue: queue.as_str().to_owned(),
+                        };
+                        metrics
+                            .queue_messages
+                            .get_or_create(&labels)
+                            .set(i64::from(messages));
+                        metrics
+                            .queue_consumers
+                            .get_or_create(&labels)
+                            .set(i64::from(consumers));
+                    }
+                    Err(error) => {
+                        metrics.dependency_error("rabbitmq");
+                        tracing::debug!(%namespace, error = format!("{error:#}"), "queue metrics unavailable");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Every served namespace's vhost gives a live channel (readiness).
     pub async fn ping_broker(&self) -> anyhow::Result<()> {
         for (namespace, publisher) in &self.publishers {

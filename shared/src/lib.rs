@@ -12,6 +12,7 @@
 //! - [`store`]: every SQL statement the fleet runs, and the pools they run on.
 //! - [`backup`]: consistent database backups to storage, kept to the last N, and restore.
 //! - [`broker`]: AMQP connections per vhost, the topology, and confirmed publishing.
+//! - [`metrics`]: the Prometheus metrics every process exports on `/metrics`.
 //! - [`health`]: readiness reports (each dependency, and the overall verdict).
 //! - [`telemetry`] and [`tls`]: process set-up every binary does first.
 //! - [`shutdown`]: the one stop signal every long-running service obeys.
@@ -26,6 +27,7 @@ pub mod idempotency;
 pub mod job_id;
 pub mod kind;
 pub mod limits;
+pub mod metrics;
 pub mod namespace;
 pub mod queue;
 pub mod retry;

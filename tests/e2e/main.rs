@@ -13,6 +13,7 @@ mod isolation;
 mod job_logs;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod outage;
 mod poison;
 mod processes;

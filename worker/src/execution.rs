@@ -17,6 +17,7 @@ use engine_shared::broker::Publisher;
 use engine_shared::envelope::Envelope;
 use engine_shared::group_commit::GroupCommitError;
 use engine_shared::limits::Limiter;
+use engine_shared::metrics::{JobLabels, Metrics, metrics};
 use engine_shared::namespace::NamespaceSpec;
 use engine_shared::retry::{RetryPolicy, RetryRoute};
 use engine_shared::storage::{LogRun, ObjectStore};
@@ -75,9 +76,16 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
             return;
         }
     };
-    let id = envelope.id;
     if let Some(reason) = poison_reason(&shared, &envelope) {
-        bury(&shared, context, &delivery, id, ErrorKind::Poison, &reason).await;
+        bury(
+            &shared,
+            context,
+            &delivery,
+            &envelope,
+            ErrorKind::Poison,
+            &reason,
+        )
+        .await;
         return;
     }
     let deliveries = delivery_count(&delivery);
@@ -89,7 +97,16 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
         );
         // Only a job that started and never finished is buried as crashed; one that never
         // got to start (its deliveries were returned for other reasons) runs normally.
-        if bury(&shared, context, &delivery, id, ErrorKind::Crashed, &reason).await {
+        if bury(
+            &shared,
+            context,
+            &delivery,
+            &envelope,
+            ErrorKind::Crashed,
+            &reason,
+        )
+        .await
+        {
             return;
         }
     }
@@ -136,10 +153,15 @@ async fn defer(
         .await
     {
         Ok(()) => {
+            metrics()
+                .limit_deferrals
+                .get_or_create(&job_labels(&context.spec, envelope))
+                .inc();
             tracing::debug!(job = %envelope.id, tier = tier.label, delay_ms = delay.as_millis() as u64, "limited; deferred");
             ack(delivery).await;
         }
         Err(error) => {
+            metrics().dependency_error("rabbitmq");
             tracing::warn!(job = %envelope.id, error = format!("{error:#}"), "could not defer a limited job; requeueing it");
             requeue_after_pause(delivery).await;
         }
@@ -181,6 +203,16 @@ async fn run_admitted(
         }
     };
 
+    let labels = job_labels(&context.spec, envelope);
+    let metrics = metrics();
+    metrics.started.get_or_create(&labels).inc();
+    if started.attempt == 1 && started.snoozes == 0 && started.redrives == 0 {
+        // From the id's creation time: for a delayed job this includes its delay.
+        let waited = (chrono::Utc::now() - id.created_at())
+            .to_std()
+            .unwrap_or_default();
+        Metrics::observe(&metrics.start_latency, &labels, waited);
+    }
     let began = Instant::now();
     let log = JobLog::new(id, shared.log_cap);
     log.info(format_args!(
@@ -198,6 +230,7 @@ async fn run_admitted(
         snooze: matches!(outcome, HandlerOutcome::Snoozed(_)).then_some(started.snoozes + 1),
     };
     outcome.describe(&log, began.elapsed());
+    Metrics::observe(&metrics.duration, &labels, began.elapsed());
     let retry = match &outcome {
         HandlerOutcome::Snoozed(delay) => shared.retry.route_for(*delay),
         _ => {
@@ -229,6 +262,7 @@ async fn run_admitted(
         }
     };
     describe_next(&log, finished.status, &retry);
+    count_outcome(&labels, finished.status);
     ship_log(shared, context, id, run, &log);
     match (finished.status, retry) {
         (Some(JobStatus::Retrying), RetryRoute::Tier(tier)) => {
@@ -242,6 +276,7 @@ async fn run_admitted(
                     ack(delivery).await;
                 }
                 Err(error) => {
+                    metrics.dependency_error("rabbitmq");
                     // The row says `retrying`; requeueing retries now rather than later.
                     tracing::warn!(job = %id, error = format!("{error:#}"), "could not park the retry; requeueing it");
                     requeue_after_pause(delivery).await;
@@ -265,6 +300,28 @@ async fn run_admitted(
             ack(delivery).await;
         }
     }
+}
+
+/// The metric labels of `envelope`'s job.
+fn job_labels(spec: &NamespaceSpec, envelope: &Envelope) -> JobLabels {
+    JobLabels {
+        namespace: spec.name.as_str().to_owned(),
+        kind: envelope.kind.as_str().to_owned(),
+        queue: envelope.queue.as_str().to_owned(),
+    }
+}
+
+/// Counts where an attempt left its job.
+fn count_outcome(labels: &JobLabels, status: Option<JobStatus>) {
+    let metrics = metrics();
+    let family = match status {
+        Some(JobStatus::Succeeded) => &metrics.succeeded,
+        Some(JobStatus::Retrying) => &metrics.retried,
+        Some(JobStatus::Dead) => &metrics.dead,
+        Some(JobStatus::Cancelled) => &metrics.cancelled,
+        _ => return,
+    };
+    family.get_or_create(labels).inc();
 }
 
 /// Hands the attempt's log to the shipper, which uploads it in the background.
@@ -311,11 +368,13 @@ where
         match write().await {
             Ok(value) => return Ok(value),
             Err(error) if started.elapsed() + pause < DATABASE_PATIENCE => {
+                metrics().dependency_error("postgres");
                 tracing::warn!(job = %id, %error, retry_in_ms = pause.as_millis() as u64, "could not {what}; retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(10));
             }
             Err(error) => {
+                metrics().dependency_error("postgres");
                 tracing::error!(job = %id, %error, "could not {what}; returning the job to its queue");
                 return Err(error);
             }
@@ -349,10 +408,11 @@ async fn bury(
     shared: &Shared,
     context: &NamespaceContext,
     delivery: &Delivery,
-    id: JobId,
+    envelope: &Envelope,
     kind: ErrorKind,
     reason: &str,
 ) -> bool {
+    let id = envelope.id;
     match shared
         .store
         .bury(&context.spec.name, id, kind, reason, &shared.worker_id)
@@ -363,7 +423,13 @@ async fn bury(
             tracing::debug!(job = %id, status = status.as_str(), "stale message of a finished job; skipping");
             ack(delivery).await;
         }
-        Ok(Burial::Buried) => dead_letter(context, delivery, Some(id), reason).await,
+        Ok(Burial::Buried) => {
+            metrics()
+                .dead
+                .get_or_create(&job_labels(&context.spec, envelope))
+                .inc();
+            dead_letter(context, delivery, Some(id), reason).await;
+        }
         Ok(Burial::Unknown) => {
             let reason = format!(
                 "{reason}; and no job {id} in namespace {}",

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use engine_shared::health::{Dependency, Readiness, Verdict, checked};
 use engine_shared::limits::Limiter;
+use engine_shared::metrics::CONTENT_TYPE;
 use engine_shared::storage::ObjectStore;
 use engine_shared::store::Store;
 
@@ -115,6 +116,7 @@ pub async fn serve(listener: TcpListener, state: HealthState, shutdown: Cancella
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(state);
     if let Err(error) = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -144,6 +146,15 @@ async fn healthz(State(state): State<HealthState>) -> Response {
         )
             .into_response()
     }
+}
+
+/// Prometheus metrics of this worker.
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        engine_shared::metrics::metrics().encode(),
+    )
+        .into_response()
 }
 
 /// Readiness: PostgreSQL, the consumers (RabbitMQ), Redis and storage.

@@ -114,6 +114,7 @@ impl LogShipper {
             format!("{MAX_UPLOADS} uploads already under way")
         };
         drop(permit);
+        engine_shared::metrics::metrics().dependency_error("s3");
         let name = SpoolName {
             namespace: spec.name.as_str().to_owned(),
             job,

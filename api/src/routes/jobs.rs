@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use engine_shared::envelope::Envelope;
+use engine_shared::metrics::{JobLabels, metrics};
 use engine_shared::store::{CancelOutcome, JobError, JobFilter, JobRecord, NewJob, Submitted};
 use engine_shared::{JobId, JobStatus, Kind, Namespace, QueueName};
 
@@ -62,6 +63,21 @@ async fn publish_created(
         })
         .map(|(job, _)| envelope_of(job))
         .collect();
+    let metrics = metrics();
+    for (job, _) in jobs
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| matches!(outcome, Submitted::Created { .. }))
+    {
+        metrics
+            .submitted
+            .get_or_create(&JobLabels {
+                namespace: namespace.as_str().to_owned(),
+                kind: job.kind.as_str().to_owned(),
+                queue: job.queue.as_str().to_owned(),
+            })
+            .inc();
+    }
     state.relay.publish_soon(namespace, queued).await;
 }
 

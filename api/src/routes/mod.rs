@@ -11,7 +11,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
+use engine_shared::QueueName;
 use engine_shared::health::{Dependency, Readiness, Verdict, checked};
+use engine_shared::metrics::{CONTENT_TYPE, NamespaceLabels};
 use tower_http::trace::TraceLayer;
 
 use crate::json_body::BodyLimit;
@@ -32,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/artifacts", get(objects::list_artifacts))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .layer(Extension(BodyLimit(limit)))
         .layer(DefaultBodyLimit::max(limit))
@@ -76,6 +79,46 @@ pub fn readiness_response(readiness: &Readiness) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(readiness.to_json())).into_response()
+}
+
+/// Prometheus metrics of this API process, with the queue gauges and the outbox backlog
+/// read now. Unauthenticated, like `/healthz`: expose it to the scraper, not the internet.
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let metrics = engine_shared::metrics::metrics();
+    let queues: Vec<QueueName> = state
+        .settings
+        .queues
+        .iter()
+        .map(|q| q.name.clone())
+        .collect();
+    let refresh = async {
+        state.relay.refresh_queue_metrics(&queues).await;
+        match state.store.outbox_backlog().await {
+            Ok(backlog) => {
+                // Namespaces with nothing waiting read 0, not their last value.
+                for spec in &state.settings.namespaces {
+                    let waiting = backlog
+                        .iter()
+                        .find(|(namespace, _)| namespace == spec.name.as_str())
+                        .map_or(0, |(_, count)| *count);
+                    metrics
+                        .outbox_backlog
+                        .get_or_create(&NamespaceLabels {
+                            namespace: spec.name.as_str().to_owned(),
+                        })
+                        .set(waiting);
+                }
+            }
+            Err(_) => metrics.dependency_error("postgres"),
+        }
+    };
+    // A scrape never hangs on a dead dependency: the gauges keep their last values.
+    let _ = tokio::time::timeout(engine_shared::health::CHECK_TIMEOUT, refresh).await;
+    (
+        [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+        metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -229,6 +229,7 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 /// A storage failure as an answer: unreachable is 503 (retry), anything else (access
 /// denied, a missing bucket) is a 500 an operator must fix.
 fn storage_error(error: anyhow::Error) -> ApiError {
+    engine_shared::metrics::metrics().dependency_error("s3");
     if is_unreachable(&error) {
         ApiError::Storage(error)
     } else {

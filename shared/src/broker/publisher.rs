@@ -5,13 +5,15 @@ use std::time::Duration;
 use anyhow::Context;
 use deadpool_lapin::Pool;
 use futures_util::future::join_all;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use tokio::sync::Mutex;
 
 use super::connection::redact;
-use super::topology::{CONTROL_EXCHANGE, DEAD_EXCHANGE, DELAY_EXCHANGE, Topology, WORK_EXCHANGE};
+use super::topology::{
+    CONTROL_EXCHANGE, DEAD_EXCHANGE, DELAY_EXCHANGE, Topology, WORK_EXCHANGE, work_queue,
+};
 use crate::JobId;
 use crate::envelope::Envelope;
 use crate::retry::DelayTier;
@@ -68,6 +70,32 @@ impl Publisher {
         })?;
         *current = Some(channel.clone());
         Ok(channel)
+    }
+
+    /// A work queue's ready messages and consumers, by a passive declare (metrics).
+    pub async fn queue_stats(&self, queue: &str) -> anyhow::Result<(u32, u32)> {
+        let channel = self.channel().await?;
+        let declared = channel
+            .queue_declare(
+                work_queue(queue).as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(declared) => Ok((declared.message_count(), declared.consumer_count())),
+            Err(error) => {
+                // A failed passive declare closes the channel: open a new one next time.
+                self.forget_channel().await;
+                Err(anyhow::anyhow!(
+                    "inspecting queue {queue}: {}",
+                    redact(&error)
+                ))
+            }
+        }
     }
 
     /// A live channel to the vhost can be had (readiness): the pooled connection is up, or

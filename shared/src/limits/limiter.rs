@@ -196,6 +196,7 @@ impl Limiter {
     /// Counts a failed check and logs it, once per interval while the outage lasts.
     pub async fn report_failure(&self, error: &LimiterError, policy: &str) {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::metrics::metrics().dependency_error("redis");
         let mut last = self.last_logged.lock().await;
         if last.is_none_or(|at| at.elapsed() >= OUTAGE_LOG_INTERVAL) {
             *last = Some(Instant::now());

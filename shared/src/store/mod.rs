@@ -87,6 +87,21 @@ impl Store {
         &self.durable
     }
 
+    /// Due jobs not yet published, per namespace (metrics). Uses the outbox's partial
+    /// index, which holds only unpublished rows.
+    pub async fn outbox_backlog(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        count_round_trips(1);
+        sqlx::query_as(
+            "SELECT namespace, count(*) FROM jobs
+             WHERE published_at IS NULL AND status IN ('queued', 'scheduled', 'retrying')
+               AND run_at <= now()
+             GROUP BY namespace",
+        )
+        .fetch_all(&self.durable)
+        .await
+        .map_err(|e| anyhow::anyhow!("counting the outbox backlog: {e}"))
+    }
+
     /// One `SELECT 1`: PostgreSQL answers (readiness).
     pub async fn ping(&self) -> anyhow::Result<()> {
         sqlx::query("SELECT 1")

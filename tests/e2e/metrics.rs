@@ -1,0 +1,117 @@
+//! Prometheus metrics: the API's `/metrics` counts submissions and reads queue depth,
+//! consumers and the outbox backlog at scrape time; a worker's counts attempts, outcomes
+//! and durations — every series labelled with its namespace, kind and queue.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use engine_shared::JobStatus;
+use engine_tests::fleet::{FleetOptions, TestFleet};
+use engine_tests::wait::wait_until;
+
+async fn scrape(address: std::net::SocketAddr) -> String {
+    let response = reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .expect("metrics answer");
+    assert!(response.status().is_success());
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    response.text().await.unwrap()
+}
+
+/// The value of the series `name{labels}` in `text`, if present.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn submissions_outcomes_and_queues_are_counted_per_namespace_kind_and_queue() {
+    let fleet = TestFleet::start(FleetOptions {
+        worker_health: true,
+        ..FleetOptions::default()
+    })
+    .await;
+    let ns = fleet.namespace.as_str();
+    let ok = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let flaky = fleet
+        .client
+        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 1 } }))
+        .await
+        .id();
+    for id in [&ok, &flaky] {
+        fleet
+            .wait_for_status(id, JobStatus::Succeeded, Duration::from_secs(20))
+            .await;
+    }
+
+    let api = scrape(fleet.client.address()).await;
+    let noop = format!(r#"{{namespace="{ns}",kind="noop",queue="default"}}"#);
+    assert_eq!(
+        value(&api, &format!("tl_jobs_submitted_total{noop}")),
+        Some(1.0),
+        "{api}"
+    );
+    let queue = format!(r#"{{namespace="{ns}",queue="default"}}"#);
+    assert_eq!(
+        value(&api, &format!("tl_queue_messages{queue}")),
+        Some(0.0),
+        "{api}"
+    );
+    assert!(
+        value(&api, &format!("tl_queue_consumers{queue}")).unwrap_or(0.0) >= 1.0,
+        "{api}"
+    );
+    assert_eq!(
+        value(&api, &format!(r#"tl_outbox_backlog{{namespace="{ns}"}}"#)),
+        Some(0.0),
+        "{api}"
+    );
+
+    let worker_address = fleet.worker_health.unwrap();
+    let flaky_labels = format!(r#"{{namespace="{ns}",kind="test.flaky",queue="default"}}"#);
+    let worker = wait_until(
+        "the outcomes to be counted",
+        Duration::from_secs(10),
+        || async {
+            let text = scrape(worker_address).await;
+            (value(&text, &format!("tl_jobs_succeeded_total{flaky_labels}")) == Some(1.0))
+                .then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(
+        value(&worker, &format!("tl_jobs_started_total{flaky_labels}")),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&worker, &format!("tl_jobs_retried_total{flaky_labels}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&worker, &format!("tl_jobs_succeeded_total{noop}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &worker,
+            &format!("tl_job_duration_seconds_count{flaky_labels}")
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &worker,
+            &format!("tl_job_start_latency_seconds_count{noop}")
+        ),
+        Some(1.0)
+    );
+    fleet.stop().await;
+}
