@@ -34,10 +34,12 @@ const PIPE_CHUNKS: usize = 4;
 const COMPRESSION_LEVEL: u32 = 6;
 
 /// Session settings that make `COPY`'s text exact and readable by any restore: ISO dates
-/// in UTC, floats with every digit, intervals in PostgreSQL's own style.
+/// in UTC, floats with every digit, intervals in PostgreSQL's own style; and no role-level
+/// statement or idle timeout cutting a long COPY short.
 pub(super) const SESSION_SETTINGS: &str = "SET LOCAL DateStyle = 'ISO, YMD'; \
      SET LOCAL TimeZone = 'UTC'; SET LOCAL extra_float_digits = 3; \
-     SET LOCAL IntervalStyle = 'postgres'";
+     SET LOCAL IntervalStyle = 'postgres'; SET LOCAL statement_timeout = 0; \
+     SET LOCAL idle_in_transaction_session_timeout = 0";
 
 /// A backup written and stored.
 #[derive(Clone, Debug)]
@@ -76,6 +78,10 @@ pub async fn write_backup(
         .acquire()
         .await
         .context("connecting to the database to back up")?;
+    // Closed rather than returned to the pool whatever happens: a backup stopped mid-COPY
+    // (a timeout aborts the task, skipping any cleanup) would leave a connection still
+    // streaming a table, and backups are rare enough that a fresh connection costs nothing.
+    conn.close_on_drop();
     let (writer, reader) = pipe(PIPE_CHUNKS);
     let (produced, uploaded) = tokio::join!(
         produce(&mut conn, created_at, writer, cancel, progress),
@@ -84,8 +90,6 @@ pub async fn write_backup(
     let produced = match (produced, uploaded) {
         (Ok(produced), Ok(bytes)) => (produced, bytes),
         (produced, uploaded) => {
-            // A connection left inside an unfinished COPY must not go back to the pool.
-            conn.close_on_drop();
             return Err(match (produced, uploaded) {
                 (Err(error), Err(upload)) if error.chain().any(|c| c.is::<PipeClosed>()) => upload,
                 (Err(error), _) | (Ok(_), Err(error)) => error,

@@ -19,7 +19,7 @@
 //! every constraint checked. `migration` is the schema version the rows fit; a restore
 //! refuses a backup of another version.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use anyhow::{Context, anyhow, bail, ensure};
 use chrono::{DateTime, Utc};
@@ -286,12 +286,23 @@ impl<R: BufRead> BackupReader<R> {
     }
 }
 
-/// Reads one line (with its `\n`, if any) into `line`, replacing what was there.
+/// The longest line a backup may hold: one row (its largest `args` or `result` with room
+/// to spare). A longer line means a damaged or hostile file, refused before it can exhaust
+/// memory.
+const MAX_LINE: u64 = 256 * 1024 * 1024;
+
+/// Reads one line (with its `\n`, if any) into `line`, replacing what was there; at most
+/// [`MAX_LINE`] bytes.
 fn read_line(input: &mut impl BufRead, line: &mut Vec<u8>) -> anyhow::Result<()> {
     line.clear();
-    input
+    Read::take(&mut *input, MAX_LINE + 1)
         .read_until(b'\n', line)
         .context("reading the backup")?;
+    ensure!(
+        line.len() as u64 <= MAX_LINE,
+        "the backup holds a line longer than {} MiB: the file is damaged",
+        MAX_LINE / (1024 * 1024)
+    );
     Ok(())
 }
 

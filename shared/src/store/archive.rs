@@ -72,10 +72,17 @@ impl Store {
         &self,
         namespace: &Namespace,
     ) -> anyhow::Result<Option<ArchivePass>> {
-        count_round_trips(2);
+        count_round_trips(3);
         let mut transaction = self
             .durable
             .begin()
+            .await
+            .context("starting an archive pass")?;
+        // The pass holds this transaction open across the upload: a server-side idle timeout
+        // would end it mid-upload, and another replica would then resume the batch while
+        // this upload is still in flight.
+        sqlx::query("SET LOCAL idle_in_transaction_session_timeout = 0")
+            .execute(&mut *transaction)
             .await
             .context("starting an archive pass")?;
         let owner: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2))")
@@ -124,6 +131,10 @@ impl ArchivePass {
              WHERE {FINISHED_BEFORE_CUTOFF}
                AND NOT EXISTS (SELECT 1 FROM archive_batches batch
                                WHERE batch.namespace = $1 AND jobs.id = ANY(batch.job_ids))
+               -- one UTC day per batch, so each object sits under the day its jobs finished
+               AND finished_at < (SELECT date_trunc('day', min(finished_at) AT TIME ZONE 'UTC')
+                                         AT TIME ZONE 'UTC' + interval '1 day'
+                                  FROM jobs WHERE {FINISHED_BEFORE_CUTOFF})
              ORDER BY finished_at, id
              LIMIT $3
              FOR UPDATE SKIP LOCKED"
