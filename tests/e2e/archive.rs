@@ -85,10 +85,10 @@ batch_size = {batch_size}
 
     async fn insert_old(&self, status: JobStatus, count: usize) -> Vec<Uuid> {
         let mut ids = Vec::new();
-        for n in 0..count {
-            // A day apart, so "oldest first" has one answer.
-            let days = AFTER_DAYS + 10 + n as i64;
-            ids.push(self.insert(status, Some(days)).await);
+        for _ in 0..count {
+            // One day (a pass archives one UTC day per batch), a second apart in insertion
+            // order, so "oldest first" has one answer.
+            ids.push(self.insert(status, Some(AFTER_DAYS + 10)).await);
         }
         ids
     }
@@ -166,7 +166,14 @@ async fn insert_job(
     finished_days_ago: Option<i64>,
     now: DateTime<Utc>,
 ) -> Uuid {
-    let finished_at = finished_days_ago.map(|days| now - chrono::Duration::days(days));
+    // Noon UTC of that day plus one more second per insert: jobs of the same day keep their
+    // insertion order and never straddle midnight.
+    static SECONDS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let finished_at = finished_days_ago.map(|days| {
+        let day = (now - chrono::Duration::days(days)).date_naive();
+        day.and_hms_opt(12, 0, 0).unwrap().and_utc()
+            + chrono::Duration::seconds(SECONDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    });
     let created_at = finished_at.unwrap_or(now) - chrono::Duration::days(1);
     let id = JobId::new_at(created_at).as_uuid();
     sqlx::query(
