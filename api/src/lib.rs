@@ -23,5 +23,6 @@ pub mod routes;
 pub mod state;
 pub mod submission;
 pub mod submission_limit;
+pub mod trace_context;
 
 pub use application::Application;

@@ -237,6 +237,8 @@ impl SubmitJob {
                 idempotency_key,
                 run_at,
                 backoff,
+                // Set by the route from the request's `traceparent`.
+                traceparent: None,
             }),
             _ => Err(errors),
         }

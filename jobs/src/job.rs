@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use engine_shared::limits::Limit;
 use engine_shared::retry::Backoff;
+use engine_shared::trace::TraceParent;
 use engine_shared::{JobId, Namespace, QueueName};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +84,9 @@ pub struct JobContext {
     pub log: JobLog,
     /// Named outputs kept in storage for this job.
     pub artifacts: Artifacts,
+    /// The trace of the request that submitted the job (W3C `traceparent`); pass
+    /// [`TraceParent::child`] on to calls the handler makes so they join the trace.
+    pub traceparent: Option<TraceParent>,
 }
 
 /// How a handler says an attempt failed. The worker alone turns this into ack, retry or

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::trace::TraceParent;
 use crate::{JobId, Kind, QueueName};
 
 /// A job as published to RabbitMQ. PostgreSQL stays the source of truth for its state;
@@ -15,6 +16,10 @@ pub struct Envelope {
     /// 0..=9; honoured by brokers whose quorum queues support priorities (RabbitMQ ≥ 3.12).
     #[serde(default)]
     pub priority: u8,
+    /// The submitting request's trace (W3C `traceparent`); also sent as the message's
+    /// `traceparent` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<TraceParent>,
 }
 
 impl Envelope {

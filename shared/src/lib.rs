@@ -14,6 +14,7 @@
 //! - [`broker`]: AMQP connections per vhost, the topology, and confirmed publishing.
 //! - [`metrics`]: the Prometheus metrics every process exports on `/metrics`.
 //! - [`health`]: readiness reports (each dependency, and the overall verdict).
+//! - [`trace`]: the W3C `traceparent` that follows a job from its HTTP request to its logs.
 //! - [`telemetry`] and [`tls`]: process set-up every binary does first.
 //! - [`shutdown`]: the one stop signal every long-running service obeys.
 
@@ -37,6 +38,7 @@ pub mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 
 pub use idempotency::IdempotencyKey;
 pub use job_id::JobId;

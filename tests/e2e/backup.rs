@@ -588,6 +588,7 @@ async fn the_db_backup_job_keeps_the_last_n_and_deletes_only_the_oldest() {
         cancellation: CancellationToken::new(),
         log: JobLog::new(id, 64 * 1024),
         artifacts: Artifacts::disabled(id),
+        traceparent: None,
     };
 
     // Act

@@ -20,4 +20,5 @@ mod processes;
 mod retries;
 mod scheduler;
 mod storage;
+mod trace;
 mod webhook;

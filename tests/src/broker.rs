@@ -52,6 +52,30 @@ impl VhostClient {
         let _ = channel.close(200, "done".into()).await;
     }
 
+    /// Takes (and acks) one message from `queue`, if any (`None` also while the queue does
+    /// not exist yet): its body and the text header `header`.
+    pub async fn take_one(&self, queue: &str, header: &str) -> Option<(Vec<u8>, Option<String>)> {
+        let channel = self.connection.create_channel().await.unwrap();
+        // Not declared yet (nothing published to it so far) reads as empty.
+        let message = channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .ok()??;
+        let delivery = message.delivery;
+        let value = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| header_text(headers, header));
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .unwrap();
+        let _ = channel.close(200, "done".into()).await;
+        Some((delivery.data.clone(), value))
+    }
+
     /// Takes (and acks) every message now in `jobs.dead`.
     pub async fn take_dead_letters(&self) -> Vec<DeadLetter> {
         let channel = self.connection.create_channel().await.unwrap();

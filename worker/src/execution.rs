@@ -24,7 +24,9 @@ use engine_shared::storage::{LogRun, ObjectStore};
 use engine_shared::store::{
     AttemptOutcome, Burial, ErrorKind, FinishRequest, StartOutcome, StartRequest, StartedJob, Store,
 };
+use engine_shared::trace::TraceParent;
 use engine_shared::{JobId, JobStatus};
+use tracing::Instrument;
 
 use crate::admission::{Admission, DEFERRALS_HEADER, NOT_BEFORE_HEADER, admit, deferrals};
 use crate::in_flight::InFlight;
@@ -118,7 +120,17 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
             return;
         }
     };
-    run_admitted(&shared, context, &delivery, &envelope).await;
+    // Every line the worker logs about this attempt carries the job and its trace.
+    let span = tracing::info_span!(
+        "attempt",
+        job = %envelope.id,
+        namespace = %context.spec.name,
+        kind = envelope.kind.as_str(),
+        trace_id = envelope.traceparent.as_ref().map(TraceParent::trace_id).unwrap_or_default(),
+    );
+    run_admitted(&shared, context, &delivery, &envelope)
+        .instrument(span)
+        .await;
     if let Some(slot) = slot {
         slot.release(&shared.limiter).await;
     }
@@ -216,12 +228,16 @@ async fn run_admitted(
     let began = Instant::now();
     let log = JobLog::new(id, shared.log_cap);
     log.info(format_args!(
-        "attempt {}/{} of {} started on worker {} (queue {})",
+        "attempt {}/{} of {} started on worker {} (queue {}, trace {})",
         started.attempt,
         started.max_attempts,
         envelope.kind.as_str(),
         shared.worker_id,
-        envelope.queue.as_str()
+        envelope.queue.as_str(),
+        envelope
+            .traceparent
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), TraceParent::trace_id)
     ));
     let outcome = run_handler(shared, &context.spec, envelope, &started, &log).await;
     let run = LogRun {
@@ -544,6 +560,7 @@ async fn run_handler(
         cancellation: cancellation.clone(),
         log: log.clone(),
         artifacts: Artifacts::new(id, spec.clone(), shared.objects.clone()),
+        traceparent: envelope.traceparent.clone(),
     };
     let Some(handler) = shared
         .registry
@@ -563,7 +580,8 @@ async fn run_handler(
     let timeout =
         Duration::from_millis(u64::from(started.timeout_ms)).min(shared.max_attempt_timeout);
     // A task of its own, so a panic is caught as a JoinError instead of killing the worker.
-    let mut task = tokio::spawn(handler);
+    // In the attempt's span, so the handler's own log lines carry the job and its trace.
+    let mut task = tokio::spawn(handler.in_current_span());
     let outcome = match tokio::time::timeout(timeout, &mut task).await {
         Ok(Ok(Ok(result))) => HandlerOutcome::Succeeded(result),
         Ok(Ok(Err(JobError::Retryable(error)))) => {

@@ -20,6 +20,7 @@ use crate::problem::{ApiError, FieldError};
 use crate::state::AppState;
 use crate::submission::{SubmitBatch, SubmitJob};
 use crate::submission_limit;
+use crate::trace_context::{TRACEPARENT, Trace};
 
 #[derive(Serialize)]
 struct Accepted {
@@ -36,6 +37,7 @@ fn envelope_of(job: &NewJob) -> Envelope {
         queue: job.queue.clone(),
         args: job.args.clone(),
         priority: job.priority,
+        traceparent: job.traceparent.clone(),
     }
 }
 
@@ -101,11 +103,13 @@ fn accepted(outcome: &Submitted) -> Accepted {
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
+    Trace(trace): Trace,
     JsonBody(request): JsonBody<SubmitJob>,
 ) -> Result<Response, ApiError> {
-    let job = request
+    let mut job = request
         .validate(&caller.namespace, &state.registry, &state.settings, "")
         .map_err(ApiError::Invalid)?;
+    job.traceparent = Some(trace.clone());
     submission_limit::check(&state, &caller, 1).await?;
     let outcome = state.submissions.submit(job.clone()).await?;
     publish_created(
@@ -119,13 +123,19 @@ pub async fn submit(
         Submitted::Created { .. } => StatusCode::ACCEPTED,
         Submitted::Existing { .. } => StatusCode::OK,
     };
-    Ok((status, Json(accepted(&outcome))).into_response())
+    Ok((
+        status,
+        [(TRACEPARENT, trace.to_string())],
+        Json(accepted(&outcome)),
+    )
+        .into_response())
 }
 
 /// `POST /v1/jobs/batch` → up to `api.max_batch` jobs in one transaction: all or none.
 pub async fn submit_batch(
     State(state): State<AppState>,
     caller: Caller,
+    Trace(trace): Trace,
     JsonBody(request): JsonBody<SubmitBatch>,
 ) -> Result<Response, ApiError> {
     let max = state.settings.api.max_batch;
@@ -144,7 +154,10 @@ pub async fn submit_batch(
             &state.settings,
             &format!("jobs[{index}]."),
         ) {
-            Ok(job) => jobs.push(job),
+            Ok(mut job) => {
+                job.traceparent = Some(trace.clone());
+                jobs.push(job);
+            }
             Err(mut field_errors) => errors.append(&mut field_errors),
         }
     }
@@ -167,7 +180,12 @@ pub async fn submit_batch(
         StatusCode::OK
     };
     let body: Vec<Accepted> = outcomes.iter().map(accepted).collect();
-    Ok((status, Json(json!({ "jobs": body }))).into_response())
+    Ok((
+        status,
+        [(TRACEPARENT, trace.to_string())],
+        Json(json!({ "jobs": body })),
+    )
+        .into_response())
 }
 
 pub(super) fn parse_id(raw: &str) -> Result<JobId, ApiError> {

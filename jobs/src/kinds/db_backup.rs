@@ -170,6 +170,7 @@ mod tests {
             cancellation: CancellationToken::new(),
             log: JobLog::new(id, 4096),
             artifacts: Artifacts::disabled(id),
+            traceparent: None,
         }
     }
 

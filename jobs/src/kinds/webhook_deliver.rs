@@ -117,6 +117,10 @@ impl Job for WebhookDeliver {
             .header("x-tl-signature", signed)
             .header("x-tl-job-id", context.id.to_string())
             .header("x-tl-attempt", context.attempt.to_string());
+        // The receiver joins the submitting request's trace.
+        if let Some(trace) = &context.traceparent {
+            request = request.header("traceparent", trace.child().to_string());
+        }
         for (name, value) in &args.headers {
             request = request.header(name.as_str(), value.as_str());
         }

@@ -117,7 +117,9 @@ impl Publisher {
                 (
                     WORK_EXCHANGE,
                     envelope.queue.as_str().to_owned(),
-                    properties(envelope.id).with_priority(envelope.priority),
+                    properties(envelope.id)
+                        .with_priority(envelope.priority)
+                        .with_headers(trace_headers(envelope, FieldTable::default())),
                     envelope.to_bytes(),
                 )
             })
@@ -138,6 +140,7 @@ impl Publisher {
         ))]
         .into();
         headers.insert(ShortString::from("CC"), AMQPValue::FieldArray(cc));
+        let headers = trace_headers(envelope, headers);
         let message = (
             DELAY_EXCHANGE,
             tier.routing_key(),
@@ -237,6 +240,21 @@ impl Publisher {
 }
 
 /// Persistent JSON with the job id as message id (visible in the management UI).
+/// `headers` plus the job's `traceparent` (W3C Trace Context's header name), so tools that
+/// read AMQP headers see the trace without decoding the body.
+fn trace_headers(envelope: &Envelope, mut headers: FieldTable) -> FieldTable {
+    if let Some(trace) = &envelope.traceparent {
+        headers.insert(
+            ShortString::from(TRACEPARENT_HEADER),
+            AMQPValue::LongString(LongString::from(trace.to_string())),
+        );
+    }
+    headers
+}
+
+/// The AMQP header carrying a job's trace.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
 fn properties(id: JobId) -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)

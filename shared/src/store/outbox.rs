@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::{Store, count_round_trips};
 use crate::envelope::Envelope;
+use crate::trace::TraceParent;
 use crate::{JobId, Kind, Namespace, QueueName};
 
 /// An unpublished job as the relay needs it.
@@ -20,6 +21,7 @@ pub struct OutboxJob {
     pub queue: String,
     pub args: serde_json::Value,
     pub priority: i16,
+    pub traceparent: Option<String>,
 }
 
 impl OutboxJob {
@@ -33,6 +35,7 @@ impl OutboxJob {
             queue: QueueName::parse(&self.queue)?,
             args: self.args.clone(),
             priority: u8::try_from(self.priority.clamp(0, 9)).unwrap_or(0),
+            traceparent: self.traceparent.as_deref().and_then(TraceParent::parse),
         };
         Ok((namespace, envelope))
     }
@@ -67,7 +70,7 @@ impl OutboxClaim {
 const SCHEDULER_LOCK: i64 = 0x746c_5f73_6368_6564;
 
 pub(super) const OUTBOX_COLUMNS: &str =
-    "jobs.id, jobs.namespace, jobs.kind, jobs.queue, jobs.args, jobs.priority";
+    "jobs.id, jobs.namespace, jobs.kind, jobs.queue, jobs.args, jobs.priority, jobs.traceparent";
 
 impl Store {
     /// The scheduler's claim: due `scheduled` jobs (moved to `queued`) and due `retrying`

@@ -34,11 +34,13 @@ pub struct JobRecord {
     pub snoozes: i32,
     /// Times the job was sent back to work after it died or was cancelled.
     pub redrives: i32,
+    /// The W3C `traceparent` of the request that submitted it.
+    pub traceparent: Option<String>,
 }
 
 const COLUMNS: &str = "id, namespace, kind, queue, status, args, priority, attempts, max_attempts, \
      timeout_ms, idempotency_key, run_at, created_at, published_at, started_at, finished_at, \
-     cancel_requested_at, result, last_error, snoozes, redrives";
+     cancel_requested_at, result, last_error, snoozes, redrives, traceparent";
 
 /// Which jobs a listing returns. Every field narrows the result.
 #[derive(Clone, Debug, Default)]

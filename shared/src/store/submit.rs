@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::{Store, count_round_trips};
 use crate::retry::Backoff;
+use crate::trace::TraceParent;
 use crate::{IdempotencyKey, JobId, JobStatus, Kind, Namespace, QueueName};
 
 /// A validated job ready to be written.
@@ -24,6 +25,8 @@ pub struct NewJob {
     pub run_at: Option<DateTime<Utc>>,
     /// `None`: the fleet's retry settings apply when it fails.
     pub backoff: Option<Backoff>,
+    /// The submitting request's trace.
+    pub traceparent: Option<TraceParent>,
 }
 
 impl NewJob {
@@ -73,6 +76,7 @@ impl Store {
         let mut run_ats = Vec::with_capacity(n);
         let mut backoff_min = Vec::with_capacity(n);
         let mut backoff_max = Vec::with_capacity(n);
+        let mut traceparents = Vec::with_capacity(n);
         for job in jobs {
             ids.push(job.id.as_uuid());
             namespaces.push(job.namespace.as_str().to_owned());
@@ -88,20 +92,23 @@ impl Store {
             let millis = |d: std::time::Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
             backoff_min.push(job.backoff.map(|b| millis(b.min)));
             backoff_max.push(job.backoff.map(|b| millis(b.max)));
+            traceparents.push(job.traceparent.as_ref().map(ToString::to_string));
         }
 
         count_round_trips(1);
         let created: Vec<Uuid> = sqlx::query_scalar(
             "INSERT INTO jobs (id, namespace, kind, queue, args, status, priority, max_attempts,
-                               timeout_ms, idempotency_key, run_at, backoff_min_ms, backoff_max_ms)
+                               timeout_ms, idempotency_key, run_at, backoff_min_ms, backoff_max_ms,
+                               traceparent)
              SELECT u.id, u.namespace, u.kind, u.queue, u.args, u.status::job_status, u.priority,
                     u.max_attempts, u.timeout_ms, u.idempotency_key, COALESCE(u.run_at, now()),
-                    u.backoff_min_ms, u.backoff_max_ms
+                    u.backoff_min_ms, u.backoff_max_ms, u.traceparent
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
                          $7::int2[], $8::int4[], $9::int4[], $10::text[], $11::timestamptz[],
-                         $12::int4[], $13::int4[])
+                         $12::int4[], $13::int4[], $14::text[])
                   AS u(id, namespace, kind, queue, args, status, priority, max_attempts,
-                       timeout_ms, idempotency_key, run_at, backoff_min_ms, backoff_max_ms)
+                       timeout_ms, idempotency_key, run_at, backoff_min_ms, backoff_max_ms,
+                       traceparent)
              ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL
              DO NOTHING
              RETURNING id",
@@ -119,6 +126,7 @@ impl Store {
         .bind(&run_ats)
         .bind(&backoff_min)
         .bind(&backoff_max)
+        .bind(&traceparents)
         .fetch_all(&self.durable)
         .await
         .context("inserting jobs")?;
