@@ -48,6 +48,9 @@ pub struct FleetOptions {
     pub submit_rate: Option<(u32, u32)>,
     /// Replaces the broker URL (e.g. a proxy's) for the workers only.
     pub worker_amqp_url: Option<String>,
+    /// Replaces the database URL (e.g. a proxy's) for the workers only (the test's own
+    /// reads stay direct).
+    pub worker_database_url: Option<String>,
     /// The in-process worker serves `/healthz` and `/readyz` on a free port, with a
     /// 1-second liveness grace ([`TestFleet::worker_health`]).
     pub worker_health: bool,
@@ -81,6 +84,7 @@ impl Default for FleetOptions {
             submit_rate: None,
             s3_endpoint: None,
             worker_amqp_url: None,
+            worker_database_url: None,
             worker_health: false,
         }
     }
@@ -278,14 +282,19 @@ impl TestFleet {
 
         let base_text = settings_text(
             &names,
-            &services::database_url(),
+            options
+                .worker_database_url
+                .as_deref()
+                .unwrap_or(&services::database_url()),
             options
                 .worker_amqp_url
                 .as_deref()
                 .unwrap_or(&services::amqp_url()),
             &options,
         );
-        let settings = Settings::from_toml(&base_text).expect("test settings are valid");
+        let mut settings = Settings::from_toml(&base_text).expect("test settings are valid");
+        // The test reads rows directly, never through a worker's proxy.
+        settings.database.url = secrecy::SecretString::from(services::database_url());
         let store = Store::connect_lazy(&settings.database).unwrap();
         if MIGRATED.get().is_none() {
             store.migrate().await.expect("migrating the test database");
@@ -430,6 +439,16 @@ impl TestFleet {
         if let Some(api) = self.api.take() {
             api.stop().await;
         }
+    }
+
+    /// How many of this namespace's jobs are in `status`, read directly from PostgreSQL.
+    pub async fn count_in_status(&self, status: JobStatus) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE namespace = $1 AND status = $2")
+            .bind(self.namespace.as_str())
+            .bind(status)
+            .fetch_one(self.store.pool())
+            .await
+            .unwrap()
     }
 
     /// The job's row, read directly from PostgreSQL.
