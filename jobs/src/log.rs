@@ -74,7 +74,8 @@ impl JobLog {
         self.line(LogLevel::Error, message);
     }
 
-    /// Appends one timestamped line. Past the cap, the line is counted and dropped.
+    /// Appends one timestamped line (and echoes it to the process's own log). Past the
+    /// cap, the line is counted and dropped.
     pub fn line(&self, level: LogLevel, message: impl Display) {
         let message = message.to_string();
         match level {
@@ -83,6 +84,17 @@ impl JobLog {
             LogLevel::Warn => tracing::warn!(target: "job", job = %self.job, "{message}"),
             LogLevel::Error => tracing::error!(target: "job", job = %self.job, "{message}"),
         }
+        self.append(level, &message);
+    }
+
+    /// The worker's own line about the attempt (its start, how it ended, what comes next):
+    /// kept in the attempt's log only. The worker logs these events itself, at debug level,
+    /// so a busy worker's output does not grow by several lines per job.
+    pub fn worker_line(&self, level: LogLevel, message: impl Display) {
+        self.append(level, &message.to_string());
+    }
+
+    fn append(&self, level: LogLevel, message: &str) {
         let line = format!(
             "{} {:<5} {message}\n",
             Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),

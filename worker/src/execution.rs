@@ -12,7 +12,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-use engine_jobs::{Artifacts, JobContext, JobError, JobLog, Registry};
+use engine_jobs::{Artifacts, JobContext, JobError, JobLog, LogLevel, Registry};
 use engine_shared::broker::Publisher;
 use engine_shared::envelope::Envelope;
 use engine_shared::group_commit::GroupCommitError;
@@ -227,18 +227,21 @@ async fn run_admitted(
     }
     let began = Instant::now();
     let log = JobLog::new(id, shared.log_cap);
-    log.info(format_args!(
-        "attempt {}/{} of {} started on worker {} (queue {}, trace {})",
-        started.attempt,
-        started.max_attempts,
-        envelope.kind.as_str(),
-        shared.worker_id,
-        envelope.queue.as_str(),
-        envelope
-            .traceparent
-            .as_ref()
-            .map_or_else(|| "none".to_owned(), TraceParent::trace_id)
-    ));
+    log.worker_line(
+        LogLevel::Info,
+        format_args!(
+            "attempt {}/{} of {} started on worker {} (queue {}, trace {})",
+            started.attempt,
+            started.max_attempts,
+            envelope.kind.as_str(),
+            shared.worker_id,
+            envelope.queue.as_str(),
+            envelope
+                .traceparent
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), TraceParent::trace_id)
+        ),
+    );
     let outcome = run_handler(shared, &context.spec, envelope, &started, &log).await;
     let run = LogRun {
         redrive: started.redrives,
@@ -270,7 +273,10 @@ async fn run_admitted(
     {
         Ok(finished) => finished,
         Err(_) => {
-            log.error("the outcome could not be recorded: the job goes back to its queue");
+            log.worker_line(
+                LogLevel::Error,
+                "the outcome could not be recorded: the job goes back to its queue",
+            );
             ship_log(shared, context, id, run, &log);
             // Not recorded, so not acked: the redelivery re-runs it (at-least-once).
             requeue_after_pause(delivery).await;
@@ -353,16 +359,27 @@ fn ship_log(shared: &Shared, context: &NamespaceContext, job: JobId, run: LogRun
 /// The worker's last line in an attempt's log: what happens to the job next.
 fn describe_next(log: &JobLog, status: Option<JobStatus>, retry: &RetryRoute) {
     match (status, retry) {
-        (Some(JobStatus::Retrying), RetryRoute::Tier(tier)) => log.info(format_args!(
-            "next attempt in {:?} (delay queue jobs.delay.{})",
-            tier.ttl, tier.label
-        )),
-        (Some(JobStatus::Retrying), RetryRoute::Scheduler(delay)) => log.info(format_args!(
-            "next attempt in {delay:?} (held in PostgreSQL)"
-        )),
-        (Some(JobStatus::Dead), _) => log.error("no attempts left: the job is dead"),
-        (Some(status), _) => log.info(format_args!("job {}", status.as_str())),
-        (None, _) => log.warn("the job was no longer running here; outcome not recorded"),
+        (Some(JobStatus::Retrying), RetryRoute::Tier(tier)) => log.worker_line(
+            LogLevel::Info,
+            format_args!(
+                "next attempt in {:?} (delay queue jobs.delay.{})",
+                tier.ttl, tier.label
+            ),
+        ),
+        (Some(JobStatus::Retrying), RetryRoute::Scheduler(delay)) => log.worker_line(
+            LogLevel::Info,
+            format_args!("next attempt in {delay:?} (held in PostgreSQL)"),
+        ),
+        (Some(JobStatus::Dead), _) => {
+            log.worker_line(LogLevel::Error, "no attempts left: the job is dead")
+        }
+        (Some(status), _) => {
+            log.worker_line(LogLevel::Info, format_args!("job {}", status.as_str()))
+        }
+        (None, _) => log.worker_line(
+            LogLevel::Warn,
+            "the job was no longer running here; outcome not recorded",
+        ),
     }
 }
 
@@ -520,14 +537,21 @@ impl HandlerOutcome {
     fn describe(&self, log: &JobLog, took: Duration) {
         let millis = took.as_millis();
         match self {
-            Self::Succeeded(_) => log.info(format_args!("handler succeeded in {millis} ms")),
-            Self::Failed(kind, message) => log.error(format_args!(
-                "handler failed ({}) after {millis} ms: {message}",
-                kind.as_str()
-            )),
-            Self::Snoozed(delay) => log.info(format_args!(
-                "handler snoozed for {delay:?} after {millis} ms (not an attempt)"
-            )),
+            Self::Succeeded(_) => log.worker_line(
+                LogLevel::Info,
+                format_args!("handler succeeded in {millis} ms"),
+            ),
+            Self::Failed(kind, message) => log.worker_line(
+                LogLevel::Error,
+                format_args!(
+                    "handler failed ({}) after {millis} ms: {message}",
+                    kind.as_str()
+                ),
+            ),
+            Self::Snoozed(delay) => log.worker_line(
+                LogLevel::Info,
+                format_args!("handler snoozed for {delay:?} after {millis} ms (not an attempt)"),
+            ),
         }
     }
 }
