@@ -1,5 +1,5 @@
-//! The command line: how many jobs each scenario submits, how the fleet is sized, and
-//! where the servers are.
+//! The command line: how many jobs each scenario submits, how the fleet is sized, where
+//! the servers are, and the separate `--backup` and `--scale` modes.
 
 use std::path::PathBuf;
 
@@ -97,6 +97,24 @@ pub struct Args {
     /// backup object is a little over half of it.
     #[arg(long, default_value_t = 100)]
     pub backup_rows_mib: u64,
+    /// Instead of the job scenarios: horizontal scale. One fleet and vhost runs the same
+    /// `sleep` jobs with 1, 2 and 4 worker processes, then with 4 while one is SIGKILLed a
+    /// third of the way through; fails if a job is lost or did not succeed exactly once,
+    /// or if 4 workers are less than 1.5x as fast as 1. Also uses --batch-size,
+    /// --batch-concurrency, --warmup-jobs (per run), --db-max-connections, --extra-settings,
+    /// --deadline-secs and --keep-logs.
+    #[arg(long, conflicts_with = "backup")]
+    pub scale: bool,
+    /// Jobs of each step of the scale mode.
+    #[arg(long, default_value_t = 3_000)]
+    pub scale_jobs: usize,
+    /// Milliseconds each scale-mode `sleep` job sleeps: I/O-bound, like most real jobs, so
+    /// that the 2 cores are not the limit (noop jobs are PostgreSQL-bound).
+    #[arg(long, default_value_t = 50)]
+    pub scale_sleep_ms: u64,
+    /// worker.concurrency (also the prefetch) of each worker process in the scale mode.
+    #[arg(long, default_value_t = 16)]
+    pub scale_worker_concurrency: u16,
     /// The backup benchmark's S3-compatible server (objects go under `bench-<hex>/backups/`).
     #[arg(long, default_value = "http://127.0.0.1:9100")]
     pub s3_endpoint: String,

@@ -1,16 +1,18 @@
 //! One scenario's fleet: a fresh namespace and vhost, an API key, the release `engine-api`
-//! and `--workers` `engine-worker` processes — started, awaited, and stopped with what
-//! they report (round trips, peak RSS, warnings).
+//! and its `engine-worker` processes — started, awaited, grown or cut by a worker (the
+//! `--scale` mode), and stopped with what they report (round trips, peak RSS, warnings).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
+use serde_json::Value;
 
 use engine_shared::Namespace;
 
 use crate::environment::{Environment, random_hex};
-use crate::process::{ServerProcess, Stopped};
+use crate::process::{Killed, LOG_FILTER, ServerProcess, Stopped};
 use crate::settings::FleetSettings;
 
 /// How long a server may take to come up, and to exit after SIGTERM.
@@ -23,8 +25,25 @@ pub struct Fleet {
     /// `http://127.0.0.1:<port>`.
     pub base_url: String,
     pub key: String,
+    /// The settings file every process of the fleet runs with, so that a worker added later
+    /// runs with the same settings.
+    config: PathBuf,
     api: ServerProcess,
     workers: Vec<ServerProcess>,
+    /// Workers started so far, to number the next one (a killed worker keeps its number).
+    started_workers: u16,
+    /// `RUST_LOG` of every worker, so that a worker added later logs the same lines.
+    worker_log_filter: String,
+}
+
+/// The fleet's workers: how many it starts with, how many jobs each runs at once, and
+/// what they log.
+pub struct WorkerSetup {
+    pub count: u16,
+    /// `worker.concurrency`, also each worker's prefetch.
+    pub concurrency: u16,
+    /// Their `RUST_LOG`; [`LOG_FILTER`] unless the benchmark reads more of their lines.
+    pub log_filter: String,
 }
 
 /// What the fleet's processes reported when stopped.
@@ -56,13 +75,27 @@ impl FleetReport {
 }
 
 impl Fleet {
-    /// Creates namespace `bench-<label>-<hex>` (vhost, key), starts the API and the workers
-    /// and waits until the API answers `/healthz` and every worker consumes.
+    /// Creates namespace `bench-<label>-<hex>` (vhost, key), starts the API and `--workers`
+    /// workers and waits until the API answers `/healthz` and every worker consumes.
     pub async fn start(env: &Environment, label: &str) -> anyhow::Result<Self> {
+        let workers = WorkerSetup {
+            count: env.workers,
+            concurrency: env.worker_concurrency,
+            log_filter: LOG_FILTER.to_owned(),
+        };
+        Self::start_with(env, label, workers).await
+    }
+
+    /// [`Fleet::start`] with other workers than the flags say.
+    pub async fn start_with(
+        env: &Environment,
+        label: &str,
+        workers: WorkerSetup,
+    ) -> anyhow::Result<Self> {
         let name = format!("bench-{label}-{}", random_hex(4));
         let namespace = Namespace::parse(&name).with_context(|| format!("namespace {name}"))?;
         env.management.create_vhost(&name).await?;
-        match Self::start_in(env, namespace).await {
+        match Self::start_in(env, namespace, workers).await {
             Ok(fleet) => Ok(fleet),
             Err(error) => {
                 let _ = env.management.delete_vhost(&name).await;
@@ -71,13 +104,17 @@ impl Fleet {
         }
     }
 
-    async fn start_in(env: &Environment, namespace: Namespace) -> anyhow::Result<Self> {
+    async fn start_in(
+        env: &Environment,
+        namespace: Namespace,
+        workers: WorkerSetup,
+    ) -> anyhow::Result<Self> {
         let config = env.run_dir.join(format!("{namespace}.toml"));
         let text = FleetSettings {
             database_url: &env.database_url,
             amqp_url: &env.amqp_url,
             namespace: namespace.as_str(),
-            worker_concurrency: env.worker_concurrency,
+            worker_concurrency: workers.concurrency,
             max_connections: env.db_max_connections,
             extra: &env.extra_settings,
         }
@@ -96,6 +133,7 @@ impl Fleet {
             &env.bin_dir.join("engine-api"),
             &config,
             env.run_dir.join(format!("{namespace}-api.log")),
+            LOG_FILTER,
         )?;
         let listening = api.wait_for_log("API listening", START_DEADLINE).await?;
         let address = listening["address"]
@@ -104,24 +142,62 @@ impl Fleet {
         let base_url = format!("http://{address}");
         wait_healthy(&env.http, &base_url).await?;
 
-        let mut workers = Vec::new();
-        for index in 0..env.workers {
-            let mut worker = ServerProcess::spawn(
-                &format!("engine-worker#{index}"),
-                &env.bin_dir.join("engine-worker"),
-                &config,
-                env.run_dir.join(format!("{namespace}-worker-{index}.log")),
-            )?;
-            worker.wait_for_log("consuming", START_DEADLINE).await?;
-            workers.push(worker);
-        }
-        Ok(Self {
+        let mut fleet = Self {
             namespace,
             base_url,
             key,
+            config,
             api,
-            workers,
-        })
+            workers: Vec::new(),
+            started_workers: 0,
+            worker_log_filter: workers.log_filter,
+        };
+        fleet.add_workers(env, workers.count).await?;
+        Ok(fleet)
+    }
+
+    /// Starts `count` more workers with the fleet's settings (same namespace and vhost) and
+    /// waits until each consumes.
+    pub async fn add_workers(&mut self, env: &Environment, count: u16) -> anyhow::Result<()> {
+        for _ in 0..count {
+            let index = self.started_workers;
+            let mut worker = ServerProcess::spawn(
+                &format!("engine-worker#{index}"),
+                &env.bin_dir.join("engine-worker"),
+                &self.config,
+                env.run_dir
+                    .join(format!("{}-worker-{index}.log", self.namespace)),
+                &self.worker_log_filter,
+            )?;
+            self.started_workers += 1;
+            worker.wait_for_log("consuming", START_DEADLINE).await?;
+            self.workers.push(worker);
+        }
+        Ok(())
+    }
+
+    /// Workers running now.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Kills the running worker at `position` (in start order) with SIGKILL, as a crash
+    /// would; the fleet goes on with the others.
+    pub async fn kill_worker(&mut self, position: usize) -> anyhow::Result<Killed> {
+        anyhow::ensure!(
+            position < self.workers.len(),
+            "no worker at position {position}: {} running",
+            self.workers.len()
+        );
+        self.workers.remove(position).kill().await
+    }
+
+    /// The name and the JSON log lines so far of each running worker.
+    pub fn worker_logs(&self) -> Vec<(String, Vec<Value>)> {
+        self.workers
+            .iter()
+            .map(|worker| (worker.name.clone(), worker.log_lines()))
+            .collect()
     }
 
     /// Pids of the API and the workers, for CPU accounting.

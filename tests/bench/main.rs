@@ -11,7 +11,8 @@
 //! process; [`fleet`] API + workers; [`submit`] HTTP load; [`outcome`] reading job rows;
 //! [`cpu`] CPU accounting; [`scenario`] one scenario end to end; [`raw`] the lapin
 //! baseline; [`report`] the printed figures and target verdicts; [`sys`] libc calls;
-//! [`backup`] the separate `--backup` mode (backup and restore memory and speed).
+//! [`backup`] the separate `--backup` mode (backup and restore memory and speed);
+//! [`scale`] the separate `--scale` mode (1, 2, 4 workers on one vhost, and a kill).
 
 mod backup;
 mod cli;
@@ -24,6 +25,7 @@ mod outcome;
 mod process;
 mod raw;
 mod report;
+mod scale;
 mod scenario;
 mod settings;
 mod submit;
@@ -60,7 +62,12 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match run(&args, &env).await {
+    let outcome = if args.scale {
+        scale::run(&args, &env).await
+    } else {
+        run(&args, &env).await
+    };
+    match outcome {
         Ok(()) => {
             if args.keep_logs {
                 eprintln!("settings and logs kept in {}", env.run_dir.display());

@@ -1,7 +1,9 @@
 //! Reading a scenario's result from its job rows: waiting until every job of the namespace
-//! created since an instant has succeeded, then the end-to-end window and submit→start
-//! percentiles of those jobs (the warm-up's jobs, created before, are left out).
+//! created since an instant has succeeded (or some of them, for the scale mode's kill),
+//! then the end-to-end window and submit→start percentiles of those jobs (the warm-up's
+//! jobs, created before, are left out), and an audit of their final states.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -81,6 +83,101 @@ pub async fn wait_all_succeeded(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Waits until at least `count` jobs of `namespace` created at or after `since` have
+/// succeeded, and returns how many had; fails after `deadline` with the progress so far.
+pub async fn wait_succeeded_at_least(
+    pool: &sqlx::PgPool,
+    namespace: &Namespace,
+    since: DateTime<Utc>,
+    count: usize,
+    deadline: Duration,
+) -> anyhow::Result<i64> {
+    let count = i64::try_from(count).context("too many jobs")?;
+    let started = Instant::now();
+    loop {
+        let succeeded: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs
+              WHERE namespace = $1 AND status = 'succeeded' AND created_at >= $2",
+        )
+        .bind(namespace.as_str())
+        .bind(since)
+        .fetch_one(pool)
+        .await
+        .context("counting succeeded jobs")?;
+        if succeeded >= count {
+            return Ok(succeeded);
+        }
+        if started.elapsed() > deadline {
+            anyhow::bail!(
+                "after {deadline:?}, {succeeded} jobs of {namespace} had succeeded, not {count}"
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The final state of a set of jobs, read back from PostgreSQL.
+pub struct Audit {
+    /// Rows created at or after the instant.
+    pub jobs: i64,
+    /// Rows `succeeded` with `finished_at` set.
+    pub succeeded: i64,
+    /// (`attempts`, rows), by attempts.
+    pub attempts: Vec<(i32, i64)>,
+    /// `job_errors` rows of these jobs: failed attempts and crash verdicts.
+    pub errors: i64,
+    /// The jobs' ids, as the workers log them.
+    pub ids: HashSet<String>,
+}
+
+impl Audit {
+    /// Rows with more than one attempt.
+    pub fn rerun(&self) -> i64 {
+        self.attempts
+            .iter()
+            .filter(|(attempts, _)| *attempts > 1)
+            .map(|(_, rows)| rows)
+            .sum()
+    }
+}
+
+/// Audits the jobs of `namespace` created at or after `since`.
+pub async fn audit(
+    pool: &sqlx::PgPool,
+    namespace: &Namespace,
+    since: DateTime<Utc>,
+) -> anyhow::Result<Audit> {
+    let rows: Vec<(String, bool, i32)> = sqlx::query_as(
+        "SELECT id::text, status = 'succeeded' AND finished_at IS NOT NULL, attempts
+           FROM jobs WHERE namespace = $1 AND created_at >= $2",
+    )
+    .bind(namespace.as_str())
+    .bind(since)
+    .fetch_all(pool)
+    .await
+    .context("reading the jobs' final states")?;
+    let errors: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_errors e JOIN jobs j ON j.id = e.job_id
+          WHERE j.namespace = $1 AND j.created_at >= $2",
+    )
+    .bind(namespace.as_str())
+    .bind(since)
+    .fetch_one(pool)
+    .await
+    .context("counting the jobs' errors")?;
+    let mut attempts = BTreeMap::<i32, i64>::new();
+    for (_, _, tries) in &rows {
+        *attempts.entry(*tries).or_default() += 1;
+    }
+    Ok(Audit {
+        jobs: i64::try_from(rows.len()).context("too many jobs")?,
+        succeeded: rows.iter().filter(|(_, succeeded, _)| *succeeded).count() as i64,
+        attempts: attempts.into_iter().collect(),
+        errors,
+        ids: rows.into_iter().map(|(id, _, _)| id).collect(),
+    })
 }
 
 /// The summary query's row.

@@ -1,5 +1,6 @@
 //! One server (engine-api or engine-worker) as a child process: started with a settings
-//! file and its JSON log in a file, awaited on a log line, measured, stopped by SIGTERM.
+//! file and its JSON log in a file, awaited on a log line, measured, stopped by SIGTERM
+//! (or killed by SIGKILL, to show what a crash loses).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,7 +14,7 @@ use crate::sys;
 
 /// The log filter the servers default to, set explicitly so a developer's `RUST_LOG`
 /// cannot slow the run down.
-const LOG_FILTER: &str = "info,tower_http=warn,sqlx=warn,lapin=warn";
+pub const LOG_FILTER: &str = "info,tower_http=warn,sqlx=warn,lapin=warn";
 
 /// A running server process; killed if dropped before [`ServerProcess::stop`].
 pub struct ServerProcess {
@@ -37,16 +38,23 @@ pub struct Stopped {
 }
 
 impl ServerProcess {
-    /// Starts `binary --config <config>`, its stderr going to `log`. `ENGINE*`,
-    /// `DATABASE_URL` and `AMQP_URL` are removed from its environment: only the file counts.
-    pub fn spawn(name: &str, binary: &Path, config: &Path, log: PathBuf) -> anyhow::Result<Self> {
+    /// Starts `binary --config <config>` with `RUST_LOG=<log_filter>` (usually
+    /// [`LOG_FILTER`]), its stderr going to `log`. `ENGINE*`, `DATABASE_URL` and `AMQP_URL`
+    /// are removed from its environment: only the file counts.
+    pub fn spawn(
+        name: &str,
+        binary: &Path,
+        config: &Path,
+        log: PathBuf,
+        log_filter: &str,
+    ) -> anyhow::Result<Self> {
         let stderr =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut command = Command::new(binary);
         command
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", LOG_FILTER)
+            .env("RUST_LOG", log_filter)
             .env_remove("DATABASE_URL")
             .env_remove("AMQP_URL")
             .stdin(Stdio::null())
@@ -135,6 +143,29 @@ impl ServerProcess {
             .with_context(|| format!("no VmHWM in {path}"))
     }
 
+    /// Kills the process with SIGKILL, as a crash would: no drain and no exit line; its
+    /// connections drop, so the broker returns its unacked deliveries to their queues.
+    /// Fails if it had already exited.
+    pub async fn kill(mut self) -> anyhow::Result<Killed> {
+        if let Some(status) = self.child.try_wait().context("polling a child process")? {
+            anyhow::bail!(
+                "{} had already exited ({status}) when it was to be killed; log {}:\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail()
+            );
+        }
+        // Sends SIGKILL and reaps the process.
+        self.child
+            .kill()
+            .await
+            .with_context(|| format!("killing {}", self.name))?;
+        Ok(Killed {
+            log_lines: self.log_lines(),
+            name: self.name,
+        })
+    }
+
     /// Reads the peak RSS, sends SIGTERM, waits up to `deadline` for a clean exit (a worker
     /// drains first), and reads what the process logged on the way out.
     pub async fn stop(mut self, deadline: Duration) -> anyhow::Result<Stopped> {
@@ -189,6 +220,13 @@ impl ServerProcess {
             swept,
         })
     }
+}
+
+/// A server killed by [`ServerProcess::kill`].
+pub struct Killed {
+    pub name: String,
+    /// Every JSON line it logged before it died (a line cut by the kill is skipped).
+    pub log_lines: Vec<Value>,
 }
 
 fn read_json_lines(path: &Path) -> Vec<Value> {

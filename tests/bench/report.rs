@@ -160,7 +160,7 @@ pub struct Results<'a> {
     pub latency_rate: u32,
 }
 
-fn verdict(met: bool) -> &'static str {
+pub fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "NOT MET" }
 }
 

@@ -1,6 +1,7 @@
 //! One tl-engine scenario from start to finish: a fresh fleet, a small warm-up load (so
 //! lazily opened connections and channels are not measured), the load, the wait until
 //! every job has succeeded, then the measures — and the fleet stopped whatever happened.
+//! The warm-up and the measured phase are also the `--scale` mode's, on its own fleet.
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +32,7 @@ pub enum Load {
 }
 
 impl Load {
-    fn jobs(&self) -> usize {
+    pub fn jobs(&self) -> usize {
         match *self {
             Self::Batched { jobs, .. } | Self::Single { jobs, .. } => jobs,
             Self::Paced { rate, duration } => {
@@ -111,12 +112,15 @@ impl ScenarioResult {
 }
 
 /// What the load phase produced, before the fleet is stopped.
-struct Driven {
-    accepted_in: Duration,
-    end_to_end: Duration,
-    outcome: Outcome,
-    cpu: CpuUsage,
-    paced: Option<Paced>,
+pub struct Driven {
+    /// First submission → last 202.
+    pub accepted_in: Duration,
+    /// First submission → last `finished_at`.
+    pub end_to_end: Duration,
+    pub outcome: Outcome,
+    pub cpu: CpuUsage,
+    /// Only for [`Load::Paced`].
+    pub paced: Option<Paced>,
 }
 
 /// Runs `load` against a fresh fleet labelled `label`.
@@ -143,61 +147,109 @@ pub async fn run(env: &Environment, label: &str, load: Load) -> anyhow::Result<S
 
 async fn drive(env: &Environment, fleet: &Fleet, load: Load) -> anyhow::Result<Driven> {
     let submitter = Submitter::new(env.http.clone(), &fleet.base_url, &fleet.key);
+    warm_up(env, &fleet.namespace, &submitter, load).await?;
     let (api_pid, worker_pids) = fleet.pids();
-    let jobs = load.jobs();
-    let submitter = &submitter;
-    let submitting = |load: Load| async move {
-        tokio::time::timeout(env.deadline, load.submit(submitter))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "submitting {} jobs took longer than {:?}",
-                    load.jobs(),
-                    env.deadline
-                )
-            })?
-    };
-    if env.warmup_jobs > 0 {
-        submitting(load.warm_up(env.warmup_jobs))
-            .await
-            .context("warming up")?;
-        outcome::wait_all_succeeded(
-            env.pool(),
-            &fleet.namespace,
-            None,
-            env.warmup_jobs,
-            env.deadline,
-        )
+    let (driven, ()) = measure(
+        env,
+        &fleet.namespace,
+        &submitter,
+        load,
+        (api_pid, &worker_pids),
+        async { Ok(()) },
+    )
+    .await?;
+    Ok(driven)
+}
+
+/// Submits `--warmup-jobs` jobs the way `load` does and waits until they have succeeded
+/// (nothing when 0), so that connections, channels and the topology, all opened lazily, are
+/// not measured.
+pub async fn warm_up(
+    env: &Environment,
+    namespace: &Namespace,
+    submitter: &Submitter,
+    load: Load,
+) -> anyhow::Result<()> {
+    if env.warmup_jobs == 0 {
+        return Ok(());
+    }
+    let since = Utc::now();
+    submit_within(env, submitter, load.warm_up(env.warmup_jobs))
         .await
         .context("warming up")?;
-    }
-    let before = CpuSnapshot::take(Some(api_pid), &worker_pids);
+    outcome::wait_all_succeeded(
+        env.pool(),
+        namespace,
+        Some(since),
+        env.warmup_jobs,
+        env.deadline,
+    )
+    .await
+    .context("warming up")
+}
+
+/// Submits `load` and waits until every job of it has succeeded, while `alongside` runs
+/// too (the scale mode kills a worker there); CPU is read for `pids` (the API's, the
+/// workers') around it. Measured jobs are the namespace's rows created from the first
+/// submission on, so earlier jobs of the namespace must have finished.
+pub async fn measure<T>(
+    env: &Environment,
+    namespace: &Namespace,
+    submitter: &Submitter,
+    load: Load,
+    (api_pid, worker_pids): (i32, &[i32]),
+    alongside: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(Driven, T)> {
+    let jobs = load.jobs();
+    let before = CpuSnapshot::take(Some(api_pid), worker_pids);
     // Measured jobs are those created from here on (created_at is PostgreSQL's clock, the
     // same machine's).
     let first_submit = Utc::now();
     let started = Instant::now();
-    let paced = submitting(load).await?;
-    let accepted_in = started.elapsed();
-    outcome::wait_all_succeeded(
-        env.pool(),
-        &fleet.namespace,
-        Some(first_submit),
-        jobs,
-        env.deadline,
-    )
-    .await?;
-    let after = CpuSnapshot::take(Some(api_pid), &worker_pids);
-    let outcome = outcome::summarise(env.pool(), &fleet.namespace, first_submit).await?;
+    let loaded = async {
+        let paced = submit_within(env, submitter, load).await?;
+        let accepted_in = started.elapsed();
+        outcome::wait_all_succeeded(
+            env.pool(),
+            namespace,
+            Some(first_submit),
+            jobs,
+            env.deadline,
+        )
+        .await?;
+        anyhow::Ok((paced, accepted_in))
+    };
+    let ((paced, accepted_in), beside) = tokio::try_join!(loaded, alongside)?;
+    let after = CpuSnapshot::take(Some(api_pid), worker_pids);
+    let outcome = outcome::summarise(env.pool(), namespace, first_submit).await?;
     let end_to_end = (outcome.last_finished - first_submit)
         .to_std()
         .map_err(|_| {
             anyhow::anyhow!("the last job finished before the first was submitted (clock skew?)")
         })?;
-    Ok(Driven {
+    let driven = Driven {
         accepted_in,
         end_to_end,
         outcome,
         cpu: before.usage_until(&after),
         paced,
-    })
+    };
+    Ok((driven, beside))
+}
+
+/// Submits `load`, failing if that takes longer than `--deadline-secs`.
+async fn submit_within(
+    env: &Environment,
+    submitter: &Submitter,
+    load: Load,
+) -> anyhow::Result<Option<Paced>> {
+    tokio::time::timeout(env.deadline, load.submit(submitter))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "submitting {} jobs took longer than {:?}",
+                load.jobs(),
+                env.deadline
+            )
+        })?
 }

@@ -1,5 +1,6 @@
-//! Submitting `noop` jobs over HTTP: in batches, one-by-one from many client tasks, or at
-//! a fixed rate. Any answer but 202 stops the run with the status and body.
+//! Submitting jobs over HTTP (`noop` unless told otherwise): in batches, one-by-one from
+//! many client tasks, or at a fixed rate. Any answer but 202 stops the run with the status
+//! and body.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,16 +17,28 @@ pub struct Submitter {
     http: reqwest::Client,
     base_url: String,
     key: String,
+    /// The JSON of every job submitted, as `POST /v1/jobs` takes it.
+    job: Arc<str>,
 }
 
-const SINGLE_BODY: &str = r#"{"kind":"noop"}"#;
+const NOOP_JOB: &str = r#"{"kind":"noop"}"#;
 
 impl Submitter {
+    /// Submits `noop` jobs.
     pub fn new(http: reqwest::Client, base_url: &str, key: &str) -> Self {
         Self {
             http,
             base_url: base_url.to_owned(),
             key: key.to_owned(),
+            job: Arc::from(NOOP_JOB),
+        }
+    }
+
+    /// Submits `job` (a `POST /v1/jobs` body) instead.
+    pub fn with_job(self, job: &serde_json::Value) -> Self {
+        Self {
+            job: Arc::from(job.to_string()),
+            ..self
         }
     }
 
@@ -57,7 +70,7 @@ impl Submitter {
 
     /// One job through `POST /v1/jobs`.
     pub async fn submit_one(&self) -> anyhow::Result<()> {
-        self.post("/v1/jobs", SINGLE_BODY).await
+        self.post("/v1/jobs", self.job.to_string()).await
     }
 
     /// `total` jobs through `POST /v1/jobs/batch`, `batch_size` per request, `concurrency`
@@ -69,8 +82,7 @@ impl Submitter {
         concurrency: usize,
     ) -> anyhow::Result<()> {
         let batch_size = batch_size.max(1);
-        let body_of =
-            |size: usize| format!(r#"{{"jobs":[{}]}}"#, vec![SINGLE_BODY; size].join(","));
+        let body_of = |size: usize| format!(r#"{{"jobs":[{}]}}"#, vec![&*self.job; size].join(","));
         let full = body_of(batch_size);
         let mut sizes = vec![batch_size; total / batch_size];
         if !total.is_multiple_of(batch_size) {
