@@ -9,6 +9,10 @@ use std::time::Duration;
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
+use crate::limits::Limiter;
+use crate::storage::ObjectStore;
+use crate::store::Store;
+
 /// The most one dependency check may take; a slower answer is `unhealthy: no answer`.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -68,6 +72,15 @@ impl Readiness {
         self.checks.push((dependency, result));
     }
 
+    /// 200 when healthy, 503 otherwise (the seed documents' rule).
+    pub fn http_status(&self) -> u16 {
+        if self.verdict() == Verdict::Healthy {
+            200
+        } else {
+            503
+        }
+    }
+
     pub fn verdict(&self) -> Verdict {
         self.checks
             .iter()
@@ -124,6 +137,40 @@ where
         Ok(Err(error)) => Err(format!("{error:#}").chars().take(200).collect()),
         Err(_) => Err(format!("no answer within {:?}", limit)),
     }
+}
+
+/// Checks, concurrently, what every process shares — PostgreSQL, Redis and (when
+/// configured) storage — and `rabbitmq`, whose meaning differs between the API (a channel
+/// to each vhost) and a worker (its consumers), into one report.
+pub async fn check_dependencies<B>(
+    store: &Store,
+    limiter: &Limiter,
+    objects: Option<&ObjectStore>,
+    rabbitmq: B,
+) -> Readiness
+where
+    B: Future<Output = Result<(), String>>,
+{
+    let storage = async {
+        match objects {
+            Some(objects) => Some(checked(objects.ping()).await),
+            None => None,
+        }
+    };
+    let (postgres, rabbitmq, redis, storage) = tokio::join!(
+        checked(store.ping()),
+        rabbitmq,
+        checked(limiter.ping()),
+        storage
+    );
+    let mut readiness = Readiness::default();
+    readiness.record(Dependency::Postgres, postgres);
+    readiness.record(Dependency::RabbitMq, rabbitmq);
+    readiness.record(Dependency::Redis, redis);
+    if let Some(storage) = storage {
+        readiness.record(Dependency::Storage, storage);
+    }
+    readiness
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use engine_shared::health::{Dependency, Readiness, Verdict, checked};
+use engine_shared::health::check_dependencies;
 use engine_shared::limits::Limiter;
 use engine_shared::metrics::CONTENT_TYPE;
 use engine_shared::storage::ObjectStore;
@@ -159,28 +159,16 @@ async fn metrics() -> Response {
 
 /// Readiness: PostgreSQL, the consumers (RabbitMQ), Redis and storage.
 async fn readyz(State(state): State<HealthState>) -> Response {
-    let mut readiness = Readiness::default();
-    let (postgres, redis, storage) = tokio::join!(
-        checked(state.store.ping()),
-        checked(state.limiter.ping()),
-        async {
-            match &state.objects {
-                Some(objects) => Some(checked(objects.ping()).await),
-                None => None,
-            }
-        },
-    );
-    readiness.record(Dependency::Postgres, postgres);
-    readiness.record(Dependency::RabbitMq, state.consumers.all_consuming());
-    readiness.record(Dependency::Redis, redis);
-    if let Some(storage) = storage {
-        readiness.record(Dependency::Storage, storage);
-    }
-    let status = if readiness.verdict() == Verdict::Healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let consumers = state.consumers.clone();
+    let readiness = check_dependencies(
+        &state.store,
+        &state.limiter,
+        state.objects.as_ref(),
+        async move { consumers.all_consuming() },
+    )
+    .await;
+    let status =
+        StatusCode::from_u16(readiness.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     (status, Json(readiness.to_json())).into_response()
 }
 

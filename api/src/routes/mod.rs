@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
 use engine_shared::QueueName;
-use engine_shared::health::{Dependency, Readiness, Verdict, checked};
+use engine_shared::health::{Readiness, check_dependencies, checked};
 use engine_shared::metrics::{CONTENT_TYPE, NamespaceLabels};
 use tower_http::trace::TraceLayer;
 
@@ -50,34 +50,20 @@ async fn healthz() -> Json<serde_json::Value> {
 /// Readiness: PostgreSQL, RabbitMQ (every served vhost), Redis and storage (when
 /// configured), checked concurrently; 200 only when all answer.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let mut readiness = Readiness::default();
-    let (postgres, rabbitmq, redis, storage) = tokio::join!(
-        checked(state.store.ping()),
+    let readiness = check_dependencies(
+        &state.store,
+        &state.limiter,
+        state.objects.as_ref(),
         checked(state.relay.ping_broker()),
-        checked(state.limiter.ping()),
-        async {
-            match &state.objects {
-                Some(objects) => Some(checked(objects.ping()).await),
-                None => None,
-            }
-        },
-    );
-    readiness.record(Dependency::Postgres, postgres);
-    readiness.record(Dependency::RabbitMq, rabbitmq);
-    readiness.record(Dependency::Redis, redis);
-    if let Some(storage) = storage {
-        readiness.record(Dependency::Storage, storage);
-    }
+    )
+    .await;
     readiness_response(&readiness)
 }
 
-/// The report as JSON, 200 when healthy and 503 otherwise (the seed documents' rule).
+/// The report as JSON with its status.
 pub fn readiness_response(readiness: &Readiness) -> Response {
-    let status = if readiness.verdict() == Verdict::Healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status =
+        StatusCode::from_u16(readiness.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     (status, Json(readiness.to_json())).into_response()
 }
 
