@@ -88,10 +88,12 @@ impl JobLog {
     }
 
     /// The worker's own line about the attempt (its start, how it ended, what comes next):
-    /// kept in the attempt's log only. The worker logs these events itself, at debug level,
-    /// so a busy worker's output does not grow by several lines per job.
+    /// echoed at debug level only, so a busy worker's output does not grow by several lines
+    /// per job (`RUST_LOG=job=debug` shows them).
     pub fn worker_line(&self, level: LogLevel, message: impl Display) {
-        self.append(level, &message.to_string());
+        let message = message.to_string();
+        tracing::debug!(target: "job", job = %self.job, "{message}");
+        self.append(level, &message);
     }
 
     fn append(&self, level: LogLevel, message: &str) {

@@ -100,13 +100,15 @@ impl Serialize for TraceParent {
     }
 }
 
-impl<'de> Deserialize<'de> for TraceParent {
-    /// A malformed value reads as a new root trace: a correlation id is never a reason to
-    /// refuse a message.
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        Ok(Self::from_header_or_new(Some(&raw)))
-    }
+/// Reads an optional `traceparent` field leniently: anything but a valid value (a malformed
+/// string, a number, an object) is `None`, never an error — a correlation id is never a
+/// reason to refuse a message — and never a fresh random trace, which would differ on every
+/// read.
+pub fn deserialize_lenient<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<TraceParent>, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(value.as_str().and_then(TraceParent::parse))
 }
 
 #[cfg(test)]

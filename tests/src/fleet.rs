@@ -51,8 +51,8 @@ pub struct FleetOptions {
     /// Replaces the database URL (e.g. a proxy's) for the workers only (the test's own
     /// reads stay direct).
     pub worker_database_url: Option<String>,
-    /// The in-process worker serves `/healthz` and `/readyz` on a free port, with a
-    /// 1-second liveness grace ([`TestFleet::worker_health`]).
+    /// The in-process worker serves `/healthz` and `/readyz` on a free port
+    /// ([`TestFleet::worker_health`]).
     pub worker_health: bool,
     /// Turns storage on with this S3 endpoint (the test server's, or a proxy's): attempt
     /// logs and artifacts. Off by default.
@@ -249,7 +249,7 @@ delivery_limit = {delivery_limit}
 "#,
         concurrency = options.worker_concurrency,
         worker_health = if options.worker_health {
-            "health_listen = \"127.0.0.1:0\"\nliveness_grace_secs = 1"
+            "health_listen = \"127.0.0.1:0\"\nliveness_grace_secs = 30"
         } else {
             ""
         },

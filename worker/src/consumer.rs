@@ -20,7 +20,7 @@ use engine_shared::namespace::NamespaceSpec;
 
 use crate::control;
 use crate::dispatch::LaneSender;
-use crate::health::Consumers;
+use crate::health::{Consumers, HEARTBEAT};
 use crate::in_flight::InFlight;
 
 /// Everything needed to (re)establish one namespace's consumers.
@@ -38,6 +38,22 @@ pub struct NamespaceConsumer {
     pub index: usize,
 }
 
+/// Marks the namespace's supervisor stopped if it ends without being asked to (a panic or
+/// an unexpected return): liveness then fails, since nothing would reconnect it.
+struct StopGuard {
+    health: Arc<Consumers>,
+    index: usize,
+    armed: bool,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.health.stopped(self.index);
+        }
+    }
+}
+
 /// A live connection and its consumers.
 struct Session {
     connection: Connection,
@@ -52,25 +68,36 @@ impl NamespaceConsumer {
     pub async fn run(self, stop: CancellationToken, close: CancellationToken) {
         let vhost = self.spec.vhost.clone();
         let mut backoff = Self::backoff();
+        let mut guard = StopGuard {
+            health: self.health.clone(),
+            index: self.index,
+            armed: true,
+        };
         loop {
+            self.health.alive(self.index);
             match self.connect().await {
                 Ok(session) => {
                     backoff = Self::backoff();
                     tracing::info!(namespace = %self.spec.name, "consuming");
                     self.health.consuming(self.index);
-                    tokio::select! {
-                        _ = stop.cancelled() => {
-                            for (channel, tag) in &session.consumers {
-                                let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => {
+                                guard.armed = false;
+                                for (channel, tag) in &session.consumers {
+                                    let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
+                                }
+                                close.cancelled().await;
+                                let _ = session.connection.close(200, "worker stopping".into()).await;
+                                return;
                             }
-                            close.cancelled().await;
-                            let _ = session.connection.close(200, "worker stopping".into()).await;
-                            return;
-                        }
-                        _ = session.lost.cancelled() => {
-                            self.health.down(self.index, "lost the broker connection; reconnecting");
-                            tracing::warn!(namespace = %self.spec.name, vhost, "lost the broker connection; reconnecting");
-                            let _ = session.connection.close(200, "reconnecting".into()).await;
+                            _ = session.lost.cancelled() => {
+                                self.health.down(self.index, "lost the broker connection; reconnecting");
+                                tracing::warn!(namespace = %self.spec.name, vhost, "lost the broker connection; reconnecting");
+                                let _ = session.connection.close(200, "reconnecting".into()).await;
+                                break;
+                            }
+                            _ = tokio::time::sleep(HEARTBEAT) => self.health.alive(self.index),
                         }
                     }
                 }
@@ -82,7 +109,10 @@ impl NamespaceConsumer {
             }
             let delay = backoff.next().unwrap_or(Duration::from_secs(10));
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    guard.armed = false;
+                    return;
+                }
                 _ = tokio::time::sleep(delay) => {}
             }
         }
@@ -97,16 +127,39 @@ impl NamespaceConsumer {
             .build()
     }
 
+    /// A connection with every consumer running, or an error and nothing left behind: a
+    /// setup that fails half-way closes its connection, which stops the consumers already
+    /// started (they would otherwise feed the lanes from a connection nobody watches, one
+    /// more per retry).
     async fn connect(&self) -> anyhow::Result<Session> {
         let connection = self.broker.connect(&self.spec.vhost).await?;
+        let lost = CancellationToken::new();
+        match self.start_consumers(&connection, &lost).await {
+            Ok(consumers) => Ok(Session {
+                connection,
+                consumers,
+                lost,
+            }),
+            Err(error) => {
+                lost.cancel();
+                let _ = connection.close(200, "consumer set-up failed".into()).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn start_consumers(
+        &self,
+        connection: &Connection,
+        lost: &CancellationToken,
+    ) -> anyhow::Result<Vec<(Channel, lapin::types::ShortString)>> {
         let setup = connection.create_channel().await?;
         self.topology
             .declare(&setup)
             .await
             .map_err(|e| anyhow::anyhow!("declaring the topology: {e}"))?;
-        control::listen(setup, self.in_flight.clone()).await?;
+        control::listen(setup, self.in_flight.clone(), lost.clone()).await?;
 
-        let lost = CancellationToken::new();
         let mut consumers = Vec::with_capacity(self.lanes.len());
         for (queue, lane) in &self.lanes {
             let channel = connection.create_channel().await?;
@@ -132,10 +185,6 @@ impl NamespaceConsumer {
                 lost.cancel();
             });
         }
-        Ok(Session {
-            connection,
-            consumers,
-            lost,
-        })
+        Ok(consumers)
     }
 }

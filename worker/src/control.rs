@@ -10,6 +10,7 @@ use lapin::Channel;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use engine_shared::JobId;
 use engine_shared::broker::topology::CONTROL_EXCHANGE;
@@ -22,7 +23,14 @@ struct ControlMessage {
 }
 
 /// Declares this worker's control queue and consumes it until the channel closes.
-pub async fn listen(channel: Channel, in_flight: Arc<InFlight>) -> lapin::Result<()> {
+/// Consumes cancel broadcasts on `channel`; fires `lost` when that consumer ends, so the
+/// connection is re-established like any other consumer's (a silently dead control
+/// consumer would stop cancellations without anyone noticing).
+pub async fn listen(
+    channel: Channel,
+    in_flight: Arc<InFlight>,
+    lost: CancellationToken,
+) -> lapin::Result<()> {
     let queue = channel
         .queue_declare(
             "".into(),
@@ -65,6 +73,7 @@ pub async fn listen(channel: Channel, in_flight: Arc<InFlight>) -> lapin::Result
                 Err(error) => tracing::warn!(%error, "ignoring a malformed control message"),
             }
         }
+        lost.cancel();
     });
     Ok(())
 }

@@ -78,19 +78,40 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
             return;
         }
     };
-    if let Some(reason) = poison_reason(&shared, &envelope) {
+    // Every line the worker logs about this delivery (screening, admission, the attempt)
+    // carries the job and its trace.
+    let span = tracing::info_span!(
+        "attempt",
+        job = %envelope.id,
+        namespace = %context.spec.name,
+        kind = envelope.kind.as_str(),
+        trace_id = envelope.traceparent.as_ref().map(TraceParent::trace_id).unwrap_or_default(),
+    );
+    execute_decoded(&shared, context, &delivery, &envelope)
+        .instrument(span)
+        .await;
+}
+
+/// Screen → admission → run, for a delivery whose envelope decoded.
+async fn execute_decoded(
+    shared: &Arc<Shared>,
+    context: &NamespaceContext,
+    delivery: &Delivery,
+    envelope: &Envelope,
+) {
+    if let Some(reason) = poison_reason(shared, envelope) {
         bury(
-            &shared,
+            shared,
             context,
-            &delivery,
-            &envelope,
+            delivery,
+            envelope,
             ErrorKind::Poison,
             &reason,
         )
         .await;
         return;
     }
-    let deliveries = delivery_count(&delivery);
+    let deliveries = delivery_count(delivery);
     if deliveries >= shared.retry.delivery_limit {
         let reason = format!(
             "{deliveries} deliveries ended without an outcome: the job kills or outlives the \
@@ -100,10 +121,10 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
         // Only a job that started and never finished is buried as crashed; one that never
         // got to start (its deliveries were returned for other reasons) runs normally.
         if bury(
-            &shared,
+            shared,
             context,
-            &delivery,
-            &envelope,
+            delivery,
+            envelope,
             ErrorKind::Crashed,
             &reason,
         )
@@ -113,24 +134,14 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
         }
     }
 
-    let slot = match admit(&shared, &context.spec, &envelope, &delivery).await {
+    let slot = match admit(shared, &context.spec, envelope, delivery).await {
         Admission::Run(slot) => slot,
         Admission::Defer { delay, not_before } => {
-            defer(&shared, context, &delivery, &envelope, delay, not_before).await;
+            defer(shared, context, delivery, envelope, delay, not_before).await;
             return;
         }
     };
-    // Every line the worker logs about this attempt carries the job and its trace.
-    let span = tracing::info_span!(
-        "attempt",
-        job = %envelope.id,
-        namespace = %context.spec.name,
-        kind = envelope.kind.as_str(),
-        trace_id = envelope.traceparent.as_ref().map(TraceParent::trace_id).unwrap_or_default(),
-    );
-    run_admitted(&shared, context, &delivery, &envelope)
-        .instrument(span)
-        .await;
+    run_admitted(shared, context, delivery, envelope).await;
     if let Some(slot) = slot {
         slot.release(&shared.limiter).await;
     }
@@ -284,7 +295,10 @@ async fn run_admitted(
         }
     };
     describe_next(&log, finished.status, &retry);
-    count_outcome(&labels, finished.status);
+    // A snooze is not an attempt: it neither retries nor finishes the job.
+    if run.snooze.is_none() {
+        count_outcome(&labels, finished.status);
+    }
     ship_log(shared, context, id, run, &log);
     match (finished.status, retry) {
         (Some(JobStatus::Retrying), RetryRoute::Tier(tier)) => {

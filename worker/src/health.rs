@@ -20,13 +20,20 @@ use engine_shared::metrics::CONTENT_TYPE;
 use engine_shared::storage::ObjectStore;
 use engine_shared::store::Store;
 
-/// One namespace's consumers: up, or down since when and why.
+/// How often a namespace's supervisor proves it is alive, consuming or reconnecting.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// One namespace's consumers: up, or down since when and why; and the supervisor's last
+/// sign of life.
 #[derive(Clone, Debug)]
 struct ConsumerState {
     namespace: String,
     consuming: bool,
     since: Instant,
     reason: String,
+    heartbeat: Instant,
+    /// The supervisor ended without being asked to (it panicked or returned).
+    stopped: bool,
 }
 
 /// The consumers' states, one per served namespace, updated as they connect and drop.
@@ -48,6 +55,8 @@ impl Consumers {
                         consuming: false,
                         since: now,
                         reason: "not connected yet".into(),
+                        heartbeat: now,
+                        stopped: false,
                     })
                     .collect(),
             ),
@@ -64,6 +73,24 @@ impl Consumers {
         self.set(index, false, reason.into());
     }
 
+    /// Namespace `index`'s supervisor is alive (consuming, or retrying a connection).
+    pub fn alive(&self, index: usize) {
+        let mut states = self.states.lock().expect("never poisoned");
+        if let Some(state) = states.get_mut(index) {
+            state.heartbeat = Instant::now();
+        }
+    }
+
+    /// Namespace `index`'s supervisor ended on its own: nothing will reconnect it.
+    pub fn stopped(&self, index: usize) {
+        let mut states = self.states.lock().expect("never poisoned");
+        if let Some(state) = states.get_mut(index) {
+            state.stopped = true;
+            state.consuming = false;
+            state.reason = "the consumer supervisor stopped".into();
+        }
+    }
+
     fn set(&self, index: usize, consuming: bool, reason: String) {
         let mut states = self.states.lock().expect("never poisoned");
         if let Some(state) = states.get_mut(index) {
@@ -72,6 +99,7 @@ impl Consumers {
             }
             state.consuming = consuming;
             state.reason = reason;
+            state.heartbeat = Instant::now();
         }
     }
 
@@ -90,12 +118,14 @@ impl Consumers {
         }
     }
 
-    /// Namespaces down for longer than `grace` (liveness).
-    fn down_longer_than(&self, grace: Duration) -> Vec<String> {
+    /// Namespaces whose supervisor stopped, or gave no sign of life for `grace`
+    /// (liveness). A broker that cannot be reached is not one of them: the supervisor keeps
+    /// retrying, and restarting the process would not help (that is readiness's business).
+    fn stuck(&self, grace: Duration) -> Vec<String> {
         let states = self.states.lock().expect("never poisoned");
         states
             .iter()
-            .filter(|state| !state.consuming && state.since.elapsed() > grace)
+            .filter(|state| state.stopped || state.heartbeat.elapsed() > grace)
             .map(|state| state.namespace.clone())
             .collect()
     }
@@ -126,10 +156,10 @@ pub async fn serve(listener: TcpListener, state: HealthState, shutdown: Cancella
     }
 }
 
-/// Liveness: 503 once a namespace's consumers have been down past `worker.liveness_grace_secs`
-/// (a consumer that stopped and did not come back), 200 otherwise.
+/// Liveness: 503 once a namespace's consumer supervisor has stopped or shown no sign of
+/// life for `worker.liveness_grace_secs` (a consumer that silently stopped), 200 otherwise.
 async fn healthz(State(state): State<HealthState>) -> Response {
-    let stuck = state.consumers.down_longer_than(state.liveness_grace);
+    let stuck = state.consumers.stuck(state.liveness_grace);
     if stuck.is_empty() {
         Json(json!({ "status": "healthy" })).into_response()
     } else {
@@ -138,7 +168,7 @@ async fn healthz(State(state): State<HealthState>) -> Response {
             Json(json!({
                 "status": "unhealthy",
                 "reason": format!(
-                    "consumers down for over {}s in {}",
+                    "consumer supervisor stopped or silent for over {}s in {}",
                     state.liveness_grace.as_secs(),
                     stuck.join(", ")
                 ),
@@ -177,7 +207,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_namespace_down_past_the_grace_fails_liveness() {
+    fn down_consumers_fail_readiness_and_a_stopped_supervisor_fails_liveness() {
         let consumers = Consumers::new(["acme".to_owned(), "beta".to_owned()]);
         assert!(consumers.all_consuming().is_err());
         consumers.consuming(0);
@@ -186,11 +216,11 @@ mod tests {
         consumers.down(1, "connection lost");
         let reason = consumers.all_consuming().unwrap_err();
         assert!(reason.contains("beta: connection lost"), "{reason}");
-        assert!(
-            consumers
-                .down_longer_than(Duration::from_secs(60))
-                .is_empty()
-        );
-        assert_eq!(consumers.down_longer_than(Duration::ZERO), ["beta"]);
+        // Down but retrying: alive.
+        assert!(consumers.stuck(Duration::from_secs(60)).is_empty());
+        consumers.stopped(0);
+        assert_eq!(consumers.stuck(Duration::from_secs(60)), ["acme"]);
+        // Silent past the grace: stuck too.
+        assert_eq!(consumers.stuck(Duration::ZERO).len(), 2);
     }
 }

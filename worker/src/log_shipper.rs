@@ -113,8 +113,11 @@ impl LogShipper {
         } else {
             format!("{MAX_UPLOADS} uploads already under way")
         };
+        if permit.is_some() {
+            // Storage failed or timed out; no free permit is local back-pressure, not an error.
+            engine_shared::metrics::metrics().dependency_error("s3");
+        }
         drop(permit);
-        engine_shared::metrics::metrics().dependency_error("s3");
         let name = SpoolName {
             namespace: spec.name.as_str().to_owned(),
             job,

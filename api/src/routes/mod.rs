@@ -98,8 +98,14 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             Err(_) => metrics.dependency_error("postgres"),
         }
     };
-    // A scrape never hangs on a dead dependency: the gauges keep their last values.
-    let _ = tokio::time::timeout(engine_shared::health::CHECK_TIMEOUT, refresh).await;
+    // A scrape never hangs on a dead dependency: the gauges keep their last values, and
+    // the timeout is counted.
+    if tokio::time::timeout(engine_shared::health::CHECK_TIMEOUT, refresh)
+        .await
+        .is_err()
+    {
+        metrics.dependency_error("rabbitmq");
+    }
     (
         [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
         metrics.encode(),

@@ -73,8 +73,19 @@ impl Publisher {
     }
 
     /// A work queue's ready messages and consumers, by a passive declare (metrics).
+    ///
+    /// On a channel of its own, closed after: a failed passive declare closes its channel,
+    /// which must never be the one carrying publishes and their confirms.
     pub async fn queue_stats(&self, queue: &str) -> anyhow::Result<(u32, u32)> {
-        let channel = self.channel().await?;
+        let connection = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| anyhow::anyhow!("no connection to vhost {:?}: {e}", self.vhost))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| anyhow::anyhow!("opening a channel: {}", redact(&e)))?;
         let declared = channel
             .queue_declare(
                 work_queue(queue).as_str().into(),
@@ -86,15 +97,14 @@ impl Publisher {
             )
             .await;
         match declared {
-            Ok(declared) => Ok((declared.message_count(), declared.consumer_count())),
-            Err(error) => {
-                // A failed passive declare closes the channel: open a new one next time.
-                self.forget_channel().await;
-                Err(anyhow::anyhow!(
-                    "inspecting queue {queue}: {}",
-                    redact(&error)
-                ))
+            Ok(declared) => {
+                let _ = channel.close(200, "inspected".into()).await;
+                Ok((declared.message_count(), declared.consumer_count()))
             }
+            Err(error) => Err(anyhow::anyhow!(
+                "inspecting queue {queue}: {}",
+                redact(&error)
+            )),
         }
     }
 
