@@ -123,7 +123,7 @@ impl Metrics {
         );
         registry.register(
             "tl_jobs_cancelled",
-            "Running jobs stopped by a cancel request",
+            "Jobs cancelled: waiting ones by the API, running ones by their worker",
             metrics.cancelled.clone(),
         );
         registry.register(

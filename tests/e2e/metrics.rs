@@ -51,15 +51,35 @@ async fn submissions_outcomes_and_queues_are_counted_per_namespace_kind_and_queu
             .wait_for_status(id, JobStatus::Succeeded, Duration::from_secs(20))
             .await;
     }
+    // A waiting job cancelled by the API is counted there.
+    let waiting = fleet
+        .client
+        .submit(&json!({ "kind": "noop", "delay": 3600 }))
+        .await
+        .id();
+    assert_eq!(
+        fleet.client.cancel(&waiting).await.status,
+        reqwest::StatusCode::OK
+    );
 
-    let api = scrape(fleet.client.address()).await;
     let noop = format!(r#"{{namespace="{ns}",kind="noop",queue="default"}}"#);
+    let queue = format!(r#"{{namespace="{ns}",queue="default"}}"#);
+    // The gauges are read at most every 5 s, so a scrape may show the previous reading.
+    let api = wait_until("the queue gauges", Duration::from_secs(15), || async {
+        let text = scrape(fleet.client.address()).await;
+        (value(&text, &format!("tl_queue_consumers{queue}")).unwrap_or(0.0) >= 1.0).then_some(text)
+    })
+    .await;
     assert_eq!(
         value(&api, &format!("tl_jobs_submitted_total{noop}")),
+        Some(2.0),
+        "{api}"
+    );
+    assert_eq!(
+        value(&api, &format!("tl_jobs_cancelled_total{noop}")),
         Some(1.0),
         "{api}"
     );
-    let queue = format!(r#"{{namespace="{ns}",queue="default"}}"#);
     assert_eq!(
         value(&api, &format!("tl_queue_messages{queue}")),
         Some(0.0),

@@ -330,11 +330,23 @@ pub async fn cancel(
         .await
         .map_err(ApiError::from_store)?;
     match outcome {
-        CancelOutcome::Cancelled => Ok((
-            StatusCode::OK,
-            Json(json!({ "id": id, "status": JobStatus::Cancelled })),
-        )
-            .into_response()),
+        CancelOutcome::Cancelled { kind, queue } => {
+            // Cancelled while waiting, here; a running job's cancellation is counted by the
+            // worker that stops it.
+            metrics()
+                .cancelled
+                .get_or_create(&JobLabels {
+                    namespace: caller.namespace.as_str().to_owned(),
+                    kind,
+                    queue,
+                })
+                .inc();
+            Ok((
+                StatusCode::OK,
+                Json(json!({ "id": id, "status": JobStatus::Cancelled })),
+            )
+                .into_response())
+        }
         CancelOutcome::Requested => {
             // The request is durable in PostgreSQL; the broadcast only makes it prompt.
             if let Err(error) = state.relay.request_cancel(&caller.namespace, id).await {

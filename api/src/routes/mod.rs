@@ -67,9 +67,35 @@ pub fn readiness_response(readiness: &Readiness) -> Response {
     (status, Json(readiness.to_json())).into_response()
 }
 
+/// The queue gauges and the outbox backlog are read at most this often, by one scrape at a
+/// time: scrapes (or anyone who can reach the port) cannot turn into broker and database
+/// load.
+const GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// When the gauges were last read; held while a scrape reads them.
+static LAST_REFRESH: tokio::sync::Mutex<Option<std::time::Instant>> =
+    tokio::sync::Mutex::const_new(None);
+
 /// Prometheus metrics of this API process, with the queue gauges and the outbox backlog
-/// read now. Unauthenticated, like `/healthz`: expose it to the scraper, not the internet.
+/// read at most every [`GAUGE_REFRESH`]. Unauthenticated, like `/healthz`: expose it to the
+/// scraper, not the internet.
 async fn metrics_text(State(state): State<AppState>) -> Response {
+    let metrics = engine_shared::metrics::metrics();
+    if let Ok(mut last) = LAST_REFRESH.try_lock()
+        && last.is_none_or(|at| at.elapsed() >= GAUGE_REFRESH)
+    {
+        *last = Some(std::time::Instant::now());
+        refresh_gauges(&state).await;
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+        metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Reads queue depth, consumers and the outbox backlog into their gauges, within 2 s.
+async fn refresh_gauges(state: &AppState) {
     let metrics = engine_shared::metrics::metrics();
     let queues: Vec<QueueName> = state
         .settings
@@ -106,11 +132,6 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     {
         metrics.dependency_error("rabbitmq");
     }
-    (
-        [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
-        metrics.encode(),
-    )
-        .into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

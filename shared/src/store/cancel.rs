@@ -6,10 +6,11 @@ use super::{Store, count_round_trips};
 use crate::{JobId, JobStatus, Namespace};
 
 /// The result of a cancel request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CancelOutcome {
-    /// It was waiting (scheduled, queued, retrying) and is now `cancelled`; it never runs again.
-    Cancelled,
+    /// It was waiting (scheduled, queued, retrying) and is now `cancelled`; it never runs
+    /// again. Its kind and queue label the cancellation in the metrics.
+    Cancelled { kind: String, queue: String },
     /// It is running: the request is recorded and its worker must be told.
     Requested,
     /// It had already finished with this status; nothing changed.
@@ -27,14 +28,14 @@ impl Store {
         count_round_trips(1);
         // In SET, `status` is the row's old value: a running job keeps running until its
         // handler stops; every other cancellable job is cancelled here.
-        let updated: Option<JobStatus> = sqlx::query_scalar(
+        let updated: Option<(JobStatus, String, String)> = sqlx::query_as(
             "UPDATE jobs
              SET status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
                  finished_at = CASE WHEN status = 'running' THEN finished_at ELSE now() END,
                  cancel_requested_at = now()
              WHERE id = $1 AND namespace = $2
                AND status IN ('scheduled', 'queued', 'retrying', 'running')
-             RETURNING status",
+             RETURNING status, kind, queue",
         )
         .bind(id.as_uuid())
         .bind(namespace.as_str())
@@ -42,8 +43,8 @@ impl Store {
         .await
         .with_context(|| format!("cancelling job {id}"))?;
         match updated {
-            Some(JobStatus::Running) => Ok(CancelOutcome::Requested),
-            Some(_) => Ok(CancelOutcome::Cancelled),
+            Some((JobStatus::Running, _, _)) => Ok(CancelOutcome::Requested),
+            Some((_, kind, queue)) => Ok(CancelOutcome::Cancelled { kind, queue }),
             None => {
                 let current = self.job_status(namespace, id).await?;
                 Ok(current.map_or(CancelOutcome::NotFound, CancelOutcome::AlreadyFinal))
