@@ -177,17 +177,12 @@ async fn back_up(settings: &Settings, prefix: Option<&str>) -> anyhow::Result<()
     )
     .await;
     let summary = finish(&mut line, summary).context("backing up the database")?;
-    let rows: Vec<String> = summary
-        .tables
-        .iter()
-        .map(|(table, rows)| format!("{table} {rows}"))
-        .collect();
     eprintln!(
         "stored {} ({:.1} MiB; {:.1} MiB of rows: {}) in {:.1} s",
         summary.key.as_str(),
         mebibytes(summary.bytes),
         mebibytes(summary.raw_bytes),
-        rows.join(", "),
+        table_rows(&summary.tables),
         summary.duration.as_secs_f64()
     );
     for key in &summary.pruned {
@@ -238,15 +233,10 @@ async fn restore(
     let summary =
         backup::restore_backup(&objects, &backup.key, &target, |bytes| line.update(bytes)).await;
     let summary = finish(&mut line, summary)?;
-    let rows: Vec<String> = summary
-        .tables
-        .iter()
-        .map(|(table, rows)| format!("{table} {rows}"))
-        .collect();
     eprintln!(
         "restored {} rows ({}) at schema version {} in {:.1} s",
         summary.tables.values().sum::<u64>(),
-        rows.join(", "),
+        table_rows(&summary.tables),
         summary.migration,
         summary.duration.as_secs_f64()
     );
@@ -278,6 +268,15 @@ fn finish<T>(line: &mut ProgressLine, outcome: anyhow::Result<T>) -> anyhow::Res
         Err(_) => line.abandon(),
     }
     outcome
+}
+
+/// `jobs 12, job_errors 3, …`: row counts per table, for the summary lines.
+fn table_rows(tables: &std::collections::BTreeMap<String, u64>) -> String {
+    tables
+        .iter()
+        .map(|(table, rows)| format!("{table} {rows}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn mebibytes(bytes: u64) -> f64 {

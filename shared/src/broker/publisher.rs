@@ -52,15 +52,7 @@ impl Publisher {
             return Ok(channel.clone());
         }
         *current = None;
-        let connection = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| anyhow::anyhow!("no connection to vhost {:?}: {e}", self.vhost))?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| anyhow::anyhow!("opening a channel: {}", redact(&e)))?;
+        let channel = self.open_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -72,20 +64,25 @@ impl Publisher {
         Ok(channel)
     }
 
-    /// A work queue's ready messages and consumers, by a passive declare (metrics).
-    ///
-    /// On a channel of its own, closed after: a failed passive declare closes its channel,
-    /// which must never be the one carrying publishes and their confirms.
-    pub async fn queue_stats(&self, queue: &str) -> anyhow::Result<(u32, u32)> {
+    /// A new channel on the vhost's pooled connection.
+    async fn open_channel(&self) -> anyhow::Result<Channel> {
         let connection = self
             .pool
             .get()
             .await
             .map_err(|e| anyhow::anyhow!("no connection to vhost {:?}: {e}", self.vhost))?;
-        let channel = connection
+        connection
             .create_channel()
             .await
-            .map_err(|e| anyhow::anyhow!("opening a channel: {}", redact(&e)))?;
+            .map_err(|e| anyhow::anyhow!("opening a channel: {}", redact(&e)))
+    }
+
+    /// A work queue's ready messages and consumers, by a passive declare (metrics).
+    ///
+    /// On a channel of its own, closed after: a failed passive declare closes its channel,
+    /// which must never be the one carrying publishes and their confirms.
+    pub async fn queue_stats(&self, queue: &str) -> anyhow::Result<(u32, u32)> {
+        let channel = self.open_channel().await?;
         let declared = channel
             .queue_declare(
                 work_queue(queue).as_str().into(),
