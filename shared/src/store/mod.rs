@@ -60,8 +60,13 @@ impl Store {
     /// answer 503) while PostgreSQL is still down.
     pub fn connect_lazy(settings: &DatabaseSettings) -> anyhow::Result<Self> {
         let options = PgConnectOptions::from_str(settings.url.expose_secret())
-            .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {e}"))?
-            .application_name("tl-engine");
+            .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {e}"))?;
+        // An `application_name` in the URL wins, so an operator (or a test) can tell one
+        // process's connections from another's in `pg_stat_activity`.
+        let options = match options.get_application_name() {
+            Some(_) => options,
+            None => options.application_name("tl-engine"),
+        };
         let durable = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
