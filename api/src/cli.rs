@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use engine_jobs::{JobDeps, register_all};
 use engine_shared::backup::{self, BackupChoice, BackupFolder};
-use engine_shared::config::{DatabaseSettings, Settings};
+use engine_shared::config::{DatabaseSettings, Pooler, Settings};
 use engine_shared::storage::ObjectStore;
 use engine_shared::store::Store;
 use engine_shared::{Namespace, shutdown, telemetry};
@@ -220,6 +220,8 @@ async fn restore(
         max_connections: 2,
         acquire_timeout: settings.database.acquire_timeout,
         migrate_on_start: false,
+        // A restore migrates its target first: a direct connection, whatever the fleet uses.
+        pooler: Pooler::None,
     })
     .context("--database-url")?;
     let backup = folder.find(&objects, &choice).await?;

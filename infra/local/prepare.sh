@@ -11,7 +11,9 @@
 #   fleet       vhost `demo`, .run/engine.toml (kept once written), release binaries,
 #               migrations applied to tl_engine, demo API key in .run/demo.key (kept while valid)
 #   test        debug binaries, migrations applied to the test database
-#               ($TEST_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/tl_engine_test)
+#               ($TEST_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/tl_engine_test),
+#               PgBouncer installed from Debian's packages (tests start their own, in
+#               transaction mode; nothing is started here)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -336,8 +338,29 @@ prepare_fleet() {
   ensure_demo_key
 }
 
+# The tests run the fleet through a PgBouncer of their own in transaction mode (Neon's pooler
+# is one). Installed, never started or configured here.
+ensure_pgbouncer() {
+  command -v pgbouncer >/dev/null 2>&1 && return
+  need apt-get "Debian's package manager, to install PgBouncer (or install pgbouncer yourself)"
+  local sudo=()
+  if ((EUID != 0)); then
+    need sudo "root rights, to install PgBouncer with apt-get (or install pgbouncer yourself)"
+    sudo=(sudo -n)
+  fi
+  # policy-rc.d may refuse to start the package's own service: that is fine, it is not used.
+  # A stale package index is refreshed once before giving up.
+  if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer >/dev/null 2>&1; then
+    quietly "refreshing the package index (apt-get update)" "${sudo[@]}" apt-get update -q
+    quietly "installing PgBouncer (apt-get install pgbouncer)" \
+      "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer
+  fi
+  command -v pgbouncer >/dev/null 2>&1 || die "pgbouncer was installed but is not on PATH"
+}
+
 prepare_test() {
   need cargo "the Rust toolchain, to build the binaries"
+  ensure_pgbouncer
   (cd "$ROOT" && cargo build --quiet --workspace --bins) || die "cargo build --workspace --bins failed"
   quietly "migrating the test database (engine-api migrate)" \
     env -u ENGINE_CONFIG DATABASE_URL="$TEST_DATABASE_URL" AMQP_URL="$TEST_AMQP_URL" \

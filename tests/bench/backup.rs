@@ -14,7 +14,7 @@ use secrecy::SecretString;
 use sqlx::Connection;
 use tokio::process::Command;
 
-use engine_shared::config::DatabaseSettings;
+use engine_shared::config::{DatabaseSettings, Pooler};
 use engine_shared::storage::{ObjectKey, ObjectStore, StorageSettings};
 use engine_shared::store::Store;
 
@@ -372,6 +372,7 @@ impl Scratch {
             max_connections: 4,
             acquire_timeout: Duration::from_secs(10),
             migrate_on_start: false,
+            pooler: Pooler::None,
         })?;
         Ok(Self {
             name: name.to_owned(),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use rand::RngCore;
 use secrecy::SecretString;
 
-use engine_shared::config::DatabaseSettings;
+use engine_shared::config::{DatabaseSettings, Pooler};
 use engine_shared::store::Store;
 
 use crate::cli::Args;
@@ -60,6 +60,7 @@ impl Environment {
             max_connections: 4,
             acquire_timeout: Duration::from_secs(5),
             migrate_on_start: false,
+            pooler: Pooler::None,
         })?;
         store.migrate().await.context(
             "migrating the benchmark database (does it exist? bin/bench creates tl_engine_bench)",

@@ -12,7 +12,7 @@ use engine_shared::backup::format::{BackupWriter, Header};
 use engine_shared::backup::{
     self, BackupFolder, RestoreRefused, StoredBackup, restore_backup, schema,
 };
-use engine_shared::config::{BackupSettings, DatabaseSettings};
+use engine_shared::config::{BackupSettings, DatabaseSettings, Pooler};
 use engine_shared::storage::{ObjectKey, ObjectStore};
 use engine_shared::store::Store;
 use engine_shared::{JobId, Namespace};
@@ -48,6 +48,7 @@ impl ScratchDatabase {
             max_connections: 4,
             acquire_timeout: Duration::from_secs(10),
             migrate_on_start: false,
+            pooler: Pooler::None,
         })
         .unwrap();
         Self { name, url, store }

@@ -17,6 +17,7 @@ mod manifests;
 mod metrics;
 mod outage;
 mod poison;
+mod pooler;
 mod processes;
 mod reconnection;
 mod retries;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use engine_api::Application;
 use engine_jobs::{JobDeps, Registry, register_all};
-use engine_shared::config::Settings;
+use engine_shared::config::{Pooler, Settings};
 use engine_shared::storage::ObjectStore;
 use engine_shared::store::{JobRecord, Store};
 use engine_shared::{JobId, JobStatus, Namespace};
@@ -54,6 +54,10 @@ pub struct FleetOptions {
     /// The in-process worker serves `/healthz` and `/readyz` on a free port
     /// ([`TestFleet::worker_health`]).
     pub worker_health: bool,
+    /// The URL of a transaction-mode pooler (a [`crate::PgBouncer`]) through which the API
+    /// and the workers reach PostgreSQL, with `database.pooler = "transaction"`. The test's
+    /// own reads stay direct.
+    pub transaction_pooler: Option<String>,
     /// Turns storage on with this S3 endpoint (the test server's, or a proxy's): attempt
     /// logs and artifacts. Off by default.
     pub s3_endpoint: Option<String>,
@@ -86,6 +90,7 @@ impl Default for FleetOptions {
             worker_amqp_url: None,
             worker_database_url: None,
             worker_health: false,
+            transaction_pooler: None,
         }
     }
 }
@@ -219,6 +224,7 @@ fn settings_text(
 url = "{database_url}"
 max_connections = 6
 acquire_timeout_ms = 1500
+{pooler}
 [amqp]
 url = "{amqp_url}"
 [api]
@@ -248,6 +254,11 @@ delivery_limit = {delivery_limit}
 {extra}
 "#,
         concurrency = options.worker_concurrency,
+        pooler = if options.transaction_pooler.is_some() {
+            "pooler = \"transaction\""
+        } else {
+            ""
+        },
         worker_health = if options.worker_health {
             "health_listen = \"127.0.0.1:0\"\nliveness_grace_secs = 30"
         } else {
@@ -285,6 +296,7 @@ impl TestFleet {
             options
                 .worker_database_url
                 .as_deref()
+                .or(options.transaction_pooler.as_deref())
                 .unwrap_or(&services::database_url()),
             options
                 .worker_amqp_url
@@ -295,6 +307,7 @@ impl TestFleet {
         let mut settings = Settings::from_toml(&base_text).expect("test settings are valid");
         // The test reads rows directly, never through a worker's proxy.
         settings.database.url = secrecy::SecretString::from(services::database_url());
+        settings.database.pooler = Pooler::None;
         let store = Store::connect_lazy(&settings.database).unwrap();
         if MIGRATED.get().is_none() {
             store.migrate().await.expect("migrating the test database");
@@ -323,6 +336,7 @@ impl TestFleet {
             options
                 .api_database_url
                 .as_deref()
+                .or(options.transaction_pooler.as_deref())
                 .unwrap_or(&services::database_url()),
             options
                 .api_amqp_url

@@ -4,6 +4,7 @@
 //! - [`fleet`]: an API and worker in-process (port 0) or a worker as a real child process.
 //! - [`client`]: one typed HTTP client for the API.
 //! - [`broker`]: a test's vhost seen directly: raw publishes, dead letters and their reasons.
+//! - [`pgbouncer`]: a PgBouncer of the test's own in transaction mode.
 //! - [`proxy`]: a TCP proxy a test can cut and restore to simulate a server outage.
 //! - [`wait`]: waiting for a condition with a deadline (never a bare sleep).
 //! - [`test_kinds`]: job kinds that exist only for tests (panic, fail, flaky, fatal, snooze,
@@ -12,6 +13,7 @@
 pub mod broker;
 pub mod client;
 pub mod fleet;
+pub mod pgbouncer;
 pub mod proxy;
 pub mod services;
 pub mod test_kinds;
@@ -20,5 +22,6 @@ pub mod wait;
 pub use broker::{DeadLetter, VhostClient};
 pub use client::ApiClient;
 pub use fleet::{FleetOptions, TestFleet, WorkerProcess, binary};
+pub use pgbouncer::{PgBouncer, PgBouncerOptions};
 pub use proxy::TcpProxy;
 pub use wait::wait_until;

@@ -195,7 +195,7 @@ async fn load(
             .map(|t| format!("public.{}", schema::quote(&t.name)))
             .collect();
         let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", names.join(", "));
-        sqlx::query(AssertSqlSafe(lock))
+        sqlx::raw_sql(AssertSqlSafe(lock))
             .execute(&mut *tx)
             .await
             .context("locking the target's tables")?;

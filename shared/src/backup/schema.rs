@@ -3,7 +3,10 @@
 //! its columns; the schema version; and the statements that copy a table out and in.
 //!
 //! These statements live here rather than in `store`: they read and write whole tables of
-//! any shape, where the store's statements each serve one operation on known columns.
+//! any shape, where the store's statements each serve one operation on known columns. They
+//! are unnamed (`persistent(false)`): a backup runs them once, inside its snapshot's
+//! transaction, so they work through a transaction-mode pooler and leave nothing behind on a
+//! server connection it lends to others (see `store::unit`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,6 +33,7 @@ pub fn latest_known_migration() -> i64 {
 pub async fn applied_migration(conn: &mut PgConnection) -> anyhow::Result<Option<i64>> {
     let exists: bool =
         sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+            .persistent(false)
             .fetch_one(&mut *conn)
             .await
             .context("looking for the migrations table")?;
@@ -37,6 +41,7 @@ pub async fn applied_migration(conn: &mut PgConnection) -> anyhow::Result<Option
         return Ok(None);
     }
     sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .persistent(false)
         .fetch_one(&mut *conn)
         .await
         .context("reading the latest applied migration")
@@ -58,6 +63,7 @@ pub async fn tables(conn: &mut PgConnection) -> anyhow::Result<Vec<TableSpec>> {
           GROUP BY c.relname",
     )
     .bind(MIGRATIONS_TABLE)
+    .persistent(false)
     .fetch_all(&mut *conn)
     .await
     .context("listing the tables to back up")?;
@@ -69,6 +75,7 @@ pub async fn tables(conn: &mut PgConnection) -> anyhow::Result<Vec<TableSpec>> {
            JOIN pg_namespace n ON n.oid = child.relnamespace
           WHERE k.contype = 'f' AND n.nspname = 'public'",
     )
+    .persistent(false)
     .fetch_all(&mut *conn)
     .await
     .context("listing the foreign keys between tables")?;
@@ -135,6 +142,7 @@ pub async fn occupied(
     for table in tables {
         let sql = format!("SELECT EXISTS (SELECT 1 FROM {})", table_ref(&table.name));
         let any: bool = sqlx::query_scalar(AssertSqlSafe(sql))
+            .persistent(false)
             .fetch_one(&mut *conn)
             .await
             .with_context(|| format!("looking for rows in {}", table.name))?;
@@ -157,6 +165,7 @@ pub async fn advance_sequences(
                 sqlx::query_scalar("SELECT pg_get_serial_sequence($1, $2)")
                     .bind(table_ref(&table.name))
                     .bind(column)
+                    .persistent(false)
                     .fetch_one(&mut *conn)
                     .await
                     .with_context(|| {
@@ -170,6 +179,7 @@ pub async fn advance_sequences(
             );
             sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
                 .bind(sequence)
+                .persistent(false)
                 .fetch_one(&mut *conn)
                 .await
                 .with_context(|| format!("advancing the sequence of {}.{column}", table.name))?;

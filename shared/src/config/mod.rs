@@ -26,8 +26,8 @@ use crate::storage::StorageSettings;
 use crate::telemetry::LogFormat;
 use raw::RawSettings;
 pub use sections::{
-    ApiSettings, ArchiveSettings, BackupSettings, DatabaseSettings, LogSettings, RelaySettings,
-    WorkerSettings,
+    ApiSettings, ArchiveSettings, BackupSettings, DatabaseSettings, LogSettings, Pooler,
+    RelaySettings, WorkerSettings,
 };
 
 /// A configuration problem found at start-up. Messages name the setting, never a secret.
@@ -153,6 +153,25 @@ impl Settings {
         if raw.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1".into()));
         }
+        let pooler = match raw.database.pooler.as_deref() {
+            None | Some("none") => Pooler::None,
+            Some("transaction") => Pooler::Transaction,
+            Some(other) => {
+                return Err(invalid(
+                    "database.pooler",
+                    format!("must be \"none\" or \"transaction\", not {other:?}"),
+                ));
+            }
+        };
+        if raw.database.migrate_on_start && pooler == Pooler::Transaction {
+            return Err(invalid(
+                "database.migrate_on_start",
+                "cannot be used with database.pooler = \"transaction\": migrations hold a \
+                 session lock a transaction pooler does not keep; run `engine-api migrate` \
+                 with DATABASE_URL set to the direct endpoint"
+                    .into(),
+            ));
+        }
         if raw.amqp.consumer_timeout_secs < 60 {
             return Err(invalid(
                 "amqp.consumer_timeout_secs",
@@ -261,6 +280,7 @@ impl Settings {
                 max_connections: raw.database.max_connections.max(2),
                 acquire_timeout: Duration::from_millis(raw.database.acquire_timeout_ms),
                 migrate_on_start: raw.database.migrate_on_start,
+                pooler,
             },
             amqp_url,
             consumer_timeout: Duration::from_secs(raw.amqp.consumer_timeout_secs),
@@ -415,6 +435,37 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("DATABASE_URL"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn a_transaction_pooler_is_chosen_by_name_and_refuses_migrations_at_start() {
+        let settings = |database: &str| {
+            Settings::from_toml(&format!(
+                "[database]\nurl = \"postgres://localhost/x\"\n{database}\n\
+                 [amqp]\nurl = \"amqp://localhost\"\n"
+            ))
+        };
+        assert_eq!(settings("").unwrap().database.pooler, Pooler::None);
+        assert_eq!(
+            settings("pooler = \"transaction\"")
+                .unwrap()
+                .database
+                .pooler,
+            Pooler::Transaction
+        );
+        let unknown = settings("pooler = \"statement\"").unwrap_err().to_string();
+        assert!(unknown.contains("statement"), "{unknown}");
+        assert!(
+            unknown.contains("transaction"),
+            "names the choices: {unknown}"
+        );
+        let migrating = settings("pooler = \"transaction\"\nmigrate_on_start = true")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            migrating.contains("database.migrate_on_start") && migrating.contains("direct"),
+            "{migrating}"
+        );
     }
 
     #[test]

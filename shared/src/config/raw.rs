@@ -59,6 +59,9 @@ pub(super) struct RawDatabase {
     pub(super) acquire_timeout_ms: u64,
     #[serde(default)]
     pub(super) migrate_on_start: bool,
+    /// `none` or `transaction` ([`super::Pooler`]); checked in validation, whose message
+    /// names the choices.
+    pub(super) pooler: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +137,7 @@ impl Default for RawDatabase {
             max_connections: default_max_connections(),
             acquire_timeout_ms: default_acquire_timeout_ms(),
             migrate_on_start: false,
+            pooler: None,
         }
     }
 }

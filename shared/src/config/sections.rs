@@ -98,6 +98,23 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
     pub migrate_on_start: bool,
+    /// What sits between the fleet and PostgreSQL; decides how statements are sent.
+    pub pooler: Pooler,
+}
+
+/// `database.pooler`: what `DATABASE_URL` points at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pooler {
+    /// PostgreSQL itself (or a session-mode pooler): statements are prepared once per
+    /// connection and cached by name, and the relaxed pool sets `synchronous_commit` at
+    /// connection start-up.
+    #[default]
+    None,
+    /// A transaction-mode pooler (PgBouncer's `pool_mode = transaction`, Neon's `-pooler`
+    /// endpoint), which lends a server connection for one transaction at a time: every unit
+    /// of work runs in a transaction with unnamed statements, and connections send no
+    /// start-up parameter a pooler may refuse. Migrations need a direct connection.
+    Transaction,
 }
 
 /// Worker settings.

@@ -6,7 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{Store, count_round_trips};
+use super::{Commit, Store, count_round_trips};
 use crate::Namespace;
 
 /// Every key starts with this, so a leaked key is recognisable by secret scanners.
@@ -49,19 +49,19 @@ impl Store {
         rand::rng().fill_bytes(&mut random);
         let key = SecretString::from(format!("{KEY_PREFIX}{}", hex::encode(random)));
         let id = Uuid::now_v7();
+        let hash = ApiKey::from_presented(key.expose_secret()).hash();
         count_round_trips(1);
-        sqlx::query(
-            "INSERT INTO api_keys (id, namespace, label, key_hash) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(id)
-        .bind(namespace.as_str())
-        .bind(label)
-        .bind(
-            ApiKey::from_presented(key.expose_secret())
-                .hash()
-                .as_slice(),
-        )
-        .execute(&self.durable)
+        self.one(Commit::Durable, async |statements| {
+            sqlx::query(
+                "INSERT INTO api_keys (id, namespace, label, key_hash) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id)
+            .bind(namespace.as_str())
+            .bind(label)
+            .bind(hash.as_slice())
+            .execute(statements)
+            .await
+        })
         .await
         .context("storing the API key")?;
         Ok(NewApiKey {
@@ -74,11 +74,14 @@ impl Store {
     /// The namespace a presented key belongs to, if the key exists and is not revoked.
     pub async fn namespace_for_key(&self, key: &ApiKey) -> anyhow::Result<Option<String>> {
         count_round_trips(1);
-        sqlx::query_scalar(
-            "SELECT namespace FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(key.hash().as_slice())
-        .fetch_optional(&self.durable)
+        self.one(Commit::Durable, async |statements| {
+            sqlx::query_scalar(
+                "SELECT namespace FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+            )
+            .bind(key.hash().as_slice())
+            .fetch_optional(statements)
+            .await
+        })
         .await
         .context("looking up an API key")
     }
@@ -86,13 +89,17 @@ impl Store {
     /// Revokes a key by id; returns whether one was revoked.
     pub async fn revoke_api_key(&self, id: Uuid) -> anyhow::Result<bool> {
         count_round_trips(1);
-        let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
-        )
-        .bind(id)
-        .execute(&self.durable)
-        .await
-        .context("revoking an API key")?;
+        let done = self
+            .one(Commit::Durable, async |statements| {
+                sqlx::query(
+                    "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(id)
+                .execute(statements)
+                .await
+            })
+            .await
+            .context("revoking an API key")?;
         Ok(done.rows_affected() == 1)
     }
 }

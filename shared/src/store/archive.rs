@@ -11,10 +11,9 @@
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{Store, count_round_trips};
+use super::{Commit, Store, Unit, count_round_trips};
 use crate::Namespace;
 
 /// The class half of the archive's advisory lock key ("tlar" in ASCII); the other half is a
@@ -55,10 +54,10 @@ pub struct ArchivedJob {
 /// [`ArchivePass::complete`] (dropped, rolled back, its process killed) deletes nothing:
 /// the jobs stay, and a recorded batch stays pending for the next pass.
 pub struct ArchivePass {
-    transaction: Transaction<'static, Postgres>,
+    unit: Unit,
     namespace: Namespace,
-    /// The pool the manifest row commits through, outside the pass's transaction.
-    manifest: PgPool,
+    /// The store the manifest row commits through, outside the pass's transaction.
+    manifest: Store,
 }
 
 impl Store {
@@ -72,37 +71,32 @@ impl Store {
         &self,
         namespace: &Namespace,
     ) -> anyhow::Result<Option<ArchivePass>> {
-        count_round_trips(3);
-        let mut transaction = self
-            .durable
-            .begin()
+        count_round_trips(2);
+        let mut unit = self
+            .transaction(Commit::Durable)
             .await
             .context("starting an archive pass")?;
         // The pass holds this transaction open across the upload: a server-side idle timeout
         // would end it mid-upload, and another replica would then resume the batch while
         // this upload is still in flight.
         sqlx::query("SET LOCAL idle_in_transaction_session_timeout = 0")
-            .execute(&mut *transaction)
+            .execute(unit.statements())
             .await
             .context("starting an archive pass")?;
         let owner: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2))")
             .bind(ARCHIVE_LOCK_CLASS)
             .bind(namespace.as_str())
-            .fetch_one(&mut *transaction)
+            .fetch_one(unit.statements())
             .await
             .context("taking the archive lock")?;
         if !owner {
-            count_round_trips(1);
-            transaction
-                .rollback()
-                .await
-                .context("ending an archive pass")?;
+            unit.rollback().await.context("ending an archive pass")?;
             return Ok(None);
         }
         Ok(Some(ArchivePass {
-            transaction,
+            unit,
             namespace: namespace.clone(),
-            manifest: self.durable.clone(),
+            manifest: self.clone(),
         }))
     }
 }
@@ -116,7 +110,7 @@ impl ArchivePass {
              WHERE namespace = $1 ORDER BY created_at, id LIMIT 1",
         )
         .bind(self.namespace.as_str())
-        .fetch_optional(&mut *self.transaction)
+        .fetch_optional(self.unit.statements())
         .await
         .context("reading the pending archive batch")
     }
@@ -142,7 +136,7 @@ impl ArchivePass {
         .bind(self.namespace.as_str())
         .bind(cutoff)
         .bind(limit)
-        .fetch_all(&mut *self.transaction)
+        .fetch_all(self.unit.statements())
         .await
         .context("choosing jobs to archive")
     }
@@ -165,7 +159,7 @@ impl ArchivePass {
         .bind(self.namespace.as_str())
         .bind(cutoff)
         .bind(&batch.job_ids)
-        .fetch_all(&mut *self.transaction)
+        .fetch_all(self.unit.statements())
         .await
         .with_context(|| format!("locking the jobs of pending archive batch {}", batch.id))
     }
@@ -187,7 +181,7 @@ impl ArchivePass {
         )
         .bind(self.namespace.as_str())
         .bind(ids)
-        .fetch_all(&mut *self.transaction)
+        .fetch_all(self.unit.statements())
         .await
         .context("reading jobs to archive")
     }
@@ -197,18 +191,22 @@ impl ArchivePass {
     /// the next pass finds it and reuses its key instead of writing a second object.
     pub async fn record(&self, batch: &ArchiveBatch) -> anyhow::Result<()> {
         count_round_trips(1);
-        sqlx::query(
-            "INSERT INTO archive_batches (id, namespace, object_key, bucket, job_ids)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(batch.id)
-        .bind(self.namespace.as_str())
-        .bind(&batch.object_key)
-        .bind(&batch.bucket)
-        .bind(&batch.job_ids)
-        .execute(&self.manifest)
-        .await
-        .with_context(|| format!("recording archive batch {}", batch.id))?;
+        self.manifest
+            .one(Commit::Durable, async |statements| {
+                sqlx::query(
+                    "INSERT INTO archive_batches (id, namespace, object_key, bucket, job_ids)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(batch.id)
+                .bind(self.namespace.as_str())
+                .bind(&batch.object_key)
+                .bind(&batch.bucket)
+                .bind(&batch.job_ids)
+                .execute(statements)
+                .await
+            })
+            .await
+            .with_context(|| format!("recording archive batch {}", batch.id))?;
         Ok(())
     }
 
@@ -216,8 +214,7 @@ impl ArchivePass {
     /// replica's locks last until PostgreSQL notices its connection is gone). A recorded
     /// batch stays pending.
     pub async fn rollback(self) -> anyhow::Result<()> {
-        count_round_trips(1);
-        self.transaction
+        self.unit
             .rollback()
             .await
             .context("rolling back an archive pass")
@@ -227,7 +224,7 @@ impl ArchivePass {
     /// archived jobs (their `job_errors` cascade) and the manifest row, and commits, which
     /// also releases the archive lock. Returns how many jobs were deleted.
     pub async fn complete(mut self, batch: Uuid, archived: &[Uuid]) -> anyhow::Result<u64> {
-        count_round_trips(2);
+        count_round_trips(1);
         let deleted: i64 = sqlx::query_scalar(
             "WITH archived AS (
                  DELETE FROM jobs WHERE namespace = $1 AND id = ANY($2) RETURNING 1),
@@ -238,10 +235,10 @@ impl ArchivePass {
         .bind(self.namespace.as_str())
         .bind(archived)
         .bind(batch)
-        .fetch_one(&mut *self.transaction)
+        .fetch_one(self.unit.statements())
         .await
         .with_context(|| format!("deleting the jobs of archive batch {batch}"))?;
-        self.transaction
+        self.unit
             .commit()
             .await
             .with_context(|| format!("committing archive batch {batch}"))?;

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 
-use super::{Store, count_round_trips};
+use super::{Commit, Store, count_round_trips};
 use crate::{JobId, JobStatus, Namespace};
 
 /// The result of a cancel request.
@@ -28,20 +28,24 @@ impl Store {
         count_round_trips(1);
         // In SET, `status` is the row's old value: a running job keeps running until its
         // handler stops; every other cancellable job is cancelled here.
-        let updated: Option<(JobStatus, String, String)> = sqlx::query_as(
-            "UPDATE jobs
-             SET status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
-                 finished_at = CASE WHEN status = 'running' THEN finished_at ELSE now() END,
-                 cancel_requested_at = now()
-             WHERE id = $1 AND namespace = $2
-               AND status IN ('scheduled', 'queued', 'retrying', 'running')
-             RETURNING status, kind, queue",
-        )
-        .bind(id.as_uuid())
-        .bind(namespace.as_str())
-        .fetch_optional(&self.durable)
-        .await
-        .with_context(|| format!("cancelling job {id}"))?;
+        let updated: Option<(JobStatus, String, String)> = self
+            .one(Commit::Durable, async |statements| {
+                sqlx::query_as(
+                    "UPDATE jobs
+                     SET status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
+                         finished_at = CASE WHEN status = 'running' THEN finished_at ELSE now() END,
+                         cancel_requested_at = now()
+                     WHERE id = $1 AND namespace = $2
+                       AND status IN ('scheduled', 'queued', 'retrying', 'running')
+                     RETURNING status, kind, queue",
+                )
+                .bind(id.as_uuid())
+                .bind(namespace.as_str())
+                .fetch_optional(statements)
+                .await
+            })
+            .await
+            .with_context(|| format!("cancelling job {id}"))?;
         match updated {
             Some((JobStatus::Running, _, _)) => Ok(CancelOutcome::Requested),
             Some((_, kind, queue)) => Ok(CancelOutcome::Cancelled { kind, queue }),

@@ -7,7 +7,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::outbox::{OUTBOX_COLUMNS, OutboxJob};
-use super::{Store, count_round_trips};
+use super::{Commit, Store, count_round_trips};
 use crate::store::execution::ErrorKind;
 use crate::{JobId, JobStatus, Kind, Namespace, QueueName};
 
@@ -69,28 +69,32 @@ impl Store {
         worker_id: &str,
     ) -> anyhow::Result<Burial> {
         count_round_trips(1);
-        let buried: Option<Uuid> = sqlx::query_scalar(
-            "WITH target AS (
-                 SELECT id, attempts, redrives FROM jobs
-                 WHERE id = $1 AND namespace = $2
-                   AND (status = 'running'
-                        OR ($3 <> 'crashed' AND status IN ('scheduled', 'queued', 'retrying')))
-                 FOR UPDATE),
-             recorded AS (
-                 INSERT INTO job_errors (job_id, attempt, redrive, kind, message, worker_id)
-                 SELECT id, attempts, redrives, $3, $4, $5 FROM target)
-             UPDATE jobs SET status = 'dead', finished_at = now(), last_error = $4
-             FROM target WHERE jobs.id = target.id
-             RETURNING jobs.id",
-        )
-        .bind(id.as_uuid())
-        .bind(namespace.as_str())
-        .bind(kind.as_str())
-        .bind(reason)
-        .bind(worker_id)
-        .fetch_optional(&self.durable)
-        .await
-        .with_context(|| format!("burying job {id}"))?;
+        let buried: Option<Uuid> = self
+            .one(Commit::Durable, async |statements| {
+                sqlx::query_scalar(
+                    "WITH target AS (
+                         SELECT id, attempts, redrives FROM jobs
+                         WHERE id = $1 AND namespace = $2
+                           AND (status = 'running'
+                                OR ($3 <> 'crashed' AND status IN ('scheduled', 'queued', 'retrying')))
+                         FOR UPDATE),
+                     recorded AS (
+                         INSERT INTO job_errors (job_id, attempt, redrive, kind, message, worker_id)
+                         SELECT id, attempts, redrives, $3, $4, $5 FROM target)
+                     UPDATE jobs SET status = 'dead', finished_at = now(), last_error = $4
+                     FROM target WHERE jobs.id = target.id
+                     RETURNING jobs.id",
+                )
+                .bind(id.as_uuid())
+                .bind(namespace.as_str())
+                .bind(kind.as_str())
+                .bind(reason)
+                .bind(worker_id)
+                .fetch_optional(statements)
+                .await
+            })
+            .await
+            .with_context(|| format!("burying job {id}"))?;
         if buried.is_some() {
             return Ok(Burial::Buried);
         }
@@ -102,13 +106,16 @@ impl Store {
     /// oldest first.
     pub async fn job_errors(&self, id: JobId) -> anyhow::Result<Vec<JobError>> {
         count_round_trips(1);
-        sqlx::query_as(
-            "SELECT attempt, redrive, kind, message, at, duration_ms, worker_id,
-                    retry_delay_ms, retry_via
-             FROM job_errors WHERE job_id = $1 ORDER BY at, attempt",
-        )
-        .bind(id.as_uuid())
-        .fetch_all(&self.durable)
+        self.one(Commit::Durable, async |statements| {
+            sqlx::query_as(
+                "SELECT attempt, redrive, kind, message, at, duration_ms, worker_id,
+                        retry_delay_ms, retry_via
+                 FROM job_errors WHERE job_id = $1 ORDER BY at, attempt",
+            )
+            .bind(id.as_uuid())
+            .fetch_all(statements)
+            .await
+        })
         .await
         .with_context(|| format!("reading the errors of job {id}"))
     }
@@ -121,16 +128,20 @@ impl Store {
         id: JobId,
     ) -> anyhow::Result<Result<Option<OutboxJob>, JobStatus>> {
         count_round_trips(1);
-        let row: Option<OutboxJob> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE jobs SET {BACK_TO_WORK}
-             WHERE id = $1 AND namespace = $2 AND status IN ('dead', 'cancelled')
-             RETURNING {OUTBOX_COLUMNS}"
-        )))
-        .bind(id.as_uuid())
-        .bind(namespace.as_str())
-        .fetch_optional(&self.durable)
-        .await
-        .with_context(|| format!("retrying job {id}"))?;
+        let row: Option<OutboxJob> = self
+            .one(Commit::Durable, async |statements| {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "UPDATE jobs SET {BACK_TO_WORK}
+                     WHERE id = $1 AND namespace = $2 AND status IN ('dead', 'cancelled')
+                     RETURNING {OUTBOX_COLUMNS}"
+                )))
+                .bind(id.as_uuid())
+                .bind(namespace.as_str())
+                .fetch_optional(statements)
+                .await
+            })
+            .await
+            .with_context(|| format!("retrying job {id}"))?;
         if let Some(row) = row {
             return Ok(Ok(Some(row)));
         }
@@ -145,18 +156,21 @@ impl Store {
         filter: &DeadFilter,
     ) -> anyhow::Result<i64> {
         count_round_trips(1);
-        sqlx::query_scalar(
-            "SELECT count(*) FROM jobs
-             WHERE namespace = $1 AND status = 'dead'
-               AND ($2::text IS NULL OR kind = $2)
-               AND ($3::text IS NULL OR queue = $3)
-               AND ($4::text IS NULL OR last_error ILIKE '%' || $4 || '%' ESCAPE '\\')",
-        )
-        .bind(namespace.as_str())
-        .bind(filter.kind.as_ref().map(Kind::as_str))
-        .bind(filter.queue.as_ref().map(QueueName::as_str))
-        .bind(filter.error.as_deref().map(escape_like))
-        .fetch_one(&self.durable)
+        self.one(Commit::Durable, async |statements| {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM jobs
+                 WHERE namespace = $1 AND status = 'dead'
+                   AND ($2::text IS NULL OR kind = $2)
+                   AND ($3::text IS NULL OR queue = $3)
+                   AND ($4::text IS NULL OR last_error ILIKE '%' || $4 || '%' ESCAPE '\\')",
+            )
+            .bind(namespace.as_str())
+            .bind(filter.kind.as_ref().map(Kind::as_str))
+            .bind(filter.queue.as_ref().map(QueueName::as_str))
+            .bind(filter.error.as_deref().map(escape_like))
+            .fetch_one(statements)
+            .await
+        })
         .await
         .context("counting dead jobs")
     }
@@ -170,8 +184,9 @@ impl Store {
         limit: i64,
     ) -> anyhow::Result<Vec<OutboxJob>> {
         count_round_trips(1);
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "WITH target AS (
+        self.one(Commit::Durable, async |statements| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "WITH target AS (
                  SELECT id FROM jobs
                  WHERE namespace = $1 AND status = 'dead'
                    AND ($2::text IS NULL OR kind = $2)
@@ -183,13 +198,15 @@ impl Store {
              UPDATE jobs SET {BACK_TO_WORK}
              FROM target WHERE jobs.id = target.id
              RETURNING {OUTBOX_COLUMNS}"
-        )))
-        .bind(namespace.as_str())
-        .bind(filter.kind.as_ref().map(Kind::as_str))
-        .bind(filter.queue.as_ref().map(QueueName::as_str))
-        .bind(filter.error.as_deref().map(escape_like))
-        .bind(limit)
-        .fetch_all(&self.durable)
+            )))
+            .bind(namespace.as_str())
+            .bind(filter.kind.as_ref().map(Kind::as_str))
+            .bind(filter.queue.as_ref().map(QueueName::as_str))
+            .bind(filter.error.as_deref().map(escape_like))
+            .bind(limit)
+            .fetch_all(statements)
+            .await
+        })
         .await
         .context("redriving dead jobs")
     }

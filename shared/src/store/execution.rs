@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use uuid::Uuid;
 
-use super::{Store, count_round_trips};
+use super::{Commit, Store, count_round_trips};
 use crate::retry::{Backoff, RetryRoute};
 use crate::{JobId, JobStatus, Namespace};
 
@@ -162,34 +162,38 @@ impl Store {
         let namespaces: Vec<&str> = requests.iter().map(|r| r.namespace.as_str()).collect();
         let redelivered: Vec<bool> = requests.iter().map(|r| r.redelivered).collect();
         count_round_trips(1);
-        let rows: Vec<StartedRow> = sqlx::query_as(
-            "WITH input AS (
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[])
-                        AS i(id, namespace, redelivered)),
-             target AS (
-                 SELECT j.id FROM jobs j JOIN input i ON i.id = j.id AND i.namespace = j.namespace
-                 WHERE j.status = 'queued'
-                    -- a retry held for the scheduler may not start before its time, even
-                    -- from a stale message
-                    OR (j.status = 'retrying' AND j.run_at <= now())
-                    -- the scheduler publishes before its claim commits: the row still reads
-                    -- `scheduled`; this matches it so the lock wait ends in a recheck that
-                    -- sees `queued`, instead of a skip that would lose the job
-                    OR (j.status = 'scheduled' AND j.run_at <= now())
-                    OR (j.status = 'running' AND i.redelivered)
-                 ORDER BY j.id
-                 FOR UPDATE OF j)
-             UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = now()
-             FROM target WHERE jobs.id = target.id
-             RETURNING jobs.id, jobs.attempts, jobs.max_attempts, jobs.timeout_ms,
-                       jobs.backoff_min_ms, jobs.backoff_max_ms, jobs.snoozes, jobs.redrives",
-        )
-        .bind(&ids)
-        .bind(&namespaces)
-        .bind(&redelivered)
-        .fetch_all(&self.relaxed)
-        .await
-        .context("moving jobs to running")?;
+        let rows: Vec<StartedRow> = self
+            .one(Commit::Relaxed, async |statements| {
+                sqlx::query_as(
+                    "WITH input AS (
+                         SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[])
+                                AS i(id, namespace, redelivered)),
+                     target AS (
+                         SELECT j.id FROM jobs j JOIN input i ON i.id = j.id AND i.namespace = j.namespace
+                         WHERE j.status = 'queued'
+                            -- a retry held for the scheduler may not start before its time, even
+                            -- from a stale message
+                            OR (j.status = 'retrying' AND j.run_at <= now())
+                            -- the scheduler publishes before its claim commits: the row still reads
+                            -- `scheduled`; this matches it so the lock wait ends in a recheck that
+                            -- sees `queued`, instead of a skip that would lose the job
+                            OR (j.status = 'scheduled' AND j.run_at <= now())
+                            OR (j.status = 'running' AND i.redelivered)
+                         ORDER BY j.id
+                         FOR UPDATE OF j)
+                     UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = now()
+                     FROM target WHERE jobs.id = target.id
+                     RETURNING jobs.id, jobs.attempts, jobs.max_attempts, jobs.timeout_ms,
+                               jobs.backoff_min_ms, jobs.backoff_max_ms, jobs.snoozes, jobs.redrives",
+                )
+                .bind(&ids)
+                .bind(&namespaces)
+                .bind(&redelivered)
+                .fetch_all(statements)
+                .await
+            })
+            .await
+            .context("moving jobs to running")?;
         let mut outcomes: Vec<Option<StartOutcome>> = ids
             .iter()
             .map(|id| {
@@ -223,16 +227,20 @@ impl Store {
             .map(|((id, namespace), _)| (*id, *namespace))
             .unzip();
         count_round_trips(1);
-        let existing: Vec<(Uuid, JobStatus)> = sqlx::query_as(
-            "SELECT j.id, j.status FROM jobs j
-             JOIN unnest($1::uuid[], $2::text[]) AS i(id, namespace)
-               ON i.id = j.id AND i.namespace = j.namespace",
-        )
-        .bind(&missing_ids)
-        .bind(&missing_namespaces)
-        .fetch_all(&self.relaxed)
-        .await
-        .context("looking up jobs that did not start")?;
+        let existing: Vec<(Uuid, JobStatus)> = self
+            .one(Commit::Relaxed, async |statements| {
+                sqlx::query_as(
+                    "SELECT j.id, j.status FROM jobs j
+                     JOIN unnest($1::uuid[], $2::text[]) AS i(id, namespace)
+                       ON i.id = j.id AND i.namespace = j.namespace",
+                )
+                .bind(&missing_ids)
+                .bind(&missing_namespaces)
+                .fetch_all(statements)
+                .await
+            })
+            .await
+            .context("looking up jobs that did not start")?;
         for (id, outcome) in ids.iter().zip(outcomes.iter_mut()) {
             if outcome.is_none() {
                 *outcome = Some(match existing.iter().find(|row| row.0 == *id) {
@@ -287,7 +295,7 @@ impl Store {
             .map(|r| i32::try_from(r.attempt).unwrap_or(i32::MAX))
             .collect();
         count_round_trips(1);
-        let rows: Vec<(Uuid, JobStatus)> = sqlx::query_as(
+        let rows: Vec<(Uuid, JobStatus)> = self.one(Commit::Durable, async |statements| { sqlx::query_as(
             "WITH input AS (
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[],
                                       $6::int4[], $7::int8[], $8::text[], $10::int4[])
@@ -341,8 +349,7 @@ impl Store {
         .bind(&retry_via)
         .bind(worker_id)
         .bind(&attempts)
-        .fetch_all(&self.durable)
-        .await
+        .fetch_all(statements).await }).await
         .context("recording attempt outcomes")?;
         Ok(ids
             .iter()

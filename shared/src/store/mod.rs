@@ -13,6 +13,7 @@ mod execution;
 mod outbox;
 mod query;
 mod submit;
+mod unit;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +33,8 @@ pub use outbox::{OutboxClaim, OutboxJob};
 pub use query::{JobFilter, JobRecord};
 pub use submit::{NewJob, Submitted};
 
-use crate::config::DatabaseSettings;
+use crate::config::{DatabaseSettings, Pooler};
+use unit::{Commit, Statements, Unit};
 
 /// Round trips to PostgreSQL made by this process, for the benchmark's per-job figure.
 static ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
@@ -53,6 +55,8 @@ pub struct Store {
     durable: PgPool,
     /// Commits a crash may lose harmlessly; see the module docs.
     relaxed: PgPool,
+    /// How statements are sent; see [`unit`].
+    pooler: Pooler,
 }
 
 impl Store {
@@ -67,20 +71,82 @@ impl Store {
             Some(_) => options,
             None => options.application_name("tl-engine"),
         };
-        let durable = PgPoolOptions::new()
-            .max_connections(settings.max_connections)
-            .acquire_timeout(settings.acquire_timeout)
-            .connect_lazy_with(options.clone());
-        let relaxed = PgPoolOptions::new()
-            .max_connections((settings.max_connections / 3).max(2))
-            .acquire_timeout(settings.acquire_timeout)
-            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
-        Ok(Self { durable, relaxed })
+        let (durable_options, relaxed_options) = match settings.pooler {
+            Pooler::None => (
+                options.clone(),
+                options.options([("synchronous_commit", "off")]),
+            ),
+            // PgBouncer refuses start-up parameters it does not track (`options`,
+            // `extra_float_digits`), and no statement is cached by name (see `unit`).
+            Pooler::Transaction => {
+                let options = options.extra_float_digits(None).statement_cache_capacity(0);
+                (options.clone(), options)
+            }
+        };
+        let pool = |max_connections: u32| {
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(settings.acquire_timeout);
+            match settings.pooler {
+                Pooler::None => pool,
+                Pooler::Transaction => pool
+                    .after_connect(|connection, _| Box::pin(unit::learn_custom_types(connection))),
+            }
+        };
+        let durable = pool(settings.max_connections).connect_lazy_with(durable_options);
+        let relaxed =
+            pool((settings.max_connections / 3).max(2)).connect_lazy_with(relaxed_options);
+        Ok(Self {
+            durable,
+            relaxed,
+            pooler: settings.pooler,
+        })
+    }
+
+    /// A unit of work on the pool for `commit`, in autocommit where the pooler allows it.
+    async fn autocommit(&self, commit: Commit) -> Result<Unit, sqlx::Error> {
+        Unit::autocommit(self.pool_for(commit), self.pooler, commit).await
+    }
+
+    /// Runs one statement in a unit of its own.
+    async fn one<T>(
+        &self,
+        commit: Commit,
+        statement: impl AsyncFnOnce(Statements<'_>) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        let mut unit = self.autocommit(commit).await?;
+        let output = statement(unit.statements()).await?;
+        unit.commit().await?;
+        Ok(output)
+    }
+
+    /// A unit of work in one transaction on the pool for `commit`.
+    async fn transaction(&self, commit: Commit) -> Result<Unit, sqlx::Error> {
+        Unit::transaction(self.pool_for(commit), self.pooler, commit).await
+    }
+
+    fn pool_for(&self, commit: Commit) -> &PgPool {
+        match commit {
+            Commit::Durable => &self.durable,
+            Commit::Relaxed => &self.relaxed,
+        }
+    }
+
+    /// How this store reaches PostgreSQL (backups send their statements accordingly).
+    pub fn pooler(&self) -> Pooler {
+        self.pooler
     }
 
     /// Applies the migrations in `migrations/` (idempotent; concurrent callers serialize on
-    /// sqlx's advisory lock).
+    /// sqlx's advisory lock, which is held by the session: a direct connection only).
     pub async fn migrate(&self) -> anyhow::Result<()> {
+        if self.pooler == Pooler::Transaction {
+            anyhow::bail!(
+                "migrations need a direct connection (they hold a session lock a transaction \
+                 pooler does not keep): run them with DATABASE_URL set to the direct endpoint \
+                 and database.pooler unset"
+            );
+        }
         sqlx::migrate!("../migrations")
             .run(&self.durable)
             .await
@@ -95,21 +161,30 @@ impl Store {
     /// Due jobs not yet published, per namespace (metrics). Uses the outbox's partial
     /// index, which holds only unpublished rows.
     pub async fn outbox_backlog(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        self.count_outbox_backlog()
+            .await
+            .map_err(|e| anyhow::anyhow!("counting the outbox backlog: {e}"))
+    }
+
+    async fn count_outbox_backlog(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
         count_round_trips(1);
-        sqlx::query_as(
+        let mut unit = self.autocommit(Commit::Durable).await?;
+        let backlog = sqlx::query_as(
             "SELECT namespace, count(*) FROM jobs
              WHERE published_at IS NULL AND status IN ('queued', 'scheduled', 'retrying')
                AND run_at <= now()
              GROUP BY namespace",
         )
-        .fetch_all(&self.durable)
-        .await
-        .map_err(|e| anyhow::anyhow!("counting the outbox backlog: {e}"))
+        .fetch_all(unit.statements())
+        .await?;
+        unit.commit().await?;
+        Ok(backlog)
     }
 
     /// One `SELECT 1`: PostgreSQL answers (readiness).
     pub async fn ping(&self) -> anyhow::Result<()> {
-        sqlx::query("SELECT 1")
+        // A simple query: no statement to prepare, so it passes any pooler whole.
+        sqlx::raw_sql("SELECT 1")
             .execute(&self.durable)
             .await
             .map(drop)

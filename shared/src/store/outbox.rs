@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{Store, count_round_trips};
+use super::{Commit, Store, Unit, count_round_trips};
 use crate::envelope::Envelope;
 use crate::trace::TraceParent;
 use crate::{JobId, Kind, Namespace, QueueName};
@@ -43,7 +42,7 @@ impl OutboxJob {
 
 /// Rows locked by one sweep; other sweepers skip them until [`OutboxClaim::complete`].
 pub struct OutboxClaim {
-    transaction: Transaction<'static, Postgres>,
+    unit: Unit,
     pub jobs: Vec<OutboxJob>,
 }
 
@@ -54,15 +53,11 @@ impl OutboxClaim {
             count_round_trips(1);
             sqlx::query("UPDATE jobs SET published_at = now() WHERE id = ANY($1)")
                 .bind(published)
-                .execute(&mut *self.transaction)
+                .execute(self.unit.statements())
                 .await
                 .context("stamping swept jobs as published")?;
         }
-        count_round_trips(1);
-        self.transaction
-            .commit()
-            .await
-            .context("committing the sweep")
+        self.unit.commit().await.context("committing the sweep")
     }
 }
 
@@ -87,23 +82,18 @@ impl Store {
         namespaces: &[String],
         limit: i64,
     ) -> anyhow::Result<Option<OutboxClaim>> {
-        count_round_trips(2);
-        let mut transaction = self
-            .durable
-            .begin()
+        count_round_trips(1);
+        let mut unit = self
+            .transaction(Commit::Durable)
             .await
             .context("starting a scheduler pass")?;
         let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(SCHEDULER_LOCK)
-            .fetch_one(&mut *transaction)
+            .fetch_one(unit.statements())
             .await
             .context("taking the scheduler lock")?;
         if !leader {
-            count_round_trips(1);
-            transaction
-                .rollback()
-                .await
-                .context("ending a scheduler pass")?;
+            unit.rollback().await.context("ending a scheduler pass")?;
             return Ok(None);
         }
         count_round_trips(1);
@@ -122,10 +112,10 @@ impl Store {
         )))
         .bind(namespaces)
         .bind(limit)
-        .fetch_all(&mut *transaction)
+        .fetch_all(unit.statements())
         .await
         .context("claiming due scheduled and retrying jobs")?;
-        Ok(Some(OutboxClaim { transaction, jobs }))
+        Ok(Some(OutboxClaim { unit, jobs }))
     }
 
     /// Claims queued jobs that were never published and are older than `grace` (younger
@@ -136,8 +126,11 @@ impl Store {
         grace: Duration,
         limit: i64,
     ) -> anyhow::Result<OutboxClaim> {
-        count_round_trips(2);
-        let mut transaction = self.durable.begin().await.context("starting a sweep")?;
+        count_round_trips(1);
+        let mut unit = self
+            .transaction(Commit::Durable)
+            .await
+            .context("starting a sweep")?;
         let jobs = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {OUTBOX_COLUMNS} FROM jobs
              WHERE published_at IS NULL AND status = 'queued'
@@ -150,10 +143,10 @@ impl Store {
         .bind(namespaces)
         .bind(grace.as_secs_f64())
         .bind(limit)
-        .fetch_all(&mut *transaction)
+        .fetch_all(unit.statements())
         .await
         .context("claiming unpublished jobs")?;
-        Ok(OutboxClaim { transaction, jobs })
+        Ok(OutboxClaim { unit, jobs })
     }
 
     /// Stamps fast-path publications. Relaxed commit: a lost stamp only means the sweeper
@@ -161,14 +154,17 @@ impl Store {
     /// order, the order every batched UPDATE here uses, so batches never deadlock.
     pub async fn mark_published(&self, ids: &[Uuid]) -> anyhow::Result<()> {
         count_round_trips(1);
-        sqlx::query(
-            "WITH target AS (
-                 SELECT id FROM jobs WHERE id = ANY($1) AND published_at IS NULL
-                 ORDER BY id FOR UPDATE)
-             UPDATE jobs SET published_at = now() FROM target WHERE jobs.id = target.id",
-        )
-        .bind(ids)
-        .execute(&self.relaxed)
+        self.one(Commit::Relaxed, async |statements| {
+            sqlx::query(
+                "WITH target AS (
+                     SELECT id FROM jobs WHERE id = ANY($1) AND published_at IS NULL
+                     ORDER BY id FOR UPDATE)
+                 UPDATE jobs SET published_at = now() FROM target WHERE jobs.id = target.id",
+            )
+            .bind(ids)
+            .execute(statements)
+            .await
+        })
         .await
         .context("stamping published jobs")?;
         Ok(())

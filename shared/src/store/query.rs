@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Store, count_round_trips};
+use super::{Commit, Store, count_round_trips};
 use crate::{JobId, JobStatus, Kind, Namespace, QueueName};
 
 /// A job as a person querying the API sees it.
@@ -64,12 +64,15 @@ impl Store {
         id: JobId,
     ) -> anyhow::Result<Option<JobRecord>> {
         count_round_trips(1);
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM jobs WHERE id = $1 AND namespace = $2"
-        )))
-        .bind(id.as_uuid())
-        .bind(namespace.as_str())
-        .fetch_optional(&self.durable)
+        self.one(Commit::Durable, async |statements| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM jobs WHERE id = $1 AND namespace = $2"
+            )))
+            .bind(id.as_uuid())
+            .bind(namespace.as_str())
+            .fetch_optional(statements)
+            .await
+        })
         .await
         .with_context(|| format!("reading job {id}"))
     }
@@ -82,12 +85,15 @@ impl Store {
         id: JobId,
     ) -> anyhow::Result<Option<JobStatus>> {
         count_round_trips(1);
-        sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 AND namespace = $2")
-            .bind(id.as_uuid())
-            .bind(namespace.as_str())
-            .fetch_optional(&self.durable)
-            .await
-            .with_context(|| format!("reading the status of job {id}"))
+        self.one(Commit::Durable, async |statements| {
+            sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 AND namespace = $2")
+                .bind(id.as_uuid())
+                .bind(namespace.as_str())
+                .fetch_optional(statements)
+                .await
+        })
+        .await
+        .with_context(|| format!("reading the status of job {id}"))
     }
 
     /// A page of `namespace`'s jobs, newest first.
@@ -97,25 +103,28 @@ impl Store {
         filter: &JobFilter,
     ) -> anyhow::Result<Vec<JobRecord>> {
         count_round_trips(1);
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM jobs
-             WHERE namespace = $1
-               AND ($2::job_status IS NULL OR status = $2)
-               AND ($3::text IS NULL OR kind = $3)
-               AND ($4::text IS NULL OR queue = $4)
-               AND ($5::uuid IS NULL OR id < $5)
-               AND ($7::text IS NULL OR last_error ILIKE '%' || $7 || '%' ESCAPE '\\')
-             ORDER BY id DESC
-             LIMIT $6"
-        )))
-        .bind(namespace.as_str())
-        .bind(filter.status)
-        .bind(filter.kind.as_ref().map(Kind::as_str))
-        .bind(filter.queue.as_ref().map(QueueName::as_str))
-        .bind(filter.before.map(|id| id.as_uuid()))
-        .bind(i64::from(filter.limit))
-        .bind(filter.error.as_deref().map(super::dead::escape_like))
-        .fetch_all(&self.durable)
+        self.one(Commit::Durable, async |statements| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM jobs
+                 WHERE namespace = $1
+                   AND ($2::job_status IS NULL OR status = $2)
+                   AND ($3::text IS NULL OR kind = $3)
+                   AND ($4::text IS NULL OR queue = $4)
+                   AND ($5::uuid IS NULL OR id < $5)
+                   AND ($7::text IS NULL OR last_error ILIKE '%' || $7 || '%' ESCAPE '\\')
+                 ORDER BY id DESC
+                 LIMIT $6"
+            )))
+            .bind(namespace.as_str())
+            .bind(filter.status)
+            .bind(filter.kind.as_ref().map(Kind::as_str))
+            .bind(filter.queue.as_ref().map(QueueName::as_str))
+            .bind(filter.before.map(|id| id.as_uuid()))
+            .bind(i64::from(filter.limit))
+            .bind(filter.error.as_deref().map(super::dead::escape_like))
+            .fetch_all(statements)
+            .await
+        })
         .await
         .context("listing jobs")
     }

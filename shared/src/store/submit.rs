@@ -4,7 +4,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Store, count_round_trips};
+use super::{Commit, Store, count_round_trips};
 use crate::retry::Backoff;
 use crate::trace::TraceParent;
 use crate::{IdempotencyKey, JobId, JobStatus, Kind, Namespace, QueueName};
@@ -96,7 +96,9 @@ impl Store {
         }
 
         count_round_trips(1);
-        let created: Vec<Uuid> = sqlx::query_scalar(
+        let created: Vec<Uuid> = self
+            .one(Commit::Durable, async |statements| {
+                sqlx::query_scalar(
             "INSERT INTO jobs (id, namespace, kind, queue, args, status, priority, max_attempts,
                                timeout_ms, idempotency_key, run_at, backoff_min_ms, backoff_max_ms,
                                traceparent)
@@ -127,9 +129,10 @@ impl Store {
         .bind(&backoff_min)
         .bind(&backoff_max)
         .bind(&traceparents)
-        .fetch_all(&self.durable)
-        .await
-        .context("inserting jobs")?;
+        .fetch_all(statements).await
+            })
+            .await
+            .context("inserting jobs")?;
 
         let created: std::collections::HashSet<Uuid> = created.into_iter().collect();
         let mut outcomes: Vec<Option<Submitted>> = jobs
@@ -159,17 +162,21 @@ impl Store {
             })
             .unzip();
         count_round_trips(1);
-        let existing: Vec<(String, String, Uuid, JobStatus)> = sqlx::query_as(
-            "SELECT j.namespace, j.idempotency_key, j.id, j.status
-             FROM jobs j
-             JOIN unnest($1::text[], $2::text[]) AS k(namespace, idempotency_key)
-               ON j.namespace = k.namespace AND j.idempotency_key = k.idempotency_key",
-        )
-        .bind(&conflict_namespaces)
-        .bind(&conflict_keys)
-        .fetch_all(&self.durable)
-        .await
-        .context("looking up jobs by idempotency key")?;
+        let existing: Vec<(String, String, Uuid, JobStatus)> = self
+            .one(Commit::Durable, async |statements| {
+                sqlx::query_as(
+                    "SELECT j.namespace, j.idempotency_key, j.id, j.status
+                     FROM jobs j
+                     JOIN unnest($1::text[], $2::text[]) AS k(namespace, idempotency_key)
+                       ON j.namespace = k.namespace AND j.idempotency_key = k.idempotency_key",
+                )
+                .bind(&conflict_namespaces)
+                .bind(&conflict_keys)
+                .fetch_all(statements)
+                .await
+            })
+            .await
+            .context("looking up jobs by idempotency key")?;
 
         for (job, outcome) in jobs.iter().zip(outcomes.iter_mut()) {
             if outcome.is_some() {

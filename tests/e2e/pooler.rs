@@ -1,0 +1,170 @@
+//! Through a transaction-mode pooler (a PgBouncer of the test's own, as behind Neon's
+//! `-pooler` endpoint): with `database.pooler = "transaction"` every path of a job works,
+//! and without it the store's named statements break, which is why the setting exists.
+
+use std::time::Duration;
+
+use engine_shared::config::{DatabaseSettings, Pooler};
+use engine_shared::store::{JobFilter, Store};
+use engine_shared::{JobId, JobStatus, Namespace};
+use engine_tests::{FleetOptions, PgBouncer, PgBouncerOptions, TestFleet, wait_until};
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn every_path_of_a_job_works_through_a_transaction_pooler() {
+    let bouncer = PgBouncer::start(PgBouncerOptions {
+        server_connections: 2,
+        ignore_startup_parameters: false,
+    });
+    let fleet = TestFleet::start(FleetOptions {
+        transaction_pooler: Some(bouncer.database_url()),
+        ..FleetOptions::default()
+    })
+    .await;
+    let transactions_before = bouncer.stat("total_xact_count");
+
+    // Submitted, published by the fast path, started and finished.
+    fleet
+        .client
+        .submit_copies(60, &json!({ "kind": "noop" }))
+        .await;
+    // A retry through a delay tier, a scheduled job the scheduler publishes, a cancellation.
+    let flaky = fleet
+        .client
+        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 1 }, "max_attempts": 3 }))
+        .await
+        .id();
+    let scheduled = fleet
+        .client
+        .submit(&json!({ "kind": "noop", "delay": 1 }))
+        .await
+        .id();
+    let later = fleet
+        .client
+        .submit(&json!({ "kind": "noop", "delay": 600 }))
+        .await
+        .id();
+    let cancelled = fleet.client.cancel(&later).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
+    // Buried after its one attempt, then redriven.
+    let doomed = fleet
+        .client
+        .submit(&json!({ "kind": "test.fail", "max_attempts": 1 }))
+        .await
+        .id();
+    fleet
+        .wait_for_status(&doomed, JobStatus::Dead, Duration::from_secs(30))
+        .await;
+    let redriven = fleet
+        .client
+        .post("/v1/jobs/redrive", &json!({ "kind": "test.fail" }))
+        .await;
+    assert_eq!(redriven.status, StatusCode::OK, "{redriven:?}");
+
+    wait_until(
+        "the 62 jobs to succeed through the pooler",
+        Duration::from_secs(60),
+        || async { (fleet.count_in_status(JobStatus::Succeeded).await == 62).then_some(()) },
+    )
+    .await;
+    assert_eq!(fleet.record(&flaky).await.attempts, 2);
+    assert_eq!(fleet.record(&scheduled).await.status, JobStatus::Succeeded);
+    assert_eq!(fleet.record(&later).await.status, JobStatus::Cancelled);
+    let revived = fleet
+        .wait_for_status(&doomed, JobStatus::Dead, Duration::from_secs(30))
+        .await;
+    assert_eq!(revived.redrives, 1, "redriven once, then buried again");
+
+    let listed = fleet
+        .client
+        .get("/v1/jobs?status=succeeded&limit=100")
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{listed:?}");
+    assert_eq!(listed.body["jobs"].as_array().map(Vec::len), Some(62));
+
+    // The fleet's statements really went through the pooler: each job's submission, start
+    // and finish is at least one transaction there.
+    let transactions = bouncer.stat("total_xact_count") - transactions_before;
+    assert!(
+        transactions >= 3 * 62,
+        "only {transactions} transactions went through PgBouncer"
+    );
+    fleet.stop().await;
+}
+
+/// Runs the same reads from several tasks at once through `pooler`; returns the errors.
+async fn concurrent_reads(url: &str, pooler: Pooler) -> Vec<String> {
+    let store = Store::connect_lazy(&DatabaseSettings {
+        url: url.to_owned().into(),
+        max_connections: 6,
+        acquire_timeout: Duration::from_secs(5),
+        migrate_on_start: false,
+        pooler,
+    })
+    .unwrap();
+    let namespace = Namespace::parse(&format!("pooler{}", rand::random::<u32>())).unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (store, namespace) = (store.clone(), namespace.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            for _ in 0..25 {
+                let id = JobId::new();
+                let filter = JobFilter {
+                    status: Some(JobStatus::Dead),
+                    kind: None,
+                    queue: None,
+                    error: None,
+                    before: None,
+                    limit: 5,
+                };
+                let results = [
+                    store.job_status(&namespace, id).await.map(drop),
+                    store.get_job(&namespace, id).await.map(drop),
+                    store.list_jobs(&namespace, &filter).await.map(drop),
+                ];
+                errors.extend(
+                    results
+                        .into_iter()
+                        .filter_map(Result::err)
+                        .map(|e| format!("{e:#}")),
+                );
+            }
+            errors
+        }));
+    }
+    let mut errors = Vec::new();
+    for task in tasks {
+        errors.extend(task.await.unwrap());
+    }
+    store.close().await;
+    errors
+}
+
+#[tokio::test]
+async fn named_statements_break_behind_a_transaction_pooler_and_units_do_not() {
+    // One server connection that every client takes turns on; the start-up parameters a
+    // direct client sends are let through, so what breaks is the statements.
+    let bouncer = PgBouncer::start(PgBouncerOptions {
+        server_connections: 1,
+        ignore_startup_parameters: true,
+    });
+    let url = bouncer.database_url();
+
+    let direct_style = concurrent_reads(&url, Pooler::None).await;
+    assert!(
+        direct_style
+            .iter()
+            .any(|e| e.contains("prepared statement")),
+        "named statements were expected to collide on the shared server connection; \
+         errors: {direct_style:?}"
+    );
+
+    let pooled = concurrent_reads(&url, Pooler::Transaction).await;
+    assert!(
+        pooled.is_empty(),
+        "through the pooler with database.pooler = transaction: {pooled:?}\n{}",
+        bouncer.log_text()
+    );
+}
