@@ -58,6 +58,9 @@ pub struct FleetOptions {
     /// and the workers reach PostgreSQL, with `database.pooler = "transaction"`. The test's
     /// own reads stay direct.
     pub transaction_pooler: Option<String>,
+    /// `relay.publish_grace_ms`: how long the sweeper leaves a queued job to the fast path
+    /// before publishing it itself (a duplicate if the fast path's stamp was merely late).
+    pub publish_grace_ms: u64,
     /// Turns storage on with this S3 endpoint (the test server's, or a proxy's): attempt
     /// logs and artifacts. Off by default.
     pub s3_endpoint: Option<String>,
@@ -91,6 +94,7 @@ impl Default for FleetOptions {
             worker_database_url: None,
             worker_health: false,
             transaction_pooler: None,
+            publish_grace_ms: 300,
         }
     }
 }
@@ -243,7 +247,7 @@ grace_period_secs = 10
 {worker_health}
 [relay]
 sweep_interval_ms = 100
-publish_grace_ms = 300
+publish_grace_ms = {publish_grace_ms}
 [retry]
 base_delay_ms = 100
 max_delay_ms = 500
@@ -254,6 +258,7 @@ delivery_limit = {delivery_limit}
 {extra}
 "#,
         concurrency = options.worker_concurrency,
+        publish_grace_ms = options.publish_grace_ms,
         pooler = if options.transaction_pooler.is_some() {
             "pooler = \"transaction\""
         } else {
