@@ -1,6 +1,8 @@
 //! Through a transaction-mode pooler (a PgBouncer of the test's own, as behind Neon's
-//! `-pooler` endpoint): with `database.pooler = "transaction"` every path of a job works,
-//! and without it the store's named statements break, which is why the setting exists.
+//! `-pooler` endpoint): with `database.pooler = "transaction"` a job's paths work (submit,
+//! publish, start, finish, retry, schedule, cancel, bury, redrive, retry one, list, the
+//! metrics scrape; not the archive or backups), and without it the store's named statements
+//! break, which is why the setting exists.
 
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 #[tokio::test]
-async fn every_path_of_a_job_works_through_a_transaction_pooler() {
+async fn submit_run_retry_schedule_cancel_and_redrive_work_through_a_transaction_pooler() {
     let bouncer = PgBouncer::start(PgBouncerOptions {
         server_connections: 2,
         ignore_startup_parameters: false,
@@ -71,10 +73,30 @@ async fn every_path_of_a_job_works_through_a_transaction_pooler() {
     assert_eq!(fleet.record(&flaky).await.attempts, 2);
     assert_eq!(fleet.record(&scheduled).await.status, JobStatus::Succeeded);
     assert_eq!(fleet.record(&later).await.status, JobStatus::Cancelled);
-    let revived = fleet
-        .wait_for_status(&doomed, JobStatus::Dead, Duration::from_secs(30))
+    wait_until(
+        "the redriven job to be buried again",
+        Duration::from_secs(30),
+        || async {
+            let record = fleet.record(&doomed).await;
+            (record.status == JobStatus::Dead && record.redrives == 1).then_some(())
+        },
+    )
+    .await;
+    // Retried one at a time, and buried once more.
+    let retried = fleet
+        .client
+        .post(&format!("/v1/jobs/{doomed}/retry"), &json!({}))
         .await;
-    assert_eq!(revived.redrives, 1, "redriven once, then buried again");
+    assert_eq!(retried.status, StatusCode::OK, "{retried:?}");
+    wait_until(
+        "the retried job to be buried again",
+        Duration::from_secs(30),
+        || async {
+            let record = fleet.record(&doomed).await;
+            (record.status == JobStatus::Dead && record.redrives == 2).then_some(())
+        },
+    )
+    .await;
 
     let listed = fleet
         .client
@@ -82,6 +104,13 @@ async fn every_path_of_a_job_works_through_a_transaction_pooler() {
         .await;
     assert_eq!(listed.status, StatusCode::OK, "{listed:?}");
     assert_eq!(listed.body["jobs"].as_array().map(Vec::len), Some(62));
+    // The scrape reads the outbox backlog from PostgreSQL.
+    let metrics = fleet.client.get_raw("/metrics", &[]).await;
+    assert_eq!(metrics.0, StatusCode::OK);
+    assert!(
+        String::from_utf8_lossy(&metrics.2).contains("tl_outbox_backlog"),
+        "the outbox backlog was read"
+    );
 
     // The fleet's statements really went through the pooler: each job's submission, start
     // and finish is at least one transaction there.

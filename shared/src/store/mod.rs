@@ -132,11 +132,6 @@ impl Store {
         }
     }
 
-    /// How this store reaches PostgreSQL (backups send their statements accordingly).
-    pub fn pooler(&self) -> Pooler {
-        self.pooler
-    }
-
     /// Applies the migrations in `migrations/` (idempotent; concurrent callers serialize on
     /// sqlx's advisory lock, which is held by the session: a direct connection only).
     pub async fn migrate(&self) -> anyhow::Result<()> {
@@ -153,7 +148,9 @@ impl Store {
             .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))
     }
 
-    /// A pool for callers outside the store that need raw access (tests, benchmarks).
+    /// A pool for callers outside the store that need raw access (tests, benchmarks, the
+    /// backup). Behind a transaction pooler their statements must be unnamed
+    /// (`persistent(false)`) and inside a transaction, as the backup's are.
     pub fn pool(&self) -> &PgPool {
         &self.durable
     }

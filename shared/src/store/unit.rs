@@ -25,7 +25,7 @@ use futures_util::stream::BoxStream;
 use sqlx::error::BoxDynError;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
-use sqlx::{Acquire, Either, Execute, Executor, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{Acquire, Either, Execute, Executor, PgConnection, PgPool, Postgres};
 
 use super::count_round_trips;
 use crate::JobStatus;
@@ -40,15 +40,20 @@ pub(super) enum Commit {
     Relaxed,
 }
 
-/// One connection for a few statements; [`Unit::commit`] ends it.
+/// One connection for a few statements; [`Unit::commit`] or [`Unit::rollback`] ends it.
+///
+/// Transactions are begun and ended here with plain statements rather than through sqlx's
+/// `Transaction`: sqlx 0.9 counts a transaction only once `BEGIN` has answered, so a future
+/// dropped while waiting for that answer (a timeout, a client gone, a shutdown; behind a
+/// pooler, the wait for a server connection) hands the connection back to the pool inside
+/// a transaction (launchbadge/sqlx#4385). A unit marks itself open before it sends `BEGIN`,
+/// and a unit dropped while open closes its connection, which ends the transaction on the
+/// server, instead of returning it to the pool.
 pub(super) struct Unit {
-    connection: Connection,
+    connection: PoolConnection<Postgres>,
+    /// A transaction is, or may be, open on the connection.
+    open: bool,
     pooler: Pooler,
-}
-
-enum Connection {
-    Autocommit(PoolConnection<Postgres>),
-    Transaction(Transaction<'static, Postgres>),
 }
 
 impl Unit {
@@ -61,7 +66,8 @@ impl Unit {
     ) -> Result<Self, sqlx::Error> {
         match pooler {
             Pooler::None => Ok(Self {
-                connection: Connection::Autocommit(pool.acquire().await?),
+                connection: pool.acquire().await?,
+                open: false,
                 pooler,
             }),
             Pooler::Transaction => Self::transaction(pool, pooler, commit).await,
@@ -74,54 +80,61 @@ impl Unit {
         pooler: Pooler,
         commit: Commit,
     ) -> Result<Self, sqlx::Error> {
-        count_round_trips(1);
-        let transaction = match (pooler, commit) {
+        let mut unit = Self {
+            connection: pool.acquire().await?,
+            open: true,
+            pooler,
+        };
+        let begin = match (pooler, commit) {
             // Without a pooler the relaxed pool's connections carry the setting from their
             // start-up; a pooler shares server connections, so it is set per transaction, in
             // the same message as `BEGIN` (no extra round trip).
-            (Pooler::Transaction, Commit::Relaxed) => {
-                pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-                    .await?
-            }
-            _ => pool.begin().await?,
+            (Pooler::Transaction, Commit::Relaxed) => "BEGIN; SET LOCAL synchronous_commit = off",
+            _ => "BEGIN",
         };
-        Ok(Self {
-            connection: Connection::Transaction(transaction),
-            pooler,
-        })
+        unit.send(begin).await?;
+        Ok(unit)
     }
 
     /// Where the unit's statements go: `.fetch_all(unit.statements())`.
     pub(super) fn statements(&mut self) -> Statements<'_> {
-        let connection: &mut PgConnection = match &mut self.connection {
-            Connection::Autocommit(connection) => connection,
-            Connection::Transaction(transaction) => transaction,
-        };
         Statements {
-            connection,
+            connection: &mut self.connection,
             named: self.pooler == Pooler::None,
         }
     }
 
     /// Commits the unit's transaction, if it has one.
-    pub(super) async fn commit(self) -> Result<(), sqlx::Error> {
-        match self.connection {
-            Connection::Autocommit(_) => Ok(()),
-            Connection::Transaction(transaction) => {
-                count_round_trips(1);
-                transaction.commit().await
-            }
+    pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        if self.open {
+            self.send("COMMIT").await?;
+            self.open = false;
         }
+        Ok(())
     }
 
     /// Rolls the unit's transaction back, if it has one.
-    pub(super) async fn rollback(self) -> Result<(), sqlx::Error> {
-        match self.connection {
-            Connection::Autocommit(_) => Ok(()),
-            Connection::Transaction(transaction) => {
-                count_round_trips(1);
-                transaction.rollback().await
-            }
+    pub(super) async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        if self.open {
+            self.send("ROLLBACK").await?;
+            self.open = false;
+        }
+        Ok(())
+    }
+
+    /// Sends one transaction-control message as a simple query: no statement to prepare,
+    /// so any pooler passes it whole.
+    async fn send(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        count_round_trips(1);
+        sqlx::raw_sql(sql).execute(&mut *self.connection).await?;
+        Ok(())
+    }
+}
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        if self.open {
+            self.connection.close_on_drop();
         }
     }
 }
@@ -192,6 +205,9 @@ impl<'c> Executor<'c> for Statements<'c> {
     where
         'c: 'e,
     {
+        if !self.named {
+            return Box::pin(async { Err(named_statement_refused()) });
+        }
         self.connection.prepare_with(sql, parameters)
     }
 
@@ -202,8 +218,21 @@ impl<'c> Executor<'c> for Statements<'c> {
     where
         'c: 'e,
     {
+        if !self.named {
+            return Box::pin(async { Err(named_statement_refused()) });
+        }
         self.connection.describe(sql)
     }
+}
+
+/// sqlx prepares explicitly only as a named statement, which a transaction pooler would
+/// leave on a server connection it lends to others.
+fn named_statement_refused() -> sqlx::Error {
+    sqlx::Error::Configuration(
+        "an explicitly prepared statement is named, which database.pooler = \"transaction\" \
+         does not allow"
+            .into(),
+    )
 }
 
 /// A statement as [`Statements`] sends it: named (prepared once, cached) only when allowed.
