@@ -5,6 +5,9 @@
 //! - [`client`]: one typed HTTP client for the API.
 //! - [`broker`]: a test's vhost seen directly: raw publishes, dead letters and their reasons.
 //! - [`proxy`]: a TCP proxy a test can cut and restore to simulate a server outage.
+//! - [`tls_proxy`]: a throwaway certificate authority, and a TLS-terminating proxy with a
+//!   certificate it signed, so clients speak TLS to the plain test servers; it counts
+//!   handshakes.
 //! - [`wait`]: waiting for a condition with a deadline (never a bare sleep).
 //! - [`test_kinds`]: job kinds that exist only for tests (panic, fail, flaky, fatal, snooze,
 //!   a switch, and one that aborts its process).
@@ -15,10 +18,12 @@ pub mod fleet;
 pub mod proxy;
 pub mod services;
 pub mod test_kinds;
+pub mod tls_proxy;
 pub mod wait;
 
 pub use broker::{DeadLetter, VhostClient};
 pub use client::ApiClient;
 pub use fleet::{FleetOptions, TestFleet, WorkerProcess, binary};
 pub use proxy::TcpProxy;
+pub use tls_proxy::{TestCa, TlsProxy};
 pub use wait::wait_until;
