@@ -22,5 +22,6 @@ mod reconnection;
 mod retries;
 mod scheduler;
 mod storage;
+mod tls;
 mod trace;
 mod webhook;
