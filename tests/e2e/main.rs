@@ -6,6 +6,7 @@ mod artifacts;
 mod backup;
 mod cancel;
 mod command_line;
+mod connections;
 mod dead;
 mod errors;
 mod health;

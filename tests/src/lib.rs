@@ -8,6 +8,7 @@
 //! - [`tls_proxy`]: a throwaway certificate authority, and a TLS-terminating proxy with a
 //!   certificate it signed, so clients speak TLS to the plain test servers; it counts
 //!   handshakes.
+//! - [`management`]: RabbitMQ's management API's view of a vhost's connections and channels.
 //! - [`wait`]: waiting for a condition with a deadline (never a bare sleep).
 //! - [`test_kinds`]: job kinds that exist only for tests (panic, fail, flaky, fatal, snooze,
 //!   a switch, and one that aborts its process).
@@ -15,6 +16,7 @@
 pub mod broker;
 pub mod client;
 pub mod fleet;
+pub mod management;
 pub mod proxy;
 pub mod services;
 pub mod test_kinds;
