@@ -44,6 +44,8 @@ pub struct FleetOptions {
     pub delivery_limit: u32,
     /// Replaces the Redis URL (e.g. a proxy's) for the whole fleet.
     pub redis_url: Option<String>,
+    /// Replaces the Redis URL (e.g. a TLS proxy's) for the workers only, over `redis_url`.
+    pub worker_redis_url: Option<String>,
     /// `api.submit_rate_per_sec` and `api.submit_burst`.
     pub submit_rate: Option<(u32, u32)>,
     /// Replaces the broker URL (e.g. a proxy's) for the workers only.
@@ -88,6 +90,7 @@ impl Default for FleetOptions {
             namespaces: 1,
             delivery_limit: 20,
             redis_url: None,
+            worker_redis_url: None,
             submit_rate: None,
             s3_endpoint: None,
             worker_amqp_url: None,
@@ -192,6 +195,7 @@ fn settings_text(
     namespaces: &[String],
     database_url: &str,
     amqp_url: &str,
+    redis_url: &str,
     options: &FleetOptions,
 ) -> String {
     let secret = options
@@ -273,10 +277,6 @@ delivery_limit = {delivery_limit}
         submit_rate = options.submit_rate.map_or(0, |rate| rate.0),
         submit_burst = options.submit_rate.map_or(1_000, |rate| rate.1),
         max_batch = options.submit_rate.map_or(1_000, |rate| rate.1),
-        redis_url = options
-            .redis_url
-            .clone()
-            .unwrap_or_else(services::redis_url),
         extra = options.extra_toml,
     )
 }
@@ -307,6 +307,11 @@ impl TestFleet {
                 .worker_amqp_url
                 .as_deref()
                 .unwrap_or(&services::amqp_url()),
+            options
+                .worker_redis_url
+                .as_deref()
+                .or(options.redis_url.as_deref())
+                .unwrap_or(&services::redis_url()),
             &options,
         );
         let mut settings = Settings::from_toml(&base_text).expect("test settings are valid");
@@ -347,6 +352,10 @@ impl TestFleet {
                 .api_amqp_url
                 .as_deref()
                 .unwrap_or(&services::amqp_url()),
+            options
+                .redis_url
+                .as_deref()
+                .unwrap_or(&services::redis_url()),
             &options,
         );
         let api_settings = Settings::from_toml(&api_text).unwrap();
@@ -462,8 +471,13 @@ impl TestFleet {
 
     /// How many of this namespace's jobs are in `status`, read directly from PostgreSQL.
     pub async fn count_in_status(&self, status: JobStatus) -> i64 {
+        self.count_in(&self.namespace, status).await
+    }
+
+    /// How many of `namespace`'s jobs are in `status`, read directly from PostgreSQL.
+    pub async fn count_in(&self, namespace: &Namespace, status: JobStatus) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM jobs WHERE namespace = $1 AND status = $2")
-            .bind(self.namespace.as_str())
+            .bind(namespace.as_str())
             .bind(status)
             .fetch_one(self.store.pool())
             .await
@@ -503,7 +517,25 @@ impl TestFleet {
 
     /// Starts a real `engine-worker` process for this namespace.
     pub fn spawn_worker_process(&self, concurrency: u16, grace_secs: u64) -> WorkerProcess {
-        WorkerProcess::spawn(&self.config_path, &self.namespace, concurrency, grace_secs)
+        self.spawn_worker_process_with_env(concurrency, grace_secs, &[])
+    }
+
+    /// Starts a real `engine-worker` process for this namespace with extra environment
+    /// variables, which win over the settings file (`SSL_CERT_FILE`, `ENGINE__…`).
+    pub fn spawn_worker_process_with_env(
+        &self,
+        concurrency: u16,
+        grace_secs: u64,
+        env: &[(&str, &str)],
+    ) -> WorkerProcess {
+        WorkerProcess::spawn_binary(
+            "engine-worker",
+            &self.config_path,
+            &self.namespace,
+            concurrency,
+            grace_secs,
+            env,
+        )
     }
 
     /// Starts a real `engine-test-worker` process (the worker runtime with the test kinds,
@@ -515,6 +547,7 @@ impl TestFleet {
             &self.namespace,
             concurrency,
             10,
+            &[],
         )
     }
 }
@@ -570,16 +603,25 @@ impl WorkerProcess {
         concurrency: u16,
         grace_secs: u64,
     ) -> Self {
-        Self::spawn_binary("engine-worker", config, namespace, concurrency, grace_secs)
+        Self::spawn_binary(
+            "engine-worker",
+            config,
+            namespace,
+            concurrency,
+            grace_secs,
+            &[],
+        )
     }
 
-    /// Starts the workspace binary `name` as a worker with these settings.
+    /// Starts the workspace binary `name` as a worker with these settings, and `env` set on
+    /// top of them.
     pub fn spawn_binary(
         name: &str,
         config: &std::path::Path,
         namespace: &Namespace,
         concurrency: u16,
         grace_secs: u64,
+        env: &[(&str, &str)],
     ) -> Self {
         let log =
             std::env::temp_dir().join(format!("{namespace}-worker-{}.log", rand::random::<u32>()));
@@ -591,6 +633,7 @@ impl WorkerProcess {
             .env("ENGINE__WORKER__CONCURRENCY", concurrency.to_string())
             .env("ENGINE__WORKER__GRACE_PERIOD_SECS", grace_secs.to_string())
             .env("RUST_LOG", "info,sqlx=warn,lapin=warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -653,6 +696,15 @@ impl Drop for WorkerProcess {
         }
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// A loopback address with a port free right now, for a child process to listen on (e.g.
+/// a worker's `ENGINE__WORKER__HEALTH_LISTEN`). Another process could take the port before
+/// the child binds it: the child would then exit at start-up, and the test fail.
+pub fn free_loopback_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
 }
 
 #[allow(unsafe_code)]

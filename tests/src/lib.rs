@@ -6,6 +6,10 @@
 //! - [`broker`]: a test's vhost seen directly: raw publishes, dead letters and their reasons.
 //! - [`pgbouncer`]: a PgBouncer of the test's own in transaction mode.
 //! - [`proxy`]: a TCP proxy a test can cut and restore to simulate a server outage.
+//! - [`tls_proxy`]: a throwaway certificate authority, and a TLS-terminating proxy with a
+//!   certificate it signed, so clients speak TLS to the plain test servers; it counts
+//!   handshakes.
+//! - [`management`]: RabbitMQ's management API's view of a vhost's connections and channels.
 //! - [`wait`]: waiting for a condition with a deadline (never a bare sleep).
 //! - [`test_kinds`]: job kinds that exist only for tests (panic, fail, flaky, fatal, snooze,
 //!   a switch, and one that aborts its process).
@@ -13,10 +17,12 @@
 pub mod broker;
 pub mod client;
 pub mod fleet;
+pub mod management;
 pub mod pgbouncer;
 pub mod proxy;
 pub mod services;
 pub mod test_kinds;
+pub mod tls_proxy;
 pub mod wait;
 
 pub use broker::{DeadLetter, VhostClient};
@@ -24,4 +30,5 @@ pub use client::ApiClient;
 pub use fleet::{FleetOptions, TestFleet, WorkerProcess, binary};
 pub use pgbouncer::{PgBouncer, PgBouncerOptions};
 pub use proxy::TcpProxy;
+pub use tls_proxy::{TestCa, TlsProxy};
 pub use wait::wait_until;

@@ -44,7 +44,7 @@ pub fn s3_settings() -> engine_shared::storage::StorageSettings {
     }
 }
 
-fn management_url() -> String {
+pub(crate) fn management_url() -> String {
     std::env::var("TEST_RABBITMQ_MANAGEMENT_URL")
         .unwrap_or_else(|_| "http://127.0.0.1:15672".to_owned())
 }
