@@ -87,9 +87,35 @@ struct Pair {
 struct Measured {
     result: ScenarioResult,
     audit: Audit,
-    /// Transactions PgBouncer counted for the database while the fleet ran (warm-up, start
-    /// and stop included); only through PgBouncer.
-    pooler_transactions: Option<i64>,
+    /// What PgBouncer counted for the database while the fleet ran (warm-up, start and stop
+    /// included); only through PgBouncer.
+    pooler: Option<PoolerCounts>,
+}
+
+/// Differences of PgBouncer's `SHOW STATS` counters over one fleet's life: a check on the
+/// store's own round-trip count that does not rely on the store.
+#[derive(Clone, Copy)]
+struct PoolerCounts {
+    /// `total_xact_count`: transactions, each on one server connection.
+    transactions: i64,
+    /// `total_query_count`: exchanges PgBouncer forwarded (each ends with a ReadyForQuery).
+    queries: i64,
+}
+
+impl PoolerCounts {
+    fn read(bouncer: &PgBouncer) -> anyhow::Result<Self> {
+        Ok(Self {
+            transactions: bouncer.read_stat("total_xact_count")?,
+            queries: bouncer.read_stat("total_query_count")?,
+        })
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            transactions: self.transactions - before.transactions,
+            queries: self.queries - before.queries,
+        }
+    }
 }
 
 impl Measured {
@@ -120,13 +146,11 @@ async fn measure(
         Pooler::None => "direct",
         Pooler::Transaction => "pooled",
     };
-    let transactions_before = bouncer
-        .map(|bouncer| bouncer.read_stat("total_xact_count"))
-        .transpose()?;
+    let counts_before = bouncer.map(PoolerCounts::read).transpose()?;
     let result = scenario::run(env, &format!("{}-{route}", planned.label), planned.load).await?;
     namespaces.push(result.namespace.clone());
-    let pooler_transactions = match (bouncer, transactions_before) {
-        (Some(bouncer), Some(before)) => Some(bouncer.read_stat("total_xact_count")? - before),
+    let pooler = match (bouncer, counts_before) {
+        (Some(bouncer), Some(before)) => Some(PoolerCounts::read(bouncer)?.since(before)),
         _ => None,
     };
     let audit = outcome::audit(env.pool(), &result.namespace, result.measured_since).await?;
@@ -138,7 +162,7 @@ async fn measure(
     let measured = Measured {
         result,
         audit,
-        pooler_transactions,
+        pooler,
     };
     println!(
         "  rows            {} of {} succeeded once with finished_at set ({} rows); {} ran more than once; job_errors {}",
@@ -148,10 +172,14 @@ async fn measure(
         measured.audit.rerun(),
         measured.audit.errors
     );
-    if let Some(transactions) = measured.pooler_transactions {
+    if let Some(counts) = measured.pooler {
+        let jobs = measured.jobs_with_warm_up();
         println!(
-            "  pgbouncer       {transactions} transactions through PgBouncer = {:.3} per job (warm-up included, as for round trips)",
-            transactions as f64 / measured.jobs_with_warm_up()
+            "  pgbouncer       {:.3} transactions and {:.3} queries per job as PgBouncer counts them ({} and {} / {jobs} jobs, warm-up included as for round trips)",
+            counts.transactions as f64 / jobs,
+            counts.queries as f64 / jobs,
+            counts.transactions,
+            counts.queries,
         );
     }
     println!();
@@ -269,7 +297,7 @@ fn check(pairs: &[Pair]) -> anyhow::Result<()> {
         }
         // Any transaction shows the pooled fleet used PgBouncer; a group commit carries
         // many jobs, so there need not be one per job.
-        let transactions = pair.pooled.pooler_transactions.unwrap_or(0);
+        let transactions = pair.pooled.pooler.map_or(0, |counts| counts.transactions);
         checks.push((
             format!(
                 "the pooled fleet's transactions went through PgBouncer ({})",
