@@ -1,5 +1,5 @@
 //! The command line: how many jobs each scenario submits, how the fleet is sized, where
-//! the servers are, and the separate `--backup` and `--scale` modes.
+//! the servers are, and the separate `--backup`, `--scale` and `--pooler` modes.
 
 use std::path::PathBuf;
 
@@ -105,6 +105,19 @@ pub struct Args {
     /// --deadline-secs and --keep-logs.
     #[arg(long, conflicts_with = "backup")]
     pub scale: bool,
+    /// Instead of the usual run: the batched, one-by-one and paced scenarios twice each,
+    /// once with the fleet connected to PostgreSQL directly and once through a PgBouncer of
+    /// the benchmark's own in transaction mode with `database.pooler = "transaction"`, then
+    /// the two side by side. No raw lapin baseline (the pooler does not touch the broker).
+    /// Fails if a job did not succeed exactly once. Uses the scenarios' flags, --skip-*
+    /// included.
+    #[arg(long, conflicts_with_all = ["backup", "scale"])]
+    pub pooler: bool,
+    /// PgBouncer's `default_pool_size` (server connections) in the pooler mode; by default
+    /// the most the fleet's pools can open at once, so no client waits for a server
+    /// connection and only the protocol's cost is measured.
+    #[arg(long)]
+    pub pooler_server_connections: Option<u16>,
     /// Jobs of each step of the scale mode.
     #[arg(long, default_value_t = 3_000)]
     pub scale_jobs: usize,

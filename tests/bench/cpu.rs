@@ -1,6 +1,7 @@
 //! Where the CPU went during a scenario: CPU seconds of the API, the workers, PostgreSQL
-//! (every `postgres` process), RabbitMQ (`beam.smp`) and this benchmark, plus the whole
-//! machine's busy and iowait share — read from `/proc` before and after.
+//! (every `postgres` process), RabbitMQ (`beam.smp`), PgBouncer (when one runs: the
+//! `--pooler` mode's) and this benchmark, plus the whole machine's busy and iowait share —
+//! read from `/proc` before and after.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,7 +10,19 @@ use std::time::Instant;
 use crate::sys;
 
 /// The groups CPU time is reported in.
-const GROUPS: [&str; 6] = ["api", "workers", "postgres", "rabbitmq", "bench", "other"];
+const GROUPS: [&str; 7] = [
+    "api",
+    "workers",
+    "postgres",
+    "rabbitmq",
+    "pgbouncer",
+    "bench",
+    "other",
+];
+
+/// The group printed only when it used CPU: only the `--pooler` mode starts a PgBouncer, and
+/// the other modes' lines stay as they were.
+const SHOWN_WHEN_BUSY: &str = "pgbouncer";
 
 /// CPU counters at one instant.
 pub struct CpuSnapshot {
@@ -58,6 +71,8 @@ impl CpuSnapshot {
                     "postgres"
                 } else if comm == "beam.smp" {
                     "rabbitmq"
+                } else if comm == "pgbouncer" {
+                    "pgbouncer"
                 } else {
                     "other"
                 };
@@ -97,6 +112,9 @@ impl fmt::Display for CpuUsage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "cpu-s over {:.1} s wall:", self.wall_secs)?;
         for (group, seconds) in &self.seconds {
+            if *group == SHOWN_WHEN_BUSY && *seconds == 0.0 {
+                continue;
+            }
             write!(f, " {group} {seconds:.1}")?;
         }
         write!(

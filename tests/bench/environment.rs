@@ -14,8 +14,12 @@ use engine_shared::store::Store;
 use crate::cli::Args;
 use crate::management::Management;
 
+#[derive(Clone)]
 pub struct Environment {
+    /// The fleets' database: the benchmark's own, or the same through a pooler.
     pub database_url: String,
+    /// What `database_url` points at. The benchmark's own reads (`store`) are always direct.
+    pub pooler: Pooler,
     pub amqp_url: String,
     pub store: Store,
     pub http: reqwest::Client,
@@ -76,6 +80,7 @@ impl Environment {
             .with_context(|| format!("creating {}", run_dir.display()))?;
         Ok(Self {
             database_url: args.database_url.clone(),
+            pooler: Pooler::None,
             amqp_url: args.amqp_url.clone(),
             store,
             http,
@@ -89,6 +94,17 @@ impl Environment {
             warmup_jobs: args.warmup_jobs,
             extra_settings: args.extra_settings.replace("\\n", "\n"),
         })
+    }
+
+    /// The same environment with the fleets reaching PostgreSQL through the transaction-mode
+    /// pooler at `url` (`database.pooler = "transaction"`); the benchmark's own reads, and
+    /// the migrations, stay direct.
+    pub fn through_pooler(&self, url: String) -> Self {
+        Self {
+            database_url: url,
+            pooler: Pooler::Transaction,
+            ..self.clone()
+        }
     }
 
     pub fn pool(&self) -> &sqlx::PgPool {

@@ -112,6 +112,7 @@ impl Fleet {
         let config = env.run_dir.join(format!("{namespace}.toml"));
         let text = FleetSettings {
             database_url: &env.database_url,
+            pooler: env.pooler,
             amqp_url: &env.amqp_url,
             namespace: namespace.as_str(),
             worker_concurrency: workers.concurrency,

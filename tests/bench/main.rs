@@ -12,7 +12,8 @@
 //! [`cpu`] CPU accounting; [`scenario`] one scenario end to end; [`raw`] the lapin
 //! baseline; [`report`] the printed figures and target verdicts; [`sys`] libc calls;
 //! [`backup`] the separate `--backup` mode (backup and restore memory and speed);
-//! [`scale`] the separate `--scale` mode (1, 2, 4 workers on one vhost, and a kill).
+//! [`scale`] the separate `--scale` mode (1, 2, 4 workers on one vhost, and a kill);
+//! [`pooler`] the separate `--pooler` mode (the scenarios direct and through PgBouncer).
 
 mod backup;
 mod cli;
@@ -22,6 +23,7 @@ mod fleet;
 mod machine;
 mod management;
 mod outcome;
+mod pooler;
 mod process;
 mod raw;
 mod report;
@@ -32,7 +34,6 @@ mod submit;
 mod sys;
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
 
@@ -64,6 +65,8 @@ async fn main() -> ExitCode {
     };
     let outcome = if args.scale {
         scale::run(&args, &env).await
+    } else if args.pooler {
+        pooler::run(&args, &env).await
     } else {
         run(&args, &env).await
     };
@@ -103,64 +106,19 @@ async fn run(args: &Args, env: &Environment) -> anyhow::Result<()> {
 
     let mut namespaces = Vec::new();
     let outcome = async {
-        let batched = if args.skip_batched {
-            None
-        } else {
-            let load = Load::Batched {
-                jobs: args.jobs,
-                batch_size: args.batch_size,
-                concurrency: args.batch_concurrency,
-            };
-            let result = scenario::run(env, "batch", load).await?;
+        let (mut batched, mut single, mut paced) = (None, None, None);
+        for planned in scenario::planned(args) {
+            let result = scenario::run(env, planned.label, planned.load).await?;
             namespaces.push(result.namespace.clone());
-            report::scenario(
-                &format!(
-                    "batched: POST /v1/jobs/batch, {} per request, {} in flight",
-                    args.batch_size, args.batch_concurrency
-                ),
-                &result,
-                raw.as_ref(),
-            );
-            Some(result)
-        };
-        let single = if args.skip_single {
-            None
-        } else {
-            let load = Load::Single {
-                jobs: args.single_jobs,
-                concurrency: args.single_concurrency,
+            let (slot, baseline) = match planned.load {
+                Load::Batched { .. } => (&mut batched, raw.as_ref()),
+                Load::Single { .. } => (&mut single, raw.as_ref()),
+                // Paced jobs/s is the pace, not a rate to compare with the raw loop's.
+                Load::Paced { .. } => (&mut paced, None),
             };
-            let result = scenario::run(env, "single", load).await?;
-            namespaces.push(result.namespace.clone());
-            report::scenario(
-                &format!(
-                    "one-by-one: POST /v1/jobs from {} client tasks",
-                    args.single_concurrency
-                ),
-                &result,
-                raw.as_ref(),
-            );
-            Some(result)
-        };
-        let paced = if args.skip_latency {
-            None
-        } else {
-            let load = Load::Paced {
-                rate: args.latency_rate,
-                duration: Duration::from_secs(args.latency_secs),
-            };
-            let result = scenario::run(env, "paced", load).await?;
-            namespaces.push(result.namespace.clone());
-            report::scenario(
-                &format!(
-                    "paced latency: POST /v1/jobs at {}/s for {} s",
-                    args.latency_rate, args.latency_secs
-                ),
-                &result,
-                None,
-            );
-            Some(result)
-        };
+            report::scenario(&planned.title, &result, baseline);
+            *slot = Some(result);
+        }
         report::targets(&report::Results {
             raw: raw.as_ref(),
             batched: batched.as_ref(),

@@ -15,11 +15,8 @@ fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-pub fn header(machine: &Machine, env: &Environment, args: &Args) {
-    println!(
-        "engine-bench {}",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
-    );
+/// The machine's and the disk's lines of a header.
+pub fn machine(machine: &Machine) {
     println!(
         "machine     {} CPUs, {:.1} GiB RAM, Linux {}; {}; {}",
         machine.cpus, machine.memory_gib, machine.kernel, machine.postgres, machine.rabbitmq
@@ -29,6 +26,14 @@ pub fn header(machine: &Machine, env: &Environment, args: &Args) {
         ms(machine.fsync_p50),
         ms(machine.fsync_max)
     );
+}
+
+pub fn header(machine_facts: &Machine, env: &Environment, args: &Args) {
+    println!(
+        "engine-bench {}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    machine(machine_facts);
     println!(
         "fleet       release engine-api x1 + engine-worker x{} (worker.concurrency {}), database.max_connections {}; a fresh fleet, namespace and vhost per scenario, {} warm-up jobs each",
         env.workers, env.worker_concurrency, env.db_max_connections, env.warmup_jobs
@@ -143,7 +148,7 @@ pub fn scenario(title: &str, result: &ScenarioResult, raw: Option<&RawResult>) {
 }
 
 /// The `q` quantile of sorted durations (nearest rank); zero when empty.
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
+pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

@@ -6,10 +6,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use engine_shared::Namespace;
 
+use crate::cli::Args;
 use crate::cpu::{CpuSnapshot, CpuUsage};
 use crate::environment::Environment;
 use crate::fleet::{Fleet, FleetReport};
@@ -83,6 +84,60 @@ impl Load {
     }
 }
 
+/// One of the scenarios the flags ask for: its namespace label, its title in the report,
+/// and its load.
+pub struct Planned {
+    pub label: &'static str,
+    pub title: String,
+    pub load: Load,
+}
+
+/// The batched, one-by-one and paced scenarios, in that order, less those skipped.
+pub fn planned(args: &Args) -> Vec<Planned> {
+    let mut planned = Vec::new();
+    if !args.skip_batched {
+        planned.push(Planned {
+            label: "batch",
+            title: format!(
+                "batched: POST /v1/jobs/batch, {} per request, {} in flight",
+                args.batch_size, args.batch_concurrency
+            ),
+            load: Load::Batched {
+                jobs: args.jobs,
+                batch_size: args.batch_size,
+                concurrency: args.batch_concurrency,
+            },
+        });
+    }
+    if !args.skip_single {
+        planned.push(Planned {
+            label: "single",
+            title: format!(
+                "one-by-one: POST /v1/jobs from {} client tasks",
+                args.single_concurrency
+            ),
+            load: Load::Single {
+                jobs: args.single_jobs,
+                concurrency: args.single_concurrency,
+            },
+        });
+    }
+    if !args.skip_latency {
+        planned.push(Planned {
+            label: "paced",
+            title: format!(
+                "paced latency: POST /v1/jobs at {}/s for {} s",
+                args.latency_rate, args.latency_secs
+            ),
+            load: Load::Paced {
+                rate: args.latency_rate,
+                duration: Duration::from_secs(args.latency_secs),
+            },
+        });
+    }
+    planned
+}
+
 /// Everything one scenario measured.
 pub struct ScenarioResult {
     pub namespace: Namespace,
@@ -94,6 +149,9 @@ pub struct ScenarioResult {
     /// First submission → last `finished_at`.
     pub end_to_end: Duration,
     pub outcome: Outcome,
+    /// The instant just before the first measured submission: the measured jobs are the
+    /// namespace's rows created since.
+    pub measured_since: DateTime<Utc>,
     pub fleet: FleetReport,
     pub cpu: CpuUsage,
     /// Only for [`Load::Paced`].
@@ -118,6 +176,8 @@ pub struct Driven {
     /// First submission → last `finished_at`.
     pub end_to_end: Duration,
     pub outcome: Outcome,
+    /// The instant just before the first submission (see [`ScenarioResult`]).
+    pub measured_since: DateTime<Utc>,
     pub cpu: CpuUsage,
     /// Only for [`Load::Paced`].
     pub paced: Option<Paced>,
@@ -139,6 +199,7 @@ pub async fn run(env: &Environment, label: &str, load: Load) -> anyhow::Result<S
         accepted_in: driven.accepted_in,
         end_to_end: driven.end_to_end,
         outcome: driven.outcome,
+        measured_since: driven.measured_since,
         fleet: report?,
         cpu: driven.cpu,
         paced: driven.paced,
@@ -231,6 +292,7 @@ pub async fn measure<T>(
         accepted_in,
         end_to_end,
         outcome,
+        measured_since: first_submit,
         cpu: before.usage_until(&after),
         paced,
     };

@@ -1,8 +1,12 @@
 //! The settings file one scenario's fleet (API and workers) is started with.
 
+use engine_shared::config::Pooler;
+
 /// What varies between fleets; everything else keeps the production defaults.
 pub struct FleetSettings<'a> {
     pub database_url: &'a str,
+    /// What `database_url` points at: PostgreSQL, or a transaction-mode pooler.
+    pub pooler: Pooler,
     pub amqp_url: &'a str,
     pub namespace: &'a str,
     pub worker_concurrency: u16,
@@ -21,6 +25,7 @@ impl FleetSettings<'_> {
 [database]
 url = {database_url}
 max_connections = {max_connections}
+pooler = "{pooler}"
 
 [amqp]
 url = {amqp_url}
@@ -37,6 +42,10 @@ grace_period_secs = 10
 {extra}
 "#,
             database_url = quoted(self.database_url),
+            pooler = match self.pooler {
+                Pooler::None => "none",
+                Pooler::Transaction => "transaction",
+            },
             amqp_url = quoted(self.amqp_url),
             max_connections = self.max_connections,
             concurrency = self.worker_concurrency,

@@ -1,13 +1,15 @@
-//! A PgBouncer of the test's own in transaction mode in front of the test database: the
-//! kind of pooler Neon puts behind its `-pooler` endpoint, so a test can run the fleet (or
-//! the store) through one. Debian's PgBouncer (1.18) keeps no prepared statements in this
-//! mode, the strictest a client can meet.
+//! A PgBouncer of the test's own in transaction mode in front of the test database (or, for
+//! the benchmark's `--pooler` mode, any database on a server it can reach): the kind of
+//! pooler Neon puts behind its `-pooler` endpoint, so a test can run the fleet (or the store)
+//! through one. Debian's PgBouncer (1.18) keeps no prepared statements in this mode, the
+//! strictest a client can meet.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use reqwest::Url;
 
 use crate::services;
@@ -17,6 +19,9 @@ pub struct PgBouncer {
     child: Child,
     port: u16,
     folder: PathBuf,
+    /// The database it forwards to: its URL through PgBouncer is this one with PgBouncer's
+    /// port, and `SHOW STATS` is read for this database.
+    backend: Url,
 }
 
 /// How the test's PgBouncer is set up.
@@ -36,17 +41,27 @@ impl PgBouncer {
     /// Panics with the reason if `pgbouncer` is not installed (the prepare script installs
     /// Debian's package) or does not come up.
     pub fn start(options: PgBouncerOptions) -> Self {
-        let backend = Url::parse(&services::database_url()).expect("TEST_DATABASE_URL is a URL");
+        Self::start_in_front_of(&services::database_url(), options)
+            .unwrap_or_else(|error| panic!("{error:#}"))
+    }
+
+    /// Starts PgBouncer on a free loopback port, forwarding to the server of `backend` (a
+    /// PostgreSQL URL whose user needs no password, as on the local servers); fails with
+    /// the reason if `pgbouncer` is not installed or does not come up within 10 s.
+    pub fn start_in_front_of(backend: &str, options: PgBouncerOptions) -> anyhow::Result<Self> {
+        let backend = Url::parse(backend).with_context(|| format!("{backend:?} is not a URL"))?;
         let folder = std::env::temp_dir().join(format!("pgbouncer-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&folder).unwrap();
-        let port = free_port();
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("creating {}", folder.display()))?;
+        let port = free_port()?;
         let user = backend.username();
         let ignored = if options.ignore_startup_parameters {
             "ignore_startup_parameters = extra_float_digits, options\n"
         } else {
             ""
         };
-        std::fs::write(folder.join("users.txt"), format!("\"{user}\" \"\"\n")).unwrap();
+        std::fs::write(folder.join("users.txt"), format!("\"{user}\" \"\"\n"))
+            .context("writing PgBouncer's users.txt")?;
         std::fs::write(
             folder.join("pgbouncer.ini"),
             format!(
@@ -61,8 +76,9 @@ impl PgBouncer {
                 servers = options.server_connections,
             ),
         )
-        .unwrap();
-        let log = std::fs::File::create(folder.join("pgbouncer.log")).unwrap();
+        .context("writing pgbouncer.ini")?;
+        let log = std::fs::File::create(folder.join("pgbouncer.log"))
+            .context("creating pgbouncer.log")?;
         let mut command = Command::new("pgbouncer");
         // PgBouncer refuses to run as root; as root, it is told which user to become.
         if unsafe_getuid() == 0 {
@@ -74,56 +90,77 @@ impl PgBouncer {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("starting pgbouncer (bin/prepare installs Debian's package): {e}")
-            });
+            .context("starting pgbouncer (bin/prepare installs Debian's package)")?;
         let bouncer = Self {
             child,
             port,
             folder,
+            backend,
         };
-        bouncer.wait_until_listening();
-        bouncer
+        bouncer.wait_until_listening()?;
+        Ok(bouncer)
     }
 
-    /// The test database's URL through this PgBouncer.
+    /// The database's URL through this PgBouncer.
     pub fn database_url(&self) -> String {
-        let mut url = Url::parse(&services::database_url()).unwrap();
-        url.set_port(Some(self.port)).unwrap();
+        let mut url = self.backend.clone();
+        url.set_port(Some(self.port))
+            .expect("a PostgreSQL URL has a host, so it takes a port");
         url.to_string()
     }
 
-    /// One figure of `SHOW STATS` for the test database (e.g. `total_xact_count`), read
-    /// through PgBouncer's admin console with `psql` (the console speaks only the simple
-    /// protocol).
+    /// PgBouncer's version line (`PgBouncer 1.18.0`), or why it is unknown.
+    pub fn version() -> String {
+        match Command::new("pgbouncer").arg("--version").output() {
+            Ok(output) => String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .next()
+                .unwrap_or("pgbouncer printed no version")
+                .to_owned(),
+            Err(error) => format!("pgbouncer --version failed: {error}"),
+        }
+    }
+
+    /// One figure of `SHOW STATS` for the database (e.g. `total_xact_count`), read through
+    /// PgBouncer's admin console with `psql` (the console speaks only the simple protocol).
+    /// Panics with the reason if it cannot be read.
     pub fn stat(&self, column: &str) -> i64 {
-        let database = Url::parse(&services::database_url())
-            .unwrap()
-            .path()
-            .trim_start_matches('/')
-            .to_owned();
+        self.read_stat(column)
+            .unwrap_or_else(|error| panic!("{error:#}"))
+    }
+
+    /// [`PgBouncer::stat`], failing instead of panicking.
+    pub fn read_stat(&self, column: &str) -> anyhow::Result<i64> {
+        let database = self.backend.path().trim_start_matches('/');
         let output = Command::new("psql")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U"])
-            .arg(Url::parse(&services::database_url()).unwrap().username())
+            .arg(self.backend.username())
             .args(["-d", "pgbouncer", "-A", "-F", "\t", "-c", "SHOW STATS"])
             .output()
-            .expect("running psql");
-        assert!(
+            .context("running psql")?;
+        anyhow::ensure!(
             output.status.success(),
             "SHOW STATS failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let text = String::from_utf8(output.stdout).unwrap();
+        let text = String::from_utf8(output.stdout).context("SHOW STATS is not UTF-8")?;
         let mut lines = text.lines();
-        let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
         let index = header
             .iter()
             .position(|name| *name == column)
-            .unwrap_or_else(|| panic!("SHOW STATS has no column {column}: {header:?}"));
-        lines
+            .with_context(|| format!("SHOW STATS has no column {column}: {header:?}"))?;
+        let Some(fields) = lines
             .map(|line| line.split('\t').collect::<Vec<_>>())
-            .find(|fields| fields.first() == Some(&database.as_str()))
-            .map_or(0, |fields| fields[index].parse().unwrap())
+            .find(|fields| fields.first() == Some(&database))
+        else {
+            // No client has used the database yet.
+            return Ok(0);
+        };
+        let field = fields.get(index).copied().unwrap_or_default();
+        field
+            .parse()
+            .with_context(|| format!("SHOW STATS {column} is {field:?}, not a number"))
     }
 
     /// What PgBouncer logged, for a failing test's message.
@@ -131,10 +168,10 @@ impl PgBouncer {
         std::fs::read_to_string(self.folder.join("pgbouncer.log")).unwrap_or_default()
     }
 
-    fn wait_until_listening(&self) {
+    fn wait_until_listening(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
+            anyhow::ensure!(
                 Instant::now() < deadline,
                 "pgbouncer did not listen on {} within 10 s: {}",
                 self.port,
@@ -142,6 +179,7 @@ impl PgBouncer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 }
 
@@ -153,11 +191,9 @@ impl Drop for PgBouncer {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("finding a free port")
-        .port()
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr().context("finding a free port")?.port())
 }
 
 #[allow(unsafe_code)]
