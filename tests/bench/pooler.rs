@@ -330,22 +330,14 @@ fn header(machine: &Machine, env: &Environment, args: &Args, server_connections:
         Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
     );
     report::machine(machine);
-    println!(
-        "fleet       release engine-api x1 + engine-worker x{} (worker.concurrency {}), database.max_connections {}; a fresh fleet, namespace and vhost per scenario and route, {} warm-up jobs each",
-        env.workers, env.worker_concurrency, env.db_max_connections, env.warmup_jobs
-    );
+    report::fleet(env, "scenario and route");
     println!(
         "pooler      {} in transaction mode on loopback in front of the same PostgreSQL, default_pool_size {} (the fleet's pools open at most {}); the pooled fleets run with database.pooler = \"transaction\"; each scenario runs direct, then through PgBouncer",
         PgBouncer::version(),
         server_connections,
         fleet_connections(env.db_max_connections, env.workers)
     );
-    if !env.extra_settings.trim().is_empty() {
-        println!(
-            "extra       settings appended to every fleet's TOML: {}",
-            env.extra_settings.trim().replace('\n', "; ")
-        );
-    }
+    report::extra_settings(env);
     println!(
         "parameters  batched {} jobs ({} per request, {} in flight); one-by-one {} jobs ({} client tasks); paced {}/s for {} s; no raw lapin baseline",
         args.jobs,

@@ -28,22 +28,32 @@ pub fn machine(machine: &Machine) {
     );
 }
 
-pub fn header(machine_facts: &Machine, env: &Environment, args: &Args) {
+/// The `fleet` line: what each scenario (or each of its routes, `per`) starts.
+pub fn fleet(env: &Environment, per: &str) {
     println!(
-        "engine-bench {}",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
-    );
-    machine(machine_facts);
-    println!(
-        "fleet       release engine-api x1 + engine-worker x{} (worker.concurrency {}), database.max_connections {}; a fresh fleet, namespace and vhost per scenario, {} warm-up jobs each",
+        "fleet       release engine-api x1 + engine-worker x{} (worker.concurrency {}), database.max_connections {}; a fresh fleet, namespace and vhost per {per}, {} warm-up jobs each",
         env.workers, env.worker_concurrency, env.db_max_connections, env.warmup_jobs
     );
+}
+
+/// The `extra` line, when settings were appended to the fleets' TOML.
+pub fn extra_settings(env: &Environment) {
     if !env.extra_settings.trim().is_empty() {
         println!(
             "extra       settings appended to every fleet's TOML: {}",
             env.extra_settings.trim().replace('\n', "; ")
         );
     }
+}
+
+pub fn header(machine_facts: &Machine, env: &Environment, args: &Args) {
+    println!(
+        "engine-bench {}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    machine(machine_facts);
+    fleet(env, "scenario");
+    extra_settings(env);
     println!(
         "parameters  batched {} jobs ({} per request, {} in flight); one-by-one {} jobs ({} client tasks); paced {}/s for {} s; raw {} messages (window {}, prefetch {})",
         args.jobs,

@@ -73,30 +73,14 @@ async fn submit_run_retry_schedule_cancel_and_redrive_work_through_a_transaction
     assert_eq!(fleet.record(&flaky).await.attempts, 2);
     assert_eq!(fleet.record(&scheduled).await.status, JobStatus::Succeeded);
     assert_eq!(fleet.record(&later).await.status, JobStatus::Cancelled);
-    wait_until(
-        "the redriven job to be buried again",
-        Duration::from_secs(30),
-        || async {
-            let record = fleet.record(&doomed).await;
-            (record.status == JobStatus::Dead && record.redrives == 1).then_some(())
-        },
-    )
-    .await;
+    buried_after_redrives(&fleet, &doomed, 1).await;
     // Retried one at a time, and buried once more.
     let retried = fleet
         .client
         .post(&format!("/v1/jobs/{doomed}/retry"), &json!({}))
         .await;
     assert_eq!(retried.status, StatusCode::OK, "{retried:?}");
-    wait_until(
-        "the retried job to be buried again",
-        Duration::from_secs(30),
-        || async {
-            let record = fleet.record(&doomed).await;
-            (record.status == JobStatus::Dead && record.redrives == 2).then_some(())
-        },
-    )
-    .await;
+    buried_after_redrives(&fleet, &doomed, 2).await;
 
     let listed = fleet
         .client
@@ -120,6 +104,19 @@ async fn submit_run_retry_schedule_cancel_and_redrive_work_through_a_transaction
         "only {transactions} transactions went through PgBouncer"
     );
     fleet.stop().await;
+}
+
+/// Waits until job `id` is dead again after its `redrives`-th revival.
+async fn buried_after_redrives(fleet: &TestFleet, id: &str, redrives: i32) {
+    wait_until(
+        &format!("job {id} to be buried after {redrives} redrives"),
+        Duration::from_secs(30),
+        || async {
+            let record = fleet.record(id).await;
+            (record.status == JobStatus::Dead && record.redrives == redrives).then_some(())
+        },
+    )
+    .await;
 }
 
 /// Runs the same reads from several tasks at once through `pooler`; returns the errors.
