@@ -22,7 +22,8 @@ use engine_shared::namespace::NamespaceSpec;
 use engine_shared::retry::{RetryPolicy, RetryRoute};
 use engine_shared::storage::{LogRun, ObjectStore};
 use engine_shared::store::{
-    AttemptOutcome, Burial, ErrorKind, FinishRequest, StartOutcome, StartRequest, StartedJob, Store,
+    AttemptOutcome, Burial, ErrorKind, FinishRequest, FinishedJob, StartOutcome, StartRequest,
+    StartedJob, Store,
 };
 use engine_shared::trace::TraceParent;
 use engine_shared::{JobId, JobStatus};
@@ -204,8 +205,18 @@ async fn run_admitted(
         id,
         redelivered: delivery.redelivered,
     };
+    // A failed write may still have committed, its answer lost with the connection: the row
+    // then reads `running`, moved there by this very delivery, and a plain retry would skip
+    // it as someone else's and ack a job nobody runs. So a retry asks as a redelivery does,
+    // taking a `running` job over (at worst the job's attempt count includes the lost one).
+    let mut retrying = false;
     let started = match persist(id, "move the job to running", || {
-        shared.transitions.starts.submit(request.clone())
+        let request = StartRequest {
+            redelivered: request.redelivered || retrying,
+            ..request.clone()
+        };
+        retrying = true;
+        shared.transitions.starts.submit(request)
     })
     .await
     {
@@ -277,13 +288,23 @@ async fn run_admitted(
         duration: began.elapsed(),
         retry: retry.clone(),
     };
-    let finished = match persist(id, "record the outcome", || {
+    let mut writes = 0;
+    let recorded = match persist(id, "record the outcome", || {
+        writes += 1;
         shared.transitions.finishes.submit(request.clone())
     })
     .await
     {
+        // A failed write may still have committed, its answer lost with the connection; the
+        // retry then finds the job no longer running. Read what the lost write left.
+        Ok(finished) if finished.status.is_none() && writes > 1 => {
+            recorded_before(shared, context, id, &request).await
+        }
+        recorded => recorded.map_err(drop),
+    };
+    let finished = match recorded {
         Ok(finished) => finished,
-        Err(_) => {
+        Err(()) => {
             log.worker_line(
                 LogLevel::Error,
                 "the outcome could not be recorded: the job goes back to its queue",
@@ -334,6 +355,30 @@ async fn run_admitted(
         (None, _) => {
             tracing::debug!(job = %id, "outcome not recorded: the job was no longer running here");
             ack(delivery).await;
+        }
+    }
+}
+
+/// The outcome an earlier write of `request` recorded, when its answer was lost
+/// ([`FinishRequest::recorded_in`]); anything else reads as "no longer running here". `Err` when the row cannot be read: the caller returns the job to its queue, as for a
+/// write that failed.
+async fn recorded_before(
+    shared: &Shared,
+    context: &NamespaceContext,
+    id: JobId,
+    request: &FinishRequest,
+) -> Result<FinishedJob, ()> {
+    match shared.store.get_job(&context.spec.name, id).await {
+        Ok(record) => {
+            let status = record.and_then(|r| request.recorded_in(r.status, r.attempts));
+            if let Some(status) = status {
+                tracing::info!(job = %id, status = status.as_str(), "the outcome's answer was lost; its write had committed");
+            }
+            Ok(FinishedJob { status })
+        }
+        Err(error) => {
+            tracing::warn!(job = %id, error = format!("{error:#}"), "could not read what a lost outcome write recorded");
+            Err(())
         }
     }
 }

@@ -137,6 +137,22 @@ pub struct FinishRequest {
     pub attempt: u32,
 }
 
+impl FinishRequest {
+    /// The state this outcome's write left, judged from the job's row (`status`,
+    /// `attempts`) after the write's answer was lost with its connection: the row still
+    /// carries this attempt (a snooze gives its attempt back) and has left `running`. `None`
+    /// when the row says otherwise (still running: the write did not commit; another attempt
+    /// or a redrive since): nothing of this write to act on.
+    pub fn recorded_in(&self, status: JobStatus, attempts: i32) -> Option<JobStatus> {
+        let expected = match self.outcome {
+            AttemptOutcome::Snoozed => self.attempt.saturating_sub(1),
+            _ => self.attempt,
+        };
+        (u32::try_from(attempts).ok() == Some(expected) && status != JobStatus::Running)
+            .then_some(status)
+    }
+}
+
 /// The state a finished attempt left its job in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FinishedJob {
@@ -357,5 +373,68 @@ impl Store {
                 status: rows.iter().find(|row| row.0 == *id).map(|row| row.1),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(outcome: AttemptOutcome, attempt: u32) -> FinishRequest {
+        FinishRequest {
+            id: JobId::new(),
+            outcome,
+            duration: Duration::from_millis(5),
+            retry: RetryRoute::Scheduler(Duration::from_secs(1)),
+            attempt,
+        }
+    }
+
+    #[test]
+    fn a_lost_answer_is_read_back_only_from_a_row_this_attempt_left() {
+        let failed = request(
+            AttemptOutcome::Failed {
+                kind: ErrorKind::Error,
+                message: "boom".into(),
+            },
+            2,
+        );
+        assert_eq!(
+            failed.recorded_in(JobStatus::Retrying, 2),
+            Some(JobStatus::Retrying)
+        );
+        assert_eq!(
+            failed.recorded_in(JobStatus::Dead, 2),
+            Some(JobStatus::Dead)
+        );
+        assert_eq!(
+            failed.recorded_in(JobStatus::Running, 2),
+            None,
+            "still running: the write did not commit"
+        );
+        assert_eq!(
+            failed.recorded_in(JobStatus::Running, 3),
+            None,
+            "another attempt runs"
+        );
+        assert_eq!(
+            failed.recorded_in(JobStatus::Queued, 0),
+            None,
+            "redriven since"
+        );
+
+        let done = request(AttemptOutcome::Succeeded(serde_json::json!({})), 1);
+        assert_eq!(
+            done.recorded_in(JobStatus::Succeeded, 1),
+            Some(JobStatus::Succeeded)
+        );
+
+        let snoozed = request(AttemptOutcome::Snoozed, 3);
+        assert_eq!(
+            snoozed.recorded_in(JobStatus::Retrying, 2),
+            Some(JobStatus::Retrying),
+            "a snooze gives its attempt back"
+        );
+        assert_eq!(snoozed.recorded_in(JobStatus::Retrying, 3), None);
     }
 }
