@@ -93,3 +93,48 @@ async fn a_worker_cut_off_from_postgres_mid_run_completes_every_job_once_it_retu
     .await;
     fleet.stop().await;
 }
+
+/// A start that committed while its answer was lost: the worker's retry takes the job over
+/// (it reads `running`, moved there by this very delivery) instead of skipping and acking a
+/// job nobody would run.
+#[tokio::test]
+async fn a_start_whose_answer_is_lost_is_taken_over_not_skipped() {
+    let database = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    // Plain text, so the proxy can see the job's id go by.
+    let url = services::database_url().replace("127.0.0.1:5432", &database.address().to_string());
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let fleet = TestFleet::start(FleetOptions {
+        worker_database_url: Some(format!("{url}{separator}sslmode=disable")),
+        worker_concurrency: 2,
+        ..FleetOptions::default()
+    })
+    .await;
+    // Due in a second, so the trigger is armed before any worker sees the job.
+    let id = fleet
+        .client
+        .submit(&json!({ "kind": "noop", "delay": 1 }))
+        .await
+        .id();
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    // The start statement binds the job's id (binary, 16 bytes): its answer is lost.
+    database.mute_answers_after(uuid.as_bytes());
+    wait_until(
+        "the start to commit without its answer",
+        Duration::from_secs(20),
+        || async { (fleet.record(&id).await.status == JobStatus::Running).then_some(()) },
+    )
+    .await;
+    // The worker still waits for the answer; a broken connection ends the wait in an error,
+    // and its retry goes through a new connection.
+    database.mute_answers_after(&[0xff; 64]);
+    database.cut();
+    database.restore();
+    let record = fleet
+        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        record.attempts, 2,
+        "the lost start counts as an attempt; the retry took the job over"
+    );
+    fleet.stop().await;
+}

@@ -1,10 +1,12 @@
 //! A TCP proxy between the fleet and one server, so a test can cut and restore that
-//! server's reachability without stopping the shared server other tests use.
+//! server's reachability without stopping the shared server other tests use, or lose the
+//! answer to one request (see [`TcpProxy::mute_answers_after`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
@@ -17,6 +19,9 @@ pub struct TcpProxy {
 struct ProxyState {
     open: AtomicBool,
     connections: Mutex<Vec<AbortHandle>>,
+    /// Bytes that, once a client sends them, silence the server's answers on that
+    /// connection (plain-text protocols only).
+    trigger: Mutex<Option<Vec<u8>>>,
 }
 
 impl TcpProxy {
@@ -29,20 +34,22 @@ impl TcpProxy {
         let state = Arc::new(ProxyState {
             open: AtomicBool::new(true),
             connections: Mutex::new(Vec::new()),
+            trigger: Mutex::new(None),
         });
         let accept_state = state.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 if !accept_state.open.load(Ordering::SeqCst) {
                     drop(inbound); // cut: the connection is refused at once
                     continue;
                 }
+                let connection_state = accept_state.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(target).await {
+                        forward(inbound, outbound, &connection_state).await;
                     }
                 });
                 let mut connections = accept_state.connections.lock().unwrap();
@@ -72,6 +79,56 @@ impl TcpProxy {
 
     pub fn restore(&self) {
         self.state.open.store(true, Ordering::SeqCst);
+    }
+
+    /// From the moment a client sends `bytes` on a connection, the server's answers on that
+    /// connection are dropped: the server acts on the request, the client never hears of it
+    /// (until [`TcpProxy::cut`] ends its wait with a broken connection).
+    pub fn mute_answers_after(&self, bytes: &[u8]) {
+        *self.state.trigger.lock().unwrap() = Some(bytes.to_vec());
+    }
+}
+
+/// Copies both ways until either side closes; answers stop once the trigger was sent.
+async fn forward(inbound: TcpStream, outbound: TcpStream, state: &ProxyState) {
+    let (mut client_reads, mut client_writes) = inbound.into_split();
+    let (mut server_reads, mut server_writes) = outbound.into_split();
+    let muted = AtomicBool::new(false);
+    let requests = async {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let read = client_reads.read(&mut buffer).await.unwrap_or(0);
+            if read == 0 {
+                return;
+            }
+            let chunk = &buffer[..read];
+            if let Some(trigger) = state.trigger.lock().unwrap().as_deref()
+                && chunk.windows(trigger.len()).any(|window| window == trigger)
+            {
+                muted.store(true, Ordering::SeqCst);
+            }
+            if server_writes.write_all(chunk).await.is_err() {
+                return;
+            }
+        }
+    };
+    let answers = async {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let read = server_reads.read(&mut buffer).await.unwrap_or(0);
+            if read == 0 {
+                return;
+            }
+            if !muted.load(Ordering::SeqCst)
+                && client_writes.write_all(&buffer[..read]).await.is_err()
+            {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = requests => {}
+        () = answers => {}
     }
 }
 
