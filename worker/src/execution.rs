@@ -360,7 +360,8 @@ async fn run_admitted(
 }
 
 /// The outcome an earlier write of `request` recorded, when its answer was lost
-/// ([`FinishRequest::recorded_in`]); anything else reads as "no longer running here". `Err` when the row cannot be read: the caller returns the job to its queue, as for a
+/// ([`FinishRequest::recorded_in`]); anything else reads as "no longer running here".
+/// `Err` when the row cannot be read: the caller returns the job to its queue, as for a
 /// write that failed.
 async fn recorded_before(
     shared: &Shared,
