@@ -103,18 +103,13 @@ impl Store {
         })
     }
 
-    /// A unit of work on the pool for `commit`, in autocommit where the pooler allows it.
-    async fn autocommit(&self, commit: Commit) -> Result<Unit, sqlx::Error> {
-        Unit::autocommit(self.pool_for(commit), self.pooler, commit).await
-    }
-
-    /// Runs one statement in a unit of its own.
+    /// Runs one statement in a unit of its own, in autocommit where the pooler allows it.
     async fn one<T>(
         &self,
         commit: Commit,
         statement: impl AsyncFnOnce(Statements<'_>) -> Result<T, sqlx::Error>,
     ) -> Result<T, sqlx::Error> {
-        let mut unit = self.autocommit(commit).await?;
+        let mut unit = Unit::autocommit(self.pool_for(commit), self.pooler, commit).await?;
         let output = statement(unit.statements()).await?;
         unit.commit().await?;
         Ok(output)
@@ -158,24 +153,19 @@ impl Store {
     /// Due jobs not yet published, per namespace (metrics). Uses the outbox's partial
     /// index, which holds only unpublished rows.
     pub async fn outbox_backlog(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        self.count_outbox_backlog()
-            .await
-            .map_err(|e| anyhow::anyhow!("counting the outbox backlog: {e}"))
-    }
-
-    async fn count_outbox_backlog(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
         count_round_trips(1);
-        let mut unit = self.autocommit(Commit::Durable).await?;
-        let backlog = sqlx::query_as(
-            "SELECT namespace, count(*) FROM jobs
-             WHERE published_at IS NULL AND status IN ('queued', 'scheduled', 'retrying')
-               AND run_at <= now()
-             GROUP BY namespace",
-        )
-        .fetch_all(unit.statements())
-        .await?;
-        unit.commit().await?;
-        Ok(backlog)
+        self.one(Commit::Durable, async |statements| {
+            sqlx::query_as(
+                "SELECT namespace, count(*) FROM jobs
+                 WHERE published_at IS NULL AND status IN ('queued', 'scheduled', 'retrying')
+                   AND run_at <= now()
+                 GROUP BY namespace",
+            )
+            .fetch_all(statements)
+            .await
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("counting the outbox backlog: {e}"))
     }
 
     /// One `SELECT 1`: PostgreSQL answers (readiness).
