@@ -339,14 +339,8 @@ fn header(machine: &Machine, env: &Environment, args: &Args, server_connections:
     );
     report::extra_settings(env);
     println!(
-        "parameters  batched {} jobs ({} per request, {} in flight); one-by-one {} jobs ({} client tasks); paced {}/s for {} s; no raw lapin baseline",
-        args.jobs,
-        args.batch_size,
-        args.batch_concurrency,
-        args.single_jobs,
-        args.single_concurrency,
-        args.latency_rate,
-        args.latency_secs,
+        "{}; no raw lapin baseline",
+        report::scenario_parameters(args)
     );
     println!();
 }

@@ -46,6 +46,20 @@ pub fn extra_settings(env: &Environment) {
     }
 }
 
+/// The `parameters` line's scenarios: batched, one-by-one and paced.
+pub fn scenario_parameters(args: &Args) -> String {
+    format!(
+        "parameters  batched {} jobs ({} per request, {} in flight); one-by-one {} jobs ({} client tasks); paced {}/s for {} s",
+        args.jobs,
+        args.batch_size,
+        args.batch_concurrency,
+        args.single_jobs,
+        args.single_concurrency,
+        args.latency_rate,
+        args.latency_secs,
+    )
+}
+
 pub fn header(machine_facts: &Machine, env: &Environment, args: &Args) {
     println!(
         "engine-bench {}",
@@ -55,14 +69,8 @@ pub fn header(machine_facts: &Machine, env: &Environment, args: &Args) {
     fleet(env, "scenario");
     extra_settings(env);
     println!(
-        "parameters  batched {} jobs ({} per request, {} in flight); one-by-one {} jobs ({} client tasks); paced {}/s for {} s; raw {} messages (window {}, prefetch {})",
-        args.jobs,
-        args.batch_size,
-        args.batch_concurrency,
-        args.single_jobs,
-        args.single_concurrency,
-        args.latency_rate,
-        args.latency_secs,
+        "{}; raw {} messages (window {}, prefetch {})",
+        scenario_parameters(args),
         args.raw_messages,
         args.raw_window,
         env.worker_concurrency
@@ -148,13 +156,18 @@ pub fn scenario(title: &str, result: &ScenarioResult, raw: Option<&RawResult>) {
         result.fleet.api.swept,
         warnings.len()
     );
+    warning_lines(&warnings);
+    println!();
+}
+
+/// The first five WARN/ERROR lines the servers logged, each cut to 300 characters.
+pub fn warning_lines(warnings: &[(&str, &str)]) {
     for (process, line) in warnings.iter().take(5) {
         println!(
             "    {process}: {}",
             line.chars().take(300).collect::<String>()
         );
     }
-    println!();
 }
 
 /// The `q` quantile of sorted durations (nearest rank); zero when empty.

@@ -23,7 +23,7 @@ use crate::fleet::{Fleet, WorkerSetup};
 use crate::machine::Machine;
 use crate::outcome::{self, Audit};
 use crate::process::{Killed, LOG_FILTER};
-use crate::report::verdict;
+use crate::report::{self, verdict};
 use crate::scenario::{self, Driven, Load};
 use crate::submit::Submitter;
 
@@ -83,12 +83,7 @@ pub async fn run(args: &Args, env: &Environment) -> anyhow::Result<()> {
             "[fleet] the API and the surviving workers stopped cleanly (SIGTERM); {} WARN/ERROR log lines, the killed worker's included",
             warnings.len()
         );
-        for (process, line) in warnings.iter().take(5) {
-            println!(
-                "    {process}: {}",
-                line.chars().take(300).collect::<String>()
-            );
-        }
+        report::warning_lines(&warnings);
         println!();
     }
     println!("checks");
