@@ -13,9 +13,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use engine_shared::JobStatus;
-use engine_tests::fleet::free_loopback_address;
 use engine_tests::services::{self, queue_depth};
-use engine_tests::{FleetOptions, TestCa, TestFleet, TlsProxy, wait_until};
+use engine_tests::fleet::free_loopback_address;
+use engine_tests::{FleetOptions, TestCa, TestFleet, TlsProxy, WorkerProcess, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -68,6 +68,22 @@ fn trusting(roots: &Path) -> [(&'static str, &str); 2] {
         ("SSL_CERT_FILE", roots.to_str().expect("a UTF-8 path")),
         ("SSL_CERT_DIR", ""),
     ]
+}
+
+/// A worker process with `env` and its `/healthz`, `/readyz` and `/metrics` on a free port,
+/// which is returned with it.
+fn spawn_with_health(
+    fleet: &TestFleet,
+    concurrency: u16,
+    env: &[(&str, &str)],
+) -> (WorkerProcess, SocketAddr) {
+    let health = free_loopback_address();
+    let listen = health.to_string();
+    let env = [env, &[("ENGINE__WORKER__HEALTH_LISTEN", listen.as_str())]].concat();
+    (
+        fleet.spawn_worker_process_with_env(concurrency, 10, &env),
+        health,
+    )
 }
 
 /// A fresh application name, to find one worker's sessions in `pg_stat_activity`.
@@ -147,17 +163,7 @@ async fn a_worker_process_runs_jobs_over_tls_to_rabbitmq_redis_and_postgres() {
         ..FleetOptions::default()
     })
     .await;
-    let health = free_loopback_address();
-    let health_listen = health.to_string();
-    let worker = fleet.spawn_worker_process_with_env(
-        8,
-        10,
-        &[
-            trusting(ca.file()).as_slice(),
-            &[("ENGINE__WORKER__HEALTH_LISTEN", &health_listen)],
-        ]
-        .concat(),
-    );
+    let (worker, health) = spawn_with_health(&fleet, 8, &trusting(ca.file()));
 
     // Act
     let mut ids = fleet
@@ -232,12 +238,7 @@ async fn a_worker_that_does_not_trust_the_brokers_certificate_runs_nothing_and_s
         ..FleetOptions::default()
     })
     .await;
-    let health = free_loopback_address();
-    let untrusting = fleet.spawn_worker_process_with_env(
-        4,
-        10,
-        &[("ENGINE__WORKER__HEALTH_LISTEN", &health.to_string())],
-    );
+    let (untrusting, health) = spawn_with_health(&fleet, 4, &[]);
 
     // Act
     let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
@@ -317,17 +318,7 @@ async fn a_worker_verifying_postgres_certificate_accepts_it_only_from_its_roots(
     let server_roots = std::env::temp_dir().join(format!("{}-postgres.pem", fleet.namespace));
     std::fs::write(&server_roots, certificate).unwrap();
     let unrelated = TestCa::new();
-    let health = free_loopback_address();
-    let health_listen = health.to_string();
-    let untrusting = fleet.spawn_worker_process_with_env(
-        4,
-        10,
-        &[
-            trusting(unrelated.file()).as_slice(),
-            &[("ENGINE__WORKER__HEALTH_LISTEN", &health_listen)],
-        ]
-        .concat(),
-    );
+    let (untrusting, health) = spawn_with_health(&fleet, 4, &trusting(unrelated.file()));
 
     // Act
     let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
