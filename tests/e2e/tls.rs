@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use engine_shared::JobStatus;
 use engine_tests::services::{self, queue_depth};
-use engine_tests::fleet::free_loopback_address;
+use engine_tests::worker_process::free_loopback_address;
 use engine_tests::{FleetOptions, TestCa, TestFleet, TlsProxy, WorkerProcess, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(60);

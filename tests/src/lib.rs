@@ -1,7 +1,8 @@
 //! Test harness for tl-engine's end-to-end tests and benchmark, against real servers.
 //!
 //! - [`services`]: where PostgreSQL and RabbitMQ are; per-test vhosts via the management API.
-//! - [`fleet`]: an API and worker in-process (port 0) or a worker as a real child process.
+//! - [`fleet`]: an API and worker in-process (port 0), and worker processes started for it.
+//! - [`worker_process`]: a worker as a real child process: signalled, killed, its log read.
 //! - [`client`]: one typed HTTP client for the API.
 //! - [`broker`]: a test's vhost seen directly: raw publishes, dead letters and their reasons.
 //! - [`pgbouncer`]: a PgBouncer of the test's own in transaction mode.
@@ -24,11 +25,13 @@ pub mod services;
 pub mod test_kinds;
 pub mod tls_proxy;
 pub mod wait;
+pub mod worker_process;
 
 pub use broker::{DeadLetter, VhostClient};
 pub use client::ApiClient;
-pub use fleet::{FleetOptions, TestFleet, WorkerProcess, binary};
+pub use fleet::{FleetOptions, TestFleet};
 pub use pgbouncer::{PgBouncer, PgBouncerOptions};
 pub use proxy::TcpProxy;
 pub use tls_proxy::{TestCa, TlsProxy};
 pub use wait::wait_until;
+pub use worker_process::{WorkerProcess, binary};
