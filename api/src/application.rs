@@ -19,6 +19,7 @@ use engine_shared::store::{self, Store};
 use crate::archiver::Archiver;
 use crate::auth::KeyCache;
 use crate::relay::Relay;
+use crate::rescuer::Rescuer;
 use crate::routes;
 use crate::state::AppState;
 
@@ -78,6 +79,19 @@ impl Application {
     /// Serves until `shutdown` fires, then finishes in-flight requests and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let sweeper = tokio::spawn(self.state.relay.clone().run_sweeper(shutdown.clone()));
+        let rescuer = Rescuer {
+            store: self.state.store.clone(),
+            relay: self.state.relay.clone(),
+            settings: self.state.settings.rescue.clone(),
+            served: self
+                .state
+                .settings
+                .namespaces
+                .iter()
+                .map(|spec| spec.name.as_str().to_owned())
+                .collect(),
+        };
+        let rescuer = tokio::spawn(rescuer.run_until_stopped(shutdown.clone()));
         let archiver = Archiver::from_state(&self.state)
             .map(|archiver| tokio::spawn(archiver.run_until_stopped(shutdown.clone())));
         tracing::info!(address = %self.local_addr(), "API listening");
@@ -87,6 +101,7 @@ impl Application {
             .await
             .context("serving HTTP")?;
         let _ = sweeper.await;
+        let _ = rescuer.await;
         if let Some(archiver) = archiver {
             let _ = archiver.await;
         }

@@ -236,11 +236,13 @@ async fn restore(
         backup::restore_backup(&objects, &backup.key, &target, |bytes| line.update(bytes)).await;
     let summary = finish(&mut line, summary)?;
     eprintln!(
-        "restored {} rows ({}) at schema version {} in {:.1} s",
+        "restored {} rows ({}) at schema version {} in {:.1} s; {} unfinished jobs returned \
+         to the outbox, to be published again",
         summary.tables.values().sum::<u64>(),
         table_rows(&summary.tables),
         summary.migration,
-        summary.duration.as_secs_f64()
+        summary.duration.as_secs_f64(),
+        summary.requeued
     );
     target.close().await;
     Ok(())

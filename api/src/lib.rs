@@ -6,7 +6,9 @@
 //! - [`auth`]: bearer API key → namespace; [`submission_limit`]: per-key 429s;
 //!   [`problem`]: RFC 9457 errors;
 //!   [`json_body`]: JSON bodies with field-level errors.
-//! - [`relay`]: the outbox relay (fast path + sweeper) that publishes accepted jobs.
+//! - [`relay`]: the outbox relay (fast path + sweeper) that publishes accepted jobs;
+//!   [`blocked`]: namespaces whose vhost refuses publishes, left out for a while.
+//! - [`rescuer`]: hands back to work jobs nobody runs and no message will deliver.
 //! - [`archiver`]: moves old finished jobs from PostgreSQL to storage, crash-safely.
 //! - [`cli`]: the `engine-api` command line (serve, migrate, keys, backup, restore);
 //!   [`progress`]: its progress line for long commands.
@@ -14,11 +16,13 @@
 pub mod application;
 pub mod archiver;
 pub mod auth;
+pub mod blocked;
 pub mod cli;
 pub mod json_body;
 pub mod problem;
 pub mod progress;
 pub mod relay;
+pub mod rescuer;
 pub mod routes;
 pub mod state;
 pub mod submission;

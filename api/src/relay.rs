@@ -26,6 +26,8 @@ use engine_shared::metrics::{QueueLabels, metrics};
 use engine_shared::store::{OutboxClaim, OutboxJob, Store};
 use engine_shared::{JobId, Namespace, QueueName};
 
+use crate::blocked::Blocked;
+
 /// Jobs one fast-path publish carries at most.
 const FAST_BATCH: usize = 1_000;
 
@@ -38,6 +40,8 @@ pub struct Relay {
     fast: HashMap<Namespace, GroupCommit<Envelope, ()>>,
     /// Namespace names the sweeper covers (those this process serves).
     served: Vec<String>,
+    /// Namespaces whose vhost refuses publishes: left out of claims for a while.
+    blocked: Blocked,
 }
 
 impl Relay {
@@ -72,9 +76,13 @@ impl Relay {
         }
     }
 
-    /// Every served namespace's vhost gives a live channel (readiness).
+    /// Every served namespace's vhost gives a live channel and none refuses publishes
+    /// (readiness).
     pub async fn ping_broker(&self) -> anyhow::Result<()> {
         for (namespace, publisher) in &self.publishers {
+            if let Some(error) = self.blocked.reason(namespace) {
+                anyhow::bail!("namespace {namespace}: publishes refused: {error}");
+            }
             publisher
                 .ping()
                 .await
@@ -127,6 +135,7 @@ impl Relay {
                 .collect(),
             publishers,
             fast,
+            blocked: Blocked::default(),
         })
     }
 
@@ -195,7 +204,10 @@ impl Relay {
     pub async fn sweep(&self) -> anyhow::Result<()> {
         while let Some(claim) = self
             .store
-            .claim_due(&self.served, self.settings.batch_size)
+            .claim_due(
+                &self.blocked.sweepable(&self.served),
+                self.settings.batch_size,
+            )
             .await?
         {
             if !self
@@ -209,7 +221,7 @@ impl Relay {
             let claim = self
                 .store
                 .claim_unpublished(
-                    &self.served,
+                    &self.blocked.sweepable(&self.served),
                     self.settings.publish_grace(),
                     self.settings.batch_size,
                 )
@@ -229,13 +241,7 @@ impl Relay {
     /// sweeper looping.
     async fn publish_claim(&self, claim: OutboxClaim, what: &'static str) -> anyhow::Result<bool> {
         let full = claim.jobs.len() as i64 == self.settings.batch_size;
-        let published = match self.publish_rows(&claim.jobs).await {
-            Ok(published) => published,
-            Err(error) => {
-                claim.complete(&[]).await?;
-                return Err(error);
-            }
-        };
+        let published = self.publish_rows(&claim.jobs).await;
         if !published.is_empty() {
             tracing::info!(count = published.len(), "{what}");
         }
@@ -244,8 +250,10 @@ impl Relay {
         Ok(full && all_confirmed)
     }
 
-    /// Publishes rows grouped by namespace; returns the ids the broker confirmed.
-    async fn publish_rows(&self, rows: &[OutboxJob]) -> anyhow::Result<Vec<Uuid>> {
+    /// Publishes rows grouped by namespace; returns the ids the broker confirmed. A
+    /// namespace whose publish fails is blocked for a while (see [`Blocked`]); the others'
+    /// rows are published all the same.
+    pub async fn publish_rows(&self, rows: &[OutboxJob]) -> Vec<Uuid> {
         let mut by_namespace: BTreeMap<Namespace, Vec<Envelope>> = BTreeMap::new();
         for row in rows {
             match row.envelope() {
@@ -262,7 +270,16 @@ impl Relay {
             let Some(publisher) = self.publishers.get(&namespace) else {
                 continue;
             };
-            let acks = publisher.publish_jobs(&envelopes).await?;
+            let acks = match publisher.publish_jobs(&envelopes).await {
+                Ok(acks) => {
+                    self.blocked.accepted(&namespace);
+                    acks
+                }
+                Err(error) => {
+                    self.blocked.refused(&namespace, &error);
+                    continue;
+                }
+            };
             confirmed.extend(
                 envelopes
                     .iter()
@@ -271,7 +288,21 @@ impl Relay {
                     .map(|(envelope, _)| envelope.id.as_uuid()),
             );
         }
-        Ok(confirmed)
+        confirmed
+    }
+
+    /// Ready messages in `namespace`'s work queue `queue` (the rescuer's backlog check).
+    pub async fn queue_ready(
+        &self,
+        namespace: &Namespace,
+        queue: &QueueName,
+    ) -> anyhow::Result<u32> {
+        let publisher = self
+            .publishers
+            .get(namespace)
+            .with_context(|| format!("namespace {namespace} is not served here"))?;
+        let (ready, _consumers) = publisher.queue_stats(queue.as_str()).await?;
+        Ok(ready)
     }
 }
 

@@ -34,6 +34,13 @@ pub struct NamespaceLabels {
     pub namespace: String,
 }
 
+/// Jobs the rescuer handed back to work, and why (`lease_expired`, `unstarted`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RescueLabels {
+    pub namespace: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DependencyLabels {
     /// `postgres`, `rabbitmq`, `redis` or `s3`.
@@ -73,6 +80,9 @@ pub struct Metrics {
     pub queue_consumers: Family<QueueLabels, Gauge>,
     pub outbox_backlog: Family<NamespaceLabels, Gauge>,
     pub dependency_errors: Family<DependencyLabels, Counter>,
+    pub rescued: Family<RescueLabels, Counter>,
+    /// 1 while the relay leaves a namespace out because its vhost refuses publishes.
+    pub publish_blocked: Family<NamespaceLabels, Gauge>,
     registry: Registry,
 }
 
@@ -93,6 +103,8 @@ impl Metrics {
             queue_consumers: Family::default(),
             outbox_backlog: Family::default(),
             dependency_errors: Family::default(),
+            rescued: Family::default(),
+            publish_blocked: Family::default(),
             registry: Registry::default(),
         };
         let registry = &mut metrics.registry;
@@ -160,6 +172,16 @@ impl Metrics {
             "tl_dependency_errors",
             "Failed calls to PostgreSQL, RabbitMQ, Redis or S3",
             metrics.dependency_errors.clone(),
+        );
+        registry.register(
+            "tl_jobs_rescued",
+            "Jobs the rescuer handed back to work: a running attempt whose lease expired, or a due job nobody started",
+            metrics.rescued.clone(),
+        );
+        registry.register(
+            "tl_namespace_publish_blocked",
+            "1 while the relay skips a namespace whose vhost refuses publishes (the others carry on)",
+            metrics.publish_blocked.clone(),
         );
         metrics
     }

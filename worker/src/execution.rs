@@ -30,8 +30,9 @@ use engine_shared::{JobId, JobStatus};
 use tracing::Instrument;
 
 use crate::admission::{Admission, DEFERRALS_HEADER, NOT_BEFORE_HEADER, admit, deferrals};
-use crate::in_flight::InFlight;
+use crate::in_flight::{InFlight, Registration};
 use crate::log_shipper::{AttemptLog, LogShipper};
+use crate::redelivery;
 use crate::transitions::Transitions;
 
 /// When PostgreSQL cannot record a transition, the delivery goes back after this pause, so
@@ -112,7 +113,7 @@ async fn execute_decoded(
         .await;
         return;
     }
-    let deliveries = delivery_count(delivery);
+    let deliveries = redelivery::earlier_deliveries(delivery);
     if deliveries >= shared.retry.delivery_limit {
         let reason = format!(
             "{deliveries} deliveries ended without an outcome: the job kills or outlives the \
@@ -171,6 +172,9 @@ async fn defer(
         DEFERRALS_HEADER.into(),
         AMQPValue::LongLongInt(i64::from(deferrals(delivery)) + 1),
     );
+    // The copy must still read as redelivered if this one was: a job its killed worker
+    // left `running` is taken over only by a redelivery.
+    redelivery::carry(delivery, &mut headers, 0);
     match context
         .publisher
         .publish_retry(envelope, &tier, headers)
@@ -203,14 +207,17 @@ async fn run_admitted(
     let request = StartRequest {
         namespace: context.spec.name.clone(),
         id,
-        redelivered: delivery.redelivered,
+        redelivered: redelivery::redelivered(delivery),
     };
+    // Registered before the start, so a cancel broadcast sent right after the start
+    // commits finds this delivery even before its handler runs.
+    let registration = shared.in_flight.register(id);
     // A failed write may still have committed, its answer lost with the connection: the row
     // then reads `running`, moved there by this very delivery, and a plain retry would skip
     // it as someone else's and ack a job nobody runs. So a retry asks as a redelivery does,
     // taking a `running` job over (at worst the job's attempt count includes the lost one).
     let mut retrying = false;
-    let started = match persist(id, "move the job to running", || {
+    let started = persist(id, "move the job to running", || {
         let request = StartRequest {
             redelivered: request.redelivered || retrying,
             ..request.clone()
@@ -218,8 +225,11 @@ async fn run_admitted(
         retrying = true;
         shared.transitions.starts.submit(request)
     })
-    .await
-    {
+    .await;
+    if !matches!(started, Ok(StartOutcome::Started(_))) {
+        shared.in_flight.finish(&registration);
+    }
+    let started = match started {
         Ok(StartOutcome::Started(started)) => started,
         Ok(StartOutcome::Skipped(status)) => {
             tracing::debug!(job = %id, status = status.as_str(), "not runnable now; skipping the message");
@@ -231,11 +241,13 @@ async fn run_admitted(
             dead_letter(context, delivery, Some(id), &reason).await;
             return;
         }
+        // PostgreSQL stayed unreachable: not an attempt, so it must not count as one.
         Err(_) => {
-            requeue_after_pause(delivery).await;
+            give_back(context, delivery, envelope, 0).await;
             return;
         }
     };
+    shared.in_flight.started(&registration, started.token);
 
     let labels = job_labels(&context.spec, envelope);
     let metrics = metrics();
@@ -264,7 +276,16 @@ async fn run_admitted(
                 .map_or_else(|| "none".to_owned(), TraceParent::trace_id)
         ),
     );
-    let outcome = run_handler(shared, &context.spec, envelope, &started, &log).await;
+    let outcome = run_handler(
+        shared,
+        &context.spec,
+        envelope,
+        &started,
+        &log,
+        &registration,
+    )
+    .await;
+    shared.in_flight.finish(&registration);
     let run = LogRun {
         redrive: started.redrives,
         attempt: started.attempt,
@@ -284,6 +305,7 @@ async fn run_admitted(
     let request = FinishRequest {
         id,
         attempt: started.attempt,
+        token: started.token,
         outcome: outcome.into(),
         duration: began.elapsed(),
         retry: retry.clone(),
@@ -310,8 +332,9 @@ async fn run_admitted(
                 "the outcome could not be recorded: the job goes back to its queue",
             );
             ship_log(shared, context, id, run, &log);
-            // Not recorded, so not acked: the redelivery re-runs it (at-least-once).
-            requeue_after_pause(delivery).await;
+            // Not recorded, so not acked: the copy re-runs it (at-least-once), taking over
+            // the row this attempt left `running`.
+            give_back(context, delivery, envelope, 1).await;
             return;
         }
     };
@@ -334,9 +357,10 @@ async fn run_admitted(
                 }
                 Err(error) => {
                     metrics.dependency_error("rabbitmq");
-                    // The row says `retrying`; requeueing retries now rather than later.
-                    tracing::warn!(job = %id, error = format!("{error:#}"), "could not park the retry; requeueing it");
-                    requeue_after_pause(delivery).await;
+                    // The row says `retrying`; the copy (marked redelivered) retries now
+                    // rather than later.
+                    tracing::warn!(job = %id, error = format!("{error:#}"), "could not park the retry; giving the delivery back");
+                    give_back(context, delivery, envelope, 1).await;
                 }
             }
         }
@@ -371,7 +395,7 @@ async fn recorded_before(
 ) -> Result<FinishedJob, ()> {
     match shared.store.get_job(&context.spec.name, id).await {
         Ok(record) => {
-            let status = record.and_then(|r| request.recorded_in(r.status, r.attempts));
+            let status = record.and_then(|r| request.recorded_in(r.status, r.attempts, r.starts));
             if let Some(status) = status {
                 tracing::info!(job = %id, status = status.as_str(), "the outcome's answer was lost; its write had committed");
             }
@@ -532,7 +556,7 @@ async fn bury(
         }
         Err(error) => {
             tracing::warn!(job = %id, error = format!("{error:#}"), "could not bury the job; returning it");
-            requeue_after_pause(delivery).await;
+            give_back(context, delivery, envelope, 0).await;
         }
     }
     true
@@ -561,27 +585,6 @@ async fn dead_letter(
             );
             reject(delivery).await;
         }
-    }
-}
-
-/// Earlier deliveries of this message that did not end in an ack: RabbitMQ's quorum queues
-/// count them in the `x-delivery-count` header.
-fn delivery_count(delivery: &Delivery) -> u32 {
-    let Some(headers) = delivery.properties.headers() else {
-        return 0;
-    };
-    let count = headers
-        .inner()
-        .iter()
-        .find(|(key, _)| key.as_str() == "x-delivery-count")
-        .map(|(_, value)| value);
-    match count {
-        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(u32::MAX),
-        Some(AMQPValue::LongUInt(n)) => *n,
-        Some(AMQPValue::ShortInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::ShortShortInt(n)) => u32::try_from(*n).unwrap_or(0),
-        _ => 0,
     }
 }
 
@@ -632,9 +635,10 @@ async fn run_handler(
     envelope: &Envelope,
     started: &StartedJob,
     log: &JobLog,
+    registration: &Registration,
 ) -> HandlerOutcome {
     let id: JobId = envelope.id;
-    let cancellation = shared.in_flight.start(id);
+    let cancellation = registration.cancellation.clone();
     let context = JobContext {
         id,
         namespace: spec.name.clone(),
@@ -650,7 +654,6 @@ async fn run_handler(
         .registry
         .run(&envelope.kind, context, envelope.args.clone())
     else {
-        shared.in_flight.finish(id);
         return HandlerOutcome::Failed(
             ErrorKind::Poison,
             format!(
@@ -702,7 +705,6 @@ async fn run_handler(
             )
         }
     };
-    shared.in_flight.finish(id);
     outcome
 }
 
@@ -738,4 +740,28 @@ pub async fn requeue(delivery: &Delivery) {
 async fn requeue_after_pause(delivery: &Delivery) {
     tokio::time::sleep(REQUEUE_PAUSE).await;
     requeue(delivery).await;
+}
+
+/// Gives a delivery back as a fresh copy of its message that carries its earlier
+/// deliveries (plus `this_one` if its job started here), then acks it. Unlike a requeue,
+/// this does not count towards the broker's `x-delivery-limit`, which would dead-letter a
+/// job that is not dead (see [`redelivery`]). A copy that cannot be published falls back
+/// to a requeue.
+async fn give_back(
+    context: &NamespaceContext,
+    delivery: &Delivery,
+    envelope: &Envelope,
+    this_one: u32,
+) {
+    tokio::time::sleep(REQUEUE_PAUSE).await;
+    let mut headers = FieldTable::default();
+    redelivery::carry(delivery, &mut headers, this_one);
+    match context.publisher.republish_job(envelope, headers).await {
+        Ok(()) => ack(delivery).await,
+        Err(error) => {
+            metrics().dependency_error("rabbitmq");
+            tracing::warn!(job = %envelope.id, error = format!("{error:#}"), "could not give the delivery back as a copy; requeueing it");
+            requeue(delivery).await;
+        }
+    }
 }

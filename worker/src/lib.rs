@@ -11,7 +11,9 @@
 //! - [`log_shipper`]: uploads attempt logs in the background; a bounded spool while
 //!   storage is down.
 //! - [`health`]: consumer states, and `/healthz` + `/readyz` on `worker.health_listen`.
-//! - [`in_flight`]: running jobs' cancellation tokens (cancel requests, shutdown).
+//! - [`in_flight`]: the deliveries being worked on: cancellation tokens and start tokens.
+//! - [`leases`]: renews the leases of running attempts; learns missed cancels from it.
+//! - [`redelivery`]: earlier deliveries without an outcome, carried across republishes.
 //! - [`control`]: listens for cancel requests broadcast by the API.
 
 pub mod admission;
@@ -21,7 +23,9 @@ pub mod dispatch;
 pub mod execution;
 pub mod health;
 pub mod in_flight;
+pub mod leases;
 pub mod log_shipper;
+pub mod redelivery;
 pub mod runtime;
 pub mod transitions;
 

@@ -24,6 +24,7 @@ use crate::dispatch::Dispatcher;
 use crate::execution::{self, NamespaceContext, Shared};
 use crate::health::{self, Consumers, HealthState};
 use crate::in_flight::InFlight;
+use crate::leases;
 use crate::log_shipper::LogShipper;
 use crate::transitions::Transitions;
 
@@ -99,7 +100,11 @@ impl Worker {
         let contexts_specs = contexts.iter().map(|c| c.spec.clone()).collect();
         let shared = Arc::new(Shared {
             registry: Arc::new(registry),
-            transitions: Transitions::new(&store, settings.worker.id.clone()),
+            transitions: Transitions::new(
+                &store,
+                settings.worker.id.clone(),
+                settings.rescue.lease(),
+            ),
             in_flight,
             retry: settings.retry.clone(),
             namespaces: contexts,
@@ -164,6 +169,14 @@ impl Worker {
         for consumer in self.consumers.drain(..) {
             supervisors.spawn(consumer.run(shutdown.clone(), close.clone()));
         }
+        let stop_leases = CancellationToken::new();
+        let leases = tokio::spawn(leases::renew_until_stopped(
+            self.store.clone(),
+            self.shared.in_flight.clone(),
+            self.settings.rescue.lease(),
+            self.settings.rescue.renew_every(),
+            stop_leases.clone(),
+        ));
         let stop_shipping = CancellationToken::new();
         let shipper = tokio::spawn(self.shared.logs.clone().run(
             Duration::from_secs(self.settings.logs.spool_retry_secs.max(1)),
@@ -217,6 +230,8 @@ impl Worker {
             running.abort_all();
             while running.join_next().await.is_some() {}
         }
+        stop_leases.cancel();
+        let _ = leases.await;
         // Closing the connections returns every unacked delivery to its queue.
         close.cancel();
         while supervisors.join_next().await.is_some() {}

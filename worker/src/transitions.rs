@@ -2,6 +2,8 @@
 //! batcher for "move to running" and one for "record the outcome", so a hundred jobs
 //! finishing together cost one statement and one WAL flush, not a hundred.
 
+use std::time::Duration;
+
 use engine_shared::group_commit::GroupCommit;
 use engine_shared::store::{FinishRequest, FinishedJob, StartOutcome, StartRequest, Store};
 
@@ -17,8 +19,9 @@ pub struct Transitions {
 }
 
 impl Transitions {
-    /// `worker_id` is recorded with every error the finishes write.
-    pub fn new(store: &Store, worker_id: String) -> Self {
+    /// `worker_id` is recorded with every error the finishes write; each start takes a
+    /// lease of `lease`.
+    pub fn new(store: &Store, worker_id: String, lease: Duration) -> Self {
         let start_store = store.clone();
         let finish_store = store.clone();
         Self {
@@ -28,7 +31,7 @@ impl Transitions {
                 IN_FLIGHT,
                 move |requests: Vec<StartRequest>| {
                     let store = start_store.clone();
-                    async move { store.start_jobs(&requests).await }
+                    async move { store.start_jobs(&requests, lease).await }
                 },
             ),
             finishes: GroupCommit::spawn(

@@ -62,6 +62,9 @@ pub struct RestoreSummary {
     /// Compressed bytes downloaded.
     pub bytes: u64,
     pub duration: Duration,
+    /// Unfinished jobs put back in the outbox, because no message of the old broker exists
+    /// for them here ([`return_unfinished_to_outbox`]).
+    pub requeued: u64,
 }
 
 /// What the parsing thread hands to the database side, in file order.
@@ -136,9 +139,10 @@ pub async fn restore_backup(
     drop(events);
     // The parser stops at its next send once the channel is closed.
     let _ = parser.await;
-    let tables = loaded.with_context(|| format!("restoring {}", key.as_str()))?;
+    let (tables, requeued) = loaded.with_context(|| format!("restoring {}", key.as_str()))?;
     Ok(RestoreSummary {
         tables,
+        requeued,
         migration: header.migration,
         taken_at: header.created_at,
         bytes: read.load(Ordering::Relaxed),
@@ -165,7 +169,7 @@ async fn load(
     events: &mut mpsc::Receiver<anyhow::Result<Event>>,
     read: &AtomicU64,
     mut progress: impl FnMut(u64) + Send,
-) -> anyhow::Result<BTreeMap<String, u64>> {
+) -> anyhow::Result<(BTreeMap<String, u64>, u64)> {
     let mut tx = conn.begin().await.context("starting the restore")?;
     sqlx::raw_sql(SESSION_SETTINGS)
         .execute(&mut *tx)
@@ -239,9 +243,36 @@ async fn load(
         restored.insert(table.name, rows);
     }
     schema::advance_sequences(&mut tx, &header.tables).await?;
+    let requeued = if restored.contains_key("jobs") {
+        return_unfinished_to_outbox(&mut tx).await?
+    } else {
+        0
+    };
     tx.commit().await.context("committing the restore")?;
     progress(read.load(Ordering::Relaxed));
-    Ok(restored)
+    Ok((restored, requeued))
+}
+
+/// Makes every unfinished job runnable on the restored system, in the restore's
+/// transaction. The backup's rows say where each job was on the old broker — `queued` and
+/// published, `retrying` in a delay tier, `running` under a worker's delivery — and none of
+/// those messages exists here. So every such row goes back to the outbox (`published_at`
+/// NULL): queued jobs are published by the sweeper, retries and interrupted attempts
+/// (`running` becomes `retrying`, due now, its attempt counted) by the scheduler. A job may
+/// thus run again after a restore: at-least-once, never lost.
+async fn return_unfinished_to_outbox(conn: &mut PgConnection) -> anyhow::Result<u64> {
+    let result = sqlx::query(
+        "UPDATE jobs
+         SET status = CASE WHEN status = 'running' THEN 'retrying' ELSE status END,
+             run_at = CASE WHEN status = 'running' THEN now() ELSE run_at END,
+             published_at = NULL,
+             lease_until = NULL
+         WHERE status IN ('queued', 'running', 'retrying')",
+    )
+    .execute(conn)
+    .await
+    .context("returning the restored unfinished jobs to the outbox")?;
+    Ok(result.rows_affected())
 }
 
 async fn next(events: &mut mpsc::Receiver<anyhow::Result<Event>>) -> anyhow::Result<Event> {

@@ -7,7 +7,7 @@ use deadpool_lapin::Pool;
 use futures_util::future::join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::Mutex;
 
 use super::connection::redact;
@@ -116,22 +116,32 @@ impl Publisher {
     }
 
     /// Publishes each job to its work queue and waits for the broker's confirms. Returns,
-    /// per envelope, whether the broker confirmed it (persisted in its queue).
+    /// per envelope, whether the broker confirmed it (persisted in its queue); a message
+    /// no queue took (returned, as mandatory publishes are) is `false`.
     pub async fn publish_jobs(&self, envelopes: &[Envelope]) -> anyhow::Result<Vec<bool>> {
         let messages: Vec<_> = envelopes
             .iter()
-            .map(|envelope| {
-                (
-                    WORK_EXCHANGE,
-                    envelope.queue.as_str().to_owned(),
-                    properties(envelope.id)
-                        .with_priority(envelope.priority)
-                        .with_headers(trace_headers(envelope, FieldTable::default())),
-                    envelope.to_bytes(),
-                )
-            })
+            .map(|envelope| job_message(envelope, FieldTable::default()))
             .collect();
         self.publish_confirmed(messages).await
+    }
+
+    /// Publishes a fresh copy of a job's message to its work queue with `headers` (the
+    /// worker gives a delivery back this way, so the broker's delivery count of the copy
+    /// starts again; see the worker's `redelivery`).
+    pub async fn republish_job(
+        &self,
+        envelope: &Envelope,
+        headers: FieldTable,
+    ) -> anyhow::Result<()> {
+        match self
+            .publish_confirmed(vec![job_message(envelope, headers)])
+            .await?
+            .as_slice()
+        {
+            [true] => Ok(()),
+            _ => anyhow::bail!("the broker did not confirm the copy of job {}", envelope.id),
+        }
     }
 
     /// Parks `envelope` in `tier`; when the tier's TTL expires it returns to its work queue.
@@ -216,7 +226,12 @@ impl Publisher {
                 .basic_publish(
                     ShortString::from(*exchange),
                     ShortString::from(routing_key.as_str()),
-                    BasicPublishOptions::default(),
+                    // Mandatory: a message no queue takes (its queue was deleted, say) comes
+                    // back instead of being confirmed into nowhere, and counts as refused.
+                    BasicPublishOptions {
+                        mandatory: *exchange != CONTROL_EXCHANGE,
+                        ..BasicPublishOptions::default()
+                    },
                     body,
                     properties.clone(),
                 )
@@ -235,7 +250,17 @@ impl Publisher {
         let mut acked = Vec::with_capacity(confirmations.len());
         for confirmation in confirmations {
             match confirmation {
-                Ok(confirmation) => acked.push(confirmation.is_ack()),
+                Ok(Confirmation::Ack(None)) => acked.push(true),
+                Ok(Confirmation::Ack(Some(returned))) => {
+                    tracing::warn!(
+                        exchange = returned.delivery.exchange.as_str(),
+                        routing_key = returned.delivery.routing_key.as_str(),
+                        reply = returned.reply_text.as_str(),
+                        "the broker returned an unroutable message; it stays unpublished"
+                    );
+                    acked.push(false);
+                }
+                Ok(_) => acked.push(false),
                 Err(error) => {
                     self.forget_channel().await;
                     return Err(anyhow::anyhow!("awaiting a confirm: {}", redact(&error)));
@@ -244,6 +269,21 @@ impl Publisher {
         }
         Ok(acked)
     }
+}
+
+/// A job's message to its work queue.
+fn job_message(
+    envelope: &Envelope,
+    headers: FieldTable,
+) -> (&'static str, String, BasicProperties, Vec<u8>) {
+    (
+        WORK_EXCHANGE,
+        envelope.queue.as_str().to_owned(),
+        properties(envelope.id)
+            .with_priority(envelope.priority)
+            .with_headers(trace_headers(envelope, headers)),
+        envelope.to_bytes(),
+    )
 }
 
 /// Persistent JSON with the job id as message id (visible in the management UI).

@@ -27,7 +27,7 @@ use crate::telemetry::LogFormat;
 use raw::RawSettings;
 pub use sections::{
     ApiSettings, ArchiveSettings, BackupSettings, DatabaseSettings, LogSettings, Pooler,
-    RelaySettings, WorkerSettings,
+    RelaySettings, RescueSettings, WorkerSettings,
 };
 
 /// A configuration problem found at start-up. Messages name the setting, never a secret.
@@ -58,6 +58,8 @@ pub struct Settings {
     pub api: ApiSettings,
     pub worker: WorkerSettings,
     pub relay: RelaySettings,
+    /// The rescuer's bound and the attempt lease.
+    pub rescue: RescueSettings,
     pub retry: RetryPolicy,
     /// Where rate and concurrency limits are kept.
     pub redis: RedisSettings,
@@ -152,6 +154,19 @@ impl Settings {
         };
         if raw.worker.concurrency == 0 {
             return Err(invalid("worker.concurrency", "must be at least 1".into()));
+        }
+        if raw.rescue.lease_secs < 1 {
+            return Err(invalid("rescue.lease_secs", "must be at least 1".into()));
+        }
+        if raw.rescue.lease_secs >= raw.rescue.after_secs {
+            return Err(invalid(
+                "rescue.after_secs",
+                format!(
+                    "must be longer than rescue.lease_secs ({}): a dead attempt is only seen \
+                     once its lease has expired",
+                    raw.rescue.lease_secs
+                ),
+            ));
         }
         let pooler = match raw.database.pooler.as_deref() {
             None | Some("none") => Pooler::None,
@@ -296,6 +311,7 @@ impl Settings {
                 liveness_grace: Duration::from_secs(raw.worker.liveness_grace_secs),
             },
             relay: raw.relay,
+            rescue: raw.rescue,
             retry: raw.retry,
             redis: RedisSettings {
                 url: raw.redis.url,

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::sections::{ApiSettings, ArchiveSettings, BackupSettings, LogSettings, RelaySettings};
+use super::sections::{
+    ApiSettings, ArchiveSettings, BackupSettings, LogSettings, RelaySettings, RescueSettings,
+};
 use crate::limits::LimitRule;
 use crate::queue::{WeightedQueue, standard_queues};
 use crate::retry::RetryPolicy;
@@ -30,6 +32,8 @@ pub(super) struct RawSettings {
     pub(super) worker: RawWorker,
     #[serde(default)]
     pub(super) relay: RelaySettings,
+    #[serde(default)]
+    pub(super) rescue: RescueSettings,
     #[serde(default)]
     pub(super) retry: RetryPolicy,
     #[serde(default)]

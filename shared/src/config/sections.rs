@@ -267,3 +267,57 @@ impl Default for BackupSettings {
 fn default_backup_keep() -> u32 {
     7
 }
+
+/// `[rescue]`: how long a job may sit with nobody running it and nothing to deliver it
+/// before the rescuer hands it back to work, and the lease that tells a live attempt from
+/// a dead one.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RescueSettings {
+    /// The bound: a job that nobody runs and no message will deliver is handed back to work
+    /// within about this long (an expired lease, or a due job nobody started).
+    #[serde(default = "default_rescue_after_secs")]
+    pub after_secs: u64,
+    /// How long a running attempt's lease lasts; its worker renews it every third of this.
+    /// An attempt whose worker dies (or loses PostgreSQL) for longer is taken as dead.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+}
+
+impl Default for RescueSettings {
+    fn default() -> Self {
+        Self {
+            after_secs: default_rescue_after_secs(),
+            lease_secs: default_lease_secs(),
+        }
+    }
+}
+
+impl RescueSettings {
+    /// How often each API replica's rescuer looks: five times per bound.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.after_secs.saturating_mul(200).max(200))
+    }
+
+    /// How long a due, published job may go unstarted before it is taken as lost: the
+    /// bound less one interval, so the pass that finds it still falls within the bound.
+    pub fn unstarted_after(&self) -> Duration {
+        Duration::from_secs(self.after_secs).saturating_sub(self.interval())
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+
+    /// How often a worker renews the leases of its running attempts.
+    pub fn renew_every(&self) -> Duration {
+        self.lease() / 3
+    }
+}
+
+fn default_rescue_after_secs() -> u64 {
+    300
+}
+
+fn default_lease_secs() -> u64 {
+    60
+}

@@ -10,8 +10,11 @@ mod archive;
 mod cancel;
 mod dead;
 mod execution;
+mod lease;
 mod outbox;
 mod query;
+mod rescue;
+mod start;
 mod submit;
 mod unit;
 
@@ -26,11 +29,12 @@ pub use api_keys::{ApiKey, NewApiKey};
 pub use archive::{ArchiveBatch, ArchivePass, ArchivedJob};
 pub use cancel::CancelOutcome;
 pub use dead::{Burial, DeadFilter, JobError};
-pub use execution::{
-    AttemptOutcome, ErrorKind, FinishRequest, FinishedJob, StartOutcome, StartRequest, StartedJob,
-};
+pub use execution::{AttemptOutcome, ErrorKind, FinishRequest, FinishedJob};
+pub use lease::{LeaseRenewal, RunningAttempt};
 pub use outbox::{OutboxClaim, OutboxJob};
 pub use query::{JobFilter, JobRecord};
+pub use rescue::{RescueReason, Rescued, StaleCount};
+pub use start::{StartOutcome, StartRequest, StartedJob};
 pub use submit::{NewJob, Submitted};
 
 use crate::config::{DatabaseSettings, Pooler};

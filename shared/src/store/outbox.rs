@@ -149,15 +149,20 @@ impl Store {
         Ok(OutboxClaim { unit, jobs })
     }
 
-    /// Stamps fast-path publications. Relaxed commit: a lost stamp only means the sweeper
-    /// publishes the job again and the worker skips the duplicate. Rows are locked in id
-    /// order, the order every batched UPDATE here uses, so batches never deadlock.
+    /// Stamps fast-path publications. Only rows still `queued` and unstamped: by the time
+    /// the confirms arrive a worker may have run the job and put a long retry back in the
+    /// outbox, or the row may be `scheduled` (its `run_at` was still ahead by PostgreSQL's
+    /// clock); a stamp there would hide it from the scheduler for good. Relaxed commit: a
+    /// lost stamp only means the sweeper publishes the job again and the worker skips the
+    /// duplicate. Rows are locked in id order, the order every batched UPDATE here uses, so
+    /// batches never deadlock.
     pub async fn mark_published(&self, ids: &[Uuid]) -> anyhow::Result<()> {
         count_round_trips(1);
         self.one(Commit::Relaxed, async |statements| {
             sqlx::query(
                 "WITH target AS (
-                     SELECT id FROM jobs WHERE id = ANY($1) AND published_at IS NULL
+                     SELECT id FROM jobs
+                     WHERE id = ANY($1) AND published_at IS NULL AND status = 'queued'
                      ORDER BY id FOR UPDATE)
                  UPDATE jobs SET published_at = now() FROM target WHERE jobs.id = target.id",
             )

@@ -36,11 +36,15 @@ pub struct JobRecord {
     pub redrives: i32,
     /// The W3C `traceparent` of the request that submitted it.
     pub traceparent: Option<String>,
+    /// Starts so far, never reset: the fencing token of the latest attempt.
+    pub starts: i64,
+    /// While `running`: until when the attempt's worker holds it (renewed as it runs).
+    pub lease_until: Option<DateTime<Utc>>,
 }
 
 const COLUMNS: &str = "id, namespace, kind, queue, status, args, priority, attempts, max_attempts, \
      timeout_ms, idempotency_key, run_at, created_at, published_at, started_at, finished_at, \
-     cancel_requested_at, result, last_error, snoozes, redrives, traceparent";
+     cancel_requested_at, result, last_error, snoozes, redrives, traceparent, starts, lease_until";
 
 /// Which jobs a listing returns. Every field narrows the result.
 #[derive(Clone, Debug, Default)]

@@ -21,21 +21,15 @@ pub struct NewJob {
     pub max_attempts: u32,
     pub timeout_ms: u32,
     pub idempotency_key: Option<IdempotencyKey>,
-    /// `Some` for a job that must wait (`run_at` / `delay`); it starts `scheduled`.
+    /// `Some` for a job that may have to wait (`run_at` / `delay`): it starts `scheduled`
+    /// if this is still ahead by PostgreSQL's clock when the row is written, which alone
+    /// decides (the API's clock and a second reading of it could disagree, and a row
+    /// reported `queued` is published at once).
     pub run_at: Option<DateTime<Utc>>,
     /// `None`: the fleet's retry settings apply when it fails.
     pub backoff: Option<Backoff>,
     /// The submitting request's trace.
     pub traceparent: Option<TraceParent>,
-}
-
-impl NewJob {
-    pub fn initial_status(&self) -> JobStatus {
-        match self.run_at {
-            Some(at) if at > Utc::now() => JobStatus::Scheduled,
-            _ => JobStatus::Queued,
-        }
-    }
 }
 
 /// What happened to one submitted job.
@@ -68,7 +62,6 @@ impl Store {
         let mut kinds = Vec::with_capacity(n);
         let mut queues = Vec::with_capacity(n);
         let mut args = Vec::with_capacity(n);
-        let mut statuses = Vec::with_capacity(n);
         let mut priorities = Vec::with_capacity(n);
         let mut max_attempts = Vec::with_capacity(n);
         let mut timeouts = Vec::with_capacity(n);
@@ -83,7 +76,6 @@ impl Store {
             kinds.push(job.kind.as_str().to_owned());
             queues.push(job.queue.as_str().to_owned());
             args.push(job.args.clone());
-            statuses.push(job.initial_status().as_str().to_owned());
             priorities.push(i16::from(job.priority));
             max_attempts.push(i32::try_from(job.max_attempts).unwrap_or(i32::MAX));
             timeouts.push(i32::try_from(job.timeout_ms).unwrap_or(i32::MAX));
@@ -96,31 +88,32 @@ impl Store {
         }
 
         count_round_trips(1);
-        let created: Vec<Uuid> = self
+        let created: Vec<(Uuid, JobStatus)> = self
             .one(Commit::Durable, async |statements| {
                 sqlx::query_scalar(
             "INSERT INTO jobs (id, namespace, kind, queue, args, status, priority, max_attempts,
                                timeout_ms, idempotency_key, run_at, backoff_min_ms, backoff_max_ms,
                                traceparent)
-             SELECT u.id, u.namespace, u.kind, u.queue, u.args, u.status::job_status, u.priority,
+             SELECT u.id, u.namespace, u.kind, u.queue, u.args,
+                    CASE WHEN u.run_at > now() THEN 'scheduled' ELSE 'queued' END::job_status,
+                    u.priority,
                     u.max_attempts, u.timeout_ms, u.idempotency_key, COALESCE(u.run_at, now()),
                     u.backoff_min_ms, u.backoff_max_ms, u.traceparent
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
-                         $7::int2[], $8::int4[], $9::int4[], $10::text[], $11::timestamptz[],
-                         $12::int4[], $13::int4[], $14::text[])
-                  AS u(id, namespace, kind, queue, args, status, priority, max_attempts,
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
+                         $6::int2[], $7::int4[], $8::int4[], $9::text[], $10::timestamptz[],
+                         $11::int4[], $12::int4[], $13::text[])
+                  AS u(id, namespace, kind, queue, args, priority, max_attempts,
                        timeout_ms, idempotency_key, run_at, backoff_min_ms, backoff_max_ms,
                        traceparent)
              ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL
              DO NOTHING
-             RETURNING id",
+             RETURNING id, status",
         )
         .bind(&ids)
         .bind(&namespaces)
         .bind(&kinds)
         .bind(&queues)
         .bind(&args)
-        .bind(&statuses)
         .bind(&priorities)
         .bind(&max_attempts)
         .bind(&timeouts)
@@ -134,16 +127,13 @@ impl Store {
             .await
             .context("inserting jobs")?;
 
-        let created: std::collections::HashSet<Uuid> = created.into_iter().collect();
+        let created: std::collections::HashMap<Uuid, JobStatus> = created.into_iter().collect();
         let mut outcomes: Vec<Option<Submitted>> = jobs
             .iter()
             .map(|job| {
                 created
-                    .contains(&job.id.as_uuid())
-                    .then(|| Submitted::Created {
-                        id: job.id,
-                        status: job.initial_status(),
-                    })
+                    .get(&job.id.as_uuid())
+                    .map(|&status| Submitted::Created { id: job.id, status })
             })
             .collect();
         if outcomes.iter().all(Option::is_some) {

@@ -1,0 +1,170 @@
+//! The rescuer's statements: finding jobs that nobody runs and nothing will deliver, and
+//! handing them back to work. Two kinds: a `running` attempt whose lease expired (its worker
+//! died or was cut off from PostgreSQL), and a published `queued` or `retrying` job that
+//! nobody started long after it was due (its message was lost).
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::outbox::OutboxJob;
+use super::{Commit, Store, count_round_trips};
+use crate::{JobStatus, Namespace, QueueName};
+
+/// Why the rescuer took a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RescueReason {
+    /// It was `running` and its attempt's lease expired.
+    LeaseExpired,
+    /// It was published and due, and nobody started it for `rescue.after_secs`.
+    Unstarted,
+}
+
+impl RescueReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LeaseExpired => "lease_expired",
+            Self::Unstarted => "unstarted",
+        }
+    }
+}
+
+/// How many jobs of one queue look abandoned.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct StaleCount {
+    pub namespace: String,
+    pub queue: String,
+    pub expired_leases: i64,
+    pub unstarted: i64,
+}
+
+/// A job the rescuer took, with the state it left it in.
+#[derive(Clone, Debug)]
+pub struct Rescued {
+    pub job: OutboxJob,
+    pub reason: RescueReason,
+    /// `queued` or `retrying`: republish it. `dead`: its attempts were used up by attempts
+    /// that died; nothing to publish.
+    pub status: JobStatus,
+}
+
+#[derive(sqlx::FromRow)]
+struct RescuedRow {
+    #[sqlx(flatten)]
+    job: OutboxJob,
+    was: JobStatus,
+    status: JobStatus,
+}
+
+/// The rescuer's advisory lock class ("tl_resc" in ASCII), paired with the namespace's hash.
+const RESCUER_LOCK: i32 = 0x746c_7265;
+
+/// Which rows of `jobs j` look abandoned; `after` is the parameter holding how long an
+/// unstarted job may wait (seconds).
+fn stale(after: &str) -> String {
+    format!(
+        "((j.status = 'running' AND j.lease_until < now())
+          OR (j.status IN ('queued', 'retrying') AND j.published_at IS NOT NULL
+              AND GREATEST(j.run_at, j.published_at) < now() - make_interval(secs => {after})))"
+    )
+}
+
+impl Store {
+    /// Abandoned-looking jobs per queue of `namespaces`. Read-only, no lock: the one
+    /// statement an idle fleet's rescuer makes per pass.
+    pub async fn count_stale(
+        &self,
+        namespaces: &[String],
+        unstarted_after: Duration,
+    ) -> anyhow::Result<Vec<StaleCount>> {
+        count_round_trips(1);
+        self.one(Commit::Durable, async |statements| {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT j.namespace, j.queue,
+                        count(*) FILTER (WHERE j.status = 'running') AS expired_leases,
+                        count(*) FILTER (WHERE j.status <> 'running') AS unstarted
+                 FROM jobs j
+                 WHERE j.namespace = ANY($1) AND {}
+                 GROUP BY j.namespace, j.queue",
+                stale("$2")
+            )))
+            .bind(namespaces)
+            .bind(unstarted_after.as_secs_f64())
+            .fetch_all(statements)
+            .await
+        })
+        .await
+        .context("counting abandoned jobs")
+    }
+
+    /// Takes up to `limit` abandoned jobs of one queue and hands them back to work in one
+    /// statement: a dead attempt is recorded as `crashed` in the job's errors and the job
+    /// goes to `retrying` (due now), or `dead` when that was its last attempt; an unstarted
+    /// job keeps its state. Each is stamped published now, so no pass takes it again for
+    /// another `unstarted_after`. Empty when another replica is rescuing this namespace
+    /// right now (one rescuer per namespace at a time, by a transaction-scoped lock).
+    pub async fn rescue(
+        &self,
+        namespace: &Namespace,
+        queue: &QueueName,
+        unstarted_after: Duration,
+        limit: i64,
+    ) -> anyhow::Result<Vec<Rescued>> {
+        count_round_trips(1);
+        let rows: Vec<RescuedRow> = self
+            .one(Commit::Durable, async |statements| {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "WITH leader AS MATERIALIZED (
+                         SELECT pg_try_advisory_xact_lock($5, hashtext($1)) AS held),
+                     stale AS (
+                         SELECT j.id, j.status AS was, j.attempts >= j.max_attempts AS spent,
+                                format('attempt %s stopped renewing its lease (its worker died \
+                                        or lost PostgreSQL); rescued', j.attempts) AS reason
+                         FROM jobs j, leader
+                         WHERE leader.held AND j.namespace = $1 AND j.queue = $2 AND {stale}
+                         ORDER BY j.id
+                         LIMIT $4
+                         FOR UPDATE OF j SKIP LOCKED),
+                     recorded AS (
+                         INSERT INTO job_errors (job_id, attempt, redrive, kind, message)
+                         SELECT j.id, j.attempts, j.redrives, 'crashed', s.reason
+                         FROM jobs j JOIN stale s ON s.id = j.id WHERE s.was = 'running')
+                     UPDATE jobs j
+                     SET status = CASE WHEN s.was <> 'running' THEN j.status
+                                       WHEN s.spent THEN 'dead' ELSE 'retrying' END::job_status,
+                         finished_at = CASE WHEN s.was = 'running' AND s.spent THEN now()
+                                            ELSE j.finished_at END,
+                         last_error = CASE WHEN s.was = 'running' THEN s.reason
+                                           ELSE j.last_error END,
+                         run_at = CASE WHEN s.was = 'running' THEN now() ELSE j.run_at END,
+                         lease_until = NULL,
+                         published_at = now()
+                     FROM stale s WHERE j.id = s.id
+                     RETURNING j.id, j.namespace, j.kind, j.queue, j.args, j.priority,
+                               j.traceparent, s.was, j.status",
+                    stale = stale("$3")
+                )))
+                .bind(namespace.as_str())
+                .bind(queue.as_str())
+                .bind(unstarted_after.as_secs_f64())
+                .bind(limit)
+                .bind(RESCUER_LOCK)
+                .fetch_all(statements)
+                .await
+            })
+            .await
+            .with_context(|| format!("rescuing abandoned jobs of {namespace}/{queue}"))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Rescued {
+                reason: if row.was == JobStatus::Running {
+                    RescueReason::LeaseExpired
+                } else {
+                    RescueReason::Unstarted
+                },
+                job: row.job,
+                status: row.status,
+            })
+            .collect())
+    }
+}
