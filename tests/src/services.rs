@@ -95,6 +95,64 @@ pub async fn delete_vhost(vhost: &str) {
         .await;
 }
 
+/// Drops every ready message of `queue` in `vhost`: a test's way to lose messages, as a
+/// broker that dead-letters or forgets them would.
+pub async fn purge_queue(vhost: &str, queue: &str) {
+    let purged = reqwest::Client::new()
+        .delete(format!(
+            "{}/api/queues/{vhost}/{queue}/contents",
+            management_url()
+        ))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .expect("RabbitMQ management API unreachable");
+    assert!(
+        purged.status().is_success(),
+        "purging {vhost}/{queue}: {}",
+        purged.status()
+    );
+}
+
+/// Deletes `queue` in `vhost` (its messages with it).
+pub async fn delete_queue(vhost: &str, queue: &str) {
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/api/queues/{vhost}/{queue}", management_url()))
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .expect("RabbitMQ management API unreachable");
+    assert!(
+        deleted.status().is_success(),
+        "deleting {vhost}/{queue}: {}",
+        deleted.status()
+    );
+}
+
+/// Sets guest's permissions on `vhost`: `true` gives all, `false` takes all away.
+pub async fn permit_guest(vhost: &str, allowed: bool) {
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/permissions/{vhost}/guest", management_url());
+    let answer = if allowed {
+        http.put(url)
+            .basic_auth("guest", Some("guest"))
+            .json(&serde_json::json!({ "configure": ".*", "write": ".*", "read": ".*" }))
+            .send()
+            .await
+    } else {
+        http.delete(url)
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+    }
+    .expect("RabbitMQ management API unreachable");
+    assert!(
+        answer.status().is_success(),
+        "permissions on {vhost}: {}",
+        answer.status()
+    );
+}
+
 /// Messages in `queue` of `vhost`, read live with a passive declare (the management
 /// API's figures lag by seconds).
 pub async fn queue_depth(vhost: &str, queue: &str) -> Option<u32> {

@@ -90,7 +90,7 @@ impl Store {
         count_round_trips(1);
         let created: Vec<(Uuid, JobStatus)> = self
             .one(Commit::Durable, async |statements| {
-                sqlx::query_scalar(
+                sqlx::query_as(
             "INSERT INTO jobs (id, namespace, kind, queue, args, status, priority, max_attempts,
                                timeout_ms, idempotency_key, run_at, backoff_min_ms, backoff_max_ms,
                                traceparent)

@@ -1,0 +1,170 @@
+//! Crash windows on the job path, each with the real processes and servers: a worker
+//! SIGKILLed before a cancel, a worker SIGKILLed under a concurrency limit, a queue that
+//! vanished under the relay, a vhost that refuses publishes. Each used to leave an accepted
+//! job unfinished forever (or finished the wrong way).
+
+use std::time::{Duration, Instant};
+
+use engine_shared::JobStatus;
+use engine_tests::{FleetOptions, TestFleet, services, wait_until};
+use reqwest::StatusCode;
+use serde_json::json;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn without_worker() -> FleetOptions {
+    FleetOptions {
+        worker: false,
+        ..FleetOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_cancel_accepted_while_its_worker_is_dead_ends_the_job_cancelled_not_after_its_run() {
+    let fleet = TestFleet::start(without_worker()).await;
+    let mut doomed = fleet.spawn_worker_process(2, 10);
+    let id = fleet
+        .client
+        .submit(&json!({ "kind": "sleep", "args": { "ms": 60000 } }))
+        .await
+        .id();
+    fleet
+        .wait_for_status(&id, JobStatus::Running, DEADLINE)
+        .await;
+    doomed.kill();
+
+    let requested = fleet.client.cancel(&id).await;
+    assert_eq!(requested.status, StatusCode::ACCEPTED, "{requested:?}");
+    let asked = Instant::now();
+    let survivor = fleet.spawn_worker_process(2, 10);
+
+    let record = fleet
+        .wait_for_status(&id, JobStatus::Cancelled, Duration::from_secs(20))
+        .await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "it ran its whole sleep first"
+    );
+    assert_eq!(record.result, None, "the takeover never ran it: {record:?}");
+    drop(survivor);
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_died_under_a_concurrency_limit_is_taken_over_after_its_deferral() {
+    // The killed worker's concurrency slot outlives it (its lease), so the redelivery is
+    // deferred through a delay tier; the copy that comes back must still take the job over.
+    let fleet = TestFleet::start(FleetOptions {
+        extra_toml: "[[limits]]\nkind = \"sleep\"\nconcurrency = 1\n".into(),
+        ..without_worker()
+    })
+    .await;
+    let mut doomed = fleet.spawn_worker_process(2, 10);
+    let id = fleet
+        .client
+        .submit(&json!({ "kind": "sleep", "args": { "ms": 2000 } }))
+        .await
+        .id();
+    fleet
+        .wait_for_status(&id, JobStatus::Running, DEADLINE)
+        .await;
+    doomed.kill();
+    let survivor = fleet.spawn_worker_process(2, 10);
+
+    let record = fleet
+        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(90))
+        .await;
+    assert_eq!(
+        record.attempts, 2,
+        "the killed attempt and the one that ran"
+    );
+    drop(survivor);
+}
+
+#[tokio::test]
+async fn a_publish_no_queue_takes_stays_in_the_outbox_until_the_queue_is_back() {
+    let mut fleet = TestFleet::start(without_worker()).await;
+    let warm = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    wait_until("the relay to publish", DEADLINE, || async {
+        fleet.record(&warm).await.published_at.map(|_| ())
+    })
+    .await;
+    // The queue vanishes under the API's open channel (a person, a policy, a broker reset).
+    services::delete_queue(fleet.namespace.as_str(), "jobs.default").await;
+
+    let lost = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let later = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    wait_until("the sweeper to have tried", DEADLINE, || async {
+        let record = fleet.record(&later).await;
+        (chrono::Utc::now() - record.created_at > chrono::Duration::seconds(1)).then_some(())
+    })
+    .await;
+    assert!(
+        fleet.record(&lost).await.published_at.is_none(),
+        "a publish that no queue took was stamped as published"
+    );
+
+    // A worker declares the queue again; the sweeper publishes what it held back.
+    fleet.start_worker(None).await;
+    fleet
+        .wait_for_status(&lost, JobStatus::Succeeded, DEADLINE)
+        .await;
+    fleet
+        .wait_for_status(&later, JobStatus::Succeeded, DEADLINE)
+        .await;
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_vhost_that_refuses_publishes_does_not_stop_another_namespaces_delayed_jobs() {
+    let fleet = TestFleet::start(FleetOptions {
+        namespaces: 2,
+        ..FleetOptions::default()
+    })
+    .await;
+    let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
+    services::permit_guest(a.namespace.as_str(), false).await;
+
+    // Delayed jobs are released by the scheduler, whose claims mix namespaces.
+    let delayed = json!({ "kind": "noop", "delay": 0.5 });
+    let of_a: Vec<String> =
+        futures_util::future::join_all((0..3).map(|_| a.client.submit(&delayed)))
+            .await
+            .iter()
+            .map(|answer| answer.id())
+            .collect();
+    let of_b: Vec<String> =
+        futures_util::future::join_all((0..3).map(|_| b.client.submit(&delayed)))
+            .await
+            .iter()
+            .map(|answer| answer.id())
+            .collect();
+    for id in &of_b {
+        wait_until("namespace B's delayed job to run", DEADLINE, || async {
+            let record = fleet.record_in(&b.namespace, id).await?;
+            (record.status == JobStatus::Succeeded).then_some(())
+        })
+        .await;
+    }
+    let ready = reqwest::get(format!("http://{}/readyz", fleet.client.address()))
+        .await
+        .unwrap();
+    assert_ne!(
+        ready.status(),
+        StatusCode::OK,
+        "a refusing vhost is not ready"
+    );
+
+    services::permit_guest(a.namespace.as_str(), true).await;
+    for id in &of_a {
+        wait_until(
+            "namespace A's delayed job to run once allowed",
+            Duration::from_secs(60),
+            || async {
+                let record = fleet.record_in(&a.namespace, id).await?;
+                (record.status == JobStatus::Succeeded).then_some(())
+            },
+        )
+        .await;
+    }
+    fleet.stop().await;
+}
