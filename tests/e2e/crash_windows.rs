@@ -121,17 +121,32 @@ async fn a_vhost_that_refuses_publishes_does_not_stop_another_namespaces_delayed
         ..FleetOptions::default()
     })
     .await;
-    let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
+    // A sorts first, so a claim holding rows of both namespaces reaches A's first.
+    let (a, b) = match (&fleet.tenants[0], &fleet.tenants[1]) {
+        (x, y) if x.namespace.as_str() < y.namespace.as_str() => (x, y),
+        (x, y) => (y, x),
+    };
     services::permit_guest(a.namespace.as_str(), false).await;
+    // Open channels keep their access; new ones are refused.
+    engine_tests::management::close_vhost_connections(a.namespace.as_str()).await;
 
-    // Delayed jobs are released by the scheduler, whose claims mix namespaces.
+    // Delayed jobs are released by the scheduler, whose claims mix namespaces, oldest
+    // first: more of A's than one claim holds (relay.batch_size, 500) come due first.
+    let delayed = json!({ "kind": "noop", "delay": 0.3 });
+    let batch: Vec<_> = (0..600).map(|_| delayed.clone()).collect();
+    let answer = a
+        .client
+        .post("/v1/jobs/batch", &json!({ "jobs": batch }))
+        .await;
+    assert!(answer.status.is_success(), "{answer:?}");
+    let of_a: Vec<String> = answer.body["jobs"]
+        .as_array()
+        .expect("the batch's jobs")
+        .iter()
+        .take(3)
+        .map(|job| job["id"].as_str().unwrap().to_owned())
+        .collect();
     let delayed = json!({ "kind": "noop", "delay": 0.5 });
-    let of_a: Vec<String> =
-        futures_util::future::join_all((0..3).map(|_| a.client.submit(&delayed)))
-            .await
-            .iter()
-            .map(|answer| answer.id())
-            .collect();
     let of_b: Vec<String> =
         futures_util::future::join_all((0..3).map(|_| b.client.submit(&delayed)))
             .await

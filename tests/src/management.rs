@@ -94,3 +94,32 @@ async fn list<T: for<'de> Deserialize<'de>>(vhost: &str, what: &str) -> Vec<T> {
     serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("GET {url}: unexpected JSON: {e}: {body}"))
 }
+
+/// Closes every connection to `vhost` (their clients must reconnect, and are checked
+/// against the vhost's permissions again).
+pub async fn close_vhost_connections(vhost: &str) {
+    for connection in vhost_connections(vhost).await {
+        let url = format!(
+            "{}/api/connections/{}",
+            services::management_url(),
+            urlencoding(&connection.name)
+        );
+        let _ = reqwest::Client::new()
+            .delete(&url)
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await;
+    }
+}
+
+/// Percent-encodes a connection name for a URL path (`127.0.0.1:5 -> 127.0.0.1:5672`).
+fn urlencoding(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -669,7 +669,7 @@ async fn run_handler(
     // A task of its own, so a panic is caught as a JoinError instead of killing the worker.
     // In the attempt's span, so the handler's own log lines carry the job and its trace.
     let mut task = tokio::spawn(handler.in_current_span());
-    let outcome = match tokio::time::timeout(timeout, &mut task).await {
+    match tokio::time::timeout(timeout, &mut task).await {
         Ok(Ok(Ok(result))) => HandlerOutcome::Succeeded(result),
         Ok(Ok(Err(JobError::Retryable(error)))) => {
             HandlerOutcome::Failed(ErrorKind::Error, format!("{error:#}"))
@@ -704,8 +704,7 @@ async fn run_handler(
                 format!("timed out after {:.3}s", timeout.as_secs_f64()),
             )
         }
-    };
-    outcome
+    }
 }
 
 async fn ack(delivery: &Delivery) {
