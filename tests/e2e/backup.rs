@@ -724,3 +724,72 @@ async fn the_command_line_backs_up_lists_and_restores() {
     let _ = std::fs::remove_file(&config);
     storage.clean().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_leaves_every_unfinished_job_runnable() {
+    // Arrange: jobs the old broker held messages for — queued and published, retrying in a
+    // delay tier, running under a worker — and a finished one.
+    let source = ScratchDatabase::migrated().await;
+    let pool = source.pool();
+    let mut ids = Vec::new();
+    for status in ["queued", "retrying", "running", "succeeded"] {
+        let id = JobId::new_at(chrono::Utc::now());
+        sqlx::query(
+            "INSERT INTO jobs (id, namespace, kind, queue, args, status, max_attempts, timeout_ms,
+                               run_at, published_at, attempts, starts, lease_until)
+             VALUES ($1, 'acme', 'noop', 'default', '{}', $2::job_status, 3, 1000,
+                     now() - interval '1 minute', now(), 1, 1, now() + interval '1 minute')",
+        )
+        .bind(id.as_uuid())
+        .bind(status)
+        .execute(pool)
+        .await
+        .unwrap();
+        ids.push((id, status));
+    }
+    let target = ScratchDatabase::migrated().await;
+    let storage = TestFolder::new();
+    backup::back_up(
+        pool,
+        &storage.objects,
+        &storage.folder,
+        7,
+        &CancellationToken::new(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let found = storage
+        .folder
+        .find(&storage.objects, &"latest".parse().unwrap())
+        .await
+        .unwrap();
+
+    // Act
+    let restored = restore_backup(&storage.objects, &found.key, &target.store, |_| {})
+        .await
+        .unwrap();
+
+    // Assert: no message of the old broker exists here, so each unfinished job is back in
+    // the outbox (the sweeper or the scheduler publishes it); the finished one is as it was.
+    assert_eq!(restored.requeued, 3);
+    for (id, before) in ids {
+        let (status, published, lease): (String, bool, bool) = sqlx::query_as(
+            "SELECT status::text, published_at IS NOT NULL, lease_until IS NOT NULL
+             FROM jobs WHERE id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_one(target.pool())
+        .await
+        .unwrap();
+        match before {
+            "succeeded" => assert_eq!((status.as_str(), published), ("succeeded", true)),
+            "running" => assert_eq!(
+                (status.as_str(), published, lease),
+                ("retrying", false, false)
+            ),
+            _ => assert_eq!((status.as_str(), published, lease), (before, false, false)),
+        }
+    }
+    storage.clean().await;
+}
