@@ -24,12 +24,7 @@ async fn a_cancel_accepted_while_its_worker_is_dead_ends_the_job_cancelled_not_a
     let fleet = TestFleet::start(without_worker()).await;
     let mut doomed = fleet.spawn_worker_process(2, 10);
     let id = fleet
-        .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 60000 } }))
-        .await
-        .id();
-    fleet
-        .wait_for_status(&id, JobStatus::Running, DEADLINE)
+        .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": 60000 } }))
         .await;
     doomed.kill();
 
@@ -60,12 +55,7 @@ async fn a_job_whose_worker_died_under_a_concurrency_limit_is_taken_over_after_i
     .await;
     let mut doomed = fleet.spawn_worker_process(2, 10);
     let id = fleet
-        .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 2000 } }))
-        .await
-        .id();
-    fleet
-        .wait_for_status(&id, JobStatus::Running, DEADLINE)
+        .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": 2000 } }))
         .await;
     doomed.kill();
     let survivor = fleet.spawn_worker_process(2, 10);

@@ -25,12 +25,7 @@ async fn an_attempt_whose_worker_died_and_whose_message_was_lost_is_rescued_and_
     let fleet = TestFleet::start(quick(false)).await;
     let mut doomed = fleet.spawn_worker_process(2, 10);
     let id = fleet
-        .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 1500 } }))
-        .await
-        .id();
-    fleet
-        .wait_for_status(&id, JobStatus::Running, DEADLINE)
+        .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": 1500 } }))
         .await;
     doomed.kill();
     // The redelivery the broker would make is lost too.

@@ -515,6 +515,14 @@ impl TestFleet {
         .await
     }
 
+    /// Submits `job` and waits until a worker runs it; returns its id.
+    pub async fn submit_until_running(&self, job: &serde_json::Value) -> String {
+        let id = self.client.submit(job).await.id();
+        self.wait_for_status(&id, JobStatus::Running, Duration::from_secs(30))
+            .await;
+        id
+    }
+
     /// Starts a real `engine-worker` process for this namespace.
     pub fn spawn_worker_process(&self, concurrency: u16, grace_secs: u64) -> WorkerProcess {
         self.spawn_worker_process_with_env(concurrency, grace_secs, &[])
