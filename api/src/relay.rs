@@ -251,8 +251,11 @@ impl Relay {
     }
 
     /// Publishes rows grouped by namespace; returns the ids the broker confirmed. A
-    /// namespace whose publish fails is blocked for a while (see [`Blocked`]); the others'
-    /// rows are published all the same.
+    /// namespace whose publish fails, or whose broker leaves any message unconfirmed
+    /// (returned: no queue took it; nacked: a full or leaderless queue), is blocked for a
+    /// while (see [`Blocked`]) — its rows are excluded from the next claims, so they cannot
+    /// fill every claim and hold back the other namespaces' rows, which are published all
+    /// the same.
     pub async fn publish_rows(&self, rows: &[OutboxJob]) -> Vec<Uuid> {
         let mut by_namespace: BTreeMap<Namespace, Vec<Envelope>> = BTreeMap::new();
         for row in rows {
@@ -271,8 +274,20 @@ impl Relay {
                 continue;
             };
             let acks = match publisher.publish_jobs(&envelopes).await {
-                Ok(acks) => {
+                Ok(acks) if acks.iter().all(|acked| *acked) => {
                     self.blocked.accepted(&namespace);
+                    acks
+                }
+                Ok(acks) => {
+                    let refused = acks.iter().filter(|acked| !**acked).count();
+                    self.blocked.refused(
+                        &namespace,
+                        &anyhow::anyhow!(
+                            "the broker confirmed {} of {} messages ({refused} returned or nacked)",
+                            acks.len() - refused,
+                            acks.len()
+                        ),
+                    );
                     acks
                 }
                 Err(error) => {
@@ -291,8 +306,9 @@ impl Relay {
         confirmed
     }
 
-    /// Ready messages in `namespace`'s work queue `queue` (the rescuer's backlog check).
-    pub async fn queue_ready(
+    /// Messages that may still deliver `namespace`'s jobs of `queue`: the work queue's
+    /// ready ones and the delay tiers' (the rescuer's backlog check).
+    pub async fn queue_backlog(
         &self,
         namespace: &Namespace,
         queue: &QueueName,
@@ -301,8 +317,7 @@ impl Relay {
             .publishers
             .get(namespace)
             .with_context(|| format!("namespace {namespace} is not served here"))?;
-        let (ready, _consumers) = publisher.queue_stats(queue.as_str()).await?;
-        Ok(ready)
+        publisher.backlog(queue.as_str()).await
     }
 }
 

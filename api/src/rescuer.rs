@@ -1,31 +1,37 @@
 //! The rescuer: a bounded time for any stuck job. Whatever crashed, a job that nobody runs
-//! and no message will deliver is handed back to work within about `rescue.after_secs`:
+//! and no message will deliver is handed back to work:
 //!
 //! - a `running` attempt whose lease expired (its worker was killed, or cut off from
 //!   PostgreSQL, for longer than `rescue.lease_secs`) is recorded as `crashed` and the job
-//!   republished as a retry, or buried `dead` if that was its last attempt;
-//! - a published `queued` or `retrying` job that nobody started long after it was due (its
-//!   message was lost: a queue deleted, a broker that dead-lettered it, a restore) is
-//!   republished.
+//!   goes back to the outbox as a retry due now — or ends `cancelled` if a cancel was
+//!   requested, `dead` if that was its last attempt — at the first pass after the lease
+//!   expired, whatever waits in its queue (a lease is renewed by a live attempt only);
+//! - a published `queued` or `retrying` job that nobody started `rescue.after_secs` after
+//!   it was due (its message was lost: a queue deleted, a broker that dead-lettered it, a
+//!   restore) goes back to the outbox.
 //!
-//! It never floods a legitimate backlog: a queue is looked at only while the broker says
-//! it has no ready message (stale rows behind ready messages are waiting their turn, not
-//! lost), and one pass takes at most [`MOST_PER_PASS`] jobs of a queue. A duplicate it makes
-//! anyway (the message was only slow) is skipped by the guarded start. Each API replica
-//! runs a pass every fifth of the bound; the only statement of an idle pass is one count
-//! (no lock), and a namespace is rescued by one replica at a time (an advisory lock).
+//! The relay then publishes it, under its own claim, stamping it only once the broker
+//! confirms: a rescuer that dies mid-pass or a vhost that refuses leaves nothing hidden.
 //!
-//! What it cannot see: a message that is still somewhere the check does not count (held
-//! unacked by a live worker, or parked in a delay tier by a limit): such a job may be
-//! republished once per bound, and the copy is skipped or deferred like any duplicate.
+//! It never floods a legitimate backlog: unstarted jobs are looked at only while nothing
+//! that could still deliver them waits (no ready message in the work queue, none parked in
+//! a delay tier), and one pass takes at most [`MOST_PER_PASS`] jobs of a queue. A duplicate
+//! it makes anyway (the message was only slow) is skipped by the guarded start. Each API
+//! replica runs a pass every fifth of the bound; the only statement of an idle pass is one
+//! count (no lock), and a namespace is rescued by one replica at a time (an advisory lock).
+//!
+//! What it cannot see: an unstarted job whose message was lost in a queue that never
+//! empties waits until the queue drains; a message held unacked by a live worker (a copy
+//! it makes then is skipped like any duplicate).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
 use engine_shared::config::RescueSettings;
 use engine_shared::metrics::{RescueLabels, metrics};
-use engine_shared::store::{OutboxJob, Rescued, StaleCount, Store};
+use engine_shared::store::{RescueScope, Rescued, StaleCount, Store};
 use engine_shared::{JobStatus, Namespace, QueueName};
 
 use crate::relay::Relay;
@@ -45,29 +51,38 @@ impl Rescuer {
     /// Passes every `rescue.after_secs / 5` until `shutdown`; a failed pass is logged and
     /// the next one tries again.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
-        let mut failing = false;
+        let mut failed_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(self.settings.interval()) => {}
             }
-            match self.pass().await {
-                Ok(()) => failing = false,
+            // After PostgreSQL was out of reach, so were the workers renewing their leases:
+            // expired leases are not judged until the workers have had a whole lease to
+            // renew them again.
+            let judge_leases = failed_at.is_none_or(|at| at.elapsed() > self.settings.lease());
+            match self.pass(judge_leases).await {
+                Ok(()) => {}
                 Err(error) => {
-                    if !failing {
+                    if failed_at.is_none() {
                         tracing::warn!(
                             error = format!("{error:#}"),
                             "rescue pass failed; retrying every interval"
                         );
                     }
-                    failing = true;
+                    failed_at = Some(Instant::now());
+                    continue;
                 }
+            }
+            if failed_at.is_some_and(|at| at.elapsed() > self.settings.lease()) {
+                failed_at = None;
             }
         }
     }
 
-    /// One pass over every served namespace.
-    pub async fn pass(&self) -> anyhow::Result<()> {
+    /// One pass over every served namespace: the count, then each queue with abandoned
+    /// jobs. A queue that fails is logged and skipped; the others are still rescued.
+    pub async fn pass(&self, judge_leases: bool) -> anyhow::Result<()> {
         let stale = self
             .store
             .count_stale(&self.served, self.settings.unstarted_after())
@@ -79,76 +94,81 @@ impl Rescuer {
             ) else {
                 continue;
             };
-            if self.has_backlog(&namespace, &queue, &count).await {
+            let scope = RescueScope {
+                // A lease is renewed by a live attempt only: an expired one is an attempt
+                // that died, whatever waits in the queue.
+                expired_leases: judge_leases && count.expired_leases > 0,
+                unstarted: count.unstarted > 0
+                    && !self.has_backlog(&namespace, &queue, &count).await,
+            };
+            if !scope.expired_leases && !scope.unstarted {
                 continue;
             }
-            let rescued = self
+            match self
                 .store
                 .rescue(
                     &namespace,
                     &queue,
                     self.settings.unstarted_after(),
+                    scope,
                     MOST_PER_PASS,
                 )
-                .await?;
-            self.republish(&namespace, rescued).await;
+                .await
+            {
+                Ok(rescued) => report(&namespace, &rescued),
+                Err(error) => {
+                    tracing::warn!(%namespace, %queue, error = format!("{error:#}"), "could not rescue this queue's jobs; the next pass tries again");
+                }
+            }
         }
         Ok(())
     }
 
-    /// Whether `queue` has ready messages, in which case its stale rows are waiting their
-    /// turn behind them. A queue that cannot be inspected counts as one with a backlog:
-    /// the rescuer only acts on what it can tell.
+    /// Whether messages that may still deliver `queue`'s jobs are waiting (ready in the
+    /// work queue, or parked in a delay tier), in which case its unstarted rows are waiting
+    /// their turn behind them. A queue that cannot be inspected counts as one with a
+    /// backlog: the rescuer only republishes on what it can tell.
     async fn has_backlog(
         &self,
         namespace: &Namespace,
         queue: &QueueName,
         count: &StaleCount,
     ) -> bool {
-        match self.relay.queue_ready(namespace, queue).await {
+        match self.relay.queue_backlog(namespace, queue).await {
             Ok(0) => false,
-            Ok(ready) => {
-                tracing::debug!(%namespace, %queue, ready, stale = count.unstarted + count.expired_leases, "stale jobs behind a backlog; not rescued");
+            Ok(waiting) => {
+                tracing::debug!(%namespace, %queue, waiting, stale = count.unstarted, "unstarted jobs behind a backlog; not rescued");
                 true
             }
             Err(error) => {
-                tracing::debug!(%namespace, %queue, error = format!("{error:#}"), "cannot inspect the queue; not rescuing it this pass");
+                tracing::debug!(%namespace, %queue, error = format!("{error:#}"), "cannot inspect the queue; not rescuing its unstarted jobs this pass");
                 true
             }
         }
     }
+}
 
-    /// Counts what was rescued and publishes the jobs that go back to work.
-    async fn republish(&self, namespace: &Namespace, rescued: Vec<Rescued>) {
-        if rescued.is_empty() {
-            return;
-        }
-        let metrics = metrics();
-        for job in &rescued {
-            metrics
-                .rescued
-                .get_or_create(&RescueLabels {
-                    namespace: namespace.as_str().to_owned(),
-                    reason: job.reason.as_str().to_owned(),
-                })
-                .inc();
-        }
-        let dead = rescued
-            .iter()
-            .filter(|job| job.status == JobStatus::Dead)
-            .count();
-        let runnable: Vec<OutboxJob> = rescued
-            .into_iter()
-            .filter(|job| job.status != JobStatus::Dead)
-            .map(|job| job.job)
-            .collect();
-        let published = self.relay.publish_rows(&runnable).await;
-        tracing::warn!(
-            %namespace,
-            republished = published.len(),
-            unpublished = runnable.len() - published.len(),
-            dead,
-            "rescued jobs nobody was running"
-        );
+/// Counts what was rescued, by reason; the relay publishes what went back to the outbox.
+fn report(namespace: &Namespace, rescued: &[Rescued]) {
+    if rescued.is_empty() {
+        return;
     }
+    let metrics = metrics();
+    for job in rescued {
+        metrics
+            .rescued
+            .get_or_create(&RescueLabels {
+                namespace: namespace.as_str().to_owned(),
+                reason: job.reason.as_str().to_owned(),
+            })
+            .inc();
+    }
+    let count = |status: JobStatus| rescued.iter().filter(|job| job.status == status).count();
+    tracing::warn!(
+        %namespace,
+        rescued = rescued.len(),
+        dead = count(JobStatus::Dead),
+        cancelled = count(JobStatus::Cancelled),
+        "rescued jobs nobody was running; the rest go back through the outbox"
+    );
 }

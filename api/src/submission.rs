@@ -185,8 +185,9 @@ impl SubmitJob {
                     "timeout",
                     format!(
                         "must be more than 0 and at most {ceiling} seconds (the broker's \
-                         consumer timeout, amqp.consumer_timeout_secs = {}, less 30 s)",
-                        settings.consumer_timeout.as_secs()
+                         consumer timeout, amqp.consumer_timeout_secs = {}, less {} s)",
+                        settings.consumer_timeout.as_secs(),
+                        settings.attempt_margin().as_secs_f64()
                     ),
                 );
                 0

@@ -173,3 +173,203 @@ async fn a_vhost_that_refuses_publishes_does_not_stop_another_namespaces_delayed
     }
     fleet.stop().await;
 }
+
+#[tokio::test]
+async fn a_delivery_that_waited_for_a_slot_is_handed_back_before_the_brokers_consumer_timeout() {
+    // The broker times a delivery from when it delivered it. With one slot, two jobs of
+    // different queues are delivered together; the second waits a whole attempt for the
+    // slot, and run then it would still be unacked when the broker's 10 s consumer timeout
+    // closes its channel (redelivering whatever that channel held). Handed back instead, its
+    // fresh copy runs on the broker's new clock.
+    let namespace = services::unique_namespace();
+    let broker = engine_tests::PrivateBroker::start(&namespace, Duration::from_secs(10));
+    let fleet = TestFleet::start(FleetOptions {
+        namespace_name: Some(namespace),
+        api_amqp_url: Some(broker.amqp_url()),
+        worker_amqp_url: Some(broker.amqp_url()),
+        consumer_timeout_secs: 10,
+        worker_concurrency: 1,
+        ..FleetOptions::default()
+    })
+    .await;
+    let job = |queue: &str| json!({ "kind": "sleep", "args": { "ms": 6000 }, "queue": queue, "timeout": 7 });
+    let submitted = fleet
+        .client
+        .post(
+            "/v1/jobs/batch",
+            &json!({ "jobs": [job("critical"), job("bulk")] }),
+        )
+        .await;
+    assert_eq!(submitted.status, StatusCode::ACCEPTED, "{submitted:?}");
+    let ids: Vec<String> = submitted.body["jobs"]
+        .as_array()
+        .expect("a jobs array")
+        .iter()
+        .map(|job| job["id"].as_str().expect("an id").to_owned())
+        .collect();
+
+    for id in &ids {
+        let record = fleet
+            .wait_for_status(id, JobStatus::Succeeded, Duration::from_secs(60))
+            .await;
+        assert_eq!(record.attempts, 1, "one attempt each: {record:?}");
+        assert_eq!(record.starts, 1, "started once each: {record:?}");
+    }
+    assert_eq!(
+        broker.consumer_timeouts(),
+        0,
+        "the broker timed a delivery out: {}",
+        broker.log_text()
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_returned_often_without_an_attempt_never_reaches_the_dead_queue_alive() {
+    // The broker's net, `x-delivery-limit` (twice `retry.delivery_limit` = 10 here), counts
+    // every return: workers killed with the message prefetched, lost connections. Nine
+    // returns without an attempt, then an attempt whose worker is SIGKILLed: the tenth
+    // return would dead-letter a job PostgreSQL shows running.
+    let fleet = TestFleet::start(FleetOptions {
+        delivery_limit: 5,
+        ..without_worker()
+    })
+    .await;
+    let id = fleet
+        .client
+        .submit(&json!({ "kind": "sleep", "args": { "ms": 3000 } }))
+        .await
+        .id();
+    wait_until("the relay to publish", DEADLINE, || async {
+        fleet.record(&id).await.published_at.map(|_| ())
+    })
+    .await;
+    let vhost = engine_tests::VhostClient::connect(fleet.namespace.as_str()).await;
+    vhost.return_unacked("jobs.default", 9).await;
+
+    let mut doomed = fleet.spawn_worker_process(2, 10);
+    wait_until("the job to run", DEADLINE, || async {
+        (fleet.record(&id).await.status == JobStatus::Running).then_some(())
+    })
+    .await;
+    doomed.kill();
+    let survivor = fleet.spawn_worker_process(2, 10);
+
+    let record = fleet
+        .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
+        .await;
+    assert_eq!(
+        record.attempts, 2,
+        "the killed attempt and the one that ran"
+    );
+    let dead = vhost.take_dead_letters().await;
+    assert!(
+        dead.is_empty(),
+        "a live job's message was dead-lettered: {dead:?}"
+    );
+    drop(survivor);
+}
+
+#[tokio::test]
+async fn a_namespace_whose_queue_vanished_does_not_hold_back_another_namespaces_delayed_jobs() {
+    // Returned publishes are confirmed as "returned", not refused: the namespace must still
+    // be left out of the next claims, or its oldest rows fill every claim for good.
+    let fleet = TestFleet::start(FleetOptions {
+        namespaces: 2,
+        worker: false,
+        ..FleetOptions::default()
+    })
+    .await;
+    let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
+    let warm = a.client.submit(&json!({ "kind": "noop" })).await.id();
+    wait_until("A's relay channel to be open", DEADLINE, || async {
+        fleet
+            .record_in(&a.namespace, &warm)
+            .await?
+            .published_at
+            .map(|_| ())
+    })
+    .await;
+    services::delete_queue(a.namespace.as_str(), "jobs.default").await;
+
+    // More of A's than one claim holds (relay.batch_size, 500) come due first.
+    let delayed = json!({ "kind": "noop", "delay": 0.3 });
+    let batch: Vec<_> = (0..600).map(|_| delayed.clone()).collect();
+    let answer = a
+        .client
+        .post("/v1/jobs/batch", &json!({ "jobs": batch }))
+        .await;
+    assert!(answer.status.is_success(), "{answer:?}");
+    let of_b = b
+        .client
+        .submit(&json!({ "kind": "noop", "delay": 0.5 }))
+        .await
+        .id();
+    wait_until(
+        "namespace B's delayed job to be published",
+        DEADLINE,
+        || async {
+            fleet
+                .record_in(&b.namespace, &of_b)
+                .await?
+                .published_at
+                .map(|_| ())
+        },
+    )
+    .await;
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn an_attempt_whose_worker_died_is_rescued_even_behind_a_backlog() {
+    let fleet = TestFleet::start(FleetOptions {
+        extra_toml: "[rescue]\nafter_secs = 3\nlease_secs = 1\n".into(),
+        ..without_worker()
+    })
+    .await;
+    let mut doomed = fleet.spawn_worker_process(2, 10);
+    let id = fleet
+        .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": 60000 } }))
+        .await;
+    doomed.kill();
+    services::purge_queue(fleet.namespace.as_str(), "jobs.default").await;
+    // Jobs nobody runs yet wait in the same queue: a backlog, not a lost message.
+    fleet
+        .client
+        .submit_copies(100, &json!({ "kind": "noop" }))
+        .await;
+
+    wait_until("the dead attempt to be rescued", DEADLINE, || async {
+        let record = fleet.record(&id).await;
+        (record.status == JobStatus::Retrying && record.published_at.is_some()).then_some(())
+    })
+    .await;
+    let errors = fleet.client.job(&id).await.body["errors"].clone();
+    assert_eq!(errors[0]["kind"], "crashed", "{errors}");
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancel_accepted_for_an_attempt_that_died_ends_cancelled_not_dead() {
+    let fleet = TestFleet::start(FleetOptions {
+        extra_toml: "[rescue]\nafter_secs = 3\nlease_secs = 1\n".into(),
+        ..without_worker()
+    })
+    .await;
+    let mut doomed = fleet.spawn_worker_process(2, 10);
+    let id = fleet
+        .submit_until_running(
+            &json!({ "kind": "sleep", "args": { "ms": 60000 }, "max_attempts": 1 }),
+        )
+        .await;
+    doomed.kill();
+    services::purge_queue(fleet.namespace.as_str(), "jobs.default").await;
+    let requested = fleet.client.cancel(&id).await;
+    assert_eq!(requested.status, StatusCode::ACCEPTED, "{requested:?}");
+
+    let record = fleet
+        .wait_for_status(&id, JobStatus::Cancelled, DEADLINE)
+        .await;
+    assert!(record.finished_at.is_some(), "{record:?}");
+    fleet.stop().await;
+}

@@ -1,7 +1,7 @@
 //! Talking to a test's vhost directly, as a misbehaving publisher or a person inspecting
 //! the dead queue would: raw publishes and reading dead letters with their reasons.
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
@@ -74,6 +74,30 @@ impl VhostClient {
             .unwrap();
         let _ = channel.close(200, "done".into()).await;
         Some((delivery.data.clone(), value))
+    }
+
+    /// Takes the first message of `queue` and returns it unacked, `times` times over, as
+    /// workers killed with it prefetched would: each return counts towards the queue's
+    /// `x-delivery-limit`. Panics if the queue is empty.
+    pub async fn return_unacked(&self, queue: &str, times: u32) {
+        let channel = self.connection.create_channel().await.unwrap();
+        for _ in 0..times {
+            let message = channel
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{queue} has no message to return"));
+            message
+                .delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+                .unwrap();
+        }
+        let _ = channel.close(200, "done".into()).await;
     }
 
     /// Takes (and acks) every message now in `jobs.dead`.

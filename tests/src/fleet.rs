@@ -66,6 +66,11 @@ pub struct FleetOptions {
     /// Turns storage on with this S3 endpoint (the test server's, or a proxy's): attempt
     /// logs and artifacts. Off by default.
     pub s3_endpoint: Option<String>,
+    /// The first namespace's name (and vhost) instead of a fresh one: for a vhost prepared
+    /// elsewhere, e.g. on a [`crate::PrivateBroker`].
+    pub namespace_name: Option<String>,
+    /// `amqp.consumer_timeout_secs`: must match the broker's `consumer_timeout`.
+    pub consumer_timeout_secs: u64,
 }
 
 impl FleetOptions {
@@ -98,6 +103,8 @@ impl Default for FleetOptions {
             worker_health: false,
             transaction_pooler: None,
             publish_grace_ms: 300,
+            namespace_name: None,
+            consumer_timeout_secs: 1800,
         }
     }
 }
@@ -235,6 +242,7 @@ acquire_timeout_ms = 1500
 {pooler}
 [amqp]
 url = "{amqp_url}"
+consumer_timeout_secs = {consumer_timeout_secs}
 [api]
 listen = "127.0.0.1:0"
 body_limit_bytes = 65536
@@ -274,6 +282,7 @@ delivery_limit = {delivery_limit}
             ""
         },
         delivery_limit = options.delivery_limit,
+        consumer_timeout_secs = options.consumer_timeout_secs,
         submit_rate = options.submit_rate.map_or(0, |rate| rate.0),
         submit_burst = options.submit_rate.map_or(1_000, |rate| rate.1),
         max_batch = options.submit_rate.map_or(1_000, |rate| rate.1),
@@ -288,7 +297,10 @@ impl TestFleet {
         engine_shared::tls::install_crypto_provider();
         engine_shared::telemetry::init(Default::default(), "warn,engine_worker=info");
         let names: Vec<String> = (0..options.namespaces.max(1))
-            .map(|_| services::unique_namespace())
+            .map(|index| match (&options.namespace_name, index) {
+                (Some(name), 0) => name.clone(),
+                _ => services::unique_namespace(),
+            })
             .collect();
         for name in &names {
             services::create_vhost(name).await;

@@ -6,6 +6,7 @@
 //! - [`client`]: one typed HTTP client for the API.
 //! - [`broker`]: a test's vhost seen directly: raw publishes, dead letters and their reasons.
 //! - [`pgbouncer`]: a PgBouncer of the test's own in transaction mode.
+//! - [`private_broker`]: a RabbitMQ node of the test's own, for a short consumer timeout.
 //! - [`proxy`]: a TCP proxy a test can cut and restore to simulate a server outage.
 //! - [`tls_proxy`]: a throwaway certificate authority, and a TLS-terminating proxy with a
 //!   certificate it signed, so clients speak TLS to the plain test servers; it counts
@@ -20,6 +21,7 @@ pub mod client;
 pub mod fleet;
 pub mod management;
 pub mod pgbouncer;
+pub mod private_broker;
 pub mod proxy;
 pub mod services;
 pub mod test_kinds;
@@ -31,6 +33,7 @@ pub use broker::{DeadLetter, VhostClient};
 pub use client::ApiClient;
 pub use fleet::{FleetOptions, TestFleet};
 pub use pgbouncer::{PgBouncer, PgBouncerOptions};
+pub use private_broker::PrivateBroker;
 pub use proxy::TcpProxy;
 pub use tls_proxy::{TestCa, TlsProxy};
 pub use wait::wait_until;

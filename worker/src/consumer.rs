@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
-use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
@@ -22,6 +21,7 @@ use crate::control;
 use crate::dispatch::LaneSender;
 use crate::health::{Consumers, HEARTBEAT};
 use crate::in_flight::InFlight;
+use crate::received::Received;
 
 /// Everything needed to (re)establish one namespace's consumers.
 pub struct NamespaceConsumer {
@@ -29,7 +29,7 @@ pub struct NamespaceConsumer {
     pub broker: Broker,
     pub topology: Topology,
     /// Each queue and the lane its deliveries go to.
-    pub lanes: Vec<(QueueName, LaneSender<Delivery>)>,
+    pub lanes: Vec<(QueueName, LaneSender<Received>)>,
     /// Unacked deliveries per consumer: the worker's concurrency.
     pub prefetch: u16,
     pub in_flight: Arc<InFlight>,
@@ -178,7 +178,8 @@ impl NamespaceConsumer {
             let (lane, lost) = (lane.clone(), lost.clone());
             tokio::spawn(async move {
                 while let Some(Ok(delivery)) = consumer.next().await {
-                    if !lane.send(delivery).await {
+                    // Stamped at once: the broker's consumer timeout already runs.
+                    if !lane.send(Received::now(delivery)).await {
                         break;
                     }
                 }

@@ -32,6 +32,7 @@ use tracing::Instrument;
 use crate::admission::{Admission, DEFERRALS_HEADER, NOT_BEFORE_HEADER, admit, deferrals};
 use crate::in_flight::{InFlight, Registration};
 use crate::log_shipper::{AttemptLog, LogShipper};
+use crate::received::{BrokerClock, Budget, Received};
 use crate::redelivery;
 use crate::transitions::Transitions;
 
@@ -56,8 +57,8 @@ pub struct Shared {
     pub namespaces: Vec<NamespaceContext>,
     /// Recorded with every error and burial, so a person can tell which pod ran what.
     pub worker_id: String,
-    /// The longest an attempt may run (the broker's consumer timeout less a margin).
-    pub max_attempt_timeout: Duration,
+    /// The broker's consumer timeout, which bounds each delivery from its receipt.
+    pub clock: BrokerClock,
     /// Needed to bury poison and crash-looping jobs outside the batched transitions.
     pub store: Store,
     /// Rate and concurrency limits, checked before a job starts.
@@ -70,13 +71,15 @@ pub struct Shared {
     pub log_cap: usize,
 }
 
-pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) {
+pub async fn execute(shared: Arc<Shared>, namespace: usize, received: Received) {
     let context = &shared.namespaces[namespace];
+    let delivery = &received.delivery;
+    let budget = shared.clock.budget(received.at);
     let envelope = match Envelope::from_bytes(&delivery.data) {
         Ok(envelope) => envelope,
         Err(error) => {
             let reason = format!("malformed message: not a job envelope ({error})");
-            dead_letter(context, &delivery, None, &reason).await;
+            dead_letter(context, delivery, None, &reason).await;
             return;
         }
     };
@@ -89,7 +92,7 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, delivery: Delivery) 
         kind = envelope.kind.as_str(),
         trace_id = envelope.traceparent.as_ref().map(TraceParent::trace_id).unwrap_or_default(),
     );
-    execute_decoded(&shared, context, &delivery, &envelope)
+    execute_decoded(&shared, context, delivery, &envelope, budget)
         .instrument(span)
         .await;
 }
@@ -100,6 +103,7 @@ async fn execute_decoded(
     context: &NamespaceContext,
     delivery: &Delivery,
     envelope: &Envelope,
+    budget: Budget,
 ) {
     if let Some(reason) = poison_reason(shared, envelope) {
         bury(
@@ -134,8 +138,25 @@ async fn execute_decoded(
         {
             return;
         }
+        // Not buried, so its job is not running: these deliveries were returned before an
+        // attempt (workers killed with it prefetched, connections lost). Before the broker's
+        // own limit dead-letters a job PostgreSQL shows unfinished, a fresh copy restarts
+        // the broker's count; it carries none, as no attempt of it crashed.
+        if redelivery::broker_deliveries(delivery) >= shared.retry.delivery_limit
+            && refresh(context, delivery, envelope).await
+        {
+            return;
+        }
     }
 
+    if !fits_budget(envelope, &budget) {
+        // It waited in this worker for a slot so long that the broker would close the
+        // channel before the attempt could end. A fresh copy restarts the broker's clock;
+        // no attempt was used, so it does not count as a delivery.
+        tracing::info!(job = %envelope.id, "waited too long for a slot to finish within the broker's consumer timeout; handing it back");
+        give_back(context, delivery, envelope, 0, Duration::ZERO).await;
+        return;
+    }
     let slot = match admit(shared, &context.spec, envelope, delivery).await {
         Admission::Run(slot) => slot,
         Admission::Defer { delay, not_before } => {
@@ -143,10 +164,19 @@ async fn execute_decoded(
             return;
         }
     };
-    run_admitted(shared, context, delivery, envelope).await;
+    run_admitted(shared, context, delivery, envelope, budget).await;
     if let Some(slot) = slot {
         slot.release(&shared.limiter).await;
     }
+}
+
+/// Whether what is left of the broker's clock on this delivery fits a whole attempt of its
+/// job; a message that does not say its timeout is let through (the attempt is cut to the
+/// budget instead).
+fn fits_budget(envelope: &Envelope, budget: &Budget) -> bool {
+    envelope
+        .timeout_ms
+        .is_none_or(|ms| budget.fits(Duration::from_millis(u64::from(ms))))
 }
 
 /// Parks a job its limits hold back in a delay tier, with its reserved turn (if any) and
@@ -190,8 +220,8 @@ async fn defer(
         }
         Err(error) => {
             metrics().dependency_error("rabbitmq");
-            tracing::warn!(job = %envelope.id, error = format!("{error:#}"), "could not defer a limited job; requeueing it");
-            requeue_after_pause(delivery).await;
+            tracing::warn!(job = %envelope.id, error = format!("{error:#}"), "could not defer a limited job; giving the delivery back");
+            give_back(context, delivery, envelope, 0, REQUEUE_PAUSE).await;
         }
     }
 }
@@ -202,6 +232,7 @@ async fn run_admitted(
     context: &NamespaceContext,
     delivery: &Delivery,
     envelope: &Envelope,
+    budget: Budget,
 ) {
     let id = envelope.id;
     let request = StartRequest {
@@ -217,7 +248,8 @@ async fn run_admitted(
     // it as someone else's and ack a job nobody runs. So a retry asks as a redelivery does,
     // taking a `running` job over (at worst the job's attempt count includes the lost one).
     let mut retrying = false;
-    let started = persist(id, "move the job to running", || {
+    let patience = budget.patience(DATABASE_PATIENCE);
+    let started = persist(id, "move the job to running", patience, || {
         let request = StartRequest {
             redelivered: request.redelivered || retrying,
             ..request.clone()
@@ -241,9 +273,11 @@ async fn run_admitted(
             dead_letter(context, delivery, Some(id), &reason).await;
             return;
         }
-        // PostgreSQL stayed unreachable: not an attempt, so it must not count as one.
+        // PostgreSQL stayed unreachable. One of the tries may still have committed, its
+        // answer lost: the copy must read as redelivered to take over a row this delivery
+        // may have left `running` (at worst it counts one delivery too many).
         Err(_) => {
-            give_back(context, delivery, envelope, 0).await;
+            give_back(context, delivery, envelope, 1, REQUEUE_PAUSE).await;
             return;
         }
     };
@@ -283,9 +317,9 @@ async fn run_admitted(
         &started,
         &log,
         &registration,
+        &budget,
     )
     .await;
-    shared.in_flight.finish(&registration);
     let run = LogRun {
         redrive: started.redrives,
         attempt: started.attempt,
@@ -311,7 +345,8 @@ async fn run_admitted(
         retry: retry.clone(),
     };
     let mut writes = 0;
-    let recorded = match persist(id, "record the outcome", || {
+    let patience = budget.patience(DATABASE_PATIENCE);
+    let recorded = match persist(id, "record the outcome", patience, || {
         writes += 1;
         shared.transitions.finishes.submit(request.clone())
     })
@@ -324,6 +359,9 @@ async fn run_admitted(
         }
         recorded => recorded.map_err(drop),
     };
+    // Registered until now, so its lease was renewed while the outcome was being recorded
+    // (PostgreSQL may take a while to answer): the rescuer must not call it dead meanwhile.
+    shared.in_flight.finish(&registration);
     let finished = match recorded {
         Ok(finished) => finished,
         Err(()) => {
@@ -334,7 +372,7 @@ async fn run_admitted(
             ship_log(shared, context, id, run, &log);
             // Not recorded, so not acked: the copy re-runs it (at-least-once), taking over
             // the row this attempt left `running`.
-            give_back(context, delivery, envelope, 1).await;
+            give_back(context, delivery, envelope, 1, REQUEUE_PAUSE).await;
             return;
         }
     };
@@ -360,7 +398,7 @@ async fn run_admitted(
                     // The row says `retrying`; the copy (marked redelivered) retries now
                     // rather than later.
                     tracing::warn!(job = %id, error = format!("{error:#}"), "could not park the retry; giving the delivery back");
-                    give_back(context, delivery, envelope, 1).await;
+                    give_back(context, delivery, envelope, 1, REQUEUE_PAUSE).await;
                 }
             }
         }
@@ -472,9 +510,15 @@ fn describe_next(log: &JobLog, status: Option<JobStatus>, retry: &RetryRoute) {
 /// outage from inflating the message's delivery count towards the crash limit.
 const DATABASE_PATIENCE: Duration = Duration::from_secs(120);
 
-/// Runs `write` until it succeeds, backing off from 250 ms to 10 s, for up to
-/// [`DATABASE_PATIENCE`]; the last error otherwise.
-async fn persist<T, F, Fut>(id: JobId, what: &str, mut write: F) -> Result<T, GroupCommitError>
+/// Runs `write` until it succeeds, backing off from 250 ms to 10 s, for up to `patience`
+/// (at most [`DATABASE_PATIENCE`], less when the broker's deadline for the delivery is
+/// nearer); the last error otherwise.
+async fn persist<T, F, Fut>(
+    id: JobId,
+    what: &str,
+    patience: Duration,
+    mut write: F,
+) -> Result<T, GroupCommitError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, GroupCommitError>>,
@@ -484,7 +528,7 @@ where
     loop {
         match write().await {
             Ok(value) => return Ok(value),
-            Err(error) if started.elapsed() + pause < DATABASE_PATIENCE => {
+            Err(error) if started.elapsed() + pause < patience => {
                 metrics().dependency_error("postgres");
                 tracing::warn!(job = %id, %error, retry_in_ms = pause.as_millis() as u64, "could not {what}; retrying");
                 tokio::time::sleep(pause).await;
@@ -556,7 +600,7 @@ async fn bury(
         }
         Err(error) => {
             tracing::warn!(job = %id, error = format!("{error:#}"), "could not bury the job; returning it");
-            give_back(context, delivery, envelope, 0).await;
+            give_back(context, delivery, envelope, 0, REQUEUE_PAUSE).await;
         }
     }
     true
@@ -636,6 +680,7 @@ async fn run_handler(
     started: &StartedJob,
     log: &JobLog,
     registration: &Registration,
+    budget: &Budget,
 ) -> HandlerOutcome {
     let id: JobId = envelope.id;
     let cancellation = registration.cancellation.clone();
@@ -662,10 +707,12 @@ async fn run_handler(
             ),
         );
     };
-    // Never past the broker's consumer timeout: RabbitMQ would close the channel and
-    // redeliver the job while it still runs here.
-    let timeout =
-        Duration::from_millis(u64::from(started.timeout_ms)).min(shared.max_attempt_timeout);
+    // Never past the broker's consumer timeout, counted from this delivery's receipt:
+    // RabbitMQ would close the channel and redeliver the job while it still runs here. Only
+    // cut short when the message did not say its timeout (checked before the start
+    // otherwise) or the start itself took long (PostgreSQL was slow to answer).
+    let timeout = budget
+        .cap(Duration::from_millis(u64::from(started.timeout_ms)).min(shared.clock.max_attempt()));
     // A task of its own, so a panic is caught as a JoinError instead of killing the worker.
     // In the attempt's span, so the handler's own log lines carry the job and its trace.
     let mut task = tokio::spawn(handler.in_current_span());
@@ -736,23 +783,40 @@ pub async fn requeue(delivery: &Delivery) {
     }
 }
 
-async fn requeue_after_pause(delivery: &Delivery) {
-    tokio::time::sleep(REQUEUE_PAUSE).await;
-    requeue(delivery).await;
+/// Replaces the delivery by a fresh copy of its message that carries no count, then acks
+/// it; `false` (and nothing done) if the copy cannot be published.
+async fn refresh(context: &NamespaceContext, delivery: &Delivery, envelope: &Envelope) -> bool {
+    match context
+        .publisher
+        .republish_job(envelope, FieldTable::default())
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(job = %envelope.id, deliveries = redelivery::broker_deliveries(delivery), "returned often without an attempt; replaced by a fresh copy");
+            ack(delivery).await;
+            true
+        }
+        Err(error) => {
+            tracing::warn!(job = %envelope.id, error = format!("{error:#}"), "could not replace a often-returned delivery; running it");
+            false
+        }
+    }
 }
 
 /// Gives a delivery back as a fresh copy of its message that carries its earlier
 /// deliveries (plus `this_one` if its job started here), then acks it. Unlike a requeue,
 /// this does not count towards the broker's `x-delivery-limit`, which would dead-letter a
 /// job that is not dead (see [`redelivery`]). A copy that cannot be published falls back
-/// to a requeue.
+/// to a requeue. `pause` first, when a dependency is failing, so an outage does not become
+/// a hot loop.
 async fn give_back(
     context: &NamespaceContext,
     delivery: &Delivery,
     envelope: &Envelope,
     this_one: u32,
+    pause: Duration,
 ) {
-    tokio::time::sleep(REQUEUE_PAUSE).await;
+    tokio::time::sleep(pause).await;
     let mut headers = FieldTable::default();
     redelivery::carry(delivery, &mut headers, this_one);
     match context.publisher.republish_job(envelope, headers).await {

@@ -5,6 +5,7 @@
 //! - [`consumer`]: per namespace, a connection to its vhost, one consumer per queue, and
 //!   reconnection with backoff.
 //! - [`dispatch`]: picks the next delivery across queues by weight, bounded by concurrency.
+//! - [`received`]: the broker's clock on a delivery (its consumer timeout), from receipt.
 //! - [`admission`]: rate and concurrency limits checked before a job starts (defer, not fail).
 //! - [`execution`]: one delivery's way: start → handler → final state → ack/retry/dead.
 //! - [`transitions`]: the group-committed state writes executions share.
@@ -25,6 +26,7 @@ pub mod health;
 pub mod in_flight;
 pub mod leases;
 pub mod log_shipper;
+pub mod received;
 pub mod redelivery;
 pub mod runtime;
 pub mod transitions;

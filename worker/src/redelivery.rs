@@ -30,6 +30,14 @@ fn count(headers: Option<&FieldTable>, redelivered: bool) -> u32 {
     broker.saturating_add(header(headers, EARLIER_DELIVERIES_HEADER).unwrap_or(0))
 }
 
+/// Returns of this very message that its queue counted (`x-delivery-count`): what the
+/// broker's own `x-delivery-limit` is checked against, whatever a copy carried.
+pub fn broker_deliveries(delivery: &Delivery) -> u32 {
+    header(delivery.properties.headers().as_ref(), "x-delivery-count")
+        .or_else(|| delivery.redelivered.then_some(1))
+        .unwrap_or(0)
+}
+
 /// Whether a worker before this one held the job's message and let it go unfinished.
 pub fn redelivered(delivery: &Delivery) -> bool {
     delivery.redelivered || earlier_deliveries(delivery) > 0

@@ -26,6 +26,7 @@ use crate::health::{self, Consumers, HealthState};
 use crate::in_flight::InFlight;
 use crate::leases;
 use crate::log_shipper::LogShipper;
+use crate::received::{BrokerClock, Received};
 use crate::transitions::Transitions;
 
 /// A built worker, not yet consuming.
@@ -33,7 +34,7 @@ pub struct Worker {
     settings: Settings,
     store: Store,
     shared: Arc<Shared>,
-    dispatcher: Dispatcher<lapin::message::Delivery>,
+    dispatcher: Dispatcher<Received>,
     consumers: Vec<NamespaceConsumer>,
     health: HealthState,
     health_listener: Option<TcpListener>,
@@ -109,7 +110,10 @@ impl Worker {
             retry: settings.retry.clone(),
             namespaces: contexts,
             worker_id: settings.worker.id.clone(),
-            max_attempt_timeout: settings.max_attempt_timeout(),
+            clock: BrokerClock {
+                consumer_timeout: settings.consumer_timeout,
+                margin: settings.attempt_margin(),
+            },
             store: store.clone(),
             limiter: Arc::new(
                 Limiter::new(&settings.redis, settings.limits.clone())
@@ -197,13 +201,13 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
-            let (namespace, delivery) = tokio::select! {
+            let (namespace, received) = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 next = self.dispatcher.next() => next,
             };
             let shared = self.shared.clone();
             running.spawn(async move {
-                execution::execute(shared, namespace, delivery).await;
+                execution::execute(shared, namespace, received).await;
                 drop(permit);
             });
         }
@@ -215,8 +219,8 @@ impl Worker {
             grace_secs = self.settings.worker.grace_period.as_secs_f64(),
             "stopping: consumers cancelled; waiting for running jobs"
         );
-        for delivery in &waiting {
-            execution::requeue(delivery).await;
+        for received in &waiting {
+            execution::requeue(&received.delivery).await;
         }
         let drained = tokio::time::timeout(self.settings.worker.grace_period, async {
             while running.join_next().await.is_some() {}

@@ -24,6 +24,9 @@ pub const DEAD_REASON_HEADER: &str = "x-tl-dead-reason";
 /// A broker that stops answering must not hold a publisher forever.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Nor an inspection (metrics, the rescuer's backlog check) of one of its queues.
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Publishes with publisher confirms over one lazily (re)opened channel.
 pub struct Publisher {
     vhost: String,
@@ -78,14 +81,38 @@ impl Publisher {
     }
 
     /// A work queue's ready messages and consumers, by a passive declare (metrics).
-    ///
+    pub async fn queue_stats(&self, queue: &str) -> anyhow::Result<(u32, u32)> {
+        self.inspect(&work_queue(queue)).await
+    }
+
+    /// Messages that may still deliver jobs of work queue `queue`: its ready messages plus
+    /// every delay tier's (where retries and jobs deferred by a limit wait).
+    pub async fn backlog(&self, queue: &str) -> anyhow::Result<u32> {
+        let (mut messages, _) = self.queue_stats(queue).await?;
+        for tier in self.topology.retry.tiers() {
+            let (parked, _) = self.inspect(&tier.queue_name()).await?;
+            messages = messages.saturating_add(parked);
+        }
+        Ok(messages)
+    }
+
+    /// The AMQP queue `name`'s ready messages and consumers, by a passive declare, within
+    /// [`INSPECT_TIMEOUT`].
+    async fn inspect(&self, name: &str) -> anyhow::Result<(u32, u32)> {
+        tokio::time::timeout(INSPECT_TIMEOUT, self.inspect_unbounded(name))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("inspecting queue {name}: no answer within {INSPECT_TIMEOUT:?}")
+            })?
+    }
+
     /// On a channel of its own, closed after: a failed passive declare closes its channel,
     /// which must never be the one carrying publishes and their confirms.
-    pub async fn queue_stats(&self, queue: &str) -> anyhow::Result<(u32, u32)> {
+    async fn inspect_unbounded(&self, queue: &str) -> anyhow::Result<(u32, u32)> {
         let channel = self.open_channel().await?;
         let declared = channel
             .queue_declare(
-                work_queue(queue).as_str().into(),
+                queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()

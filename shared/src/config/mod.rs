@@ -187,10 +187,10 @@ impl Settings {
                     .into(),
             ));
         }
-        if raw.amqp.consumer_timeout_secs < 60 {
+        if raw.amqp.consumer_timeout_secs < 5 {
             return Err(invalid(
                 "amqp.consumer_timeout_secs",
-                "must be at least 60 (RabbitMQ's default is 1800)".into(),
+                "must be at least 5 (RabbitMQ's default is 1800)".into(),
             ));
         }
         if raw.api.max_batch == 0 {
@@ -327,11 +327,16 @@ impl Settings {
         })
     }
 
-    /// The longest an attempt may be allowed to run: the broker's consumer timeout less a
-    /// margin for the final state's commit and the ack.
+    /// The longest an attempt may be allowed to run: the broker's consumer timeout less
+    /// [`Self::attempt_margin`].
     pub fn max_attempt_timeout(&self) -> Duration {
-        self.consumer_timeout
-            .saturating_sub(Duration::from_secs(30))
+        self.consumer_timeout.saturating_sub(self.attempt_margin())
+    }
+
+    /// What an attempt leaves of the broker's consumer timeout for recording its outcome
+    /// and acking: 30 s, or a quarter of a consumer timeout shorter than 2 minutes.
+    pub fn attempt_margin(&self) -> Duration {
+        (self.consumer_timeout / 4).min(Duration::from_secs(30))
     }
 
     /// The namespace named `name`, if configured.

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::outbox::OutboxJob;
 use super::{Commit, Store, count_round_trips};
 use crate::{JobStatus, Namespace, QueueName};
 
@@ -41,30 +40,38 @@ pub struct StaleCount {
 /// A job the rescuer took, with the state it left it in.
 #[derive(Clone, Debug)]
 pub struct Rescued {
-    pub job: OutboxJob,
+    pub id: uuid::Uuid,
     pub reason: RescueReason,
-    /// `queued` or `retrying`: republish it. `dead`: its attempts were used up by attempts
-    /// that died; nothing to publish.
+    /// `queued` or `retrying`: back in the outbox, for the relay to publish. `dead`: its
+    /// attempts were used up by attempts that died. `cancelled`: a cancel was requested.
     pub status: JobStatus,
 }
 
 #[derive(sqlx::FromRow)]
 struct RescuedRow {
-    #[sqlx(flatten)]
-    job: OutboxJob,
+    id: uuid::Uuid,
     was: JobStatus,
     status: JobStatus,
+}
+
+/// Which kinds of abandoned jobs one [`Store::rescue`] takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RescueScope {
+    /// `running` attempts whose lease expired.
+    pub expired_leases: bool,
+    /// Published jobs nobody started for `unstarted_after`.
+    pub unstarted: bool,
 }
 
 /// The rescuer's advisory lock class ("tl_resc" in ASCII), paired with the namespace's hash.
 const RESCUER_LOCK: i32 = 0x746c_7265;
 
 /// Which rows of `jobs j` look abandoned; `after` is the parameter holding how long an
-/// unstarted job may wait (seconds).
-fn stale(after: &str) -> String {
+/// unstarted job may wait (seconds), `leases` and `unstarted` the booleans choosing the kinds.
+fn stale(after: &str, leases: &str, unstarted: &str) -> String {
     format!(
-        "((j.status = 'running' AND j.lease_until < now())
-          OR (j.status IN ('queued', 'retrying') AND j.published_at IS NOT NULL
+        "(({leases} AND j.status = 'running' AND j.lease_until < now())
+          OR ({unstarted} AND j.status IN ('queued', 'retrying') AND j.published_at IS NOT NULL
               AND GREATEST(j.run_at, j.published_at) < now() - make_interval(secs => {after})))"
     )
 }
@@ -86,7 +93,7 @@ impl Store {
                  FROM jobs j
                  WHERE j.namespace = ANY($1) AND {}
                  GROUP BY j.namespace, j.queue",
-                stale("$2")
+                stale("$2", "true", "true")
             )))
             .bind(namespaces)
             .bind(unstarted_after.as_secs_f64())
@@ -97,17 +104,21 @@ impl Store {
         .context("counting abandoned jobs")
     }
 
-    /// Takes up to `limit` abandoned jobs of one queue and hands them back to work in one
-    /// statement: a dead attempt is recorded as `crashed` in the job's errors and the job
-    /// goes to `retrying` (due now), or `dead` when that was its last attempt; an unstarted
-    /// job keeps its state. Each is stamped published now, so no pass takes it again for
-    /// another `unstarted_after`. Empty when another replica is rescuing this namespace
-    /// right now (one rescuer per namespace at a time, by a transaction-scoped lock).
+    /// Takes up to `limit` abandoned jobs of one queue, of the kinds `scope` names, and
+    /// hands them back to work in one statement: a dead attempt is recorded as `crashed` in
+    /// the job's errors and the job goes to `retrying` (due now) — or `cancelled` if a
+    /// cancel was requested, `dead` if that was its last attempt; an unstarted job keeps
+    /// its state. Either way the row goes back to the outbox (`published_at` cleared): the
+    /// relay publishes it under its own claim and stamps it only once the broker confirms,
+    /// so a rescuer that dies right after, or a vhost refusing publishes, leaves nothing
+    /// hidden. Empty when another replica is rescuing this namespace right now (one rescuer
+    /// per namespace at a time, by a transaction-scoped lock).
     pub async fn rescue(
         &self,
         namespace: &Namespace,
         queue: &QueueName,
         unstarted_after: Duration,
+        scope: RescueScope,
         limit: i64,
     ) -> anyhow::Result<Vec<Rescued>> {
         count_round_trips(1);
@@ -131,24 +142,27 @@ impl Store {
                          FROM jobs j JOIN stale s ON s.id = j.id WHERE s.was = 'running')
                      UPDATE jobs j
                      SET status = CASE WHEN s.was <> 'running' THEN j.status
+                                       WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
                                        WHEN s.spent THEN 'dead' ELSE 'retrying' END::job_status,
-                         finished_at = CASE WHEN s.was = 'running' AND s.spent THEN now()
-                                            ELSE j.finished_at END,
+                         finished_at = CASE WHEN s.was = 'running'
+                                             AND (s.spent OR j.cancel_requested_at IS NOT NULL)
+                                            THEN now() ELSE j.finished_at END,
                          last_error = CASE WHEN s.was = 'running' THEN s.reason
                                            ELSE j.last_error END,
                          run_at = CASE WHEN s.was = 'running' THEN now() ELSE j.run_at END,
                          lease_until = NULL,
-                         published_at = now()
+                         published_at = NULL
                      FROM stale s WHERE j.id = s.id
-                     RETURNING j.id, j.namespace, j.kind, j.queue, j.args, j.priority,
-                               j.traceparent, s.was, j.status",
-                    stale = stale("$3")
+                     RETURNING j.id, s.was, j.status",
+                    stale = stale("$3", "$6", "$7")
                 )))
                 .bind(namespace.as_str())
                 .bind(queue.as_str())
                 .bind(unstarted_after.as_secs_f64())
                 .bind(limit)
                 .bind(RESCUER_LOCK)
+                .bind(scope.expired_leases)
+                .bind(scope.unstarted)
                 .fetch_all(statements)
                 .await
             })
@@ -162,7 +176,7 @@ impl Store {
                 } else {
                     RescueReason::Unstarted
                 },
-                job: row.job,
+                id: row.id,
                 status: row.status,
             })
             .collect())
