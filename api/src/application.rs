@@ -90,6 +90,13 @@ impl Application {
                 .iter()
                 .map(|spec| spec.name.as_str().to_owned())
                 .collect(),
+            queues: self
+                .state
+                .settings
+                .queues
+                .iter()
+                .map(|queue| queue.name.as_str().to_owned())
+                .collect(),
         };
         let rescuer = tokio::spawn(rescuer.run_until_stopped(shutdown.clone()));
         let archiver = Archiver::from_state(&self.state)

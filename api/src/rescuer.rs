@@ -45,6 +45,8 @@ pub struct Rescuer {
     pub settings: RescueSettings,
     /// The namespaces this replica serves.
     pub served: Vec<String>,
+    /// The queues every namespace has.
+    pub queues: Vec<String>,
 }
 
 impl Rescuer {
@@ -85,7 +87,7 @@ impl Rescuer {
     pub async fn pass(&self, judge_leases: bool) -> anyhow::Result<()> {
         let stale = self
             .store
-            .count_stale(&self.served, self.settings.unstarted_after())
+            .count_stale(&self.served, &self.queues, self.settings.unstarted_after())
             .await?;
         for count in stale {
             let (Ok(namespace), Ok(queue)) = (
@@ -97,9 +99,8 @@ impl Rescuer {
             let scope = RescueScope {
                 // A lease is renewed by a live attempt only: an expired one is an attempt
                 // that died, whatever waits in the queue.
-                expired_leases: judge_leases && count.expired_leases > 0,
-                unstarted: count.unstarted > 0
-                    && !self.has_backlog(&namespace, &queue, &count).await,
+                expired_leases: judge_leases && count.expired_leases,
+                unstarted: count.unstarted && !self.has_backlog(&namespace, &queue, &count).await,
             };
             if !scope.expired_leases && !scope.unstarted {
                 continue;
@@ -137,7 +138,7 @@ impl Rescuer {
         match self.relay.queue_backlog(namespace, queue).await {
             Ok(0) => false,
             Ok(waiting) => {
-                tracing::debug!(%namespace, %queue, waiting, stale = count.unstarted, "unstarted jobs behind a backlog; not rescued");
+                tracing::debug!(%namespace, %queue, waiting, expired_leases = count.expired_leases, "unstarted jobs behind a backlog; not rescued");
                 true
             }
             Err(error) => {

@@ -28,13 +28,13 @@ impl RescueReason {
     }
 }
 
-/// How many jobs of one queue look abandoned.
+/// Which kinds of abandoned-looking jobs one queue has.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct StaleCount {
     pub namespace: String,
     pub queue: String,
-    pub expired_leases: i64,
-    pub unstarted: i64,
+    pub expired_leases: bool,
+    pub unstarted: bool,
 }
 
 /// A job the rescuer took, with the state it left it in.
@@ -77,31 +77,43 @@ fn stale(after: &str, leases: &str, unstarted: &str) -> String {
 }
 
 impl Store {
-    /// Abandoned-looking jobs per queue of `namespaces`. Read-only, no lock: the one
-    /// statement an idle fleet's rescuer makes per pass.
+    /// The queues of `namespaces` × `queues` that have abandoned-looking jobs, and of which
+    /// kinds. Read-only, no lock: the one statement an idle fleet's rescuer makes per pass,
+    /// two index probes per queue (`jobs_running`, `jobs_unstarted`) however many rows wait.
     pub async fn count_stale(
         &self,
         namespaces: &[String],
+        queues: &[String],
         unstarted_after: Duration,
     ) -> anyhow::Result<Vec<StaleCount>> {
         count_round_trips(1);
         self.one(Commit::Durable, async |statements| {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT j.namespace, j.queue,
-                        count(*) FILTER (WHERE j.status = 'running') AS expired_leases,
-                        count(*) FILTER (WHERE j.status <> 'running') AS unstarted
-                 FROM jobs j
-                 WHERE j.namespace = ANY($1) AND {}
-                 GROUP BY j.namespace, j.queue",
-                stale("$2", "true", "true")
-            )))
+            sqlx::query_as(
+                "SELECT * FROM (
+                     SELECT n.namespace, q.queue,
+                            EXISTS (SELECT 1 FROM jobs j
+                                    WHERE j.namespace = n.namespace AND j.queue = q.queue
+                                      AND j.status = 'running' AND j.lease_until < now())
+                              AS expired_leases,
+                            EXISTS (SELECT 1 FROM jobs j
+                                    WHERE j.namespace = n.namespace AND j.queue = q.queue
+                                      AND j.status IN ('queued', 'retrying')
+                                      AND j.published_at IS NOT NULL
+                                      AND GREATEST(j.run_at, j.published_at)
+                                          < now() - make_interval(secs => $3))
+                              AS unstarted
+                     FROM unnest($1::text[]) AS n(namespace)
+                     CROSS JOIN unnest($2::text[]) AS q(queue)) probes
+                 WHERE expired_leases OR unstarted",
+            )
             .bind(namespaces)
+            .bind(queues)
             .bind(unstarted_after.as_secs_f64())
             .fetch_all(statements)
             .await
         })
         .await
-        .context("counting abandoned jobs")
+        .context("probing for abandoned jobs")
     }
 
     /// Takes up to `limit` abandoned jobs of one queue, of the kinds `scope` names, and
