@@ -271,7 +271,7 @@ async fn a_message_returned_often_without_an_attempt_never_reaches_the_dead_queu
 }
 
 #[tokio::test]
-async fn a_namespace_whose_queue_vanished_does_not_hold_back_another_namespaces_delayed_jobs() {
+async fn a_namespace_whose_queue_vanished_does_not_hold_back_another_namespaces_outbox() {
     // Returned publishes are confirmed as "returned", not refused: the namespace must still
     // be left out of the next claims, or its oldest rows fill every claim for good.
     let fleet = TestFleet::start(FleetOptions {
@@ -292,30 +292,46 @@ async fn a_namespace_whose_queue_vanished_does_not_hold_back_another_namespaces_
     .await;
     services::delete_queue(a.namespace.as_str(), "jobs.default").await;
 
-    // More of A's than one claim holds (relay.batch_size, 500) come due first.
-    let delayed = json!({ "kind": "noop", "delay": 0.3 });
+    // More of A's than one claim holds (relay.batch_size, 500), released by the scheduler
+    // and returned by the broker: they stay in the outbox, the oldest rows there.
+    let delayed = json!({ "kind": "noop", "delay": 0.2 });
     let batch: Vec<_> = (0..600).map(|_| delayed.clone()).collect();
     let answer = a
         .client
         .post("/v1/jobs/batch", &json!({ "jobs": batch }))
         .await;
     assert!(answer.status.is_success(), "{answer:?}");
-    let of_b = b
-        .client
-        .submit(&json!({ "kind": "noop", "delay": 0.5 }))
-        .await
-        .id();
     wait_until(
-        "namespace B's delayed job to be published",
+        "A's jobs to be released into the outbox",
         DEADLINE,
-        || async {
-            fleet
-                .record_in(&b.namespace, &of_b)
-                .await?
-                .published_at
-                .map(|_| ())
-        },
+        || async { (fleet.count_in(&a.namespace, JobStatus::Queued).await >= 600).then_some(()) },
     )
+    .await;
+    // B's job misses the fast path (as when the API dies right after the commit): only
+    // the sweeper can publish it.
+    let id = engine_shared::JobId::new();
+    let missed = engine_shared::store::NewJob {
+        id,
+        namespace: b.namespace.clone(),
+        kind: engine_shared::Kind::parse("noop").unwrap(),
+        queue: engine_shared::QueueName::parse("default").unwrap(),
+        args: json!({}),
+        priority: 0,
+        max_attempts: 3,
+        timeout_ms: 10_000,
+        idempotency_key: None,
+        run_at: None,
+        backoff: None,
+        traceparent: None,
+    };
+    fleet.store.insert_jobs(&[missed]).await.unwrap();
+    wait_until("namespace B's job to be swept", DEADLINE, || async {
+        fleet
+            .record_in(&b.namespace, &id.to_string())
+            .await?
+            .published_at
+            .map(|_| ())
+    })
     .await;
     fleet.stop().await;
 }
