@@ -306,18 +306,28 @@ impl Relay {
         confirmed
     }
 
-    /// Messages that may still deliver `namespace`'s jobs of `queue`: the work queue's
-    /// ready ones and the delay tiers' (the rescuer's backlog check).
-    pub async fn queue_backlog(
+    /// Ready messages in `namespace`'s work queue `queue` (the rescuer's backlog check).
+    pub async fn queue_ready(
         &self,
         namespace: &Namespace,
         queue: &QueueName,
     ) -> anyhow::Result<u32> {
-        let publisher = self
-            .publishers
+        let (ready, _consumers) = self
+            .publisher(namespace)?
+            .queue_stats(queue.as_str())
+            .await?;
+        Ok(ready)
+    }
+
+    /// Messages parked in `namespace`'s delay tiers (the rescuer's backlog check).
+    pub async fn parked(&self, namespace: &Namespace) -> anyhow::Result<u32> {
+        self.publisher(namespace)?.parked().await
+    }
+
+    fn publisher(&self, namespace: &Namespace) -> anyhow::Result<&Arc<Publisher>> {
+        self.publishers
             .get(namespace)
-            .with_context(|| format!("namespace {namespace} is not served here"))?;
-        publisher.backlog(queue.as_str()).await
+            .with_context(|| format!("namespace {namespace} is not served here"))
     }
 }
 

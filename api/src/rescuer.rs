@@ -24,6 +24,7 @@
 //! empties waits until the queue drains; a message held unacked by a live worker (a copy
 //! it makes then is skipped like any duplicate).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use engine_shared::config::RescueSettings;
 use engine_shared::metrics::{RescueLabels, metrics};
-use engine_shared::store::{RescueScope, Rescued, StaleCount, Store};
+use engine_shared::store::{RescueScope, Rescued, Store};
 use engine_shared::{JobStatus, Namespace, QueueName};
 
 use crate::relay::Relay;
@@ -53,31 +54,24 @@ impl Rescuer {
     /// Passes every `rescue.after_secs / 5` until `shutdown`; a failed pass is logged and
     /// the next one tries again.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
-        let mut failed_at: Option<Instant> = None;
+        let mut reach = Reach::Normal;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(self.settings.interval()) => {}
             }
-            // After PostgreSQL was out of reach, so were the workers renewing their leases:
-            // expired leases are not judged until the workers have had a whole lease to
-            // renew them again.
-            let judge_leases = failed_at.is_none_or(|at| at.elapsed() > self.settings.lease());
+            let judge_leases = reach.judges_leases(self.settings.renew_every());
             match self.pass(judge_leases).await {
-                Ok(()) => {}
+                Ok(()) => reach = reach.after_success(self.settings.renew_every()),
                 Err(error) => {
-                    if failed_at.is_none() {
+                    if reach != Reach::Lost {
                         tracing::warn!(
                             error = format!("{error:#}"),
                             "rescue pass failed; retrying every interval"
                         );
                     }
-                    failed_at = Some(Instant::now());
-                    continue;
+                    reach = Reach::Lost;
                 }
-            }
-            if failed_at.is_some_and(|at| at.elapsed() > self.settings.lease()) {
-                failed_at = None;
             }
         }
     }
@@ -89,6 +83,8 @@ impl Rescuer {
             .store
             .count_stale(&self.served, &self.queues, self.settings.unstarted_after())
             .await?;
+        // Delay tiers are per vhost, not per queue: looked at once per namespace and pass.
+        let mut parked: HashMap<Namespace, bool> = HashMap::new();
         for count in stale {
             let (Ok(namespace), Ok(queue)) = (
                 Namespace::parse(&count.namespace),
@@ -100,7 +96,8 @@ impl Rescuer {
                 // A lease is renewed by a live attempt only: an expired one is an attempt
                 // that died, whatever waits in the queue.
                 expired_leases: judge_leases && count.expired_leases,
-                unstarted: count.unstarted && !self.has_backlog(&namespace, &queue, &count).await,
+                unstarted: count.unstarted
+                    && !self.has_backlog(&namespace, &queue, &mut parked).await,
             };
             if !scope.expired_leases && !scope.unstarted {
                 continue;
@@ -126,25 +123,68 @@ impl Rescuer {
     }
 
     /// Whether messages that may still deliver `queue`'s jobs are waiting (ready in the
-    /// work queue, or parked in a delay tier), in which case its unstarted rows are waiting
-    /// their turn behind them. A queue that cannot be inspected counts as one with a
-    /// backlog: the rescuer only republishes on what it can tell.
+    /// work queue, or parked in one of the namespace's delay tiers, remembered in `parked`
+    /// for the pass), in which case its unstarted rows are waiting their turn behind them.
+    /// A queue that cannot be inspected counts as one with a backlog: the rescuer only
+    /// republishes on what it can tell.
     async fn has_backlog(
         &self,
         namespace: &Namespace,
         queue: &QueueName,
-        count: &StaleCount,
+        parked: &mut HashMap<Namespace, bool>,
     ) -> bool {
-        match self.relay.queue_backlog(namespace, queue).await {
+        let tiers = match parked.get(namespace) {
+            Some(&tiers) => tiers,
+            None => {
+                let tiers = self.relay.parked(namespace).await.map_or(true, |n| n > 0);
+                parked.insert(namespace.clone(), tiers);
+                tiers
+            }
+        };
+        if tiers {
+            tracing::debug!(%namespace, %queue, "messages parked in the delay tiers (or they cannot be inspected); unstarted jobs not rescued");
+            return true;
+        }
+        match self.relay.queue_ready(namespace, queue).await {
             Ok(0) => false,
             Ok(waiting) => {
-                tracing::debug!(%namespace, %queue, waiting, expired_leases = count.expired_leases, "unstarted jobs behind a backlog; not rescued");
+                tracing::debug!(%namespace, %queue, waiting, "unstarted jobs behind a backlog; not rescued");
                 true
             }
             Err(error) => {
                 tracing::debug!(%namespace, %queue, error = format!("{error:#}"), "cannot inspect the queue; not rescuing its unstarted jobs this pass");
                 true
             }
+        }
+    }
+}
+
+/// Whether this replica could reach PostgreSQL lately. When it could not, neither could
+/// the workers renewing their leases: expired leases are not judged until the workers have
+/// had time to renew again (they retry every second after a failure; a margin of a whole
+/// renewal interval past the first pass that succeeds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reach {
+    Normal,
+    Lost,
+    /// Since this instant, PostgreSQL answers again.
+    Regained(Instant),
+}
+
+impl Reach {
+    fn judges_leases(self, renew_every: std::time::Duration) -> bool {
+        match self {
+            Self::Normal => true,
+            Self::Lost => false,
+            Self::Regained(at) => at.elapsed() > renew_every,
+        }
+    }
+
+    fn after_success(self, renew_every: std::time::Duration) -> Self {
+        match self {
+            Self::Lost => Self::Regained(Instant::now()),
+            Self::Regained(at) if at.elapsed() > renew_every => Self::Normal,
+            other => other,
         }
     }
 }

@@ -175,12 +175,12 @@ async fn a_vhost_that_refuses_publishes_does_not_stop_another_namespaces_delayed
 }
 
 #[tokio::test]
-async fn a_delivery_that_waited_for_a_slot_is_handed_back_before_the_brokers_consumer_timeout() {
+async fn a_delivery_that_waited_for_a_slot_is_not_timed_out_by_the_broker() {
     // The broker times a delivery from when it delivered it. With one slot, two jobs of
     // different queues are delivered together; the second waits a whole attempt for the
     // slot, and run then it would still be unacked when the broker's 10 s consumer timeout
-    // closes its channel (redelivering whatever that channel held). Handed back instead, its
-    // fresh copy runs on the broker's new clock.
+    // closes its channel (redelivering whatever that channel held). Its delivery is acked
+    // when its attempt starts instead; its lease protects the attempt from there.
     let namespace = services::unique_namespace();
     let broker = engine_tests::PrivateBroker::start(&namespace, Duration::from_secs(10));
     let fleet = TestFleet::start(FleetOptions {

@@ -149,14 +149,6 @@ async fn execute_decoded(
         }
     }
 
-    if !fits_budget(envelope, &budget) {
-        // It waited in this worker for a slot so long that the broker would close the
-        // channel before the attempt could end. A fresh copy restarts the broker's clock;
-        // no attempt was used, so it does not count as a delivery.
-        tracing::info!(job = %envelope.id, "waited too long for a slot to finish within the broker's consumer timeout; handing it back");
-        give_back(context, delivery, envelope, 0, Duration::ZERO).await;
-        return;
-    }
     let slot = match admit(shared, &context.spec, envelope, delivery).await {
         Admission::Run(slot) => slot,
         Admission::Defer { delay, not_before } => {
@@ -168,15 +160,6 @@ async fn execute_decoded(
     if let Some(slot) = slot {
         slot.release(&shared.limiter).await;
     }
-}
-
-/// Whether what is left of the broker's clock on this delivery fits a whole attempt of its
-/// job; a message that does not say its timeout is let through (the attempt is cut to the
-/// budget instead).
-fn fits_budget(envelope: &Envelope, budget: &Budget) -> bool {
-    envelope
-        .timeout_ms
-        .is_none_or(|ms| budget.fits(Duration::from_millis(u64::from(ms))))
 }
 
 /// Parks a job its limits hold back in a delay tier, with its reserved turn (if any) and
@@ -282,6 +265,18 @@ async fn run_admitted(
         }
     };
     shared.in_flight.started(&registration, started.token);
+    let timeout =
+        Duration::from_millis(u64::from(started.timeout_ms)).min(shared.clock.max_attempt());
+    // The broker times this delivery from its receipt. If the attempt could outlive that
+    // (the delivery waited for a slot, or the start took long), the delivery is acked now:
+    // the broker would otherwise close the channel and redeliver everything on it, healthy
+    // running jobs included. From here the attempt's lease alone protects it (a crash is
+    // found by the rescuer once the lease expires); the acks below become no-ops.
+    let acked_early = !budget.fits(timeout);
+    if acked_early {
+        tracing::info!(job = %id, "the attempt could outlive the broker's clock on its delivery; acked at start, its lease protects it");
+        ack(delivery).await;
+    }
 
     let labels = job_labels(&context.spec, envelope);
     let metrics = metrics();
@@ -317,7 +312,7 @@ async fn run_admitted(
         &started,
         &log,
         &registration,
-        &budget,
+        timeout,
     )
     .await;
     let run = LogRun {
@@ -345,7 +340,11 @@ async fn run_admitted(
         retry: retry.clone(),
     };
     let mut writes = 0;
-    let patience = budget.patience(DATABASE_PATIENCE);
+    let patience = if acked_early {
+        DATABASE_PATIENCE
+    } else {
+        budget.patience(DATABASE_PATIENCE)
+    };
     let recorded = match persist(id, "record the outcome", patience, || {
         writes += 1;
         shared.transitions.finishes.submit(request.clone())
@@ -680,7 +679,7 @@ async fn run_handler(
     started: &StartedJob,
     log: &JobLog,
     registration: &Registration,
-    budget: &Budget,
+    timeout: Duration,
 ) -> HandlerOutcome {
     let id: JobId = envelope.id;
     let cancellation = registration.cancellation.clone();
@@ -707,12 +706,6 @@ async fn run_handler(
             ),
         );
     };
-    // Never past the broker's consumer timeout, counted from this delivery's receipt:
-    // RabbitMQ would close the channel and redeliver the job while it still runs here. Only
-    // cut short when the message did not say its timeout (checked before the start
-    // otherwise) or the start itself took long (PostgreSQL was slow to answer).
-    let timeout = budget
-        .cap(Duration::from_millis(u64::from(started.timeout_ms)).min(shared.clock.max_attempt()));
     // A task of its own, so a panic is caught as a JoinError instead of killing the worker.
     // In the attempt's span, so the handler's own log lines carry the job and its trace.
     let mut task = tokio::spawn(handler.in_current_span());
@@ -783,14 +776,25 @@ pub async fn requeue(delivery: &Delivery) {
     }
 }
 
+/// Copies a limited job's reserved turn and its deferral count onto a copy of its message,
+/// so a copy neither loses its turn nor restarts its backoff.
+fn keep_admission_headers(delivery: &Delivery, headers: &mut FieldTable) {
+    let Some(original) = delivery.properties.headers() else {
+        return;
+    };
+    for (key, value) in original.inner() {
+        if matches!(key.as_str(), NOT_BEFORE_HEADER | DEFERRALS_HEADER) {
+            headers.insert(key.clone(), value.clone());
+        }
+    }
+}
+
 /// Replaces the delivery by a fresh copy of its message that carries no count, then acks
 /// it; `false` (and nothing done) if the copy cannot be published.
 async fn refresh(context: &NamespaceContext, delivery: &Delivery, envelope: &Envelope) -> bool {
-    match context
-        .publisher
-        .republish_job(envelope, FieldTable::default())
-        .await
-    {
+    let mut headers = FieldTable::default();
+    keep_admission_headers(delivery, &mut headers);
+    match context.publisher.republish_job(envelope, headers).await {
         Ok(()) => {
             tracing::info!(job = %envelope.id, deliveries = redelivery::broker_deliveries(delivery), "returned often without an attempt; replaced by a fresh copy");
             ack(delivery).await;
@@ -819,6 +823,7 @@ async fn give_back(
     tokio::time::sleep(pause).await;
     let mut headers = FieldTable::default();
     redelivery::carry(delivery, &mut headers, this_one);
+    keep_admission_headers(delivery, &mut headers);
     match context.publisher.republish_job(envelope, headers).await {
         Ok(()) => ack(delivery).await,
         Err(error) => {

@@ -13,6 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::in_flight::InFlight;
 
+/// After a failed renewal, the next try comes this soon: once PostgreSQL is back, live
+/// attempts must show fresh leases before the rescuer's next look, not a whole `every` later.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
 /// Renews every `every` until `stop`; each lease lasts `lease` from its renewal.
 pub async fn renew_until_stopped(
     store: Store,
@@ -25,7 +29,7 @@ pub async fn renew_until_stopped(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(if failing { RETRY_AFTER_FAILURE } else { every }) => {}
         }
         let running = in_flight.running();
         if running.is_empty() {

@@ -1,9 +1,10 @@
 //! The broker's clock on a delivery. RabbitMQ closes a channel whose delivery stays
 //! unacked past `consumer_timeout`, counted from when it delivered the message — not from
 //! when a handler started — and then redelivers everything that channel held, the
-//! deliveries of healthy running jobs included. So a worker bounds everything it does with
-//! a delivery from its receipt: the wait in a lane for a slot, the attempt, and the writes
-//! after it.
+//! deliveries of healthy running jobs included. So a worker times each delivery from its
+//! receipt: an attempt that could outlive that clock (the delivery waited for a slot) has
+//! its delivery acked at start, and the writes after an attempt stop retrying in time to
+//! give the delivery back.
 
 use std::time::{Duration, Instant};
 
@@ -70,12 +71,6 @@ impl Budget {
         Instant::now() + timeout <= self.attempt_by
     }
 
-    /// `timeout`, cut to what is left for the attempt (for messages that did not say their
-    /// timeout, so [`Self::fits`] could not be asked before the start).
-    pub fn cap(&self, timeout: Duration) -> Duration {
-        timeout.min(self.attempt_by.saturating_duration_since(Instant::now()))
-    }
-
     /// How long a write may keep retrying, at most `most`, and still leave time to hand
     /// the delivery back before the broker's deadline.
     pub fn patience(&self, most: Duration) -> Duration {
@@ -109,8 +104,6 @@ mod tests {
         let budget = CLOCK.budget(Instant::now() - Duration::from_secs(30));
         assert!(budget.fits(Duration::from_secs(19)));
         assert!(!budget.fits(Duration::from_secs(21)));
-        let capped = budget.cap(Duration::from_secs(40));
-        assert!(capped <= Duration::from_secs(20) && capped > Duration::from_secs(19));
     }
 
     #[test]

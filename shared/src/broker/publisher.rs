@@ -85,10 +85,10 @@ impl Publisher {
         self.inspect(&work_queue(queue)).await
     }
 
-    /// Messages that may still deliver jobs of work queue `queue`: its ready messages plus
-    /// every delay tier's (where retries and jobs deferred by a limit wait).
-    pub async fn backlog(&self, queue: &str) -> anyhow::Result<u32> {
-        let (mut messages, _) = self.queue_stats(queue).await?;
+    /// Messages parked in the vhost's delay tiers (retries, and jobs deferred by a limit),
+    /// whichever work queue they go back to.
+    pub async fn parked(&self) -> anyhow::Result<u32> {
+        let mut messages = 0u32;
         for tier in self.topology.retry.tiers() {
             let (parked, _) = self.inspect(&tier.queue_name()).await?;
             messages = messages.saturating_add(parked);
