@@ -12,6 +12,22 @@ use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// Submits `count` `noop` jobs `delay` seconds ahead in one batch; their ids.
+async fn delayed_batch(client: &engine_tests::ApiClient, count: usize, delay: f64) -> Vec<String> {
+    let delayed = json!({ "kind": "noop", "delay": delay });
+    let batch: Vec<_> = (0..count).map(|_| delayed.clone()).collect();
+    let answer = client
+        .post("/v1/jobs/batch", &json!({ "jobs": batch }))
+        .await;
+    assert!(answer.status.is_success(), "{answer:?}");
+    answer.body["jobs"]
+        .as_array()
+        .expect("the batch's jobs")
+        .iter()
+        .map(|job| job["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn without_worker() -> FleetOptions {
     FleetOptions {
         worker: false,
@@ -122,19 +138,10 @@ async fn a_vhost_that_refuses_publishes_does_not_stop_another_namespaces_delayed
 
     // Delayed jobs are released by the scheduler, whose claims mix namespaces, oldest
     // first: more of A's than one claim holds (relay.batch_size, 500) come due first.
-    let delayed = json!({ "kind": "noop", "delay": 0.3 });
-    let batch: Vec<_> = (0..600).map(|_| delayed.clone()).collect();
-    let answer = a
-        .client
-        .post("/v1/jobs/batch", &json!({ "jobs": batch }))
-        .await;
-    assert!(answer.status.is_success(), "{answer:?}");
-    let of_a: Vec<String> = answer.body["jobs"]
-        .as_array()
-        .expect("the batch's jobs")
-        .iter()
+    let of_a: Vec<String> = delayed_batch(&a.client, 600, 0.3)
+        .await
+        .into_iter()
         .take(3)
-        .map(|job| job["id"].as_str().unwrap().to_owned())
         .collect();
     let delayed = json!({ "kind": "noop", "delay": 0.5 });
     let of_b: Vec<String> =
@@ -294,13 +301,7 @@ async fn a_namespace_whose_queue_vanished_does_not_hold_back_another_namespaces_
 
     // More of A's than one claim holds (relay.batch_size, 500), released by the scheduler
     // and returned by the broker: they stay in the outbox, the oldest rows there.
-    let delayed = json!({ "kind": "noop", "delay": 0.2 });
-    let batch: Vec<_> = (0..600).map(|_| delayed.clone()).collect();
-    let answer = a
-        .client
-        .post("/v1/jobs/batch", &json!({ "jobs": batch }))
-        .await;
-    assert!(answer.status.is_success(), "{answer:?}");
+    delayed_batch(&a.client, 600, 0.2).await;
     wait_until(
         "A's jobs to be released into the outbox",
         DEADLINE,
@@ -336,19 +337,26 @@ async fn a_namespace_whose_queue_vanished_does_not_hold_back_another_namespaces_
     fleet.stop().await;
 }
 
-#[tokio::test]
-async fn an_attempt_whose_worker_died_is_rescued_even_behind_a_backlog() {
+/// A fleet with a quick rescuer (3 s bound, 1 s leases) and no worker, and the id of a
+/// `job` whose attempt died: its worker was SIGKILLed mid-run and the redelivery the broker
+/// would make is lost too.
+async fn an_attempt_that_died(job: serde_json::Value) -> (TestFleet, String) {
     let fleet = TestFleet::start(FleetOptions {
         extra_toml: "[rescue]\nafter_secs = 3\nlease_secs = 1\n".into(),
         ..without_worker()
     })
     .await;
     let mut doomed = fleet.spawn_worker_process(2, 10);
-    let id = fleet
-        .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": 60000 } }))
-        .await;
+    let id = fleet.submit_until_running(&job).await;
     doomed.kill();
     services::purge_queue(fleet.namespace.as_str(), "jobs.default").await;
+    (fleet, id)
+}
+
+#[tokio::test]
+async fn an_attempt_whose_worker_died_is_rescued_even_behind_a_backlog() {
+    let (fleet, id) =
+        an_attempt_that_died(json!({ "kind": "sleep", "args": { "ms": 60000 } })).await;
     // Jobs nobody runs yet wait in the same queue: a backlog, not a lost message.
     fleet
         .client
@@ -367,19 +375,10 @@ async fn an_attempt_whose_worker_died_is_rescued_even_behind_a_backlog() {
 
 #[tokio::test]
 async fn a_cancel_accepted_for_an_attempt_that_died_ends_cancelled_not_dead() {
-    let fleet = TestFleet::start(FleetOptions {
-        extra_toml: "[rescue]\nafter_secs = 3\nlease_secs = 1\n".into(),
-        ..without_worker()
-    })
+    let (fleet, id) = an_attempt_that_died(
+        json!({ "kind": "sleep", "args": { "ms": 60000 }, "max_attempts": 1 }),
+    )
     .await;
-    let mut doomed = fleet.spawn_worker_process(2, 10);
-    let id = fleet
-        .submit_until_running(
-            &json!({ "kind": "sleep", "args": { "ms": 60000 }, "max_attempts": 1 }),
-        )
-        .await;
-    doomed.kill();
-    services::purge_queue(fleet.namespace.as_str(), "jobs.default").await;
     let requested = fleet.client.cancel(&id).await;
     assert_eq!(requested.status, StatusCode::ACCEPTED, "{requested:?}");
 
