@@ -394,12 +394,17 @@ pub fn api_recoveries<'a>(lines: impl Iterator<Item = &'a Value>) {
     );
 }
 
-/// What the workers' lines say of attempt logs storage did not take at once.
+/// What the workers' lines say of attempt logs storage did not take at once: unreachable
+/// (the S3 fault), or the worker's uploads backed up (its error says "already under way").
 pub fn spooled_logs<'a>(lines: impl Iterator<Item = &'a Value>) {
-    let (mut spooled, mut dropped, mut uploaded) = (0, 0, 0);
+    let (mut spooled, mut backed_up, mut dropped, mut uploaded) = (0, 0, 0, 0);
     for line in lines {
         match line["message"].as_str() {
-            Some("storage did not take an attempt log; spooled it for later") => spooled += 1,
+            Some("storage did not take an attempt log; spooled it for later") => {
+                spooled += 1;
+                let error = line["error"].as_str().unwrap_or_default();
+                backed_up += usize::from(error.contains("already under way"));
+            }
             Some(message) if message.starts_with("storage did not take an attempt log and") => {
                 dropped += 1;
             }
@@ -410,7 +415,7 @@ pub fn spooled_logs<'a>(lines: impl Iterator<Item = &'a Value>) {
         }
     }
     println!(
-        "  attempt logs    {spooled} spooled while storage was away, {uploaded} of the spooled uploaded later, {dropped} dropped"
+        "  attempt logs    {spooled} spooled instead of uploaded at once ({backed_up} because the worker's uploads were backed up, the others because storage failed), {uploaded} of the spooled uploaded later, {dropped} dropped"
     );
 }
 
