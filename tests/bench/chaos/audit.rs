@@ -18,6 +18,9 @@ use crate::management::Management;
 /// How often the settle wait counts the unfinished jobs.
 const POLL: Duration = Duration::from_millis(250);
 
+/// How often a long settle wait says how far it is, so a slow recovery is not silent.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
 /// The statuses a job ends in.
 const FINAL: [&str; 3] = ["succeeded", "dead", "cancelled"];
 
@@ -39,6 +42,7 @@ pub async fn wait_final(
     deadline: Duration,
 ) -> Settled {
     let started = Instant::now();
+    let mut next_progress = PROGRESS_EVERY;
     let accepted = i64::try_from(accepted).unwrap_or(i64::MAX);
     loop {
         let counts: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
@@ -56,7 +60,16 @@ pub async fn wait_final(
                     last_error: None,
                 };
             }
-            Ok(_) => None,
+            Ok((rows, unfinished)) => {
+                if started.elapsed() >= next_progress {
+                    println!(
+                        "  settling: {unfinished} of {rows} rows not final after {:.0} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                    next_progress += PROGRESS_EVERY;
+                }
+                None
+            }
             Err(error) => Some(format!("counting unfinished jobs: {error}")),
         };
         if started.elapsed() > deadline {

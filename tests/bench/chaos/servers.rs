@@ -38,6 +38,16 @@ const REDIS_START: [&str; 15] = [
     "/var/log/redis/ci.log",
 ];
 
+/// What a failed restart says: the server may be down for everyone until started by hand.
+const LEFT_STOPPED_RABBITMQ: &str = "RabbitMQ's application may be left stopped: check with `rabbitmqctl status`, start it with `rabbitmqctl start_app`";
+const LEFT_STOPPED_REDIS: &str = "Redis may be left stopped: start it with `redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log`";
+
+fn left_stopped_postgres(version: &str) -> String {
+    format!(
+        "PostgreSQL may be left stopped: check with `pg_lsclusters`, start it with `pg_ctlcluster --skip-systemctl-redirect {version} main start`"
+    )
+}
+
 /// Where the clusters' configurations are, one folder per PostgreSQL version.
 const POSTGRES_CONFIGS: &str = "/etc/postgresql";
 
@@ -51,13 +61,16 @@ pub async fn restart_rabbitmq(
     let started = Instant::now();
     run("rabbitmqctl", &["stop_app"]).await?;
     let stopped = started.elapsed();
-    run("rabbitmqctl", &["start_app"]).await?;
+    run("rabbitmqctl", &["start_app"])
+        .await
+        .context(LEFT_STOPPED_RABBITMQ)?;
     wait::until(
         &format!("RabbitMQ to accept AMQP on {amqp_address} and its management API to answer"),
         ANSWER_DEADLINE,
         || async { ports::port_open(amqp_address).await && management.answers().await },
     )
-    .await?;
+    .await
+    .context(LEFT_STOPPED_RABBITMQ)?;
     Ok(format!(
         "rabbitmqctl stop_app ({:.1} s), start_app; AMQP and the management API answering {:.1} s after the stop began",
         stopped.as_secs_f64(),
@@ -84,10 +97,17 @@ pub async fn restart_redis() -> anyhow::Result<String> {
         .status();
     let status = tokio::time::timeout(COMMAND_DEADLINE, status)
         .await
-        .context("redis-server did not return")?
-        .context("starting redis-server")?;
-    anyhow::ensure!(status.success(), "redis-server exited with {status}");
-    wait::until("Redis to answer PING", ANSWER_DEADLINE, redis_answers).await?;
+        .context("redis-server did not return")
+        .context(LEFT_STOPPED_REDIS)?
+        .context("starting redis-server")
+        .context(LEFT_STOPPED_REDIS)?;
+    anyhow::ensure!(
+        status.success(),
+        "redis-server exited with {status}; {LEFT_STOPPED_REDIS}"
+    );
+    wait::until("Redis to answer PING", ANSWER_DEADLINE, redis_answers)
+        .await
+        .context(LEFT_STOPPED_REDIS)?;
     Ok(format!(
         "redis-cli shutdown nosave (gone after {:.1} s), redis-server started again; answering PING {:.1} s after the shutdown",
         stopped.as_secs_f64(),
@@ -112,12 +132,14 @@ pub async fn restart_postgres(pool: &sqlx::PgPool) -> anyhow::Result<String> {
             "immediate",
         ],
     )
-    .await?;
+    .await
+    .with_context(|| left_stopped_postgres(&version))?;
     let restarted = started.elapsed();
     wait::until("PostgreSQL to answer SELECT 1", ANSWER_DEADLINE, || async {
         sqlx::query("SELECT 1").execute(pool).await.is_ok()
     })
-    .await?;
+    .await
+    .with_context(|| left_stopped_postgres(&version))?;
     Ok(format!(
         "pg_ctlcluster {version} main restart -m immediate ({:.1} s); SELECT 1 answered {:.1} s after it began",
         restarted.as_secs_f64(),
