@@ -11,7 +11,7 @@
 //! Modules: [`faults`] which faults, when, and the injector; [`servers`] restarts of the
 //! machine's shared servers; [`s3`] the run's own S3 server; [`receiver`] the webhook
 //! receiver; [`mix`] the jobs; [`client`] the careful client; [`audit`] the settle wait
-//! and the final state; [`logs`] the servers' logs; [`settings`] the fleet's extra
+//! and the final state; [`stuck`] which lost jobs nothing will move; [`logs`] the servers' logs; [`settings`] the fleet's extra
 //! settings; [`report`] what is printed; [`wait`] and [`ports`] waiting and loopback ports.
 
 mod audit;
@@ -25,6 +25,7 @@ mod report;
 mod s3;
 mod servers;
 mod settings;
+mod stuck;
 mod wait;
 
 use std::time::{Duration, Instant};

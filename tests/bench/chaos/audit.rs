@@ -1,7 +1,6 @@
 //! Reading the chaos run's outcome from PostgreSQL: waiting (with a deadline, polling)
 //! until every accepted job is final, then each accepted job's state — final by status,
-//! lost (accepted and not final, or missing), stuck (not final, and nothing will move it:
-//! an expired lease, or due with no message in any of the namespace's queues), rows the
+//! lost (accepted and not final, or missing), stuck (see [`super::stuck`]), rows the
 //! client was never answered for, attempts, errors and the last `finished_at`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,6 +12,7 @@ use chrono::{DateTime, Utc};
 use engine_shared::Namespace;
 use engine_shared::broker::topology::DEAD_QUEUE;
 
+use super::stuck;
 use crate::management::Management;
 
 /// How often the settle wait counts the unfinished jobs.
@@ -83,6 +83,26 @@ pub async fn wait_final(
     }
 }
 
+/// The rows of `namespace`, or only those of `ids`.
+pub async fn read_rows(
+    pool: &sqlx::PgPool,
+    namespace: &Namespace,
+    ids: Option<&[String]>,
+) -> anyhow::Result<Vec<JobRow>> {
+    sqlx::query_as(
+        "SELECT id::text AS id, kind, status::text AS status, attempts, starts, lease_until,
+                run_at, published_at, finished_at, last_error,
+                coalesce(lease_until < now(), false) AS lease_expired, run_at <= now() AS due
+           FROM jobs
+          WHERE namespace = $1 AND ($2::text[] IS NULL OR id::text = ANY($2))",
+    )
+    .bind(namespace.as_str())
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+    .context("reading the run's job rows")
+}
+
 /// One row, as the audit reads it.
 #[derive(sqlx::FromRow)]
 pub struct JobRow {
@@ -140,16 +160,7 @@ pub async fn audit(
     namespace: &Namespace,
     accepted: &[String],
 ) -> anyhow::Result<FinalState> {
-    let rows: Vec<JobRow> = sqlx::query_as(
-        "SELECT id::text AS id, kind, status::text AS status, attempts, starts, lease_until,
-                run_at, published_at, finished_at, last_error,
-                coalesce(lease_until < now(), false) AS lease_expired, run_at <= now() AS due
-           FROM jobs WHERE namespace = $1",
-    )
-    .bind(namespace.as_str())
-    .fetch_all(pool)
-    .await
-    .context("reading the run's job rows")?;
+    let rows = read_rows(pool, namespace, None).await?;
     let errors: Vec<(String, i64)> = sqlx::query_as(
         "SELECT e.kind, count(*) FROM job_errors e JOIN jobs j ON j.id = e.job_id
           WHERE j.namespace = $1 GROUP BY e.kind",
@@ -161,11 +172,12 @@ pub async fn audit(
     let queued = queued(management, namespace).await?;
     let mut state = tally(rows, accepted, queued);
     state.errors = errors.into_iter().collect();
+    stuck::confirm(pool, management, namespace, &mut state).await?;
     Ok(state)
 }
 
 /// The namespace's work and delay queues holding messages: what may still deliver a job.
-async fn queued(
+pub async fn queued(
     management: &Management,
     namespace: &Namespace,
 ) -> anyhow::Result<Vec<(String, u64)>> {
@@ -213,7 +225,7 @@ fn tally(rows: Vec<JobRow>, accepted: &[String], queued: Vec<(String, u64)>) -> 
             .or_default() += 1;
         state.last_finished = state.last_finished.max(row.finished_at);
         if !FINAL.contains(&row.status.as_str()) {
-            let stuck = is_stuck(&row, queued_messages);
+            let stuck = stuck::looks_stuck(&row, queued_messages);
             state.stuck += usize::from(stuck);
             state.lost.push(Lost {
                 id: id.clone(),
@@ -228,14 +240,4 @@ fn tally(rows: Vec<JobRow>, accepted: &[String], queued: Vec<(String, u64)>) -> 
     }
     state.unaccepted_rows = rows.len();
     state
-}
-
-/// A job nothing will move: its attempt's lease expired (its worker is gone and nobody took
-/// it over), or it is due to run while no message is left that could deliver it.
-fn is_stuck(row: &JobRow, queued_messages: u64) -> bool {
-    match row.status.as_str() {
-        "running" => row.lease_expired,
-        "queued" | "retrying" => row.due && queued_messages == 0,
-        _ => false,
-    }
 }

@@ -176,7 +176,7 @@ pub fn results(results: &Results<'_>) {
         .map(|(queue, messages)| format!("{queue} {messages}"))
         .collect();
     println!(
-        "  stuck           {}  (not final with an expired lease, or due with no message in the namespace's work and delay queues; messages there now: {})",
+        "  stuck           {}  (not final with an expired lease, or due with no message in the namespace's work and delay queues; messages there when the rows were read: {})",
         state.stuck,
         if queued.is_empty() {
             "none".to_owned()
