@@ -1,9 +1,11 @@
 //! The command line: how many jobs each scenario submits, how the fleet is sized, where
-//! the servers are, and the separate `--backup`, `--scale` and `--pooler` modes.
+//! the servers are, and the separate `--backup`, `--scale`, `--pooler` and `--chaos` modes.
 
 use std::path::PathBuf;
 
 use clap::Parser;
+
+use crate::chaos::Fault;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -118,6 +120,50 @@ pub struct Args {
     /// connection and only the protocol's cost is measured.
     #[arg(long)]
     pub pooler_server_connections: Option<u16>,
+    /// Instead of the usual run: a chaos run. One release fleet (1 API, 3 workers, its own
+    /// namespace, vhost and S3 server) runs a mix of noop, sleep and webhook.deliver jobs
+    /// (to a receiver in this process that fails a share of deliveries) while workers are
+    /// SIGKILLed every 2-5 s and the API, RabbitMQ, Redis, PostgreSQL and the S3 server are
+    /// restarted once each (--chaos-faults). The client resends unanswered batches with
+    /// the same idempotency keys. Prints accepted, final by status, lost, stuck, duplicate
+    /// deliveries and the recovery time; fails if a job is lost or stuck. RESTARTS THE
+    /// MACHINE'S SHARED RabbitMQ, Redis AND PostgreSQL unless --chaos-faults leaves them out.
+    #[arg(long, conflicts_with_all = ["backup", "scale", "pooler"])]
+    pub chaos: bool,
+    /// Jobs of the chaos run: half noop, a quarter sleep, a quarter webhook.deliver.
+    #[arg(long, default_value_t = 20_000)]
+    pub chaos_jobs: usize,
+    /// The faults of the chaos run, a comma list: workers (SIGKILL one every 2-5 s and start
+    /// a replacement), api (SIGKILL and restart, once), rabbitmq, redis, postgres (restart
+    /// the machine's server, once each), s3 (SIGKILL and restart the run's own S3 server).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "workers,api,rabbitmq,redis,postgres,s3"
+    )]
+    pub chaos_faults: Vec<Fault>,
+    /// Seconds the fault phase lasts; jobs are submitted over its first 90 %, and each
+    /// server restart falls at its own point, spread evenly over it.
+    #[arg(long, default_value_t = 60)]
+    pub chaos_seconds: u64,
+    /// After the last fault, the longest wait for every accepted job to be final; a job
+    /// still not final then is lost. Longer than rescue.after_secs (30) plus retry backoffs.
+    #[arg(long, default_value_t = 300)]
+    pub chaos_settle_secs: u64,
+    /// Jobs per POST /v1/jobs/batch of the chaos run.
+    #[arg(long, default_value_t = 200)]
+    pub chaos_batch_size: usize,
+    /// worker.concurrency (also the prefetch) of each chaos worker: what a SIGKILL cuts short.
+    #[arg(long, default_value_t = 32)]
+    pub chaos_worker_concurrency: u16,
+    /// Percent of webhook deliveries the chaos receiver answers 500.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub chaos_failure_percent: u8,
+    /// Seed of the chaos run's choices (which worker dies, the pauses between kills, which
+    /// deliveries fail), printed in the header; the same seed makes the same choices.
+    #[arg(long, default_value_t = 11)]
+    pub chaos_seed: u64,
     /// Jobs of each step of the scale mode.
     #[arg(long, default_value_t = 3_000)]
     pub scale_jobs: usize,

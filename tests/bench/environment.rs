@@ -37,6 +37,12 @@ pub struct Environment {
     pub warmup_jobs: usize,
     /// TOML appended to every fleet's settings.
     pub extra_settings: String,
+    /// TOML keys for the fleet namespace's own `[namespaces.<ns>]` table (the `--chaos`
+    /// mode's webhook signing secret); empty for the other modes.
+    pub namespace_settings: String,
+    /// The API's port: 0 for any free one (it logs the address it got), or a fixed one so
+    /// that an API killed and started again answers at the same address (`--chaos`).
+    pub api_port: u16,
 }
 
 impl Environment {
@@ -93,6 +99,8 @@ impl Environment {
             deadline: Duration::from_secs(args.deadline_secs),
             warmup_jobs: args.warmup_jobs,
             extra_settings: args.extra_settings.replace("\\n", "\n"),
+            namespace_settings: String::new(),
+            api_port: 0,
         })
     }
 

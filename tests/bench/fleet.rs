@@ -1,8 +1,9 @@
 //! One scenario's fleet: a fresh namespace and vhost, an API key, the release `engine-api`
 //! and its `engine-worker` processes — started, awaited, grown or cut by a worker (the
-//! `--scale` mode), and stopped with what they report (round trips, peak RSS, warnings).
+//! `--scale` and `--chaos` modes), its API killed and started again (`--chaos`), and stopped
+//! with what they report (round trips, peak RSS, warnings).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -32,6 +33,8 @@ pub struct Fleet {
     workers: Vec<ServerProcess>,
     /// Workers started so far, to number the next one (a killed worker keeps its number).
     started_workers: u16,
+    /// API processes started so far, to give each its own log file.
+    started_apis: u16,
     /// `RUST_LOG` of every worker, so that a worker added later logs the same lines.
     worker_log_filter: String,
 }
@@ -117,6 +120,8 @@ impl Fleet {
             namespace: namespace.as_str(),
             worker_concurrency: workers.concurrency,
             max_connections: env.db_max_connections,
+            api_port: env.api_port,
+            namespace_settings: &env.namespace_settings,
             extra: &env.extra_settings,
         }
         .toml();
@@ -129,20 +134,7 @@ impl Fleet {
             .expose_secret()
             .to_owned();
 
-        let mut api = ServerProcess::spawn(
-            "engine-api",
-            &env.bin_dir.join("engine-api"),
-            &config,
-            env.run_dir.join(format!("{namespace}-api.log")),
-            LOG_FILTER,
-        )?;
-        let listening = api.wait_for_log("API listening", START_DEADLINE).await?;
-        let address = listening["address"]
-            .as_str()
-            .context("the API's \"API listening\" line has no address")?;
-        let base_url = format!("http://{address}");
-        wait_healthy(&env.http, &base_url).await?;
-
+        let (api, base_url) = start_api(env, &config, &namespace, 0).await?;
         let mut fleet = Self {
             namespace,
             base_url,
@@ -151,6 +143,7 @@ impl Fleet {
             api,
             workers: Vec::new(),
             started_workers: 0,
+            started_apis: 1,
             worker_log_filter: workers.log_filter,
         };
         fleet.add_workers(env, workers.count).await?;
@@ -193,6 +186,20 @@ impl Fleet {
         self.workers.remove(position).kill().await
     }
 
+    /// Kills the API with SIGKILL, as a crash would, then starts a new one with the same
+    /// settings and waits until it answers `/healthz`. With a fixed `api_port` it answers
+    /// at the same address; otherwise [`Fleet::base_url`] changes.
+    pub async fn restart_api(&mut self, env: &Environment) -> anyhow::Result<Killed> {
+        let killed = self.api.kill_in_place().await?;
+        let index = self.started_apis;
+        self.started_apis += 1;
+        let (api, base_url) = start_api(env, &self.config, &self.namespace, index).await?;
+        // The killed process's handle, already reaped, is dropped here.
+        self.api = api;
+        self.base_url = base_url;
+        Ok(killed)
+    }
+
     /// The name and the JSON log lines so far of each running worker.
     pub fn worker_logs(&self) -> Vec<(String, Vec<Value>)> {
         self.workers
@@ -225,6 +232,38 @@ impl Fleet {
         deleted?;
         Ok(FleetReport { api, workers })
     }
+}
+
+/// Starts API process number `index` of the fleet (its log is `<ns>-api.log` for the
+/// first, `<ns>-api-<index>.log` after) and waits until it answers `/healthz`; returns it
+/// with its base URL.
+async fn start_api(
+    env: &Environment,
+    config: &Path,
+    namespace: &Namespace,
+    index: u16,
+) -> anyhow::Result<(ServerProcess, String)> {
+    let (name, log) = match index {
+        0 => ("engine-api".to_owned(), format!("{namespace}-api.log")),
+        _ => (
+            format!("engine-api#{index}"),
+            format!("{namespace}-api-{index}.log"),
+        ),
+    };
+    let mut api = ServerProcess::spawn(
+        &name,
+        &env.bin_dir.join("engine-api"),
+        config,
+        env.run_dir.join(log),
+        LOG_FILTER,
+    )?;
+    let listening = api.wait_for_log("API listening", START_DEADLINE).await?;
+    let address = listening["address"]
+        .as_str()
+        .context("the API's \"API listening\" line has no address")?;
+    let base_url = format!("http://{address}");
+    wait_healthy(&env.http, &base_url).await?;
+    Ok((api, base_url))
 }
 
 /// Polls `GET /healthz` until it answers 200.

@@ -13,9 +13,11 @@
 //! baseline; [`report`] the printed figures and target verdicts; [`sys`] libc calls;
 //! [`backup`] the separate `--backup` mode (backup and restore memory and speed);
 //! [`scale`] the separate `--scale` mode (1, 2, 4 workers on one vhost, and a kill);
-//! [`pooler`] the separate `--pooler` mode (the scenarios direct and through PgBouncer).
+//! [`pooler`] the separate `--pooler` mode (the scenarios direct and through PgBouncer);
+//! [`chaos`] the separate `--chaos` mode (jobs through killed workers and restarted servers).
 
 mod backup;
+mod chaos;
 mod cli;
 mod cpu;
 mod environment;
@@ -65,6 +67,8 @@ async fn main() -> ExitCode {
     };
     let outcome = if args.scale {
         scale::run(&args, &env).await
+    } else if args.chaos {
+        chaos::run(&args, &env).await
     } else if args.pooler {
         pooler::run(&args, &env).await
     } else {

@@ -1,7 +1,9 @@
 //! RabbitMQ's management API: a vhost per scenario (created, then deleted with all its
-//! queues) and the broker's version for the header.
+//! queues), the broker's version for the header, and a vhost's queue depths (the
+//! `--chaos` mode's check for jobs nothing will deliver).
 
 use anyhow::Context;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// The management API, authenticated as the AMQP URL's user.
@@ -78,6 +80,37 @@ impl Management {
         Ok(())
     }
 
+    /// Every queue of `vhost` with its messages (ready and unacknowledged). The broker
+    /// refreshes these figures every few seconds, so they may trail by that much.
+    pub async fn queue_depths(&self, vhost: &str) -> anyhow::Result<Vec<QueueDepth>> {
+        let path = format!("queues/{vhost}?columns=name,messages");
+        let response = self
+            .http
+            .get(self.url(&path))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .with_context(|| format!("RabbitMQ management API unreachable at {}", self.base))?;
+        let status = response.status();
+        anyhow::ensure!(status.is_success(), "GET /api/{path} answered {status}");
+        response
+            .json()
+            .await
+            .with_context(|| format!("decoding the answer to GET /api/{path}"))
+    }
+
+    /// Whether the management API answers (a broker restart takes it away for a while).
+    pub async fn answers(&self) -> bool {
+        let response = self
+            .http
+            .get(self.url("overview"))
+            .basic_auth(&self.user, Some(&self.password))
+            .timeout(std::time::Duration::from_secs(3))
+            .send()
+            .await;
+        matches!(response, Ok(response) if response.status().is_success())
+    }
+
     /// "RabbitMQ 3.10.8, Erlang 25.2", or why it is unknown.
     pub async fn version(&self) -> String {
         let overview = async {
@@ -99,4 +132,13 @@ impl Management {
             Err(error) => format!("RabbitMQ version unknown ({error})"),
         }
     }
+}
+
+/// One queue of a vhost, as the management API lists it.
+#[derive(Debug, Deserialize)]
+pub struct QueueDepth {
+    pub name: String,
+    /// Ready plus unacknowledged; absent until the broker has counted the queue once.
+    #[serde(default)]
+    pub messages: u64,
 }

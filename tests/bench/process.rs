@@ -147,6 +147,13 @@ impl ServerProcess {
     /// connections drop, so the broker returns its unacked deliveries to their queues.
     /// Fails if it had already exited.
     pub async fn kill(mut self) -> anyhow::Result<Killed> {
+        self.kill_in_place().await
+    }
+
+    /// [`ServerProcess::kill`], leaving the reaped process's handle in place: for a server
+    /// that is replaced right away by a new process on the same port (the `--chaos` mode's
+    /// API), which can only bind once this one is gone.
+    pub async fn kill_in_place(&mut self) -> anyhow::Result<Killed> {
         if let Some(status) = self.child.try_wait().context("polling a child process")? {
             anyhow::bail!(
                 "{} had already exited ({status}) when it was to be killed; log {}:\n{}",
@@ -162,7 +169,8 @@ impl ServerProcess {
             .with_context(|| format!("killing {}", self.name))?;
         Ok(Killed {
             log_lines: self.log_lines(),
-            name: self.name,
+            name: self.name.clone(),
+            pid: self.pid,
         })
     }
 
@@ -225,11 +233,14 @@ impl ServerProcess {
 /// A server killed by [`ServerProcess::kill`].
 pub struct Killed {
     pub name: String,
+    pub pid: i32,
     /// Every JSON line it logged before it died (a line cut by the kill is skipped).
     pub log_lines: Vec<Value>,
 }
 
-fn read_json_lines(path: &Path) -> Vec<Value> {
+/// Every JSON line of the log file at `path` (a line cut mid-write is skipped; a file that
+/// cannot be read has none).
+pub fn read_json_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()

@@ -11,13 +11,18 @@ pub struct FleetSettings<'a> {
     pub namespace: &'a str,
     pub worker_concurrency: u16,
     pub max_connections: u32,
+    /// 0: any free port (the API logs the one it got).
+    pub api_port: u16,
+    /// Keys of the namespace's own table, e.g. its `webhook_signing_secret`.
+    pub namespace_settings: &'a str,
     /// Appended verbatim (tables only: top-level keys must come first in TOML).
     pub extra: &'a str,
 }
 
 impl FleetSettings<'_> {
-    /// TOML for `engine-api --config` and `engine-worker --config`. The API listens on a
-    /// free port (it logs the address); logs are JSON so the benchmark can read them.
+    /// TOML for `engine-api --config` and `engine-worker --config`. The API listens on
+    /// loopback (on a free port unless told which; it logs the address); logs are JSON so
+    /// the benchmark can read them.
     pub fn toml(&self) -> String {
         format!(
             r#"log_format = "json"
@@ -31,13 +36,14 @@ pooler = "{pooler}"
 url = {amqp_url}
 
 [api]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{api_port}"
 
 [worker]
 concurrency = {concurrency}
 grace_period_secs = 10
 
 [namespaces.{namespace}]
+{namespace_settings}
 
 {extra}
 "#,
@@ -50,6 +56,8 @@ grace_period_secs = 10
             max_connections = self.max_connections,
             concurrency = self.worker_concurrency,
             namespace = self.namespace,
+            api_port = self.api_port,
+            namespace_settings = self.namespace_settings,
             extra = self.extra,
         )
     }
