@@ -379,8 +379,9 @@ pub fn api_recoveries<'a>(lines: impl Iterator<Item = &'a Value>) {
     let (mut rescued, mut rescued_dead, mut swept) = (0, 0, 0);
     for line in lines {
         match line["message"].as_str() {
-            Some("rescued jobs nobody was running") => {
-                rescued += line["republished"].as_u64().unwrap_or(0);
+            // api/src/rescuer.rs: what a pass took, and of those how many ended `dead`.
+            Some("rescued jobs nobody was running; the rest go back through the outbox") => {
+                rescued += line["rescued"].as_u64().unwrap_or(0);
                 rescued_dead += line["dead"].as_u64().unwrap_or(0);
             }
             Some("sweeper published jobs the fast path had not") => {
@@ -390,7 +391,7 @@ pub fn api_recoveries<'a>(lines: impl Iterator<Item = &'a Value>) {
         }
     }
     println!(
-        "  api             rescuer republished {rescued} jobs and buried {rescued_dead}; outbox sweeper published {swept} jobs the fast path had not"
+        "  api             rescuer took {rescued} jobs ({rescued_dead} of them ended dead); outbox sweeper published {swept} jobs the fast path had not"
     );
 }
 
