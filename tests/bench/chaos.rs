@@ -54,6 +54,9 @@ const WORKERS: u16 = 3;
 /// The bucket of the run's own S3 server.
 const BUCKET: &str = "tl-engine-chaos";
 
+/// How the key of an attempt's log ends (`<ns>/logs/<date>/<job>/<attempt>.log.gz`).
+const ATTEMPT_LOG_SUFFIX: &str = ".log.gz";
+
 /// The share of the fault phase the submission is spread over: the last jobs are accepted
 /// while faults still happen.
 const SUBMIT_SHARE: f64 = 0.9;
@@ -167,6 +170,8 @@ struct Observed {
     settled: Settled,
     state: FinalState,
     receiver: Tally,
+    /// Attempt logs found in the run's S3 folder.
+    stored_logs: usize,
 }
 
 /// The fault phase with the submission running through it, then the settle wait and the
@@ -215,6 +220,7 @@ async fn observe(
         settled,
         state,
         receiver: receiver.tally(),
+        stored_logs: s3.objects_ending_with(ATTEMPT_LOG_SUFFIX),
     })
 }
 
@@ -232,10 +238,11 @@ fn conclude(env: &Environment, namespace: &engine_shared::Namespace, observed: &
             .filter(|log| log.is_api())
             .flat_map(|log| &log.lines),
     );
-    report::spooled_logs(
+    report::attempt_logs(
         logs.iter()
             .filter(|log| !log.is_api())
             .flat_map(|log| &log.lines),
+        (observed.stored_logs, observed.state.starts),
     );
     report::warnings(
         logs.iter()

@@ -394,9 +394,11 @@ pub fn api_recoveries<'a>(lines: impl Iterator<Item = &'a Value>) {
     );
 }
 
-/// What the workers' lines say of attempt logs storage did not take at once: unreachable
-/// (the S3 fault), or the worker's uploads backed up (its error says "already under way").
-pub fn spooled_logs<'a>(lines: impl Iterator<Item = &'a Value>) {
+/// Attempt logs: how many the run's S3 folder holds for how many starts (an attempt cut
+/// short by a SIGKILL leaves none), and what the workers' lines say of those storage did
+/// not take at once: unreachable (the S3 fault), or the worker's uploads backed up (its
+/// error says "already under way").
+pub fn attempt_logs<'a>(lines: impl Iterator<Item = &'a Value>, (stored, starts): (usize, i64)) {
     let (mut spooled, mut backed_up, mut dropped, mut uploaded) = (0, 0, 0, 0);
     for line in lines {
         match line["message"].as_str() {
@@ -415,7 +417,7 @@ pub fn spooled_logs<'a>(lines: impl Iterator<Item = &'a Value>) {
         }
     }
     println!(
-        "  attempt logs    {spooled} spooled instead of uploaded at once ({backed_up} because the worker's uploads were backed up, the others because storage failed), {uploaded} of the spooled uploaded later, {dropped} dropped"
+        "  attempt logs    {stored} in storage for {starts} starts (an attempt cut short by a SIGKILL leaves none); {spooled} spooled instead of uploaded at once ({backed_up} because the worker's uploads were backed up, the others because storage failed), {uploaded} of the spooled uploaded later, {dropped} dropped"
     );
 }
 

@@ -82,6 +82,27 @@ impl S3Server {
         Ok(started.elapsed())
     }
 
+    /// Objects of the served folder whose key ends with `suffix` (each object is a file of
+    /// that name; s3s-fs keeps its metadata beside it under other names).
+    pub fn objects_ending_with(&self, suffix: &str) -> usize {
+        let mut folders = vec![self.root.clone()];
+        let mut count = 0;
+        while let Some(folder) = folders.pop() {
+            let Ok(entries) = std::fs::read_dir(&folder) else {
+                continue;
+            };
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                if path.is_dir() {
+                    folders.push(path);
+                } else if entry.file_name().to_string_lossy().ends_with(suffix) {
+                    count += 1;
+                }
+            }
+        }
+        count
+    }
+
     /// Stops the server (SIGKILL: it keeps nothing in memory that its folder lacks).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.child.kill().await.context("stopping s3s-fs")
