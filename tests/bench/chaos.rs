@@ -120,8 +120,9 @@ fn fleet_environment(
     })
 }
 
-/// Starts the fleet, runs the faults and the load on it, stops it (deleting its vhost)
-/// whatever happened, reports, and deletes its rows if the run passed.
+/// Starts the fleet, runs the faults and the load on it, stops it whatever happened
+/// (deleting its vhost unless `--keep-logs`), reports, and deletes its rows if the run
+/// passed without `--keep-logs`.
 async fn with_fleet(
     args: &Args,
     env: &Environment,
@@ -141,7 +142,11 @@ async fn with_fleet(
     );
     println!();
     let observed = observe(args, env, &mut fleet, s3, receiver).await;
-    let stopped = fleet.stop(env).await;
+    let stopped = if args.keep_logs {
+        fleet.stop_keeping_vhost().await
+    } else {
+        fleet.stop(env).await
+    };
     let passed = match &observed {
         Ok(observed) => conclude(env, &namespace, observed),
         Err(_) => false,
@@ -155,10 +160,15 @@ async fn with_fleet(
     } else {
         println!("the rows of namespace {namespace} are kept in the bench database");
     }
+    if args.keep_logs {
+        println!(
+            "the vhost {namespace} is kept, with its queues (delete it through the management API)"
+        );
+    }
     stopped?;
     anyhow::ensure!(
         passed,
-        "the chaos run lost or stranded jobs (see the checks above)"
+        "the chaos run failed: a job lost or stuck, or a fault not carried out (see above)"
     );
     Ok(())
 }
