@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::process::{Child, Command};
 
-use super::{ports, wait};
+use super::{files, ports, wait};
 
 /// How long the server may take to answer after a start.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -85,22 +85,7 @@ impl S3Server {
     /// Objects of the served folder whose key ends with `suffix` (each object is a file of
     /// that name; s3s-fs keeps its metadata beside it under other names).
     pub fn objects_ending_with(&self, suffix: &str) -> usize {
-        let mut folders = vec![self.root.clone()];
-        let mut count = 0;
-        while let Some(folder) = folders.pop() {
-            let Ok(entries) = std::fs::read_dir(&folder) else {
-                continue;
-            };
-            for entry in entries.filter_map(Result::ok) {
-                let path = entry.path();
-                if path.is_dir() {
-                    folders.push(path);
-                } else if entry.file_name().to_string_lossy().ends_with(suffix) {
-                    count += 1;
-                }
-            }
-        }
-        count
+        files::count(&self.root, suffix)
     }
 
     /// Stops the server (SIGKILL: it keeps nothing in memory that its folder lacks).
