@@ -11,12 +11,14 @@
 //! Modules: [`faults`] which faults, when, and the injector; [`servers`] restarts of the
 //! machine's shared servers; [`s3`] the run's own S3 server; [`receiver`] the webhook
 //! receiver; [`mix`] the jobs; [`client`] the careful client; [`audit`] the settle wait
-//! and the final state; [`stuck`] which lost jobs nothing will move; [`logs`] the servers' logs; [`settings`] the fleet's extra
-//! settings; [`report`] what is printed; [`wait`] and [`ports`] waiting and loopback ports.
+//! and the final state; [`stuck`] which lost jobs nothing will move; [`logs`] the servers'
+//! logs; [`settings`] the fleet's extra settings; [`report`] what is printed; [`wait`],
+//! [`ports`] and [`files`] waiting, loopback ports and counting files.
 
 mod audit;
 mod client;
 mod faults;
+mod files;
 mod logs;
 mod mix;
 mod ports;
@@ -51,8 +53,18 @@ use s3::S3Server;
 /// Workers of the fleet; a killed one is replaced at once.
 const WORKERS: u16 = 3;
 
+/// The workers' `RUST_LOG`: the default, plus the per-job debug lines of
+/// `worker/src/execution.rs` the report tallies (limiter deferrals, skipped copies,
+/// refused outcomes): one or two lines more per job.
+fn worker_log_filter() -> String {
+    format!("{LOG_FILTER},engine_worker::execution=debug")
+}
+
 /// The bucket of the run's own S3 server.
 const BUCKET: &str = "tl-engine-chaos";
+
+/// How the key of an attempt's log ends (`<ns>/logs/<date>/<job>/<attempt>.log.gz`).
+const ATTEMPT_LOG_SUFFIX: &str = ".log.gz";
 
 /// The share of the fault phase the submission is spread over: the last jobs are accepted
 /// while faults still happen.
@@ -91,6 +103,11 @@ pub async fn run(args: &Args, env: &Environment) -> anyhow::Result<()> {
     stopped
 }
 
+/// `logs.spool_dir` of the run's workers, shared by them all, in the run directory.
+fn spool_dir(env: &Environment) -> std::path::PathBuf {
+    env.run_dir.join("spool")
+}
+
 /// The environment of the run's fleet: the bench's, with the chaos settings, a fixed API
 /// port and the run's sizes.
 fn fleet_environment(
@@ -99,7 +116,7 @@ fn fleet_environment(
     s3: &S3Server,
     webhook_secret: &str,
 ) -> anyhow::Result<Environment> {
-    let spool_dir = env.run_dir.join("spool");
+    let spool_dir = spool_dir(env);
     let tables = settings::tables(&settings::Storage {
         endpoint: &s3.endpoint(),
         bucket: BUCKET,
@@ -117,8 +134,9 @@ fn fleet_environment(
     })
 }
 
-/// Starts the fleet, runs the faults and the load on it, stops it (deleting its vhost)
-/// whatever happened, reports, and deletes its rows if the run passed.
+/// Starts the fleet, runs the faults and the load on it, stops it whatever happened
+/// (deleting its vhost unless `--keep-logs`), reports, and deletes its rows if the run
+/// passed without `--keep-logs`.
 async fn with_fleet(
     args: &Args,
     env: &Environment,
@@ -128,7 +146,7 @@ async fn with_fleet(
     let workers = WorkerSetup {
         count: env.workers,
         concurrency: env.worker_concurrency,
-        log_filter: LOG_FILTER.to_owned(),
+        log_filter: worker_log_filter(),
     };
     let mut fleet = Fleet::start_with(env, "chaos", workers).await?;
     let namespace = fleet.namespace.clone();
@@ -138,7 +156,11 @@ async fn with_fleet(
     );
     println!();
     let observed = observe(args, env, &mut fleet, s3, receiver).await;
-    let stopped = fleet.stop(env).await;
+    let stopped = if args.keep_logs {
+        fleet.stop_keeping_vhost().await
+    } else {
+        fleet.stop(env).await
+    };
     let passed = match &observed {
         Ok(observed) => conclude(env, &namespace, observed),
         Err(_) => false,
@@ -152,10 +174,15 @@ async fn with_fleet(
     } else {
         println!("the rows of namespace {namespace} are kept in the bench database");
     }
+    if args.keep_logs {
+        println!(
+            "the vhost {namespace} is kept, with its queues (delete it through the management API)"
+        );
+    }
     stopped?;
     anyhow::ensure!(
         passed,
-        "the chaos run lost or stranded jobs (see the checks above)"
+        "the chaos run failed: a job lost or stuck, or a fault not carried out (see above)"
     );
     Ok(())
 }
@@ -167,6 +194,8 @@ struct Observed {
     settled: Settled,
     state: FinalState,
     receiver: Tally,
+    /// Attempt logs found in the run's S3 folder.
+    stored_logs: usize,
 }
 
 /// The fault phase with the submission running through it, then the settle wait and the
@@ -215,6 +244,7 @@ async fn observe(
         settled,
         state,
         receiver: receiver.tally(),
+        stored_logs: s3.objects_ending_with(ATTEMPT_LOG_SUFFIX),
     })
 }
 
@@ -232,10 +262,18 @@ fn conclude(env: &Environment, namespace: &engine_shared::Namespace, observed: &
             .filter(|log| log.is_api())
             .flat_map(|log| &log.lines),
     );
-    report::spooled_logs(
+    report::worker_paths(
         logs.iter()
             .filter(|log| !log.is_api())
             .flat_map(|log| &log.lines),
+    );
+    report::attempt_logs(
+        logs.iter()
+            .filter(|log| !log.is_api())
+            .flat_map(|log| &log.lines),
+        (observed.stored_logs, observed.state.starts),
+        // After the fleet stopped: what no worker uploaded.
+        files::count(&spool_dir(env), ""),
     );
     report::warnings(
         logs.iter()

@@ -215,6 +215,17 @@ impl Fleet {
 
     /// Stops the workers (they drain), then the API, then deletes the vhost.
     pub async fn stop(self, env: &Environment) -> anyhow::Result<FleetReport> {
+        let vhost = self.namespace.as_str().to_owned();
+        let stopped = self.stop_keeping_vhost().await;
+        let deleted = env.management.delete_vhost(&vhost).await;
+        let report = stopped?;
+        deleted?;
+        Ok(report)
+    }
+
+    /// Stops the workers (they drain), then the API; the vhost and its queues stay, to be
+    /// looked into (the `--chaos` mode's `--keep-logs`).
+    pub async fn stop_keeping_vhost(self) -> anyhow::Result<FleetReport> {
         let mut workers = Vec::with_capacity(self.workers.len());
         let mut failure = None;
         for worker in self.workers {
@@ -224,13 +235,10 @@ impl Fleet {
             }
         }
         let api = self.api.stop(STOP_DEADLINE).await;
-        let deleted = env.management.delete_vhost(self.namespace.as_str()).await;
         if let Some(error) = failure {
             return Err(error);
         }
-        let api = api?;
-        deleted?;
-        Ok(FleetReport { api, workers })
+        Ok(FleetReport { api: api?, workers })
     }
 }
 

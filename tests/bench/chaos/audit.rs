@@ -149,6 +149,8 @@ pub struct FinalState {
     /// The dead jobs (their ids and last errors are printed).
     pub dead: Vec<JobRow>,
     pub last_finished: Option<DateTime<Utc>>,
+    /// Starts (attempts begun) of the accepted jobs, summed: what could have left a log.
+    pub starts: i64,
     /// Ids of the webhook jobs that succeeded (checked against the receiver).
     pub succeeded_webhooks: Vec<String>,
 }
@@ -205,6 +207,7 @@ fn tally(rows: Vec<JobRow>, accepted: &[String], queued: Vec<(String, u64)>) -> 
         errors: BTreeMap::new(),
         dead: Vec::new(),
         last_finished: None,
+        starts: 0,
         succeeded_webhooks: Vec::new(),
     };
     for id in accepted {
@@ -224,6 +227,7 @@ fn tally(rows: Vec<JobRow>, accepted: &[String], queued: Vec<(String, u64)>) -> 
             .entry((row.kind.clone(), row.status.clone()))
             .or_default() += 1;
         state.last_finished = state.last_finished.max(row.finished_at);
+        state.starts += row.starts;
         if !FINAL.contains(&row.status.as_str()) {
             let stuck = stuck::looks_stuck(&row, queued_messages);
             state.stuck += usize::from(stuck);

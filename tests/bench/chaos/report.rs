@@ -395,9 +395,47 @@ pub fn api_recoveries<'a>(lines: impl Iterator<Item = &'a Value>) {
     );
 }
 
-/// What the workers' lines say of attempt logs storage did not take at once: unreachable
-/// (the S3 fault), or the worker's uploads backed up (its error says "already under way").
-pub fn spooled_logs<'a>(lines: impl Iterator<Item = &'a Value>) {
+/// What the workers' debug lines (`worker/src/execution.rs`) say: deliveries the limiter
+/// deferred, copies of a job skipped because it was running elsewhere or finished (a
+/// rescued job's second message, a redelivery), and outcomes refused because another
+/// attempt had taken the job over. Were those lines reworded, these would read 0.
+pub fn worker_paths<'a>(lines: impl Iterator<Item = &'a Value>) {
+    let mut deferred_jobs: BTreeMap<&str, usize> = BTreeMap::new();
+    let (mut longest_ms, mut skipped, mut refused) = (0, 0, 0);
+    for line in lines {
+        match line["message"].as_str() {
+            Some("limited; deferred") => {
+                *deferred_jobs
+                    .entry(line["job"].as_str().unwrap_or_default())
+                    .or_default() += 1;
+                longest_ms = longest_ms.max(line["delay_ms"].as_u64().unwrap_or(0));
+            }
+            Some(
+                "not runnable now; skipping the message"
+                | "stale message of a finished job; skipping",
+            ) => skipped += 1,
+            Some("outcome not recorded: the job was no longer running here") => refused += 1,
+            _ => {}
+        }
+    }
+    println!(
+        "  workers         the limiter deferred {} deliveries of {} jobs (at most {} times one job; the longest tier {:.0} s); {skipped} copies skipped (job running elsewhere or finished); {refused} outcomes refused (job taken over)",
+        deferred_jobs.values().sum::<usize>(),
+        deferred_jobs.len(),
+        deferred_jobs.values().max().unwrap_or(&0),
+        longest_ms as f64 / 1000.0
+    );
+}
+
+/// Attempt logs: how many the run's S3 folder holds for how many starts (an attempt cut
+/// short by a SIGKILL leaves none), and what the workers' lines say of those storage did
+/// not take at once: unreachable (the S3 fault), or the worker's uploads backed up (its
+/// error says "already under way").
+pub fn attempt_logs<'a>(
+    lines: impl Iterator<Item = &'a Value>,
+    (stored, starts): (usize, i64),
+    left_in_spool: usize,
+) {
     let (mut spooled, mut backed_up, mut dropped, mut uploaded) = (0, 0, 0, 0);
     for line in lines {
         match line["message"].as_str() {
@@ -416,7 +454,7 @@ pub fn spooled_logs<'a>(lines: impl Iterator<Item = &'a Value>) {
         }
     }
     println!(
-        "  attempt logs    {spooled} spooled instead of uploaded at once ({backed_up} because the worker's uploads were backed up, the others because storage failed), {uploaded} of the spooled uploaded later, {dropped} dropped"
+        "  attempt logs    {stored} in storage for {starts} starts (an attempt cut short by a SIGKILL leaves none); {spooled} spooled instead of uploaded at once ({backed_up} because the worker's uploads were backed up, the others because storage failed), {uploaded} of the spooled uploaded later, {left_in_spool} left in the spool when the fleet stopped, {dropped} dropped"
     );
 }
 

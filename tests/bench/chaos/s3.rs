@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::process::{Child, Command};
 
-use super::{ports, wait};
+use super::{files, ports, wait};
 
 /// How long the server may take to answer after a start.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -80,6 +80,12 @@ impl S3Server {
         )?;
         self.wait_answering().await?;
         Ok(started.elapsed())
+    }
+
+    /// Objects of the served folder whose key ends with `suffix` (each object is a file of
+    /// that name; s3s-fs keeps its metadata beside it under other names).
+    pub fn objects_ending_with(&self, suffix: &str) -> usize {
+        files::count(&self.root, suffix)
     }
 
     /// Stops the server (SIGKILL: it keeps nothing in memory that its folder lacks).
