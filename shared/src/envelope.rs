@@ -24,11 +24,6 @@ pub struct Envelope {
         deserialize_with = "crate::trace::deserialize_lenient"
     )]
     pub traceparent: Option<TraceParent>,
-    /// The most one attempt may take, so a worker can tell before starting it whether the
-    /// broker's clock on this delivery (its consumer timeout) still leaves room for a whole
-    /// attempt. Absent in messages published by earlier versions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u32>,
 }
 
 impl Envelope {

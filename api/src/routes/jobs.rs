@@ -38,7 +38,6 @@ fn envelope_of(job: &NewJob) -> Envelope {
         args: job.args.clone(),
         priority: job.priority,
         traceparent: job.traceparent.clone(),
-        timeout_ms: Some(job.timeout_ms),
     }
 }
 

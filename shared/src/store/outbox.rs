@@ -21,7 +21,6 @@ pub struct OutboxJob {
     pub args: serde_json::Value,
     pub priority: i16,
     pub traceparent: Option<String>,
-    pub timeout_ms: i32,
 }
 
 impl OutboxJob {
@@ -36,7 +35,6 @@ impl OutboxJob {
             args: self.args.clone(),
             priority: u8::try_from(self.priority.clamp(0, 9)).unwrap_or(0),
             traceparent: self.traceparent.as_deref().and_then(TraceParent::parse),
-            timeout_ms: u32::try_from(self.timeout_ms).ok(),
         };
         Ok((namespace, envelope))
     }
@@ -66,8 +64,8 @@ impl OutboxClaim {
 /// The advisory lock key of the scheduler ("tl_sched" in ASCII).
 const SCHEDULER_LOCK: i64 = 0x746c_5f73_6368_6564;
 
-pub(super) const OUTBOX_COLUMNS: &str = "jobs.id, jobs.namespace, jobs.kind, jobs.queue, jobs.args, jobs.priority, jobs.traceparent, \
-     jobs.timeout_ms";
+pub(super) const OUTBOX_COLUMNS: &str =
+    "jobs.id, jobs.namespace, jobs.kind, jobs.queue, jobs.args, jobs.priority, jobs.traceparent";
 
 impl Store {
     /// The scheduler's claim: due `scheduled` jobs (moved to `queued`) and due `retrying`
