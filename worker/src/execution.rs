@@ -204,7 +204,7 @@ async fn defer(
         Err(error) => {
             metrics().dependency_error("rabbitmq");
             tracing::warn!(job = %envelope.id, error = format!("{error:#}"), "could not defer a limited job; giving the delivery back");
-            give_back(context, delivery, envelope, 0, REQUEUE_PAUSE).await;
+            give_back(context, delivery, envelope, 0).await;
         }
     }
 }
@@ -260,7 +260,7 @@ async fn run_admitted(
         // answer lost: the copy must read as redelivered to take over a row this delivery
         // may have left `running` (at worst it counts one delivery too many).
         Err(_) => {
-            give_back(context, delivery, envelope, 1, REQUEUE_PAUSE).await;
+            give_back(context, delivery, envelope, 1).await;
             return;
         }
     };
@@ -371,7 +371,7 @@ async fn run_admitted(
             ship_log(shared, context, id, run, &log);
             // Not recorded, so not acked: the copy re-runs it (at-least-once), taking over
             // the row this attempt left `running`.
-            give_back(context, delivery, envelope, 1, REQUEUE_PAUSE).await;
+            give_back(context, delivery, envelope, 1).await;
             return;
         }
     };
@@ -397,7 +397,7 @@ async fn run_admitted(
                     // The row says `retrying`; the copy (marked redelivered) retries now
                     // rather than later.
                     tracing::warn!(job = %id, error = format!("{error:#}"), "could not park the retry; giving the delivery back");
-                    give_back(context, delivery, envelope, 1, REQUEUE_PAUSE).await;
+                    give_back(context, delivery, envelope, 1).await;
                 }
             }
         }
@@ -599,7 +599,7 @@ async fn bury(
         }
         Err(error) => {
             tracing::warn!(job = %id, error = format!("{error:#}"), "could not bury the job; returning it");
-            give_back(context, delivery, envelope, 0, REQUEUE_PAUSE).await;
+            give_back(context, delivery, envelope, 0).await;
         }
     }
     true
@@ -776,8 +776,7 @@ pub async fn requeue(delivery: &Delivery) {
     }
 }
 
-/// Copies a limited job's reserved turn and its deferral count onto a copy of its message,
-/// so a copy neither loses its turn nor restarts its backoff.
+/// Copies a limited job's reserved turn and its deferral count onto a copy of its message.
 fn keep_admission_headers(delivery: &Delivery, headers: &mut FieldTable) {
     let Some(original) = delivery.properties.headers() else {
         return;
@@ -792,16 +791,13 @@ fn keep_admission_headers(delivery: &Delivery, headers: &mut FieldTable) {
 /// Replaces the delivery by a fresh copy of its message that carries no count, then acks
 /// it; `false` (and nothing done) if the copy cannot be published.
 async fn refresh(context: &NamespaceContext, delivery: &Delivery, envelope: &Envelope) -> bool {
-    let mut headers = FieldTable::default();
-    keep_admission_headers(delivery, &mut headers);
-    match context.publisher.republish_job(envelope, headers).await {
+    match republish_copy(context, delivery, envelope, FieldTable::default()).await {
         Ok(()) => {
             tracing::info!(job = %envelope.id, deliveries = redelivery::broker_deliveries(delivery), "returned often without an attempt; replaced by a fresh copy");
-            ack(delivery).await;
             true
         }
         Err(error) => {
-            tracing::warn!(job = %envelope.id, error = format!("{error:#}"), "could not replace a often-returned delivery; running it");
+            tracing::warn!(job = %envelope.id, error = format!("{error:#}"), "could not replace an often-returned delivery; running it");
             false
         }
     }
@@ -811,25 +807,35 @@ async fn refresh(context: &NamespaceContext, delivery: &Delivery, envelope: &Env
 /// deliveries (plus `this_one` if its job started here), then acks it. Unlike a requeue,
 /// this does not count towards the broker's `x-delivery-limit`, which would dead-letter a
 /// job that is not dead (see [`redelivery`]). A copy that cannot be published falls back
-/// to a requeue. `pause` first, when a dependency is failing, so an outage does not become
-/// a hot loop.
+/// to a requeue. After a pause: a dependency is failing, and an outage must not become a
+/// hot loop.
 async fn give_back(
     context: &NamespaceContext,
     delivery: &Delivery,
     envelope: &Envelope,
     this_one: u32,
-    pause: Duration,
 ) {
-    tokio::time::sleep(pause).await;
+    tokio::time::sleep(REQUEUE_PAUSE).await;
     let mut headers = FieldTable::default();
     redelivery::carry(delivery, &mut headers, this_one);
-    keep_admission_headers(delivery, &mut headers);
-    match context.publisher.republish_job(envelope, headers).await {
-        Ok(()) => ack(delivery).await,
-        Err(error) => {
-            metrics().dependency_error("rabbitmq");
-            tracing::warn!(job = %envelope.id, error = format!("{error:#}"), "could not give the delivery back as a copy; requeueing it");
-            requeue(delivery).await;
-        }
+    if let Err(error) = republish_copy(context, delivery, envelope, headers).await {
+        metrics().dependency_error("rabbitmq");
+        tracing::warn!(job = %envelope.id, error = format!("{error:#}"), "could not give the delivery back as a copy; requeueing it");
+        requeue(delivery).await;
     }
+}
+
+/// Publishes a copy of `delivery`'s job with `headers` and the delivery's admission headers
+/// (so a copy neither loses a reserved rate turn nor restarts its deferral backoff), then
+/// acks the delivery. Nothing is acked if the publish fails.
+async fn republish_copy(
+    context: &NamespaceContext,
+    delivery: &Delivery,
+    envelope: &Envelope,
+    mut headers: FieldTable,
+) -> anyhow::Result<()> {
+    keep_admission_headers(delivery, &mut headers);
+    context.publisher.republish_job(envelope, headers).await?;
+    ack(delivery).await;
+    Ok(())
 }
