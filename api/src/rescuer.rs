@@ -18,7 +18,7 @@
 //! a delay tier), and one pass takes at most [`MOST_PER_PASS`] jobs of a queue. A duplicate
 //! it makes anyway (the message was only slow) is skipped by the guarded start. Each API
 //! replica runs a pass every fifth of the bound; the only statement of an idle pass is one
-//! count (no lock), and a namespace is rescued by one replica at a time (an advisory lock).
+//! read-only probe of two partial indexes (no lock), and a namespace is rescued by one replica at a time (an advisory lock).
 //!
 //! What it cannot see: an unstarted job whose message was lost in a queue that never
 //! empties waits until the queue drains; a message held unacked by a live worker (a copy

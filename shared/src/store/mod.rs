@@ -33,7 +33,7 @@ pub use execution::{AttemptOutcome, ErrorKind, FinishRequest, FinishedJob};
 pub use lease::{LeaseRenewal, RunningAttempt};
 pub use outbox::{OutboxClaim, OutboxJob};
 pub use query::{JobFilter, JobRecord};
-pub use rescue::{RescueReason, RescueScope, Rescued, StaleCount};
+pub use rescue::{RescueReason, RescueScope, Rescued, StaleQueue};
 pub use start::{StartOutcome, StartRequest, StartedJob};
 pub use submit::{NewJob, Submitted};
 

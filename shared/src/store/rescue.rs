@@ -28,9 +28,9 @@ impl RescueReason {
     }
 }
 
-/// Which kinds of abandoned-looking jobs one queue has.
+/// A queue with abandoned-looking jobs, and of which kinds.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct StaleCount {
+pub struct StaleQueue {
     pub namespace: String,
     pub queue: String,
     pub expired_leases: bool,
@@ -85,7 +85,7 @@ impl Store {
         namespaces: &[String],
         queues: &[String],
         unstarted_after: Duration,
-    ) -> anyhow::Result<Vec<StaleCount>> {
+    ) -> anyhow::Result<Vec<StaleQueue>> {
         count_round_trips(1);
         self.one(Commit::Durable, async |statements| {
             sqlx::query_as(
