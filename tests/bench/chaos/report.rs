@@ -60,11 +60,7 @@ pub fn header(machine: &Machine, args: &Args, env: &Environment, addresses: &Add
     let faults: Vec<&str> = args.chaos_faults.iter().map(|f| f.name()).collect();
     println!(
         "faults      {} over {} s (workers: one SIGKILLed every 2-5 s; the others once each, spread evenly); seed {}; settle deadline {} s",
-        if faults.is_empty() {
-            "none".to_owned()
-        } else {
-            faults.join(", ")
-        },
+        or_none(&faults),
         args.chaos_seconds,
         args.chaos_seed,
         args.chaos_settle_secs
@@ -178,11 +174,7 @@ pub fn results(results: &Results<'_>) {
     println!(
         "  stuck           {}  (not final with an expired lease, or due with no message in the namespace's work and delay queues; messages there when the rows were read: {})",
         state.stuck,
-        if queued.is_empty() {
-            "none".to_owned()
-        } else {
-            queued.join(", ")
-        }
+        or_none(&queued)
     );
     println!(
         "  rows            {} not named by any answer (a job stored twice despite its key would show here)",
@@ -203,14 +195,7 @@ pub fn results(results: &Results<'_>) {
         .iter()
         .map(|(kind, count)| format!("{kind} {count}"))
         .collect();
-    println!(
-        "  job_errors      {}",
-        if errors.is_empty() {
-            "none".to_owned()
-        } else {
-            errors.join(", ")
-        }
-    );
+    println!("  job_errors      {}", or_none(&errors));
     dead(state);
     lost(&state.lost);
 }
@@ -361,11 +346,7 @@ pub fn warnings<'a>(lines: impl Iterator<Item = (&'a str, &'a Value)>) {
     println!(
         "  warnings        {} WARN/ERROR lines ({}), the killed processes' included; most frequent:",
         per_process.values().sum::<usize>(),
-        if counts.is_empty() {
-            "none".to_owned()
-        } else {
-            counts.join(", ")
-        }
+        or_none(&counts)
     );
     let mut frequent: Vec<_> = per_message.into_iter().collect();
     frequent.sort_by_key(|entry| std::cmp::Reverse(entry.1));
@@ -476,4 +457,16 @@ pub fn checks(state: &FinalState) -> bool {
         verdict(state.stuck == 0)
     );
     lost == 0 && state.stuck == 0
+}
+
+/// `items` joined by commas, or `none`.
+fn or_none<T: AsRef<str>>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "none".to_owned();
+    }
+    items
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
