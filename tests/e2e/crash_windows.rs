@@ -349,7 +349,7 @@ async fn an_attempt_that_died(job: serde_json::Value) -> (TestFleet, String) {
     let mut doomed = fleet.spawn_worker_process(2, 10);
     let id = fleet.submit_until_running(&job).await;
     doomed.kill();
-    services::purge_queue(fleet.namespace.as_str(), "jobs.default").await;
+    services::purge_returned(fleet.namespace.as_str(), "jobs.default").await;
     (fleet, id)
 }
 

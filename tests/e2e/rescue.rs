@@ -29,7 +29,7 @@ async fn an_attempt_whose_worker_died_and_whose_message_was_lost_is_rescued_and_
         .await;
     doomed.kill();
     // The redelivery the broker would make is lost too.
-    services::purge_queue(fleet.namespace.as_str(), "jobs.default").await;
+    services::purge_returned(fleet.namespace.as_str(), "jobs.default").await;
     let survivor = fleet.spawn_worker_process(2, 10);
 
     let record = fleet

@@ -114,6 +114,19 @@ pub async fn purge_queue(vhost: &str, queue: &str) {
     );
 }
 
+/// Waits until a message a killed worker held unacked is back in `queue` (the broker
+/// returns it once it sees the connection gone, a moment after the kill), then purges the
+/// queue: the redelivery is lost too, for certain.
+pub async fn purge_returned(vhost: &str, queue: &str) {
+    crate::wait_until(
+        "the killed worker's message to be returned",
+        std::time::Duration::from_secs(30),
+        || async { (queue_depth(vhost, queue).await? > 0).then_some(()) },
+    )
+    .await;
+    purge_queue(vhost, queue).await;
+}
+
 /// Deletes `queue` in `vhost` (its messages with it).
 pub async fn delete_queue(vhost: &str, queue: &str) {
     let deleted = reqwest::Client::new()
