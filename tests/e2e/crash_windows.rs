@@ -87,6 +87,40 @@ async fn a_job_whose_worker_died_under_a_concurrency_limit_is_taken_over_after_i
 }
 
 #[tokio::test]
+async fn a_job_held_back_by_a_dead_workers_slot_starts_again_within_seconds() {
+    // The killed attempt's slot stays leased in Redis; the redelivery waits for it. It must
+    // be looked at again when that lease ends (10 s at most), not after a whole backoff
+    // parked in the 30 s tier: the tail of every crash's recovery.
+    let fleet = TestFleet::start(FleetOptions {
+        extra_toml: "[[limits]]\nkind = \"sleep\"\nconcurrency = 1\n".into(),
+        ..without_worker()
+    })
+    .await;
+    let mut doomed = fleet.spawn_worker_process(2, 10);
+    let id = fleet
+        .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": 20000 } }))
+        .await;
+    doomed.kill();
+    let killed = Instant::now();
+    let survivor = fleet.spawn_worker_process(2, 10);
+
+    wait_until(
+        "the job to start again",
+        Duration::from_secs(90),
+        || async { (fleet.record(&id).await.starts >= 2).then_some(()) },
+    )
+    .await;
+    // A slot leased for 10 s frees itself by then; before, the 30 s lease and the 30 s
+    // backoff made this 30 s or more.
+    let waited = killed.elapsed();
+    assert!(
+        waited < Duration::from_secs(18),
+        "the job started again {waited:?} after its worker was killed"
+    );
+    drop(survivor);
+}
+
+#[tokio::test]
 async fn a_publish_no_queue_takes_stays_in_the_outbox_until_the_queue_is_back() {
     let mut fleet = TestFleet::start(without_worker()).await;
     let warm = fleet.client.submit(&json!({ "kind": "noop" })).await.id();

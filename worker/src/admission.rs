@@ -7,8 +7,9 @@
 //! memory) carrying its turn in the `x-tl-not-before` header, and is not checked again, so
 //! a backlog behind a slow limit costs one Redis call per job, not one per retry. The last
 //! stretch of a wait, shorter than the shortest tier, is waited here holding the delivery,
-//! so turns keep their spacing. A concurrency limit leases a slot for the job's run; a full
-//! limit defers with backoff.
+//! so turns keep their spacing. A concurrency limit leases a slot for the job's run (10 s,
+//! renewed every 3 s); a full limit defers with backoff, but never past the end of the
+//! earliest lease, so a killed worker's slots hold jobs back for seconds, not a backoff.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,11 +28,11 @@ pub const NOT_BEFORE_HEADER: &str = "x-tl-not-before";
 /// The header counting a job's deferrals, for the backoff of concurrency deferrals.
 pub const DEFERRALS_HEADER: &str = "x-tl-deferrals";
 
-/// A slot's lease: long enough to survive a slow refresh, short enough that a dead worker's
-/// slot frees itself soon.
-const SLOT_LEASE: Duration = Duration::from_secs(30);
-/// A running job renews its slot this often.
-const SLOT_RENEWAL: Duration = Duration::from_secs(10);
+/// A slot's lease: long enough to survive two failed renewals, short enough that a killed
+/// worker's slots free themselves within seconds (the tail of a recovery after a crash).
+const SLOT_LEASE: Duration = Duration::from_secs(10);
+/// A running job renews its slot this often (a job shorter than this never renews).
+const SLOT_RENEWAL: Duration = Duration::from_secs(3);
 /// The longest a concurrency (or Redis outage) deferral waits.
 const MAX_DEFERRAL: Duration = Duration::from_secs(30);
 
@@ -195,8 +196,8 @@ pub async fn admit(
         .await
     {
         Ok(None) => Admission::Run(Some(lease(shared, slot_key, holder, concurrency))),
-        Ok(Some(_)) => Admission::Defer {
-            delay: backoff,
+        Ok(Some(earliest_end)) => Admission::Defer {
+            delay: full_limit_wait(backoff, earliest_end),
             not_before: turn,
         },
         Err(error) => match on_redis_error(shared, &limit, &error, backoff).await {
@@ -256,6 +257,16 @@ fn deferral_backoff(shared: &Shared, deferrals: u32) -> Duration {
     smallest
         .saturating_mul(1u32 << deferrals.min(16))
         .min(MAX_DEFERRAL.max(smallest))
+}
+
+/// How long a job waits for a full concurrency limit: its backoff, but never past the
+/// moment the earliest lease ends. Live holders release their slots when their jobs end;
+/// a killed worker's slots free themselves only when their leases run out, and a job
+/// parked for a whole 30 s backoff just before that would stretch a crash's recovery by
+/// as much. So a waiting job is looked at again within one lease (rounded down to a
+/// delay tier) of any slot's last renewal.
+fn full_limit_wait(backoff: Duration, earliest_end: Duration) -> Duration {
+    backoff.min(earliest_end + Duration::from_millis(50))
 }
 
 /// Starts renewing a leased slot while its job runs.

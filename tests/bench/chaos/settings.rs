@@ -10,7 +10,7 @@ pub const LEASE_SECS: u64 = 10;
 
 /// The limit on `webhook.deliver`, per destination host (all deliveries go to one): at
 /// most this many per second after a burst, and this many at once fleet-wide. A killed
-/// worker's concurrency slots stay taken until their 30 s lease runs out.
+/// worker's concurrency slots stay taken until their 10 s lease runs out.
 pub const WEBHOOK_RATE_PER_SEC: u32 = 200;
 pub const WEBHOOK_BURST: u32 = 50;
 pub const WEBHOOK_CONCURRENCY: u32 = 16;
