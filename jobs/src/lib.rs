@@ -1,5 +1,6 @@
 //! tl-engine's job kinds.
 //!
+//! - [`egress`]: the one HTTP client jobs' outbound requests go through (the SSRF policy).
 //! - [`job`]: the [`Job`] trait every kind implements, its context and typed errors.
 //! - [`log`]: an attempt's log lines, capped, shipped to storage when the attempt ends.
 //! - [`artifacts`]: named outputs a handler stores for its job.
@@ -11,12 +12,14 @@
 //! one line to [`register_all`].
 
 pub mod artifacts;
+pub mod egress;
 pub mod job;
 pub mod kinds;
 pub mod log;
 pub mod registry;
 
 pub use artifacts::Artifacts;
+pub use egress::EgressClient;
 pub use job::{Job, JobContext, JobError};
 pub use log::{JobLog, LogLevel};
 pub use registry::{ArgsError, JobDeps, KindDefaults, Registry, RegistryError, register_all};

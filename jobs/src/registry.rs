@@ -15,6 +15,7 @@ use engine_shared::{Kind, Namespace, QueueName};
 use futures_util::future::BoxFuture;
 use secrecy::SecretString;
 
+use crate::egress::EgressClient;
 use crate::job::{Job, JobContext, JobError};
 use crate::kinds::db_backup::DbBackup;
 use crate::kinds::{
@@ -52,8 +53,8 @@ pub struct KindDefaults {
 /// What built-in handlers need from outside.
 #[derive(Clone, Debug, Default)]
 pub struct JobDeps {
-    /// HTTP client for `webhook.deliver` (shared connection pool).
-    pub http: reqwest::Client,
+    /// The egress client every outbound request of a job goes through (one pool).
+    pub egress: EgressClient,
     /// Per-namespace webhook signing secrets.
     pub webhook_secrets: BTreeMap<Namespace, SecretString>,
     /// The state database, for kinds that read it (`export.jobs_csv`, `db.backup`); `None`
@@ -194,7 +195,7 @@ pub fn register_all(deps: JobDeps) -> Result<Registry, RegistryError> {
     registry
         .register(Noop)?
         .register(Sleep)?
-        .register(WebhookDeliver::new(deps.http, deps.webhook_secrets))?
+        .register(WebhookDeliver::new(deps.egress, deps.webhook_secrets))?
         .register(ExportJobsCsv::new(deps.store.clone()))?
         .register(DbBackup::new(deps.store, deps.objects, deps.backup))?;
     Ok(registry)

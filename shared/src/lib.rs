@@ -5,6 +5,7 @@
 //! - [`namespace`]: a tenant and what it owns (vhost, key prefix, object prefix, rows).
 //! - [`job_id`], [`kind`], [`queue`], [`status`], [`idempotency`]: typed job values.
 //! - [`envelope`]: the message a job travels in through RabbitMQ.
+//! - [`egress`]: where jobs' outbound requests may connect (the SSRF policy).
 //! - [`retry`]: backoff with jitter and the delay tiers it rounds up to.
 //! - [`limits`]: rate and concurrency limits in Redis, per namespace key prefix.
 //! - [`group_commit`]: batches concurrent writes into one statement (one fsync).
@@ -21,6 +22,7 @@
 pub mod backup;
 pub mod broker;
 pub mod config;
+pub mod egress;
 pub mod envelope;
 pub mod group_commit;
 pub mod health;

@@ -9,6 +9,7 @@ mod command_line;
 mod connections;
 mod crash_windows;
 mod dead;
+mod egress;
 mod errors;
 mod health;
 mod isolation;

@@ -1,8 +1,9 @@
 //! The deployment files in `infra/`, checked against what the binaries read: the Kubernetes
 //! manifests (every document parses; pods run as non-root with probes and a read-only root;
 //! the worker outlives its drain; KEDA scales the worker on every namespace's queues;
-//! disruption budgets cover the API and the worker; secrets come from the Secret and settings
-//! from the ConfigMap), the compose file, and the Containerfile's runtime stages.
+//! disruption budgets cover the API and the worker; the worker's NetworkPolicy matches its
+//! egress policy; secrets come from the Secret and settings from the ConfigMap), the compose
+//! file, and the Containerfile's runtime stages.
 //!
 //! A pod's settings are what its binary would load: the ConfigMap's `engine.toml` with the
 //! pod's environment (resolved from the Secret) laid over it as `Settings::load` would, then
@@ -311,6 +312,71 @@ fn disruption_budgets_select_the_api_and_worker_pods() {
             "a Deployment's name",
         );
         assert!(covered.contains(&name), "no budget for {name}");
+    }
+}
+
+#[test]
+fn the_workers_network_policy_refuses_what_the_egress_policy_refuses() {
+    let manifests = Manifests::load();
+    let worker = manifests.deployment("worker");
+    let pod_labels = labels(&worker["spec"]["template"]["metadata"]["labels"]);
+    let policy = manifests
+        .of_kind("NetworkPolicy")
+        .find(|policy| {
+            contains(
+                &pod_labels,
+                &labels(&policy["spec"]["podSelector"]["matchLabels"]),
+            )
+        })
+        .expect("a NetworkPolicy selecting the worker pods");
+    let types: Vec<&str> = list(&policy["spec"]["policyTypes"])
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    assert!(types.contains(&"Egress"), "{types:?}");
+
+    // Every block this policy opens must shut out exactly the ranges the worker's own
+    // policy refuses; every range it shuts out must be one the worker refuses too.
+    let mut excepted = Vec::new();
+    let blocks = policy["spec"]["egress"]
+        .as_vec()
+        .expect("egress rules")
+        .iter()
+        .flat_map(|rule| list(&rule["to"]));
+    for block in blocks.filter(|peer| !peer["ipBlock"].is_badvalue()) {
+        let cidr = text(&block["ipBlock"]["cidr"], "an ipBlock's cidr");
+        assert!(
+            matches!(cidr, "0.0.0.0/0" | "::/0"),
+            "only whole families are opened: {cidr}"
+        );
+        excepted.extend(
+            list(&block["ipBlock"]["except"])
+                .iter()
+                .filter_map(Yaml::as_str)
+                .map(str::to_owned),
+        );
+    }
+    for range in &excepted {
+        let net: ipnet::IpNet = range.parse().expect("an except entry is a CIDR");
+        assert!(
+            engine_shared::egress::special_range(net.network()).is_some(),
+            "{range} is shut out by the cluster but allowed by the worker"
+        );
+    }
+    for must in [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "fc00::/7",
+        "fe80::/10",
+    ] {
+        assert!(
+            excepted.iter().any(|range| range == must),
+            "{must} is not shut out"
+        );
     }
 }
 

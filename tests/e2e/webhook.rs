@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use axum::routing::post;
 use engine_shared::JobStatus;
-use engine_tests::{FleetOptions, TestFleet};
+use engine_tests::{FleetOptions, RECEIVER_HOST, TestFleet};
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
@@ -51,7 +51,9 @@ async fn receiver(status: u16) -> (String, Arc<Mutex<Received>>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind((RECEIVER_HOST, 0))
+        .await
+        .unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, received)

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use engine_api::Application;
-use engine_jobs::{JobDeps, Registry, register_all};
+use engine_jobs::{EgressClient, JobDeps, Registry, register_all};
 use engine_shared::config::{Pooler, Settings};
 use engine_shared::storage::ObjectStore;
 use engine_shared::store::{JobRecord, Store};
@@ -71,7 +71,13 @@ pub struct FleetOptions {
     pub namespace_name: Option<String>,
     /// `amqp.consumer_timeout_secs`: must match the broker's `consumer_timeout`.
     pub consumer_timeout_secs: u64,
+    /// `egress.allow`. By default the test receivers' address, [`RECEIVER_HOST`]: they
+    /// never listen on 127.0.0.1, which the services use and the policy always refuses.
+    pub egress_allow: Vec<String>,
 }
+
+/// Where the tests' webhook receivers listen: loopback, but not the services' address.
+pub const RECEIVER_HOST: &str = "127.0.0.2";
 
 impl FleetOptions {
     /// Storage on, against the test S3 server.
@@ -105,6 +111,7 @@ impl Default for FleetOptions {
             publish_grace_ms: 300,
             namespace_name: None,
             consumer_timeout_secs: 1800,
+            egress_allow: vec![RECEIVER_HOST.to_owned()],
         }
     }
 }
@@ -180,10 +187,15 @@ pub fn test_registry(deps: JobDeps, abort: AbortKind) -> Registry {
     registry
 }
 
-/// Job dependencies with `namespace`'s webhook secret, if any.
-/// What the built-in kinds need, from `settings` (database, storage) and the test's secret.
-fn deps_for(settings: &Settings, webhook_secret: Option<&str>, namespace: &Namespace) -> JobDeps {
+/// What the built-in kinds need, from `settings` (database, storage, the egress policy)
+/// and the test's webhook secret for `namespace`, if any.
+async fn deps_for(
+    settings: &Settings,
+    webhook_secret: Option<&str>,
+    namespace: &Namespace,
+) -> JobDeps {
     let mut deps = JobDeps {
+        egress: EgressClient::for_fleet(settings).await.unwrap(),
         store: Some(Store::connect_lazy(&settings.database).unwrap()),
         objects: settings.storage.as_ref().map(ObjectStore::new),
         backup: settings.backup.clone(),
@@ -265,6 +277,8 @@ base_delay_ms = 100
 max_delay_ms = 500
 tiers_ms = [200, 500]
 delivery_limit = {delivery_limit}
+[egress]
+allow = {egress_allow:?}
 {storage}
 {namespaces}
 {extra}
@@ -286,6 +300,7 @@ delivery_limit = {delivery_limit}
         submit_rate = options.submit_rate.map_or(0, |rate| rate.0),
         submit_burst = options.submit_rate.map_or(1_000, |rate| rate.1),
         max_batch = options.submit_rate.map_or(1_000, |rate| rate.1),
+        egress_allow = options.egress_allow,
         extra = options.extra_toml,
     )
 }
@@ -374,7 +389,7 @@ impl TestFleet {
         let application = Application::build(
             api_settings.clone(),
             test_registry(
-                deps_for(&api_settings, options.webhook_secret.as_deref(), &namespace),
+                deps_for(&api_settings, options.webhook_secret.as_deref(), &namespace).await,
                 AbortKind::Included,
             ),
         )
@@ -418,7 +433,7 @@ impl TestFleet {
     pub async fn start_worker(&mut self, webhook_secret: Option<&str>) {
         let settings = Settings::from_toml(&self.settings_text).unwrap();
         let registry = test_registry(
-            deps_for(&settings, webhook_secret, &self.namespace),
+            deps_for(&settings, webhook_secret, &self.namespace).await,
             AbortKind::Excluded,
         );
         let worker = Worker::build(settings, registry)

@@ -31,7 +31,7 @@ pub mod worker_process;
 
 pub use broker::{DeadLetter, VhostClient};
 pub use client::ApiClient;
-pub use fleet::{FleetOptions, TestFleet};
+pub use fleet::{FleetOptions, RECEIVER_HOST, TestFleet};
 pub use pgbouncer::{PgBouncer, PgBouncerOptions};
 pub use private_broker::PrivateBroker;
 pub use proxy::TcpProxy;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
-use engine_jobs::{JobDeps, register_all};
+use engine_jobs::{EgressClient, JobDeps, register_all};
 use engine_shared::config::{DatabaseSettings, Settings};
 use engine_shared::storage::ObjectStore;
 use engine_shared::store::Store;
@@ -36,10 +36,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(settings.log_format, "info,sqlx=warn,lapin=warn");
     let deps = JobDeps {
-        http: reqwest::Client::builder()
-            .user_agent("tl-engine webhook")
-            .build()
-            .context("building the HTTP client")?,
+        egress: EgressClient::for_fleet(&settings).await?,
         webhook_secrets: settings
             .namespaces
             .iter()

@@ -4,6 +4,11 @@
 //! `X-TL-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 //! The timestamp is signed too, so a captured request cannot be replayed later unnoticed.
 //! `X-TL-Job-Id` and `X-TL-Attempt` let receivers drop duplicates of an at-least-once delivery.
+//!
+//! Every request goes through the fleet's [`EgressClient`]: a destination its policy refuses
+//! fails the job at once ("destination not allowed: …"), never retried, and a redirect is
+//! not followed. URLs with credentials and headers that would reframe the request or pass
+//! as the fleet's own are refused at submit.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,16 +20,32 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::Sha256;
 
+use crate::egress::EgressClient;
 use crate::job::{Job, JobContext, JobError};
 
+/// Headers a tenant may not set: they would reframe the request (`Content-Length`,
+/// `Transfer-Encoding`, hop-by-hop ones), redirect it (`Host`, `Proxy-*`), or forge the
+/// fleet's own (`X-TL-*`, which receivers trust for signatures and de-duplication).
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+];
+const FORBIDDEN_PREFIXES: &[&str] = &["proxy-", "x-tl-"];
+
 pub struct WebhookDeliver {
-    http: reqwest::Client,
+    http: EgressClient,
     /// Signing secret per namespace; a namespace without one cannot send webhooks.
     secrets: BTreeMap<Namespace, SecretString>,
 }
 
 impl WebhookDeliver {
-    pub fn new(http: reqwest::Client, secrets: BTreeMap<Namespace, SecretString>) -> Self {
+    pub fn new(http: EgressClient, secrets: BTreeMap<Namespace, SecretString>) -> Self {
         Self { http, secrets }
     }
 }
@@ -37,8 +58,8 @@ pub struct WebhookArgs {
     pub url: url::Url,
     /// The JSON body sent as is.
     pub body: serde_json::Value,
-    /// Extra request headers.
-    #[serde(default)]
+    /// Extra request headers: valid names and values, none of [`FORBIDDEN_HEADERS`].
+    #[serde(default, deserialize_with = "request_headers")]
     pub headers: BTreeMap<String, String>,
     /// Per-request timeout, 1 ms to 60 s (default 10 s).
     #[serde(default = "default_timeout_ms", deserialize_with = "timeout_ms")]
@@ -50,7 +71,37 @@ fn http_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<url::Ur
     if !matches!(url.scheme(), "http" | "https") {
         return Err(serde::de::Error::custom("the scheme must be http or https"));
     }
+    // reqwest would send them as Basic credentials: a way to log in to internal services.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(serde::de::Error::custom(
+            "must not carry a user name or password; send credentials in a header",
+        ));
+    }
     Ok(url)
+}
+
+fn request_headers<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let headers = BTreeMap::<String, String>::deserialize(deserializer)?;
+    for (name, value) in &headers {
+        check_header(name, value).map_err(serde::de::Error::custom)?;
+    }
+    Ok(headers)
+}
+
+/// Why a tenant's header cannot be sent, if it cannot.
+fn check_header(name: &str, value: &str) -> Result<(), String> {
+    let header = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{name:?} is not a valid header name"))?;
+    let lower = header.as_str();
+    if FORBIDDEN_HEADERS.contains(&lower) || FORBIDDEN_PREFIXES.iter().any(|p| lower.starts_with(p))
+    {
+        return Err(format!("the header {name:?} may not be set"));
+    }
+    reqwest::header::HeaderValue::from_str(value)
+        .map_err(|_| format!("the value of {name:?} is not a valid header value"))?;
+    Ok(())
 }
 
 fn default_timeout_ms() -> u64 {
@@ -111,7 +162,8 @@ impl Job for WebhookDeliver {
         let signed = signature(secret, chrono::Utc::now().timestamp(), &body);
         let mut request = self
             .http
-            .post(args.url.clone())
+            .post(&args.url)
+            .map_err(|refused| JobError::Fatal(anyhow!("{refused}")))?
             .timeout(Duration::from_millis(args.timeout_ms))
             .header("content-type", "application/json")
             .header("x-tl-signature", signed)
@@ -140,14 +192,21 @@ impl Job for WebhookDeliver {
             response = request.body(body).send() => response,
             _ = context.cancellation.cancelled() => return Err(JobError::Cancelled),
         };
-        // reqwest's errors include the URL, which may carry a token in its query; strip it.
-        let response = response
-            .map_err(|e| JobError::Retryable(anyhow!("request failed: {}", e.without_url())))?;
+        let response = response.map_err(|error| match EgressClient::refusal(&error) {
+            Some(refused) => JobError::Fatal(anyhow!("{refused}")),
+            // reqwest's errors include the URL, which may carry a token in its query.
+            None => JobError::Retryable(anyhow!("request failed: {}", error.without_url())),
+        })?;
         let status = response.status();
         context.log.info(format_args!(
             "the receiver answered {status} in {} ms",
             started.elapsed().as_millis()
         ));
+        if status.is_redirection() {
+            return Err(JobError::Retryable(anyhow!(
+                "the receiver answered {status}; redirects are not followed"
+            )));
+        }
         if !status.is_success() {
             return Err(JobError::Retryable(anyhow!(
                 "the receiver answered {status}"
@@ -173,6 +232,44 @@ mod tests {
             signed,
             "t=1700000000,v1=38877139021993b830af32feea6e18a8da83eb2f6e49ee50bd9e4cf4ca4d3789"
         );
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused() {
+        let bad = serde_json::json!({ "url": "http://guest:guest@example.com/", "body": {} });
+        let error = serde_json::from_value::<WebhookArgs>(bad).unwrap_err();
+        assert!(
+            error.to_string().contains("user name or password"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn headers_that_reframe_or_forge_the_request_are_refused() {
+        for name in [
+            "Host",
+            "content-length",
+            "Transfer-Encoding",
+            "Connection",
+            "Upgrade",
+            "TE",
+            "Proxy-Authorization",
+            "X-TL-Signature",
+        ] {
+            let error = check_header(name, "x").unwrap_err();
+            assert!(error.contains("may not be set"), "{name}: {error}");
+        }
+        assert!(
+            check_header("bad name", "x")
+                .unwrap_err()
+                .contains("valid header name")
+        );
+        assert!(
+            check_header("X-Ok", "line\nbreak")
+                .unwrap_err()
+                .contains("valid header value")
+        );
+        assert_eq!(check_header("Authorization", "Bearer t"), Ok(()));
     }
 
     #[test]

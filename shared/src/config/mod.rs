@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::egress::AllowRule;
 use crate::kind::Kind;
 use crate::limits::{LimitRule, RedisSettings};
 use crate::namespace::{Namespace, NamespaceSpec};
@@ -75,6 +76,8 @@ pub struct Settings {
     pub backup: BackupSettings,
     pub queues: Vec<WeightedQueue>,
     pub namespaces: Vec<NamespaceSpec>,
+    /// `egress.allow`: private ranges and hosts jobs' outbound requests may reach.
+    pub egress_allow: Vec<AllowRule>,
 }
 
 impl Settings {
@@ -97,6 +100,7 @@ impl Settings {
                     .separator("__")
                     .list_separator(",")
                     .with_list_parse_key("worker.namespaces")
+                    .with_list_parse_key("egress.allow")
                     .try_parsing(true),
             )
             .set_override_option("database.url", std::env::var("DATABASE_URL").ok())
@@ -275,6 +279,16 @@ impl Settings {
         }
 
         let storage = storage_settings(raw.storage)?;
+        let egress_allow = raw
+            .egress
+            .allow
+            .iter()
+            .filter(|rule| !rule.trim().is_empty())
+            .map(|rule| {
+                rule.parse()
+                    .map_err(|reason| invalid("egress.allow", reason))
+            })
+            .collect::<Result<Vec<AllowRule>, _>>()?;
 
         let mut worker_namespaces = Vec::new();
         for name in raw.worker.namespaces.iter().filter(|n| !n.is_empty()) {
@@ -324,7 +338,23 @@ impl Settings {
             backup: raw.backup,
             queues: raw.queues,
             namespaces,
+            egress_allow,
         })
+    }
+
+    /// The hosts of the fleet's own services (database, broker, Redis, storage), which no
+    /// job's outbound request may reach.
+    pub fn service_hosts(&self) -> Vec<String> {
+        let urls = [
+            Some(self.database.url.expose_secret()),
+            Some(self.amqp_url.expose_secret()),
+            Some(self.redis.url.expose_secret()),
+            self.storage.as_ref().and_then(|s| s.endpoint.as_deref()),
+        ];
+        urls.into_iter()
+            .flatten()
+            .filter_map(|url| url::Url::parse(url).ok()?.host_str().map(str::to_owned))
+            .collect()
     }
 
     /// The longest an attempt may be allowed to run: the broker's consumer timeout less

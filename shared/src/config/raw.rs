@@ -52,6 +52,16 @@ pub(super) struct RawSettings {
     pub(super) queues: Vec<WeightedQueue>,
     #[serde(default)]
     pub(super) namespaces: BTreeMap<String, RawNamespace>,
+    #[serde(default)]
+    pub(super) egress: RawEgress,
+}
+
+/// `[egress]`: what jobs' outbound requests may reach beyond the public internet.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawEgress {
+    /// Ranges (`10.1.0.0/16`, `127.0.0.2`) or host names opened on purpose.
+    #[serde(default)]
+    pub(super) allow: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -65,10 +65,14 @@ pub struct Tally {
     pub bad_signatures: u64,
 }
 
+/// Loopback, but not the services' 127.0.0.1, which the egress policy always refuses; the
+/// fleet's `egress.allow` opens exactly this address.
+pub const RECEIVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
 impl Receiver {
-    /// Starts the receiver on a free port of 127.0.0.1.
+    /// Starts the receiver on a free port of [`RECEIVER_ADDRESS`].
     pub async fn start(failure_percent: u8, seed: u64, secret: &str) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from((RECEIVER_ADDRESS, 0)))
             .await
             .context("binding the webhook receiver")?;
         let address = listener

@@ -31,7 +31,10 @@ pub fn tables(storage: &Storage<'_>) -> String {
     // `defer`: while Redis is away, limited jobs wait in the delay tiers instead of running
     // unlimited, so a Redis restart leaves webhooks that must all come back.
     format!(
-        r#"[rescue]
+        r#"[egress]
+allow = ["{receiver}"]
+
+[rescue]
 after_secs = {RESCUE_AFTER_SECS}
 lease_secs = {LEASE_SECS}
 
@@ -54,6 +57,7 @@ force_path_style = true
 [logs]
 spool_dir = {spool_dir}
 "#,
+        receiver = super::receiver::RECEIVER_ADDRESS,
         endpoint = quoted(storage.endpoint),
         access_key = quoted(storage.access_key),
         secret_key = quoted(storage.secret_key),
