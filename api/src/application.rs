@@ -29,6 +29,8 @@ const SUBMIT_BATCH: usize = 1_000;
 /// A built, bound, not yet running API.
 pub struct Application {
     listener: TcpListener,
+    /// `api.admin_listen`'s, when set.
+    admin: Option<TcpListener>,
     state: AppState,
 }
 
@@ -55,6 +57,14 @@ impl Application {
         let listener = TcpListener::bind(&settings.api.listen)
             .await
             .with_context(|| format!("binding api.listen = {}", settings.api.listen))?;
+        let admin = match &settings.api.admin_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding api.admin_listen = {address}"))?,
+            ),
+            None => None,
+        };
         let state = AppState {
             store,
             registry: Arc::new(registry),
@@ -66,14 +76,26 @@ impl Application {
             submissions,
             limiter,
             objects,
+            readiness: Arc::default(),
         };
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            admin,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Where `/metrics` and the detailed `/readyz` are served, if `api.admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|admin| admin.local_addr().ok())
     }
 
     /// Serves until `shutdown` fires, then finishes in-flight requests and returns.
@@ -102,11 +124,26 @@ impl Application {
         let archiver = Archiver::from_state(&self.state)
             .map(|archiver| tokio::spawn(archiver.run_until_stopped(shutdown.clone())));
         tracing::info!(address = %self.local_addr(), "API listening");
+        let admin = self.admin.map(|listener| {
+            tracing::info!(address = ?listener.local_addr().ok(), "admin endpoints listening");
+            let router = routes::admin_router(self.state.clone());
+            tokio::spawn(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .into_future(),
+            )
+        });
         let store = self.state.store.clone();
         axum::serve(self.listener, routes::router(self.state))
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
             .context("serving HTTP")?;
+        if let Some(admin) = admin {
+            admin
+                .await
+                .context("the admin listener's task")?
+                .context("serving the admin endpoints")?;
+        }
         let _ = sweeper.await;
         let _ = rescuer.await;
         if let Some(archiver) = archiver {

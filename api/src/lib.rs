@@ -2,7 +2,8 @@
 //!
 //! Module map:
 //! - [`application`]: build the service from settings, run it until stopped.
-//! - [`routes`]: the endpoints; [`submission`]: what a submitted job must look like.
+//! - [`routes`]: the endpoints; [`submission`]: what a submitted job must look like;
+//!   [`readiness`]: `/readyz` answered from one recent check.
 //! - [`auth`]: bearer API key → namespace; [`submission_limit`]: per-key 429s;
 //!   [`problem`]: RFC 9457 errors;
 //!   [`json_body`]: JSON bodies with field-level errors.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod json_body;
 pub mod problem;
 pub mod progress;
+pub mod readiness;
 pub mod relay;
 pub mod rescuer;
 pub mod routes;

@@ -10,6 +10,7 @@ use engine_shared::storage::ObjectStore;
 use engine_shared::store::{NewJob, Store, Submitted};
 
 use crate::auth::KeyCache;
+use crate::readiness::ReadinessCache;
 use crate::relay::Relay;
 
 #[derive(Clone)]
@@ -27,4 +28,6 @@ pub struct AppState {
     pub limiter: Arc<Limiter>,
     /// Object storage (logs, artifacts); `None` when no bucket is configured.
     pub objects: Option<ObjectStore>,
+    /// The last readiness check, shared by every `/readyz` caller for a moment.
+    pub readiness: Arc<ReadinessCache>,
 }

@@ -97,6 +97,20 @@ impl Readiness {
             .unwrap_or(Verdict::Healthy)
     }
 
+    /// The report for anyone who can reach the port: the same verdicts, but every reason
+    /// is `unavailable`, because reasons name namespaces, buckets, hosts and users.
+    pub fn to_public_json(&self) -> Value {
+        let mut report = self.to_json();
+        if let Some(dependencies) = report["dependencies"].as_object_mut() {
+            for state in dependencies.values_mut() {
+                if state.as_str().is_some_and(|s| s.starts_with("unhealthy")) {
+                    *state = Value::String("unhealthy: unavailable".into());
+                }
+            }
+        }
+        report
+    }
+
     /// `{status, timestamp, dependencies: {name: "healthy" | "unhealthy: reason"}}`.
     pub fn to_json(&self) -> Value {
         let dependencies: Map<String, Value> = self

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub rescued: Family<RescueLabels, Counter>,
     /// 1 while the relay leaves a namespace out because its vhost refuses publishes.
     pub publish_blocked: Family<NamespaceLabels, Gauge>,
+    /// Readiness checks actually run (the rest were answered from the cached result).
+    pub readiness_checks: Counter,
     registry: Registry,
 }
 
@@ -105,6 +107,7 @@ impl Metrics {
             dependency_errors: Family::default(),
             rescued: Family::default(),
             publish_blocked: Family::default(),
+            readiness_checks: Counter::default(),
             registry: Registry::default(),
         };
         let registry = &mut metrics.registry;
@@ -182,6 +185,11 @@ impl Metrics {
             "tl_namespace_publish_blocked",
             "1 while the relay skips a namespace whose vhost refuses publishes (the others carry on)",
             metrics.publish_blocked.clone(),
+        );
+        registry.register(
+            "tl_readiness_checks",
+            "Readiness checks run against the dependencies (concurrent and repeated /readyz calls share one)",
+            metrics.readiness_checks.clone(),
         );
         metrics
     }

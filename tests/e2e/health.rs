@@ -154,3 +154,72 @@ async fn the_api_without_postgres_is_unhealthy_but_alive() {
     wait_for(api, "/readyz", StatusCode::OK).await;
     fleet.stop().await;
 }
+
+/// `tl_readiness_checks_total` as the admin port's `/metrics` reports it.
+async fn readiness_checks(admin: SocketAddr) -> u64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("tl_readiness_checks_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tl_readiness_checks_total in\n{text}"))
+}
+
+#[tokio::test]
+async fn a_flood_of_readiness_calls_costs_one_check_and_reasons_stay_on_the_admin_port() {
+    let redis = TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let fleet = TestFleet::start(FleetOptions {
+        redis_url: Some(format!("redis://{}", redis.address())),
+        worker: false,
+        admin_listen: true,
+        ..FleetOptions::default().with_storage()
+    })
+    .await;
+    let api = fleet.client.address();
+    let admin = fleet.admin.as_ref().expect("an admin port").address();
+    let public_metrics = reqwest::get(format!("http://{api}/metrics")).await.unwrap();
+    assert_eq!(
+        public_metrics.status(),
+        StatusCode::NOT_FOUND,
+        "metrics moved to the admin port"
+    );
+    wait_for(api, "/readyz", StatusCode::OK).await;
+
+    // 200 unauthenticated callers at once: every one answered, by one or two checks (two
+    // if the result went stale mid-flood), not one check (four billed calls) each.
+    let before = readiness_checks(admin).await;
+    let answers = futures_util::future::join_all((0..200).map(|_| probe(api, "/readyz"))).await;
+    assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK));
+    let checks = readiness_checks(admin).await - before;
+    assert!(checks <= 2, "{checks} checks for 200 calls");
+
+    redis.cut();
+    let public = wait_for(api, "/readyz", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(
+        public["dependencies"]["redis"], "unhealthy: unavailable",
+        "{public}"
+    );
+    let detailed = wait_for(admin, "/readyz", StatusCode::SERVICE_UNAVAILABLE).await;
+    let reason = detailed["dependencies"]["redis"].as_str().unwrap();
+    assert!(
+        reason.starts_with("unhealthy: ") && reason != "unhealthy: unavailable",
+        "the admin port says why: {detailed}"
+    );
+    let text = public.to_string();
+    for private in [
+        fleet.namespace.as_str(),
+        &services::s3_settings().bucket,
+        "127.0.0.1",
+    ] {
+        assert!(
+            !text.contains(private),
+            "the public report names {private}: {text}"
+        );
+    }
+    redis.restore();
+    fleet.stop().await;
+}

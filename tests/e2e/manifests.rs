@@ -170,6 +170,26 @@ fn the_api_serves_on_the_port_its_probes_and_service_use() {
         container_port(container, target, "the Service"),
         listen_port
     );
+    // Metrics and readiness reasons stay off the Service: only the admin port has them,
+    // and the scrape annotation points there.
+    let admin = settings
+        .api
+        .admin_listen
+        .as_deref()
+        .expect("api.admin_listen is set in the pod");
+    let admin_port = port_of_address(admin);
+    assert_ne!(admin_port, listen_port);
+    for port in list(&service["spec"]["ports"]) {
+        assert_ne!(
+            container_port(container, &port["targetPort"], "the Service"),
+            admin_port
+        );
+    }
+    let scraped = text(
+        &api["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"],
+        "the scrape port",
+    );
+    assert_eq!(scraped.parse::<i64>().ok(), Some(admin_port));
     assert_eq!(
         list(&container["args"])
             .iter()

@@ -71,6 +71,9 @@ pub struct FleetOptions {
     pub namespace_name: Option<String>,
     /// `amqp.consumer_timeout_secs`: must match the broker's `consumer_timeout`.
     pub consumer_timeout_secs: u64,
+    /// Serve `/metrics` and the detailed `/readyz` on a port of their own
+    /// (`api.admin_listen`), reached through [`TestFleet::admin`].
+    pub admin_listen: bool,
     /// `egress.allow`. By default the test receivers' address, [`RECEIVER_HOST`]: they
     /// never listen on 127.0.0.1, which the services use and the policy always refuses.
     pub egress_allow: Vec<String>,
@@ -111,6 +114,7 @@ impl Default for FleetOptions {
             publish_grace_ms: 300,
             namespace_name: None,
             consumer_timeout_secs: 1800,
+            admin_listen: false,
             egress_allow: vec![RECEIVER_HOST.to_owned()],
         }
     }
@@ -155,6 +159,8 @@ pub struct TestFleet {
     /// Where the in-process worker serves its health endpoints
     /// ([`FleetOptions::worker_health`]).
     pub worker_health: Option<std::net::SocketAddr>,
+    /// A client without a key for the API's admin endpoints ([`FleetOptions::admin_listen`]).
+    pub admin: Option<ApiClient>,
 }
 
 /// Whether a registry may hold `test.abort`, which ends the process that runs it.
@@ -262,6 +268,7 @@ key_cache_secs = 1
 max_batch = {max_batch}
 submit_rate_per_sec = {submit_rate}
 submit_burst = {submit_burst}
+{admin_listen}
 [redis]
 url = "{redis_url}"
 timeout_ms = 300
@@ -301,6 +308,11 @@ allow = {egress_allow:?}
         submit_burst = options.submit_rate.map_or(1_000, |rate| rate.1),
         max_batch = options.submit_rate.map_or(1_000, |rate| rate.1),
         egress_allow = options.egress_allow,
+        admin_listen = if options.admin_listen {
+            "admin_listen = \"127.0.0.1:0\""
+        } else {
+            ""
+        },
         extra = options.extra_toml,
     )
 }
@@ -396,6 +408,9 @@ impl TestFleet {
         .await
         .expect("the API builds");
         let address = application.local_addr();
+        let admin = application
+            .admin_addr()
+            .map(|admin| ApiClient::new(admin, None));
         let stop = CancellationToken::new();
         let api = Running {
             task: tokio::spawn(application.run_until_stopped(stop.clone())),
@@ -422,6 +437,7 @@ impl TestFleet {
             worker: None,
             replicas: Vec::new(),
             worker_health: None,
+            admin,
         };
         if options.worker {
             fleet.start_worker(options.webhook_secret.as_deref()).await;

@@ -1,4 +1,5 @@
-//! The HTTP surface: routes, limits, and the fallback.
+//! The HTTP surface: routes, limits, and the fallback; and the operators' side
+//! (`api.admin_listen`): metrics and readiness with its reasons.
 
 mod dead;
 mod jobs;
@@ -12,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
 use engine_shared::QueueName;
-use engine_shared::health::{Readiness, check_dependencies, checked};
+use engine_shared::health::Readiness;
 use engine_shared::metrics::{CONTENT_TYPE, NamespaceLabels};
 use tower_http::trace::TraceLayer;
 
@@ -20,9 +21,15 @@ use crate::json_body::BodyLimit;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
+/// What `api.listen` serves: the job API, liveness, readiness without reasons, and
+/// `/metrics` too unless `api.admin_listen` is set.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.api.body_limit_bytes;
-    Router::new()
+    let mut router = Router::new();
+    if state.settings.api.admin_listen.is_none() {
+        router = router.route("/metrics", get(metrics_text));
+    }
+    router
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/batch", post(jobs::submit_batch))
         .route("/v1/jobs/redrive", post(dead::redrive))
@@ -34,10 +41,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/artifacts", get(objects::list_artifacts))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .layer(Extension(BodyLimit(limit)))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// What `api.admin_listen` serves, for operators and their scrapers only: `/metrics`, and
+/// `/readyz` with each failing dependency's reason.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(detailed_readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -48,23 +66,24 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// Readiness: PostgreSQL, RabbitMQ (every served vhost), Redis and storage (when
-/// configured), checked concurrently; 200 only when all answer.
+/// configured), checked concurrently at most every 2 s; 200 only when all answer. Failing
+/// dependencies say only `unavailable` here.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let readiness = check_dependencies(
-        &state.store,
-        &state.limiter,
-        state.objects.as_ref(),
-        checked(state.relay.ping_broker()),
-    )
-    .await;
-    readiness_response(&readiness)
+    let readiness = state.readiness.current(&state).await;
+    readiness_response(&readiness, readiness.to_public_json())
 }
 
-/// The report as JSON with its status.
-pub fn readiness_response(readiness: &Readiness) -> Response {
+/// Readiness with each failing dependency's reason (the admin listener's).
+async fn detailed_readyz(State(state): State<AppState>) -> Response {
+    let readiness = state.readiness.current(&state).await;
+    readiness_response(&readiness, readiness.to_json())
+}
+
+/// A readiness report as JSON with its status.
+fn readiness_response(readiness: &Readiness, report: serde_json::Value) -> Response {
     let status =
         StatusCode::from_u16(readiness.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    (status, Json(readiness.to_json())).into_response()
+    (status, Json(report)).into_response()
 }
 
 /// The queue gauges and the outbox backlog are read at most this often, by one scrape at a

@@ -315,7 +315,15 @@ impl Settings {
             consumer_timeout: Duration::from_secs(raw.amqp.consumer_timeout_secs),
             app_prefix: raw.app_prefix,
             log_format: raw.log_format,
-            api: raw.api,
+            api: ApiSettings {
+                // An empty ENGINE__API__ADMIN_LISTEN means not set.
+                admin_listen: raw
+                    .api
+                    .admin_listen
+                    .clone()
+                    .filter(|a| !a.trim().is_empty()),
+                ..raw.api
+            },
             worker: WorkerSettings {
                 concurrency: raw.worker.concurrency,
                 grace_period: Duration::from_secs(raw.worker.grace_period_secs),

@@ -30,6 +30,10 @@ pub struct ApiSettings {
     /// Jobs one API key may submit back to back before the rate applies.
     #[serde(default = "default_submit_burst")]
     pub submit_burst: u32,
+    /// A second address for operators: `/metrics` and `/readyz` with reasons move here
+    /// (off the public port). `None`: the public port serves `/metrics` too.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
 }
 
 fn default_submit_burst() -> u32 {
@@ -45,6 +49,7 @@ impl Default for ApiSettings {
             key_cache_secs: default_key_cache_secs(),
             submit_rate_per_sec: 0,
             submit_burst: default_submit_burst(),
+            admin_listen: None,
         }
     }
 }
