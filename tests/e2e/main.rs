@@ -4,6 +4,7 @@
 mod archive;
 mod artifacts;
 mod backup;
+mod bad_submissions;
 mod cancel;
 mod command_line;
 mod connections;
