@@ -28,6 +28,7 @@ mod retries;
 mod scheduler;
 mod storage;
 mod store_races;
+mod store_submit;
 mod tls;
 mod trace;
 mod webhook;
