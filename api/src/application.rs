@@ -51,7 +51,7 @@ impl Application {
         let submit_store = store.clone();
         let submissions = GroupCommit::spawn("submit", SUBMIT_BATCH, 2, move |jobs| {
             let store = submit_store.clone();
-            async move { store.insert_jobs(&jobs).await }
+            async move { store.insert_jobs_each(&jobs).await }
         });
         let objects = settings.storage.as_ref().map(ObjectStore::new);
         let listener = TcpListener::bind(&settings.api.listen)

@@ -3,7 +3,8 @@
 //! Module map:
 //! - [`application`]: build the service from settings, run it until stopped.
 //! - [`routes`]: the endpoints; [`submission`]: what a submitted job must look like;
-//!   [`readiness`]: `/readyz` answered from one recent check.
+//!   [`readiness`]: `/readyz` answered from one recent check;
+//!   [`nul_character`]: the one character PostgreSQL cannot store.
 //! - [`auth`]: bearer API key → namespace; [`submission_limit`]: per-key 429s;
 //!   [`problem`]: RFC 9457 errors;
 //!   [`json_body`]: JSON bodies with field-level errors.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod blocked;
 pub mod cli;
 pub mod json_body;
+pub mod nul_character;
 pub mod problem;
 pub mod progress;
 pub mod readiness;

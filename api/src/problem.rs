@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use engine_shared::group_commit::GroupCommitError;
+use engine_shared::store::{NotStored, Refused};
 
 /// One field-level defect in a request.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -34,6 +35,12 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("the request is not valid")]
     Invalid(Vec<FieldError>),
+    /// Validation let through a job PostgreSQL refused for its data (a missed check).
+    #[error("the database refused to store {what}: {refused}")]
+    Unstorable {
+        what: &'static str,
+        refused: Refused,
+    },
     #[error("the state database is unreachable; retry shortly")]
     Unavailable,
     #[error(
@@ -84,6 +91,18 @@ impl ApiError {
         }
     }
 
+    /// Classifies an error inserting a batch of jobs (all or none): as [`Self::from_store`],
+    /// but a job refused for its data is the request's fault (422), not the server's.
+    pub fn from_insert(error: anyhow::Error) -> Self {
+        match Refused::in_chain(&error) {
+            Some(refused) => Self::Unstorable {
+                what: "a job of this batch, so none was stored",
+                refused,
+            },
+            None => Self::from_store(error),
+        }
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             Self::MalformedJson(_) => (
@@ -114,6 +133,11 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "/problems/invalid-request",
                 "Invalid request",
+            ),
+            Self::Unstorable { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/unstorable",
+                "Unstorable job",
             ),
             Self::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -150,6 +174,21 @@ impl From<GroupCommitError> for ApiError {
             Self::Unavailable
         } else {
             Self::Internal(error.into())
+        }
+    }
+}
+
+impl From<NotStored> for ApiError {
+    fn from(error: NotStored) -> Self {
+        match error {
+            NotStored::Refused(refused) => Self::Unstorable {
+                what: "this job",
+                refused,
+            },
+            NotStored::Failed {
+                unavailable: true, ..
+            } => Self::Unavailable,
+            failed @ NotStored::Failed { .. } => Self::Internal(failed.into()),
         }
     }
 }
@@ -207,5 +246,26 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_the_database_refused_is_422_and_a_failed_split_is_a_server_fault() {
+        let refused = NotStored::Refused(Refused {
+            code: "22P05".into(),
+            message: "unsupported Unicode escape sequence".into(),
+        });
+        let failed = |unavailable| NotStored::Failed {
+            message: "connection reset".into(),
+            unavailable,
+        };
+        let status = |error: NotStored| ApiError::from(error).into_response().status();
+        assert_eq!(status(refused), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(status(failed(true)), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(failed(false)), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -7,7 +7,7 @@ use engine_shared::config::Settings;
 use engine_shared::group_commit::GroupCommit;
 use engine_shared::limits::Limiter;
 use engine_shared::storage::ObjectStore;
-use engine_shared::store::{NewJob, Store, Submitted};
+use engine_shared::store::{NewJob, NotStored, Store, Submitted};
 
 use crate::auth::KeyCache;
 use crate::readiness::ReadinessCache;
@@ -22,8 +22,9 @@ pub struct AppState {
     pub keys: Arc<KeyCache>,
     /// Publishes accepted jobs right after commit, and sweeps what it could not.
     pub relay: Arc<Relay>,
-    /// Group-commits single submissions from concurrent requests into one INSERT.
-    pub submissions: GroupCommit<NewJob, Submitted>,
+    /// Group-commits single submissions from concurrent requests into one INSERT; a job
+    /// the database refuses fails alone ([`Store::insert_jobs_each`]).
+    pub submissions: GroupCommit<NewJob, Result<Submitted, NotStored>>,
     /// Per-API-key submission limits (Redis), when configured.
     pub limiter: Arc<Limiter>,
     /// Object storage (logs, artifacts); `None` when no bucket is configured.

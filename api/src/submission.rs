@@ -38,7 +38,7 @@ pub struct SubmitJob {
 }
 
 /// `backoff` in a submission: seconds, `min` after the first failure, doubling up to `max`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffRequest {
     pub min: f64,
@@ -47,6 +47,57 @@ pub struct BackoffRequest {
 
 /// The longest backoff a job may ask for (it is stored in milliseconds as `integer`).
 const MAX_BACKOFF_SECS: f64 = 7.0 * 86_400.0;
+/// The shortest: it is stored in whole milliseconds (truncated), which must be above 0
+/// (`CHECK (backoff_min_ms > 0)`).
+const MIN_BACKOFF_SECS: f64 = 0.001;
+
+impl BackoffRequest {
+    fn to_backoff(self) -> Result<Backoff, String> {
+        let Self { min, max } = self;
+        // Compared in whole milliseconds, as stored, so no rounding of the float can slip
+        // a 0 ms minimum through.
+        let millis = |secs: f64| (secs * 1000.0).floor();
+        if millis(min) >= 1.0 && min <= max && max <= MAX_BACKOFF_SECS {
+            Ok(Backoff {
+                min: Duration::from_millis(millis(min) as u64),
+                max: Duration::from_millis(millis(max) as u64),
+            })
+        } else {
+            Err(format!(
+                "need {MIN_BACKOFF_SECS} <= min <= max <= {MAX_BACKOFF_SECS} seconds \
+                 (it is kept in whole milliseconds)"
+            ))
+        }
+    }
+}
+
+/// The earliest `run_at` accepted: well inside `timestamptz` (which starts in 4713 BC,
+/// where chrono goes further back), and no later than any real schedule's past.
+const EARLIEST_RUN_AT: &str = "0001-01-01T00:00:00Z";
+
+/// When a job may start, from `run_at` or `delay`; `Err` names the field at fault.
+fn run_at_of(
+    run_at: Option<DateTime<Utc>>,
+    delay: Option<f64>,
+) -> Result<Option<DateTime<Utc>>, (&'static str, String)> {
+    let earliest: DateTime<Utc> = EARLIEST_RUN_AT.parse().expect("a valid RFC 3339 instant");
+    match (run_at, delay) {
+        (Some(_), Some(_)) => Err(("delay", "give either run_at or delay, not both".into())),
+        (Some(at), None) if at >= earliest => Ok(Some(at)),
+        (Some(_), None) => Err((
+            "run_at",
+            format!("must be no earlier than {EARLIEST_RUN_AT}"),
+        )),
+        (None, Some(delay)) if (0.0..=MAX_DELAY_SECS).contains(&delay) => Ok(Some(
+            Utc::now() + chrono::Duration::milliseconds((delay * 1000.0) as i64),
+        )),
+        (None, Some(_)) => Err((
+            "delay",
+            format!("must be between 0 and {MAX_DELAY_SECS} seconds"),
+        )),
+        (None, None) => Ok(None),
+    }
+}
 
 /// `POST /v1/jobs/batch` body.
 #[derive(Debug, Deserialize)]
@@ -125,6 +176,11 @@ impl SubmitJob {
             };
             fail(&field, error.message);
         }
+        // Valid JSON `jsonb` refuses; checked apart from the kind's type, which may not look
+        // inside every value.
+        if let Some(error) = crate::nul_character::first_nul(&self.args, "args") {
+            fail(&error.field, error.message);
+        }
         let defaults = kind.as_ref().and_then(|kind| registry.defaults(kind));
 
         let queue = match self.queue.as_deref().map(QueueName::parse) {
@@ -147,24 +203,10 @@ impl SubmitJob {
         if priority > 9 {
             fail("priority", "must be between 0 and 9".into());
         }
-        let run_at = match (self.run_at, self.delay) {
-            (Some(_), Some(_)) => {
-                fail("delay", "give either run_at or delay, not both".into());
-                None
-            }
-            (Some(at), None) => Some(at),
-            (None, Some(delay)) if (0.0..=MAX_DELAY_SECS).contains(&delay) => {
-                Some(Utc::now() + chrono::Duration::milliseconds((delay * 1000.0) as i64))
-            }
-            (None, Some(_)) => {
-                fail(
-                    "delay",
-                    format!("must be between 0 and {MAX_DELAY_SECS} seconds"),
-                );
-                None
-            }
-            (None, None) => None,
-        };
+        let run_at = run_at_of(self.run_at, self.delay).unwrap_or_else(|(field, message)| {
+            fail(field, message);
+            None
+        });
         let max_attempts = self
             .max_attempts
             .or(defaults.as_ref().map(|d| d.max_attempts))
@@ -200,21 +242,13 @@ impl SubmitJob {
         };
         let backoff = match &self.backoff {
             None => defaults.as_ref().and_then(|d| d.backoff),
-            Some(BackoffRequest { min, max })
-                if *min > 0.0 && min <= max && *max <= MAX_BACKOFF_SECS =>
-            {
-                Some(Backoff {
-                    min: Duration::from_secs_f64(*min),
-                    max: Duration::from_secs_f64(*max),
-                })
-            }
-            Some(_) => {
-                fail(
-                    "backoff",
-                    format!("need 0 < min <= max <= {MAX_BACKOFF_SECS} seconds"),
-                );
-                None
-            }
+            Some(request) => request.to_backoff().map_or_else(
+                |message| {
+                    fail("backoff", message);
+                    None
+                },
+                Some,
+            ),
         };
         let idempotency_key = match self.idempotency_key.as_deref().map(IdempotencyKey::parse) {
             None => None,
@@ -243,5 +277,31 @@ impl SubmitJob {
             }),
             _ => Err(errors),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backoff_is_whole_milliseconds_and_at_least_one() {
+        let backoff = |min, max| BackoffRequest { min, max }.to_backoff();
+        assert!(backoff(0.0001, 1.0).is_err(), "0.1 ms would be stored as 0");
+        assert!(backoff(0.0, 1.0).is_err());
+        assert!(backoff(2.0, 1.0).is_err());
+        assert!(backoff(1.0, MAX_BACKOFF_SECS + 1.0).is_err());
+        let shortest = backoff(MIN_BACKOFF_SECS, 0.0015).unwrap();
+        assert_eq!(shortest.min, Duration::from_millis(1));
+        assert_eq!(shortest.max, Duration::from_millis(1));
+    }
+
+    #[test]
+    fn run_at_before_year_one_is_refused_naming_run_at() {
+        let ancient: DateTime<Utc> = serde_json::from_str("\"-5000-01-01T00:00:00Z\"").unwrap();
+        assert_eq!(run_at_of(Some(ancient), None).unwrap_err().0, "run_at");
+        let soon = Utc::now();
+        assert_eq!(run_at_of(Some(soon), None).unwrap(), Some(soon));
+        assert_eq!(run_at_of(Some(soon), Some(1.0)).unwrap_err().0, "delay");
     }
 }

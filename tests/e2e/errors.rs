@@ -166,7 +166,7 @@ async fn invalid_fields_are_422_naming_the_field() {
         (
             json!({ "kind": "noop", "backoff": { "min": 10, "max": 1 } }),
             "backoff",
-            "need 0 < min <= max",
+            "need 0.001 <= min <= max",
         ),
     ];
     for (job, field, message) in cases {

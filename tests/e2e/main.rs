@@ -4,6 +4,7 @@
 mod archive;
 mod artifacts;
 mod backup;
+mod bad_submissions;
 mod cancel;
 mod command_line;
 mod connections;
@@ -28,6 +29,7 @@ mod retries;
 mod scheduler;
 mod storage;
 mod store_races;
+mod store_submit;
 mod tls;
 mod trace;
 mod webhook;

@@ -111,7 +111,7 @@ pub async fn submit(
         .map_err(ApiError::Invalid)?;
     job.traceparent = Some(trace.clone());
     submission_limit::check(&state, &caller, 1).await?;
-    let outcome = state.submissions.submit(job.clone()).await?;
+    let outcome = state.submissions.submit(job.clone()).await??;
     publish_created(
         &state,
         &caller.namespace,
@@ -169,7 +169,7 @@ pub async fn submit_batch(
         .store
         .insert_jobs(&jobs)
         .await
-        .map_err(ApiError::from_store)?;
+        .map_err(ApiError::from_insert)?;
     publish_created(&state, &caller.namespace, &jobs, &outcomes).await;
     let any_created = outcomes
         .iter()
