@@ -10,6 +10,7 @@ mod connections;
 mod crash_windows;
 mod dead;
 mod errors;
+mod forgery;
 mod health;
 mod isolation;
 mod job_logs;

@@ -225,7 +225,7 @@ async fn run_admitted(
     };
     // Registered before the start, so a cancel broadcast sent right after the start
     // commits finds this delivery even before its handler runs.
-    let registration = shared.in_flight.register(id);
+    let registration = shared.in_flight.register(&context.spec.name, id);
     // A failed write may still have committed, its answer lost with the connection: the row
     // then reads `running`, moved there by this very delivery, and a plain retry would skip
     // it as someone else's and ack a job nobody runs. So a retry asks as a redelivery does,
