@@ -76,6 +76,8 @@ pub struct Metrics {
     /// From submission (the id's time) to the first attempt's start.
     pub start_latency: Family<JobLabels, Histogram, Buckets>,
     pub limit_deferrals: Family<JobLabels, Counter>,
+    /// Job messages refused because their body disagrees with their job's row.
+    pub forged_messages: Family<NamespaceLabels, Counter>,
     pub queue_messages: Family<QueueLabels, Gauge>,
     pub queue_consumers: Family<QueueLabels, Gauge>,
     pub outbox_backlog: Family<NamespaceLabels, Gauge>,
@@ -101,6 +103,7 @@ impl Metrics {
             duration: buckets(),
             start_latency: buckets(),
             limit_deferrals: Family::default(),
+            forged_messages: Family::default(),
             queue_messages: Family::default(),
             queue_consumers: Family::default(),
             outbox_backlog: Family::default(),
@@ -155,6 +158,11 @@ impl Metrics {
             "tl_limit_deferrals",
             "Jobs parked because a rate or concurrency limit held them back",
             metrics.limit_deferrals.clone(),
+        );
+        registry.register(
+            "tl_forged_messages",
+            "Job messages refused unrun: their kind, queue or args disagree with the job's row",
+            metrics.forged_messages.clone(),
         );
         registry.register(
             "tl_queue_messages",

@@ -101,11 +101,19 @@ async fn a_job_whose_args_no_longer_fit_its_kind_is_dead_at_once() {
         .id();
 
     assert_worker_still_runs_jobs(&fleet).await; // the topology is declared
-    let forged = json!({
-        "id": id, "kind": "test.flaky", "queue": "default", "args": { "fail_times": "many" }
-    });
+    // As a job submitted before its kind's args changed: its row (the truth) and its
+    // message hold args the new kind refuses. A message alone cannot do this: one that
+    // disagrees with its row is refused as forged (see `forgery`).
+    let old_args = json!({ "fail_times": "many" });
+    sqlx::query("UPDATE jobs SET args = $2 WHERE id = $1")
+        .bind(id.parse::<uuid::Uuid>().unwrap())
+        .bind(&old_args)
+        .execute(fleet.store.pool())
+        .await
+        .unwrap();
+    let message = json!({ "id": id, "kind": "test.flaky", "queue": "default", "args": old_args });
     broker
-        .publish_raw("default", forged.to_string().as_bytes())
+        .publish_raw("default", message.to_string().as_bytes())
         .await;
 
     let record = fleet

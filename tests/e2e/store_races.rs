@@ -55,13 +55,21 @@ async fn insert(fleet: &TestFleet, run_at: Option<chrono::DateTime<chrono::Utc>>
     id
 }
 
-async fn start(fleet: &TestFleet, id: JobId, redelivered: bool) -> StartOutcome {
-    let request = StartRequest {
+/// A start request whose message body is the one [`new_job`] would publish.
+fn request(fleet: &TestFleet, id: JobId, redelivered: bool) -> StartRequest {
+    StartRequest {
         namespace: fleet.namespace.clone(),
         id,
+        kind: Kind::parse("noop").unwrap(),
+        queue: QueueName::parse("default").unwrap(),
+        args: json!({}),
         redelivered,
-    };
-    fleet.store.start_jobs(&[request], LEASE).await.unwrap()[0]
+    }
+}
+
+async fn start(fleet: &TestFleet, id: JobId, redelivered: bool) -> StartOutcome {
+    let request = request(fleet, id, redelivered);
+    fleet.store.start_jobs(&[request], LEASE).await.unwrap()[0].clone()
 }
 
 async fn started(fleet: &TestFleet, id: JobId) -> StartedJob {
@@ -270,11 +278,7 @@ async fn a_lease_renewal_restores_a_start_postgresql_lost() {
 async fn the_same_job_twice_in_one_start_batch_starts_once() {
     let fleet = fleet().await;
     let id = insert(&fleet, None).await;
-    let request = StartRequest {
-        namespace: fleet.namespace.clone(),
-        id,
-        redelivered: false,
-    };
+    let request = request(&fleet, id, false);
 
     let outcomes = fleet
         .store
@@ -287,6 +291,33 @@ async fn the_same_job_twice_in_one_start_batch_starts_once() {
         .filter(|outcome| matches!(outcome, StartOutcome::Started(_)))
         .count();
     assert_eq!(started, 1, "{outcomes:?}");
+    assert_eq!(fleet.record(&id.to_string()).await.attempts, 1);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_forged_request_beside_its_jobs_real_one_in_a_start_batch_never_starts_it() {
+    let fleet = fleet().await;
+    let id = insert(&fleet, None).await;
+    let real = request(&fleet, id, false);
+    // First in the batch, and marked redelivered: it would be preferred if it agreed.
+    let forged = StartRequest {
+        args: json!({ "chosen": true }),
+        redelivered: true,
+        ..real.clone()
+    };
+
+    let outcomes = fleet
+        .store
+        .start_jobs(&[forged, real], LEASE)
+        .await
+        .unwrap();
+
+    assert_eq!(outcomes[0], StartOutcome::Mismatched, "{outcomes:?}");
+    let StartOutcome::Started(started) = &outcomes[1] else {
+        panic!("the real request did not start: {outcomes:?}");
+    };
+    assert_eq!((started.kind.as_str(), &started.args), ("noop", &json!({})));
     assert_eq!(fleet.record(&id.to_string()).await.attempts, 1);
     fleet.stop().await;
 }

@@ -34,12 +34,23 @@ impl VhostClient {
 
     /// Publishes `body` as-is to the work exchange for `queue` (persistent, confirmed).
     pub async fn publish_raw(&self, queue: &str, body: &[u8]) {
+        self.publish_to("jobs", queue, body).await;
+    }
+
+    /// Publishes `body` as-is on the vhost's cancel broadcast (`jobs.control`), as the API
+    /// does for a cancel request, or as anyone who can write to the vhost could.
+    pub async fn publish_control(&self, body: &[u8]) {
+        self.publish_to("jobs.control", "", body).await;
+    }
+
+    /// Publishes `body` to `exchange` with `routing_key` (persistent, confirmed).
+    async fn publish_to(&self, exchange: &str, routing_key: &str, body: &[u8]) {
         let channel = self.connection.create_channel().await.unwrap();
         channel.confirm_select(Default::default()).await.unwrap();
         let confirm = channel
             .basic_publish(
-                "jobs".into(),
-                queue.into(),
+                exchange.into(),
+                routing_key.into(),
                 BasicPublishOptions::default(),
                 body,
                 BasicProperties::default().with_delivery_mode(2),

@@ -158,7 +158,13 @@ impl NamespaceConsumer {
             .declare(&setup)
             .await
             .map_err(|e| anyhow::anyhow!("declaring the topology: {e}"))?;
-        control::listen(setup, self.in_flight.clone(), lost.clone()).await?;
+        control::listen(
+            setup,
+            self.spec.name.clone(),
+            self.in_flight.clone(),
+            lost.clone(),
+        )
+        .await?;
 
         let mut consumers = Vec::with_capacity(self.lanes.len());
         for (queue, lane) in &self.lanes {

@@ -1,7 +1,9 @@
 //! Cancel requests: the API broadcasts `{"cancel": id}` on the vhost's `jobs.control`
 //! fanout; each worker reads them from its own exclusive queue and stops that job if it
 //! runs it. The request is also durable in PostgreSQL, so a missed broadcast only delays
-//! the stop until the attempt ends (its outcome is then recorded as `cancelled`).
+//! the stop until the attempt ends (its outcome is then recorded as `cancelled`). A
+//! broadcast reaches only the jobs of the namespace whose vhost carried it: the message
+//! names a job id and nothing else, and anyone who can publish there could have sent it.
 
 use std::sync::Arc;
 
@@ -12,8 +14,8 @@ use lapin::types::FieldTable;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use engine_shared::JobId;
 use engine_shared::broker::topology::CONTROL_EXCHANGE;
+use engine_shared::{JobId, Namespace};
 
 use crate::in_flight::InFlight;
 
@@ -22,12 +24,13 @@ struct ControlMessage {
     cancel: JobId,
 }
 
-/// Declares this worker's control queue and consumes it until the channel closes.
-/// Consumes cancel broadcasts on `channel`; fires `lost` when that consumer ends, so the
-/// connection is re-established like any other consumer's (a silently dead control
-/// consumer would stop cancellations without anyone noticing).
+/// Declares this worker's control queue on `namespace`'s vhost (`channel`) and consumes it
+/// until the channel closes; fires `lost` when that consumer ends, so the connection is
+/// re-established like any other consumer's (a silently dead control consumer would stop
+/// cancellations without anyone noticing).
 pub async fn listen(
     channel: Channel,
+    namespace: Namespace,
     in_flight: Arc<InFlight>,
     lost: CancellationToken,
 ) -> lapin::Result<()> {
@@ -66,7 +69,7 @@ pub async fn listen(
         while let Some(Ok(delivery)) = consumer.next().await {
             match serde_json::from_slice::<ControlMessage>(&delivery.data) {
                 Ok(message) => {
-                    if in_flight.cancel(message.cancel) {
+                    if in_flight.cancel(&namespace, message.cancel) {
                         tracing::info!(job = %message.cancel, "cancel requested; handler signalled");
                     }
                 }

@@ -1,5 +1,6 @@
 //! One delivery's way: decode → screen for poison (unknown kind, args that no longer fit,
-//! too many deliveries) → move to `running` → run the handler under a timeout, a
+//! too many deliveries) → move to `running` (only if the message's kind, queue and args are
+//! its row's; the handler then runs the row's) → run the handler under a timeout, a
 //! cancellation token and a panic guard → record the outcome → ack, retry (delay tier or
 //! scheduler) or dead-letter. The ack is sent only after the outcome is committed; a
 //! message that can never run goes to the dead queue with its reason, never back to its
@@ -17,7 +18,7 @@ use engine_shared::broker::Publisher;
 use engine_shared::envelope::Envelope;
 use engine_shared::group_commit::GroupCommitError;
 use engine_shared::limits::Limiter;
-use engine_shared::metrics::{JobLabels, Metrics, metrics};
+use engine_shared::metrics::{JobLabels, Metrics, NamespaceLabels, metrics};
 use engine_shared::namespace::NamespaceSpec;
 use engine_shared::retry::{RetryPolicy, RetryRoute};
 use engine_shared::storage::{LogRun, ObjectStore};
@@ -218,14 +219,18 @@ async fn run_admitted(
     budget: Budget,
 ) {
     let id = envelope.id;
+    // The start checks the message's body against the row: only an agreeing one starts.
     let request = StartRequest {
         namespace: context.spec.name.clone(),
         id,
+        kind: envelope.kind.clone(),
+        queue: envelope.queue.clone(),
+        args: envelope.args.clone(),
         redelivered: redelivery::redelivered(delivery),
     };
     // Registered before the start, so a cancel broadcast sent right after the start
     // commits finds this delivery even before its handler runs.
-    let registration = shared.in_flight.register(id);
+    let registration = shared.in_flight.register(&context.spec.name, id);
     // A failed write may still have committed, its answer lost with the connection: the row
     // then reads `running`, moved there by this very delivery, and a plain retry would skip
     // it as someone else's and ack a job nobody runs. So a retry asks as a redelivery does,
@@ -254,6 +259,10 @@ async fn run_admitted(
         Ok(StartOutcome::Unknown) => {
             let reason = format!("no job {id} in namespace {}", context.spec.name);
             dead_letter(context, delivery, Some(id), &reason).await;
+            return;
+        }
+        Ok(StartOutcome::Mismatched) => {
+            refuse_forged(context, delivery, id).await;
             return;
         }
         // PostgreSQL stayed unreachable. One of the tries may still have committed, its
@@ -296,7 +305,7 @@ async fn run_admitted(
             "attempt {}/{} of {} started on worker {} (queue {}, trace {})",
             started.attempt,
             started.max_attempts,
-            envelope.kind.as_str(),
+            started.kind.as_str(),
             shared.worker_id,
             envelope.queue.as_str(),
             envelope
@@ -575,7 +584,13 @@ async fn bury(
     let id = envelope.id;
     match shared
         .store
-        .bury(&context.spec.name, id, kind, reason, &shared.worker_id)
+        .bury(
+            &context.spec.name,
+            envelope,
+            kind,
+            reason,
+            &shared.worker_id,
+        )
         .await
     {
         Ok(Burial::NotBuried(status)) if !status.is_final() => return false,
@@ -597,12 +612,33 @@ async fn bury(
             );
             dead_letter(context, delivery, Some(id), &reason).await;
         }
+        Ok(Burial::Mismatched) => refuse_forged(context, delivery, id).await,
         Err(error) => {
             tracing::warn!(job = %id, error = format!("{error:#}"), "could not bury the job; returning it");
             give_back(context, delivery, envelope, 0).await;
         }
     }
     true
+}
+
+/// Refuses a message whose body disagrees with its job's row: anyone who can publish to
+/// the vhost could have written it, with chosen args under a real job's id. It is not run
+/// and the row is not touched (the job's own message still runs it); it is counted, and
+/// parked in the dead queue so it cannot loop, with a reason that names no value (args may
+/// hold secrets).
+async fn refuse_forged(context: &NamespaceContext, delivery: &Delivery, id: JobId) {
+    metrics()
+        .forged_messages
+        .get_or_create(&NamespaceLabels {
+            namespace: context.spec.name.as_str().to_owned(),
+        })
+        .inc();
+    let reason = format!(
+        "forged message: its kind, queue or args disagree with job {id} in namespace {}; \
+         not run, the job is untouched",
+        context.spec.name
+    );
+    dead_letter(context, delivery, Some(id), &reason).await;
 }
 
 /// Parks the delivery in `jobs.dead` with `reason` in its headers, then acks it. If that
@@ -694,15 +730,16 @@ async fn run_handler(
         artifacts: Artifacts::new(id, spec.clone(), shared.objects.clone()),
         traceparent: envelope.traceparent.clone(),
     };
+    // The row's kind and args, which the start returned: never the message's.
     let Some(handler) = shared
         .registry
-        .run(&envelope.kind, context, envelope.args.clone())
+        .run(&started.kind, context, started.args.clone())
     else {
         return HandlerOutcome::Failed(
             ErrorKind::Poison,
             format!(
                 "no handler for kind {:?} in this worker",
-                envelope.kind.as_str()
+                started.kind.as_str()
             ),
         );
     };

@@ -5,19 +5,24 @@
 //! A delivery registers before it asks PostgreSQL to start its job, so a cancel broadcast
 //! that arrives between the start's commit and the handler's first poll is not missed.
 //! Entries are per delivery, not per job: a duplicate delivery of a job this process runs
-//! registers and leaves without touching the running one's entry.
+//! registers and leaves without touching the running one's entry. Each entry remembers the
+//! namespace whose vhost its delivery came from, and a cancel broadcast stops only entries
+//! of the namespace it was broadcast in: anyone who can publish to one namespace's vhost
+//! can name any job id there, and must not stop another namespace's jobs.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use engine_shared::JobId;
 use engine_shared::store::RunningAttempt;
+use engine_shared::{JobId, Namespace};
 use tokio_util::sync::CancellationToken;
 
 /// One delivery's entry.
 struct Entry {
     serial: u64,
+    /// Where its delivery came from: only that namespace's cancel broadcast reaches it.
+    namespace: Namespace,
     /// `Some` once its job started here.
     token: Option<i64>,
     cancellation: CancellationToken,
@@ -39,12 +44,14 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// Registers a delivery of job `id` that is about to ask to start it.
-    pub fn register(&self, id: JobId) -> Registration {
+    /// Registers a delivery of job `id`, received from `namespace`'s vhost, that is about
+    /// to ask to start it.
+    pub fn register(&self, namespace: &Namespace, id: JobId) -> Registration {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
         let cancellation = CancellationToken::new();
         self.lock().entry(id).or_default().push(Entry {
             serial,
+            namespace: namespace.clone(),
             token: None,
             cancellation: cancellation.clone(),
         });
@@ -79,15 +86,21 @@ impl InFlight {
         }
     }
 
-    /// Asks every delivery of job `id` here to stop; returns whether there was one.
-    pub fn cancel(&self, id: JobId) -> bool {
-        match self.lock().get(&id) {
-            Some(entries) => {
-                entries.iter().for_each(|entry| entry.cancellation.cancel());
-                true
-            }
-            None => false,
+    /// Asks every delivery of job `id` from `namespace` here to stop; returns whether there
+    /// was one. A delivery from another namespace is left alone, whatever its id.
+    pub fn cancel(&self, namespace: &Namespace, id: JobId) -> bool {
+        let jobs = self.lock();
+        let matching = jobs
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry.namespace == *namespace);
+        let mut found = false;
+        for entry in matching {
+            entry.cancellation.cancel();
+            found = true;
         }
+        found
     }
 
     /// Asks exactly this attempt to stop (a later attempt of the same job is left alone).
@@ -136,13 +149,17 @@ impl InFlight {
 mod tests {
     use super::*;
 
+    fn namespace(name: &str) -> Namespace {
+        Namespace::parse(name).unwrap()
+    }
+
     #[test]
     fn a_duplicate_delivery_leaves_the_running_attempt_registered() {
         let in_flight = InFlight::default();
         let id = JobId::new();
-        let running = in_flight.register(id);
+        let running = in_flight.register(&namespace("a"), id);
         in_flight.started(&running, 7);
-        let duplicate = in_flight.register(id);
+        let duplicate = in_flight.register(&namespace("a"), id);
         in_flight.finish(&duplicate);
         assert_eq!(in_flight.running(), vec![RunningAttempt { id, token: 7 }]);
         assert!(!running.cancellation.is_cancelled());
@@ -152,16 +169,26 @@ mod tests {
     fn a_cancel_reaches_a_delivery_that_has_not_started_yet() {
         let in_flight = InFlight::default();
         let id = JobId::new();
-        let waiting = in_flight.register(id);
-        assert!(in_flight.cancel(id));
+        let waiting = in_flight.register(&namespace("a"), id);
+        assert!(in_flight.cancel(&namespace("a"), id));
         assert!(waiting.cancellation.is_cancelled());
+    }
+
+    #[test]
+    fn a_cancel_from_another_namespace_stops_nothing_whatever_its_id() {
+        let in_flight = InFlight::default();
+        let id = JobId::new();
+        let running = in_flight.register(&namespace("a"), id);
+        in_flight.started(&running, 3);
+        assert!(!in_flight.cancel(&namespace("b"), id));
+        assert!(!running.cancellation.is_cancelled());
     }
 
     #[test]
     fn a_lost_attempt_is_stopped_by_its_token_only() {
         let in_flight = InFlight::default();
         let id = JobId::new();
-        let current = in_flight.register(id);
+        let current = in_flight.register(&namespace("a"), id);
         in_flight.started(&current, 9);
         assert!(!in_flight.cancel_attempt(RunningAttempt { id, token: 8 }));
         assert!(!current.cancellation.is_cancelled());

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::outbox::{OUTBOX_COLUMNS, OutboxJob};
 use super::{Commit, Store, count_round_trips};
+use crate::envelope::Envelope;
 use crate::store::execution::ErrorKind;
 use crate::{JobId, JobStatus, Kind, Namespace, QueueName};
 
@@ -21,6 +22,9 @@ pub enum Burial {
     NotBuried(JobStatus),
     /// No such job in the namespace.
     Unknown,
+    /// The job exists, but its row's kind, queue or args are not the message's: the
+    /// message is forged (or corrupted) and says nothing about the job; nothing changed.
+    Mismatched,
 }
 
 /// One failed attempt (or poison/crash verdict) of a job, as `GET /v1/jobs/{id}` shows it.
@@ -59,15 +63,18 @@ const BACK_TO_WORK: &str = "status = 'queued', attempts = 0, redrives = redrives
 impl Store {
     /// Marks a job that cannot run (`Poison`: any waiting or running job) or keeps killing
     /// its workers (`Crashed`: only a job left `running`, i.e. one that started and never
-    /// finished) as `dead`, recording `reason` in its error history.
+    /// finished) as `dead`, recording `reason` in its error history. `message` is the
+    /// verdict's evidence: a job is buried only if its row agrees with the message's kind,
+    /// queue and args, so a forged message cannot kill a real job.
     pub async fn bury(
         &self,
         namespace: &Namespace,
-        id: JobId,
+        message: &Envelope,
         kind: ErrorKind,
         reason: &str,
         worker_id: &str,
     ) -> anyhow::Result<Burial> {
+        let id = message.id;
         count_round_trips(1);
         let buried: Option<Uuid> = self
             .one(Commit::Durable, async |statements| {
@@ -75,6 +82,7 @@ impl Store {
                     "WITH target AS (
                          SELECT id, attempts, redrives FROM jobs
                          WHERE id = $1 AND namespace = $2
+                           AND kind = $6 AND queue = $7 AND args = $8
                            AND (status = 'running'
                                 OR ($3 <> 'crashed' AND status IN ('scheduled', 'queued', 'retrying')))
                          FOR UPDATE),
@@ -90,6 +98,9 @@ impl Store {
                 .bind(kind.as_str())
                 .bind(reason)
                 .bind(worker_id)
+                .bind(message.kind.as_str())
+                .bind(message.queue.as_str())
+                .bind(&message.args)
                 .fetch_optional(statements)
                 .await
             })
@@ -98,8 +109,38 @@ impl Store {
         if buried.is_some() {
             return Ok(Burial::Buried);
         }
-        let current = self.job_status(namespace, id).await?;
-        Ok(current.map_or(Burial::Unknown, Burial::NotBuried))
+        self.why_not_buried(namespace, message).await
+    }
+
+    /// [`Burial::NotBuried`], [`Burial::Unknown`] or [`Burial::Mismatched`] for a message
+    /// whose job [`Store::bury`] did not bury.
+    async fn why_not_buried(
+        &self,
+        namespace: &Namespace,
+        message: &Envelope,
+    ) -> anyhow::Result<Burial> {
+        count_round_trips(1);
+        let row: Option<(JobStatus, bool)> = self
+            .one(Commit::Durable, async |statements| {
+                sqlx::query_as(
+                    "SELECT status, (kind = $3 AND queue = $4 AND args = $5) FROM jobs
+                     WHERE id = $1 AND namespace = $2",
+                )
+                .bind(message.id.as_uuid())
+                .bind(namespace.as_str())
+                .bind(message.kind.as_str())
+                .bind(message.queue.as_str())
+                .bind(&message.args)
+                .fetch_optional(statements)
+                .await
+            })
+            .await
+            .with_context(|| format!("reading job {} after a burial", message.id))?;
+        Ok(match row {
+            None => Burial::Unknown,
+            Some((_, false)) => Burial::Mismatched,
+            Some((status, true)) => Burial::NotBuried(status),
+        })
     }
 
     /// Every recorded error of job `id` (already checked to be in the caller's namespace),

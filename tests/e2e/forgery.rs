@@ -1,0 +1,199 @@
+//! Forged messages: whoever can write to a namespace's vhost can publish any body under a
+//! real job's id, but the worker runs what the job's row says or nothing, and a cancel
+//! broadcast reaches only the jobs of the namespace it was published in.
+
+use std::time::Duration;
+
+use engine_shared::JobStatus;
+use engine_shared::metrics::{NamespaceLabels, metrics};
+use engine_tests::{DeadLetter, FleetOptions, TestFleet, VhostClient, wait_until};
+use reqwest::StatusCode;
+use serde_json::json;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Waits for the next dead letter of `broker`'s vhost.
+async fn next_dead_letter(broker: &VhostClient) -> DeadLetter {
+    wait_until("a dead letter", DEADLINE, || async {
+        broker.take_dead_letters().await.into_iter().next()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_forged_message_for_a_queued_job_is_refused_and_the_job_runs_with_its_own_args() {
+    let mut fleet = TestFleet::start(FleetOptions {
+        worker: false,
+        ..FleetOptions::default()
+    })
+    .await;
+    let broker = VhostClient::connect(fleet.namespace.as_str()).await;
+    let id = fleet
+        .client
+        .submit(&json!({ "kind": "sleep", "args": { "ms": 7 } }))
+        .await
+        .id();
+    wait_until("the job to be published", DEADLINE, || async {
+        fleet.record(&id).await.published_at.map(|_| ())
+    })
+    .await;
+    // The real message, held out of the queue so that the forgery reaches the worker first.
+    let (real, _) = wait_until("the job's message", DEADLINE, || async {
+        broker.take_one("jobs.default", "traceparent").await
+    })
+    .await;
+    let forged = json!({ "id": id, "kind": "sleep", "queue": "default", "args": { "ms": 1 } });
+
+    broker
+        .publish_raw("default", forged.to_string().as_bytes())
+        .await;
+    fleet.start_worker(None).await;
+    broker.publish_raw("default", &real).await;
+
+    let record = fleet
+        .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
+        .await;
+    assert_eq!(
+        record.result,
+        Some(json!({ "slept_ms": 7 })),
+        "the job ran with its row's args, never the forged ones"
+    );
+    assert_eq!(record.attempts, 1, "the forgery used no attempt");
+    let letter = next_dead_letter(&broker).await;
+    assert_eq!(letter.body, forged.to_string().as_bytes());
+    let reason = letter.reason.expect("a reason header");
+    assert!(reason.starts_with("forged message"), "{reason}");
+    let labels = NamespaceLabels {
+        namespace: fleet.namespace.to_string(),
+    };
+    assert_eq!(metrics().forged_messages.get_or_create(&labels).get(), 1);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_naming_another_namespaces_job_touches_nothing() {
+    let fleet = TestFleet::start(FleetOptions {
+        namespaces: 2,
+        ..FleetOptions::default()
+    })
+    .await;
+    let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
+    let b_job = b
+        .client
+        .submit(&json!({ "kind": "noop", "delay": 3600 }))
+        .await
+        .id();
+    let a_witness = a.client.submit(&json!({ "kind": "noop" })).await.id();
+    wait_until("A's witness to succeed", DEADLINE, || async {
+        (fleet.record_in(&a.namespace, &a_witness).await?.status == JobStatus::Succeeded)
+            .then_some(())
+    })
+    .await; // A's topology is declared
+    let a_broker = VhostClient::connect(a.namespace.as_str()).await;
+    // B's job's exact body, published on A's vhost.
+    let message = json!({ "id": b_job, "kind": "noop", "queue": "default", "args": {} });
+
+    a_broker
+        .publish_raw("default", message.to_string().as_bytes())
+        .await;
+
+    let reason = next_dead_letter(&a_broker).await.reason.unwrap();
+    assert_eq!(
+        reason,
+        format!("no job {b_job} in namespace {}", a.namespace)
+    );
+    let record = fleet.record_in(&b.namespace, &b_job).await.unwrap();
+    assert_eq!(record.status, JobStatus::Scheduled, "B's job is untouched");
+    assert_eq!(record.attempts, 0);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_forged_message_whose_args_do_not_fit_cannot_bury_a_real_job() {
+    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let broker = VhostClient::connect(fleet.namespace.as_str()).await;
+    // A real job, held back by its delay so that only the forged message reaches a worker.
+    let id = fleet
+        .client
+        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 0 }, "delay": 3600 }))
+        .await
+        .id();
+    let witness = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    fleet
+        .wait_for_status(&witness, JobStatus::Succeeded, DEADLINE)
+        .await; // the topology is declared
+    let forged = json!({
+        "id": id, "kind": "test.flaky", "queue": "default", "args": { "fail_times": "many" }
+    });
+
+    broker
+        .publish_raw("default", forged.to_string().as_bytes())
+        .await;
+
+    let reason = next_dead_letter(&broker).await.reason.unwrap();
+    assert!(reason.starts_with("forged message"), "{reason}");
+    let record = fleet.record(&id).await;
+    assert_eq!(record.status, JobStatus::Scheduled, "the row is untouched");
+    assert_eq!(record.attempts, 0);
+    assert!(record.last_error.is_none(), "{:?}", record.last_error);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_forged_cancel_on_another_namespaces_vhost_does_not_cancel_a_running_job() {
+    // One worker serves both namespaces, so both cancel broadcasts reach the same process.
+    let fleet = TestFleet::start(FleetOptions {
+        namespaces: 2,
+        ..FleetOptions::default()
+    })
+    .await;
+    let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
+    let a_job = a
+        .client
+        .submit(&json!({ "kind": "sleep", "args": { "ms": 5000 }, "max_attempts": 1 }))
+        .await
+        .id();
+    let b_witness = b
+        .client
+        .submit(&json!({ "kind": "sleep", "args": { "ms": 60000 } }))
+        .await
+        .id();
+    for (namespace, id) in [(&a.namespace, &a_job), (&b.namespace, &b_witness)] {
+        wait_until("the job to run", DEADLINE, || async {
+            (fleet.record_in(namespace, id).await?.status == JobStatus::Running).then_some(())
+        })
+        .await;
+    }
+    let b_broker = VhostClient::connect(b.namespace.as_str()).await;
+
+    b_broker
+        .publish_control(json!({ "cancel": a_job }).to_string().as_bytes())
+        .await;
+    // B's own cancel follows the forged one on the same broadcast, to the same listener:
+    // once it has stopped B's job, the forged one has been read.
+    let requested = b.client.cancel(&b_witness).await;
+    assert_eq!(requested.status, StatusCode::ACCEPTED, "{requested:?}");
+    let witness = wait_until("B's job to be cancelled", DEADLINE, || async {
+        let record = fleet.record_in(&b.namespace, &b_witness).await?;
+        (record.status == JobStatus::Cancelled).then_some(record)
+    })
+    .await;
+
+    let a_record = wait_until("A's job to finish", DEADLINE, || async {
+        let record = fleet.record_in(&a.namespace, &a_job).await?;
+        record.status.is_final().then_some(record)
+    })
+    .await;
+    assert_eq!(
+        a_record.status,
+        JobStatus::Succeeded,
+        "A's job was not cancelled: {:?}",
+        a_record.last_error
+    );
+    assert_eq!(a_record.result, Some(json!({ "slept_ms": 5000 })));
+    assert!(
+        a_record.finished_at > witness.finished_at,
+        "A's job was still running when the forged cancel was read"
+    );
+    fleet.stop().await;
+}
