@@ -5,6 +5,7 @@
 //! - [`namespace`]: a tenant and what it owns (vhost, key prefix, object prefix, rows).
 //! - [`job_id`], [`kind`], [`queue`], [`status`], [`idempotency`]: typed job values.
 //! - [`envelope`]: the message a job travels in through RabbitMQ.
+//! - [`fair_share`]: a namespace's weight and cap on a worker shared with others.
 //! - [`egress`]: where jobs' outbound requests may connect (the SSRF policy).
 //! - [`retry`]: backoff with jitter and the delay tiers it rounds up to.
 //! - [`limits`]: rate and concurrency limits in Redis, per namespace key prefix.
@@ -24,6 +25,7 @@ pub mod broker;
 pub mod config;
 pub mod egress;
 pub mod envelope;
+pub mod fair_share;
 pub mod group_commit;
 pub mod health;
 pub mod idempotency;

@@ -5,6 +5,8 @@ use std::fmt;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::fair_share::FairShare;
+
 /// Why a string is not a valid namespace name.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
@@ -63,6 +65,8 @@ pub struct NamespaceSpec {
     pub bucket: Option<String>,
     /// Signs `webhook.deliver` requests so receivers can check they came from us.
     pub webhook_signing_secret: Option<SecretString>,
+    /// Its share of a worker process that serves other namespaces too.
+    pub share: FairShare,
 }
 
 #[cfg(test)]
@@ -77,6 +81,7 @@ impl NamespaceSpec {
             s3_prefix: format!("{name}/"),
             bucket: None,
             webhook_signing_secret: None,
+            share: FairShare::default(),
         }
     }
 }

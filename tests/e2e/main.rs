@@ -12,6 +12,7 @@ mod crash_windows;
 mod dead;
 mod egress;
 mod errors;
+mod fair_share;
 mod forgery;
 mod health;
 mod isolation;

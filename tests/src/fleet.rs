@@ -77,6 +77,9 @@ pub struct FleetOptions {
     /// `egress.allow`. By default the test receivers' address, [`RECEIVER_HOST`]: they
     /// never listen on 127.0.0.1, which the services use and the policy always refuses.
     pub egress_allow: Vec<String>,
+    /// Extra TOML lines for each namespace's own `[namespaces.<name>]` table, by index
+    /// (e.g. `weight = 2`); namespaces past the end get none.
+    pub namespace_toml: Vec<String>,
 }
 
 /// Where the tests' webhook receivers listen: loopback, but not the services' address.
@@ -116,6 +119,7 @@ impl Default for FleetOptions {
             consumer_timeout_secs: 1800,
             admin_listen: false,
             egress_allow: vec![RECEIVER_HOST.to_owned()],
+            namespace_toml: Vec::new(),
         }
     }
 }
@@ -231,7 +235,11 @@ fn settings_text(
     let first_namespace = namespaces.first().cloned().unwrap_or_default();
     let namespaces: String = namespaces
         .iter()
-        .map(|name| format!("[namespaces.{name}]\n{secret}\n"))
+        .enumerate()
+        .map(|(index, name)| {
+            let own = options.namespace_toml.get(index).map_or("", String::as_str);
+            format!("[namespaces.{name}]\n{secret}{own}\n")
+        })
         .collect();
     let storage = options
         .s3_endpoint

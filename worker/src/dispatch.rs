@@ -1,21 +1,27 @@
-//! Choosing the next delivery: a lane per (namespace, queue), picked by smooth weighted
-//! round-robin among lanes that have a delivery waiting, so `critical` gets most turns when
-//! everything is busy, and `bulk` still gets its share — no queue starves.
+//! Choosing the next delivery and giving it a slot, in two levels: [`Slots`] picks the
+//! namespace (by namespace weight, with caps and headroom, see [`crate::fair_share`]), then
+//! smooth weighted round-robin picks among that namespace's queues that have a delivery
+//! waiting, so `critical` gets most of a namespace's turns and `bulk` still gets its share.
+//! A delivery is handed out only with a [`Slot`]: the worker's concurrency is counted here,
+//! per namespace, and a slot given back wakes the dispatcher.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc};
+
+use engine_shared::fair_share::FairShare;
+
+use crate::fair_share::Slots;
 
 /// Which namespace a delivery came from (an index into the runtime's namespaces).
 pub type NamespaceIndex = usize;
 
-/// The receiving end of one lane.
+/// The receiving end of one lane (a queue of one namespace).
 struct Lane<T> {
     receiver: mpsc::Receiver<T>,
     weight: i64,
     /// Smooth weighted round-robin credit.
     credit: i64,
-    namespace: NamespaceIndex,
 }
 
 /// Feeds one lane: cloned into whichever consumer task currently reads that queue.
@@ -43,18 +49,49 @@ impl<T> LaneSender<T> {
     }
 }
 
-/// Every lane of the process.
+/// A running job's hold on one of the worker's slots; dropping it gives the slot back.
+pub struct Slot {
+    slots: Arc<Mutex<Slots>>,
+    ready: Arc<Notify>,
+    namespace: NamespaceIndex,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.slots
+            .lock()
+            .expect("the slot table is never poisoned")
+            .release(self.namespace);
+        self.ready.notify_one();
+    }
+}
+
+/// Every lane of the process, grouped by namespace, and the slots they share.
 pub struct Dispatcher<T> {
-    lanes: Vec<Lane<T>>,
+    /// Each namespace's lanes, by [`NamespaceIndex`].
+    namespaces: Vec<Vec<Lane<T>>>,
+    /// Shared with the [`Slot`]s handed out, which give theirs back from the job's task.
+    slots: Arc<Mutex<Slots>>,
     ready: Arc<Notify>,
 }
 
 impl<T> Dispatcher<T> {
-    pub fn new() -> Self {
+    /// A dispatcher handing out at most `concurrency` slots at once.
+    pub fn new(concurrency: usize) -> Self {
         Self {
-            lanes: Vec::new(),
+            namespaces: Vec::new(),
+            slots: Arc::new(Mutex::new(Slots::new(concurrency))),
             ready: Arc::new(Notify::new()),
         }
+    }
+
+    /// Adds a namespace with its share of the slots; returns its index.
+    pub fn add_namespace(&mut self, share: FairShare) -> NamespaceIndex {
+        self.namespaces.push(Vec::new());
+        self.slots
+            .lock()
+            .expect("the slot table is never poisoned")
+            .add(share)
     }
 
     /// Adds a lane of `weight` for `namespace`; `capacity` bounds what it buffers.
@@ -65,11 +102,10 @@ impl<T> Dispatcher<T> {
         capacity: usize,
     ) -> LaneSender<T> {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
-        self.lanes.push(Lane {
+        self.namespaces[namespace].push(Lane {
             receiver,
             weight: i64::from(weight.max(1)),
             credit: 0,
-            namespace,
         });
         LaneSender {
             sender,
@@ -77,8 +113,9 @@ impl<T> Dispatcher<T> {
         }
     }
 
-    /// Waits for the next item by weight.
-    pub async fn next(&mut self) -> (NamespaceIndex, T) {
+    /// Waits until a slot is free for a namespace with a delivery waiting, and returns
+    /// that delivery with its slot.
+    pub async fn next(&mut self) -> (NamespaceIndex, T, Slot) {
         let ready = self.ready.clone();
         loop {
             let notified = ready.notified();
@@ -89,10 +126,26 @@ impl<T> Dispatcher<T> {
         }
     }
 
-    fn pick(&mut self) -> Option<(NamespaceIndex, T)> {
+    fn pick(&mut self) -> Option<(NamespaceIndex, T, Slot)> {
+        let mut slots = self.slots.lock().expect("the slot table is never poisoned");
+        let namespaces = &self.namespaces;
+        let waiting = |index: usize| namespaces[index].iter().any(|l| !l.receiver.is_empty());
+        let namespace = slots.choose(waiting)?;
+        let item = Self::pick_lane(&mut self.namespaces[namespace])?;
+        slots.take(namespace);
+        let slot = Slot {
+            slots: self.slots.clone(),
+            ready: self.ready.clone(),
+            namespace,
+        };
+        Some((namespace, item, slot))
+    }
+
+    /// Smooth weighted round-robin among the lanes that have an item.
+    fn pick_lane(lanes: &mut [Lane<T>]) -> Option<T> {
         let mut total = 0;
         let mut best: Option<(usize, i64)> = None;
-        for (index, lane) in self.lanes.iter_mut().enumerate() {
+        for (index, lane) in lanes.iter_mut().enumerate() {
             if lane.receiver.is_empty() {
                 continue;
             }
@@ -103,18 +156,15 @@ impl<T> Dispatcher<T> {
             }
         }
         let (chosen, _) = best?;
-        let lane = &mut self.lanes[chosen];
+        let lane = &mut lanes[chosen];
         lane.credit -= total;
-        lane.receiver
-            .try_recv()
-            .ok()
-            .map(|item| (lane.namespace, item))
+        lane.receiver.try_recv().ok()
     }
 
     /// Everything still buffered (prefetched, never started), for returning to the broker.
     pub fn drain(&mut self) -> Vec<T> {
         let mut left = Vec::new();
-        for lane in &mut self.lanes {
+        for lane in self.namespaces.iter_mut().flatten() {
             lane.receiver.close();
             while let Ok(item) = lane.receiver.try_recv() {
                 left.push(item);
@@ -124,22 +174,17 @@ impl<T> Dispatcher<T> {
     }
 }
 
-impl<T> Default for Dispatcher<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn busy_lanes_get_turns_by_weight_and_none_starves() {
-        let mut dispatcher = Dispatcher::new();
+        let mut dispatcher = Dispatcher::new(1);
+        let namespace = dispatcher.add_namespace(FairShare::default());
         let lanes: Vec<_> = [(6, "critical"), (3, "default"), (1, "bulk")]
             .into_iter()
-            .map(|(weight, name)| (dispatcher.add_lane(0, weight, 100), name))
+            .map(|(weight, name)| (dispatcher.add_lane(namespace, weight, 100), name))
             .collect();
         for (lane, name) in &lanes {
             for _ in 0..100 {
@@ -148,7 +193,7 @@ mod tests {
         }
         let mut counts = std::collections::HashMap::new();
         for _ in 0..100 {
-            let (_, name) = dispatcher.next().await;
+            let (_, name, _slot) = dispatcher.next().await;
             *counts.entry(name).or_insert(0) += 1;
         }
         assert_eq!(counts["critical"], 60);
@@ -158,14 +203,43 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_lane_does_not_hold_back_a_busy_one() {
-        let mut dispatcher = Dispatcher::new();
-        let _critical = dispatcher.add_lane(0, 6, 10);
-        let bulk = dispatcher.add_lane(0, 1, 10);
+        let mut dispatcher = Dispatcher::new(1);
+        let namespace = dispatcher.add_namespace(FairShare::default());
+        let _critical = dispatcher.add_lane(namespace, 6, 10);
+        let bulk = dispatcher.add_lane(namespace, 1, 10);
         for i in 0..5 {
             bulk.send(i).await;
         }
         for expected in 0..5 {
             assert_eq!(dispatcher.next().await.1, expected);
         }
+    }
+
+    #[tokio::test]
+    async fn a_namespace_flooding_its_lanes_does_not_take_the_last_slot_from_another() {
+        let mut dispatcher = Dispatcher::new(4);
+        let (a, b) = (
+            dispatcher.add_namespace(FairShare::default()),
+            dispatcher.add_namespace(FairShare::default()),
+        );
+        let a_lane = dispatcher.add_lane(a, 1, 100);
+        let b_lane = dispatcher.add_lane(b, 1, 100);
+        for i in 0..100 {
+            a_lane.send(i).await;
+        }
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let (namespace, _, slot) = dispatcher.next().await;
+            assert_eq!(namespace, a);
+            held.push(slot);
+        }
+        b_lane.send(1_000).await;
+        let (namespace, item, b_slot) = dispatcher.next().await;
+        assert_eq!((namespace, item), (b, 1_000));
+        // Slots given back wake the dispatcher, and A borrows again.
+        drop(b_slot);
+        drop(held.pop());
+        let (namespace, _, _slot) = dispatcher.next().await;
+        assert_eq!(namespace, a);
     }
 }

@@ -4,7 +4,8 @@
 //! - [`runtime`]: build from settings, run until stopped, drain on SIGTERM.
 //! - [`consumer`]: per namespace, a connection to its vhost, one consumer per queue, and
 //!   reconnection with backoff.
-//! - [`dispatch`]: picks the next delivery across queues by weight, bounded by concurrency.
+//! - [`dispatch`]: picks the next delivery (namespace, then queue) and gives it a slot.
+//! - [`fair_share`]: which namespace a free slot goes to: weights, caps, headroom.
 //! - [`received`]: the broker's clock on a delivery (its consumer timeout), from receipt.
 //! - [`admission`]: rate and concurrency limits checked before a job starts (defer, not fail).
 //! - [`execution`]: one delivery's way: start → handler → final state → ack/retry/dead.
@@ -22,6 +23,7 @@ pub mod consumer;
 pub mod control;
 pub mod dispatch;
 pub mod execution;
+pub mod fair_share;
 pub mod health;
 pub mod in_flight;
 pub mod leases;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -64,11 +63,17 @@ impl Worker {
         let health = Arc::new(Consumers::new(
             namespaces.iter().map(|spec| spec.name.as_str().to_owned()),
         ));
-        let prefetch = settings.worker.concurrency;
-        let mut dispatcher = Dispatcher::new();
+        let concurrency = settings.worker.concurrency;
+        let mut dispatcher = Dispatcher::new(usize::from(concurrency));
         let mut consumers = Vec::new();
         let mut contexts = Vec::new();
-        for (index, spec) in namespaces.into_iter().enumerate() {
+        for spec in namespaces {
+            let index = dispatcher.add_namespace(spec.share);
+            // A capped namespace holds no more deliveries than it may run: the rest stay
+            // in the broker for other workers.
+            let prefetch = spec.share.max_running.map_or(concurrency, |cap| {
+                concurrency.min(u16::try_from(cap).unwrap_or(u16::MAX))
+            });
             let lanes = settings
                 .queues
                 .iter()
@@ -187,7 +192,6 @@ impl Worker {
             stop_shipping.clone(),
         ));
         let concurrency = usize::from(self.settings.worker.concurrency);
-        let permits = Arc::new(Semaphore::new(concurrency));
         let mut running = JoinSet::new();
         tracing::info!(
             worker = self.settings.worker.id,
@@ -197,18 +201,14 @@ impl Worker {
 
         loop {
             while running.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            };
-            let (namespace, received) = tokio::select! {
+            let (namespace, received, slot) = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 next = self.dispatcher.next() => next,
             };
             let shared = self.shared.clone();
             running.spawn(async move {
                 execution::execute(shared, namespace, received).await;
-                drop(permit);
+                drop(slot);
             });
         }
 

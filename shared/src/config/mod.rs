@@ -18,6 +18,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::egress::AllowRule;
+use crate::fair_share::FairShare;
 use crate::kind::Kind;
 use crate::limits::{LimitRule, RedisSettings};
 use crate::namespace::{Namespace, NamespaceSpec};
@@ -238,6 +239,7 @@ impl Settings {
             if let Some(bucket) = &ns.bucket {
                 check_bucket(bucket, &format!("{setting}.bucket"))?;
             }
+            let share = fair_share(&setting, ns.weight, ns.max_running)?;
             namespaces.push(NamespaceSpec {
                 redis_prefix: format!("{}{}:", raw.app_prefix, name),
                 s3_prefix: format!("{name}/"),
@@ -245,6 +247,7 @@ impl Settings {
                 name,
                 vhost,
                 webhook_signing_secret: ns.webhook_signing_secret,
+                share,
             });
         }
         check_url(
@@ -392,6 +395,7 @@ impl Settings {
             name,
             vhost: vhost.to_owned(),
             webhook_signing_secret: None,
+            share: FairShare::default(),
         });
     }
 
@@ -435,6 +439,28 @@ fn storage_settings(raw: raw::RawStorage) -> Result<Option<StorageSettings>, Con
         bucket,
         force_path_style: raw.force_path_style,
     }))
+}
+
+/// `namespaces.<ns>.weight` and `.max_running`: both at least 1 where set.
+fn fair_share(
+    setting: &str,
+    weight: Option<u32>,
+    max_running: Option<u32>,
+) -> Result<FairShare, ConfigError> {
+    let at_least_one = |name: &str| ConfigError::Invalid {
+        setting: format!("{setting}.{name}"),
+        reason: "must be at least 1".into(),
+    };
+    if weight == Some(0) {
+        return Err(at_least_one("weight"));
+    }
+    if max_running == Some(0) {
+        return Err(at_least_one("max_running"));
+    }
+    Ok(FairShare {
+        weight: weight.unwrap_or(1),
+        max_running,
+    })
 }
 
 /// S3's bucket naming rules, which B2 shares: 3-63 of [a-z0-9.-], alphanumeric ends.
@@ -628,6 +654,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("namespaces.acme.bucket"), "{message}");
+    }
+
+    #[test]
+    fn a_namespace_has_weight_1_and_no_cap_unless_set_and_never_0() {
+        let text = |extra: &str| {
+            format!(
+                "[database]\nurl = \"postgres://localhost/x\"\n[amqp]\nurl = \"amqp://localhost\"\n\
+                 [namespaces.acme]\n{extra}\n[namespaces.demo]\n"
+            )
+        };
+        let settings = Settings::from_toml(&text("weight = 3\nmax_running = 4")).unwrap();
+        let share = |name: &str| {
+            settings
+                .namespace(&Namespace::parse(name).unwrap())
+                .unwrap()
+                .share
+        };
+        assert_eq!(
+            share("acme"),
+            FairShare {
+                weight: 3,
+                max_running: Some(4)
+            }
+        );
+        assert_eq!(share("demo"), FairShare::default());
+        for (extra, setting) in [
+            ("weight = 0", "namespaces.acme.weight"),
+            ("max_running = 0", "namespaces.acme.max_running"),
+        ] {
+            let message = Settings::from_toml(&text(extra)).unwrap_err().to_string();
+            assert!(message.contains(setting), "{message}");
+        }
     }
 
     #[test]

@@ -175,6 +175,10 @@ pub(super) struct RawNamespace {
     /// This namespace's own bucket; the fleet's `storage.bucket` (under `<ns>/`) otherwise.
     pub(super) bucket: Option<String>,
     pub(super) webhook_signing_secret: Option<SecretString>,
+    /// Its weight among the namespaces a worker serves (default 1).
+    pub(super) weight: Option<u32>,
+    /// Most of its jobs one worker process runs at once (default: no cap).
+    pub(super) max_running: Option<u32>,
 }
 
 fn default_consumer_timeout_secs() -> u64 {
