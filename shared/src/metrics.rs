@@ -4,6 +4,7 @@
 //! never ids.
 
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -87,6 +88,12 @@ pub struct Metrics {
     pub publish_blocked: Family<NamespaceLabels, Gauge>,
     /// Readiness checks actually run (the rest were answered from the cached result).
     pub readiness_checks: Counter,
+    /// A worker's jobs of each namespace holding a slot now.
+    pub namespace_running: Family<NamespaceLabels, Gauge>,
+    /// A worker's deliveries of each namespace received (prefetched) and waiting for a slot.
+    pub namespace_waiting: Family<NamespaceLabels, Gauge>,
+    /// Slot-seconds each namespace's jobs held on a worker, added as each slot is given back.
+    pub namespace_job_seconds: Family<NamespaceLabels, Counter<f64, AtomicU64>>,
     registry: Registry,
 }
 
@@ -111,6 +118,9 @@ impl Metrics {
             rescued: Family::default(),
             publish_blocked: Family::default(),
             readiness_checks: Counter::default(),
+            namespace_running: Family::default(),
+            namespace_waiting: Family::default(),
+            namespace_job_seconds: Family::default(),
             registry: Registry::default(),
         };
         let registry = &mut metrics.registry;
@@ -198,6 +208,21 @@ impl Metrics {
             "tl_readiness_checks",
             "Readiness checks run against the dependencies (concurrent and repeated /readyz calls share one)",
             metrics.readiness_checks.clone(),
+        );
+        registry.register(
+            "tl_namespace_running",
+            "A worker's running jobs of a namespace (each holds one of its slots)",
+            metrics.namespace_running.clone(),
+        );
+        registry.register(
+            "tl_namespace_waiting",
+            "A worker's deliveries of a namespace received and not started: waiting for a slot",
+            metrics.namespace_waiting.clone(),
+        );
+        registry.register(
+            "tl_namespace_job_seconds",
+            "Seconds of worker slots a namespace's jobs used, counted as each slot is given back",
+            metrics.namespace_job_seconds.clone(),
         );
         metrics
     }

@@ -135,3 +135,68 @@ async fn submissions_outcomes_and_queues_are_counted_per_namespace_kind_and_queu
     );
     fleet.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_reports_each_namespaces_running_waiting_and_job_seconds() {
+    let fleet = TestFleet::start(FleetOptions {
+        worker_health: true,
+        namespaces: 2,
+        worker_concurrency: 4,
+        ..FleetOptions::default()
+    })
+    .await;
+    let worker = fleet.worker_health.unwrap();
+    let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
+    let series = |name: &str, namespace: &engine_shared::Namespace| {
+        format!(r#"{name}{{namespace="{namespace}"}}"#)
+    };
+
+    // A's consumer holds 4 (its prefetch), runs 3 and keeps the 4th slot for idle B.
+    a.client
+        .submit_copies(6, &json!({ "kind": "sleep", "args": { "ms": 3000 } }))
+        .await;
+    let text = wait_until(
+        "A's running and waiting jobs",
+        Duration::from_secs(20),
+        || async {
+            let text = scrape(worker).await;
+            let running = value(&text, &series("tl_namespace_running", &a.namespace));
+            let waiting = value(&text, &series("tl_namespace_waiting", &a.namespace));
+            (running == Some(3.0) && waiting == Some(1.0)).then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(
+        value(&text, &series("tl_namespace_running", &b.namespace)).unwrap_or(0.0),
+        0.0,
+        "{text}"
+    );
+
+    // Job-seconds count each slot's time when it is given back.
+    let b_job = b.client.submit(&json!({ "kind": "noop" })).await.id();
+    wait_until("B's job to succeed", Duration::from_secs(20), || async {
+        let record = fleet.record_in(&b.namespace, &b_job).await?;
+        (record.status == JobStatus::Succeeded).then_some(())
+    })
+    .await;
+    wait_until(
+        "A's first three jobs' seconds",
+        Duration::from_secs(20),
+        || async {
+            let text = scrape(worker).await;
+            let used = value(
+                &text,
+                &series("tl_namespace_job_seconds_total", &a.namespace),
+            )?;
+            (used >= 9.0).then_some(())
+        },
+    )
+    .await;
+    let text = scrape(worker).await;
+    let b_used = value(
+        &text,
+        &series("tl_namespace_job_seconds_total", &b.namespace),
+    );
+    assert!(b_used.is_some_and(|s| s > 0.0 && s < 3.0), "{text}");
+    fleet.stop().await;
+}

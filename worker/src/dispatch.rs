@@ -3,13 +3,21 @@
 //! smooth weighted round-robin picks among that namespace's queues that have a delivery
 //! waiting, so `critical` gets most of a namespace's turns and `bulk` still gets its share.
 //! A delivery is handed out only with a [`Slot`]: the worker's concurrency is counted here,
-//! per namespace, and a slot given back wakes the dispatcher.
+//! per namespace, and a slot given back wakes the dispatcher. The per-namespace metrics
+//! (running, waiting, job-seconds) are kept here too, where those counts change.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 use tokio::sync::{Notify, mpsc};
 
+use engine_shared::Namespace;
 use engine_shared::fair_share::FairShare;
+use engine_shared::metrics::{NamespaceLabels, metrics};
 
 use crate::fair_share::Slots;
 
@@ -49,11 +57,34 @@ impl<T> LaneSender<T> {
     }
 }
 
+/// One namespace's series of the worker's metrics.
+struct Meters {
+    running: Gauge,
+    waiting: Gauge,
+    job_seconds: Counter<f64, AtomicU64>,
+}
+
+impl Meters {
+    fn new(namespace: &Namespace) -> Self {
+        let labels = NamespaceLabels {
+            namespace: namespace.as_str().to_owned(),
+        };
+        let metrics = metrics();
+        Self {
+            running: metrics.namespace_running.get_or_create(&labels).clone(),
+            waiting: metrics.namespace_waiting.get_or_create(&labels).clone(),
+            job_seconds: metrics.namespace_job_seconds.get_or_create(&labels).clone(),
+        }
+    }
+}
+
 /// A running job's hold on one of the worker's slots; dropping it gives the slot back.
 pub struct Slot {
     slots: Arc<Mutex<Slots>>,
     ready: Arc<Notify>,
     namespace: NamespaceIndex,
+    meters: Arc<Meters>,
+    since: Instant,
 }
 
 impl Drop for Slot {
@@ -62,14 +93,24 @@ impl Drop for Slot {
             .lock()
             .expect("the slot table is never poisoned")
             .release(self.namespace);
+        self.meters.running.dec();
+        self.meters
+            .job_seconds
+            .inc_by(self.since.elapsed().as_secs_f64());
         self.ready.notify_one();
     }
+}
+
+/// One namespace's lanes and its metrics.
+struct Tenant<T> {
+    lanes: Vec<Lane<T>>,
+    meters: Arc<Meters>,
 }
 
 /// Every lane of the process, grouped by namespace, and the slots they share.
 pub struct Dispatcher<T> {
     /// Each namespace's lanes, by [`NamespaceIndex`].
-    namespaces: Vec<Vec<Lane<T>>>,
+    namespaces: Vec<Tenant<T>>,
     /// Shared with the [`Slot`]s handed out, which give theirs back from the job's task.
     slots: Arc<Mutex<Slots>>,
     ready: Arc<Notify>,
@@ -86,8 +127,11 @@ impl<T> Dispatcher<T> {
     }
 
     /// Adds a namespace with its share of the slots; returns its index.
-    pub fn add_namespace(&mut self, share: FairShare) -> NamespaceIndex {
-        self.namespaces.push(Vec::new());
+    pub fn add_namespace(&mut self, name: &Namespace, share: FairShare) -> NamespaceIndex {
+        self.namespaces.push(Tenant {
+            lanes: Vec::new(),
+            meters: Arc::new(Meters::new(name)),
+        });
         self.slots
             .lock()
             .expect("the slot table is never poisoned")
@@ -102,7 +146,7 @@ impl<T> Dispatcher<T> {
         capacity: usize,
     ) -> LaneSender<T> {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
-        self.namespaces[namespace].push(Lane {
+        self.namespaces[namespace].lanes.push(Lane {
             receiver,
             weight: i64::from(weight.max(1)),
             credit: 0,
@@ -119,7 +163,9 @@ impl<T> Dispatcher<T> {
         let ready = self.ready.clone();
         loop {
             let notified = ready.notified();
-            if let Some(picked) = self.pick() {
+            let picked = self.pick();
+            self.report_waiting();
+            if let Some(picked) = picked {
                 return picked;
             }
             notified.await;
@@ -129,16 +175,37 @@ impl<T> Dispatcher<T> {
     fn pick(&mut self) -> Option<(NamespaceIndex, T, Slot)> {
         let mut slots = self.slots.lock().expect("the slot table is never poisoned");
         let namespaces = &self.namespaces;
-        let waiting = |index: usize| namespaces[index].iter().any(|l| !l.receiver.is_empty());
+        let waiting = |index: usize| {
+            namespaces[index]
+                .lanes
+                .iter()
+                .any(|l| !l.receiver.is_empty())
+        };
         let namespace = slots.choose(waiting)?;
-        let item = Self::pick_lane(&mut self.namespaces[namespace])?;
+        let tenant = &mut self.namespaces[namespace];
+        let item = Self::pick_lane(&mut tenant.lanes)?;
         slots.take(namespace);
+        tenant.meters.running.inc();
         let slot = Slot {
             slots: self.slots.clone(),
             ready: self.ready.clone(),
             namespace,
+            meters: tenant.meters.clone(),
+            since: Instant::now(),
         };
         Some((namespace, item, slot))
+    }
+
+    /// Sets each namespace's waiting gauge: every wake-up (a delivery in, a slot back) runs
+    /// this, so it is current whenever the dispatcher waits.
+    fn report_waiting(&self) {
+        for tenant in &self.namespaces {
+            let waiting: usize = tenant.lanes.iter().map(|l| l.receiver.len()).sum();
+            tenant
+                .meters
+                .waiting
+                .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+        }
     }
 
     /// Smooth weighted round-robin among the lanes that have an item.
@@ -164,7 +231,7 @@ impl<T> Dispatcher<T> {
     /// Everything still buffered (prefetched, never started), for returning to the broker.
     pub fn drain(&mut self) -> Vec<T> {
         let mut left = Vec::new();
-        for lane in self.namespaces.iter_mut().flatten() {
+        for lane in self.namespaces.iter_mut().flat_map(|t| &mut t.lanes) {
             lane.receiver.close();
             while let Ok(item) = lane.receiver.try_recv() {
                 left.push(item);
@@ -178,10 +245,14 @@ impl<T> Dispatcher<T> {
 mod tests {
     use super::*;
 
+    fn example(name: &str) -> Namespace {
+        Namespace::parse(&format!("dispatch-test-{name}")).unwrap()
+    }
+
     #[tokio::test]
     async fn busy_lanes_get_turns_by_weight_and_none_starves() {
         let mut dispatcher = Dispatcher::new(1);
-        let namespace = dispatcher.add_namespace(FairShare::default());
+        let namespace = dispatcher.add_namespace(&example("a"), FairShare::default());
         let lanes: Vec<_> = [(6, "critical"), (3, "default"), (1, "bulk")]
             .into_iter()
             .map(|(weight, name)| (dispatcher.add_lane(namespace, weight, 100), name))
@@ -204,7 +275,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_lane_does_not_hold_back_a_busy_one() {
         let mut dispatcher = Dispatcher::new(1);
-        let namespace = dispatcher.add_namespace(FairShare::default());
+        let namespace = dispatcher.add_namespace(&example("a"), FairShare::default());
         let _critical = dispatcher.add_lane(namespace, 6, 10);
         let bulk = dispatcher.add_lane(namespace, 1, 10);
         for i in 0..5 {
@@ -219,8 +290,8 @@ mod tests {
     async fn a_namespace_flooding_its_lanes_does_not_take_the_last_slot_from_another() {
         let mut dispatcher = Dispatcher::new(4);
         let (a, b) = (
-            dispatcher.add_namespace(FairShare::default()),
-            dispatcher.add_namespace(FairShare::default()),
+            dispatcher.add_namespace(&example("a"), FairShare::default()),
+            dispatcher.add_namespace(&example("b"), FairShare::default()),
         );
         let a_lane = dispatcher.add_lane(a, 1, 100);
         let b_lane = dispatcher.add_lane(b, 1, 100);

@@ -68,7 +68,7 @@ impl Worker {
         let mut consumers = Vec::new();
         let mut contexts = Vec::new();
         for spec in namespaces {
-            let index = dispatcher.add_namespace(spec.share);
+            let index = dispatcher.add_namespace(&spec.name, spec.share);
             // A capped namespace holds no more deliveries than it may run: the rest stay
             // in the broker for other workers.
             let prefetch = spec.share.max_running.map_or(concurrency, |cap| {
