@@ -14,6 +14,11 @@ use engine_shared::{IdempotencyKey, JobId, Kind, Namespace, QueueName};
 
 use crate::problem::FieldError;
 
+/// Why a priority other than 0 is refused. RabbitMQ 3.10's quorum queues ignore the
+/// message priority, so accepting one would promise an order nothing delivers.
+pub const PRIORITY_UNSUPPORTED: &str = "priorities are not supported (the broker's queues \
+     ignore them): omit it or send 0, and use `queue` (e.g. \"critical\") for urgent work";
+
 /// `POST /v1/jobs` body (and each element of a batch).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,7 +27,7 @@ pub struct SubmitJob {
     #[serde(default = "empty_object")]
     pub args: serde_json::Value,
     pub queue: Option<String>,
-    /// 0 (default) to 9.
+    /// Only 0 (the default) is accepted: see [`PRIORITY_UNSUPPORTED`].
     pub priority: Option<u8>,
     /// Run no earlier than this instant (RFC 3339). Excludes `delay`.
     pub run_at: Option<DateTime<Utc>>,
@@ -200,8 +205,8 @@ impl SubmitJob {
             }
         };
         let priority = self.priority.unwrap_or(0);
-        if priority > 9 {
-            fail("priority", "must be between 0 and 9".into());
+        if priority != 0 {
+            fail("priority", PRIORITY_UNSUPPORTED.into());
         }
         let run_at = run_at_of(self.run_at, self.delay).unwrap_or_else(|(field, message)| {
             fail(field, message);

@@ -136,10 +136,16 @@ async fn invalid_fields_are_422_naming_the_field() {
             "queue",
             "unknown queue",
         ),
+        // The broker's quorum queues ignore priorities: one that did nothing is refused.
+        (
+            json!({ "kind": "noop", "priority": 9 }),
+            "priority",
+            "priorities are not supported",
+        ),
         (
             json!({ "kind": "noop", "priority": 12 }),
             "priority",
-            "between 0 and 9",
+            "priorities are not supported",
         ),
         (
             json!({ "kind": "noop", "max_attempts": 0 }),
