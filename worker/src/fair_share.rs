@@ -30,6 +30,8 @@ struct Standing {
 pub struct Slots {
     concurrency: usize,
     namespaces: Vec<Standing>,
+    /// The sum of the namespaces' weights, which their guaranteed shares divide.
+    total_weight: u64,
 }
 
 impl Slots {
@@ -37,11 +39,13 @@ impl Slots {
         Self {
             concurrency: concurrency.max(1),
             namespaces: Vec::new(),
+            total_weight: 0,
         }
     }
 
     /// Adds a namespace; returns its index.
     pub fn add(&mut self, share: FairShare) -> usize {
+        self.total_weight += u64::from(share.weight.max(1));
         self.namespaces.push(Standing {
             share,
             running: 0,
@@ -60,8 +64,13 @@ impl Slots {
     pub fn choose(&self, waiting: impl Fn(usize) -> bool) -> Option<usize> {
         let total: usize = self.namespaces.iter().map(|n| n.running).sum();
         let free = self.concurrency.checked_sub(total).filter(|&f| f > 0)?;
+        // The same for every candidate: a candidate has work waiting, so is never idle.
+        let idle_below_share = (0..self.namespaces.len())
+            .filter(|&j| !waiting(j) && self.namespaces[j].running < self.guaranteed(j))
+            .count();
+        let headroom = idle_below_share.min(self.concurrency / 4);
         (0..self.namespaces.len())
-            .filter(|&i| waiting(i) && self.may_take(i, free, &waiting))
+            .filter(|&i| waiting(i) && self.may_take(i, free, headroom))
             .min_by(|&i, &j| {
                 let (a, b) = (&self.namespaces[i], &self.namespaces[j]);
                 // (running + 1) / weight, compared without division.
@@ -87,14 +96,10 @@ impl Slots {
     /// The slots namespace `index` is guaranteed while it has work: its weighted share of
     /// the concurrency (at least one), within its own cap.
     fn guaranteed(&self, index: usize) -> usize {
-        let weights: u64 = self
-            .namespaces
-            .iter()
-            .map(|n| u64::from(n.share.weight))
-            .sum();
         let standing = &self.namespaces[index];
-        let share = (self.concurrency as u64 * u64::from(standing.share.weight) / weights.max(1))
-            .max(1) as usize;
+        let share = (self.concurrency as u64 * u64::from(standing.share.weight)
+            / self.total_weight.max(1))
+        .max(1) as usize;
         share.min(Self::cap(standing))
     }
 
@@ -106,21 +111,14 @@ impl Slots {
     }
 
     /// Whether namespace `index` may take one of the `free` slots: below its cap, and
-    /// either within its guaranteed share or leaving the headroom idle namespaces keep.
-    fn may_take(&self, index: usize, free: usize, waiting: &impl Fn(usize) -> bool) -> bool {
+    /// either within its guaranteed share or leaving the `headroom` idle namespaces keep.
+    fn may_take(&self, index: usize, free: usize, headroom: usize) -> bool {
         let standing = &self.namespaces[index];
         if standing.running >= Self::cap(standing) {
             return false;
         }
-        if standing.running < self.guaranteed(index) {
-            return true;
-        }
-        let idle_below_share = (0..self.namespaces.len())
-            .filter(|&j| j != index && !waiting(j))
-            .filter(|&j| self.namespaces[j].running < self.guaranteed(j))
-            .count();
-        // Taking one must leave the headroom free.
-        free > idle_below_share.min(self.concurrency / 4)
+        // Taking one when borrowing must leave the headroom free.
+        standing.running < self.guaranteed(index) || free > headroom
     }
 }
 
