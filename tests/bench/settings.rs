@@ -37,6 +37,8 @@ url = {amqp_url}
 
 [api]
 listen = "127.0.0.1:{api_port}"
+# Benchmarks measure the engine's throughput, not the per-key submission limit.
+submit_rate_per_sec = 0
 
 [worker]
 concurrency = {concurrency}

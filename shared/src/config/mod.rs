@@ -693,5 +693,8 @@ mod tests {
         let settings = Settings::validate(raw("postgres://localhost/x")).unwrap();
         assert_eq!(settings.queues.len(), 3);
         assert_eq!(settings.worker.concurrency, 32);
+        // A key is rate-limited unless a deployment turns it off, and a full batch fits.
+        assert_eq!(settings.api.submit_rate_per_sec, 500);
+        assert!(settings.api.submit_burst as usize >= settings.api.max_batch);
     }
 }

@@ -24,8 +24,9 @@ pub struct ApiSettings {
     /// How long a verified API key is trusted without asking PostgreSQL again.
     #[serde(default = "default_key_cache_secs")]
     pub key_cache_secs: u64,
-    /// Jobs one API key may submit per second (0: unlimited); over it, 429.
-    #[serde(default)]
+    /// Jobs one API key may submit per second (0: unlimited); over it, 429. On by default,
+    /// so one tenant's runaway client cannot fill the database and the broker for all.
+    #[serde(default = "default_submit_rate_per_sec")]
     pub submit_rate_per_sec: u32,
     /// Jobs one API key may submit back to back before the rate applies.
     #[serde(default = "default_submit_burst")]
@@ -34,6 +35,12 @@ pub struct ApiSettings {
     /// (off the public port). `None`: the public port serves `/metrics` too.
     #[serde(default)]
     pub admin_listen: Option<String>,
+}
+
+/// Far above what a tenant's steady traffic needs, far below what fills a database in an
+/// afternoon (500 a second is 1.8 million jobs an hour per key).
+fn default_submit_rate_per_sec() -> u32 {
+    500
 }
 
 fn default_submit_burst() -> u32 {
@@ -47,7 +54,7 @@ impl Default for ApiSettings {
             body_limit_bytes: default_body_limit(),
             max_batch: default_max_batch(),
             key_cache_secs: default_key_cache_secs(),
-            submit_rate_per_sec: 0,
+            submit_rate_per_sec: default_submit_rate_per_sec(),
             submit_burst: default_submit_burst(),
             admin_listen: None,
         }
