@@ -351,18 +351,31 @@ impl Settings {
     }
 
     /// The hosts of the fleet's own services (database, broker, Redis, storage), which no
-    /// job's outbound request may reach.
+    /// job's outbound request may reach. Storage counts twice: the endpoint, and the
+    /// bucket's own host name that virtual-hosted requests use.
     pub fn service_hosts(&self) -> Vec<String> {
-        let urls = [
-            Some(self.database.url.expose_secret()),
-            Some(self.amqp_url.expose_secret()),
-            Some(self.redis.url.expose_secret()),
-            self.storage.as_ref().and_then(|s| s.endpoint.as_deref()),
-        ];
-        urls.into_iter()
-            .flatten()
-            .filter_map(|url| url::Url::parse(url).ok()?.host_str().map(str::to_owned))
-            .collect()
+        let host = |url: &str| url::Url::parse(url).ok()?.host_str().map(str::to_owned);
+        let mut hosts: Vec<String> = [
+            self.database.url.expose_secret(),
+            self.amqp_url.expose_secret(),
+            self.redis.url.expose_secret(),
+        ]
+        .into_iter()
+        .filter_map(host)
+        .collect();
+        if let Some(storage) = &self.storage {
+            let endpoint = match &storage.endpoint {
+                Some(endpoint) => host(endpoint),
+                None => Some(format!("s3.{}.amazonaws.com", storage.region)),
+            };
+            if let Some(endpoint) = endpoint {
+                if !storage.force_path_style && endpoint.parse::<std::net::IpAddr>().is_err() {
+                    hosts.push(format!("{}.{endpoint}", storage.bucket));
+                }
+                hosts.push(endpoint);
+            }
+        }
+        hosts
     }
 
     /// The longest an attempt may be allowed to run: the broker's consumer timeout less
