@@ -161,7 +161,7 @@ impl Metrics {
         );
         registry.register(
             "tl_forged_messages",
-            "Job messages refused unrun: their kind, queue or args disagree with the job's row",
+            "Job messages refused unrun: their kind or queue disagrees with the job's row",
             metrics.forged_messages.clone(),
         );
         registry.register(

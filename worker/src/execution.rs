@@ -1,6 +1,6 @@
-//! One delivery's way: decode → screen for poison (unknown kind, args that no longer fit,
-//! too many deliveries) → move to `running` (only if the message's kind, queue and args are
-//! its row's; the handler then runs the row's) → run the handler under a timeout, a
+//! One delivery's way: decode → screen for poison (unknown kind, too many deliveries) →
+//! move to `running` (only if the message's kind and queue are its row's; the handler then
+//! runs the row's args, and fails at once if they no longer fit the kind) → run the handler under a timeout, a
 //! cancellation token and a panic guard → record the outcome → ack, retry (delay tier or
 //! scheduler) or dead-letter. The ack is sent only after the outcome is committed; a
 //! message that can never run goes to the dead queue with its reason, never back to its
@@ -225,7 +225,6 @@ async fn run_admitted(
         id,
         kind: envelope.kind.clone(),
         queue: envelope.queue.clone(),
-        args: envelope.args.clone(),
         redelivered: redelivery::redelivered(delivery),
     };
     // Registered before the start, so a cancel broadcast sent right after the start
@@ -551,22 +550,17 @@ where
     }
 }
 
-/// Why this worker can never run `envelope`, if it cannot: an unknown kind, or args that
-/// no longer fit the kind (changed since the job was submitted). Names the field, never
-/// its value: args may hold secrets, and this reason is logged and put in a header.
+/// Why this worker can never run `envelope`, if it cannot: an unknown kind. Args that no
+/// longer fit the kind are judged on the row's args, once the start returns them: the
+/// handler fails them at once, fatally (a body's args are anyone's who can publish to the
+/// vhost, and may disagree with the row).
 fn poison_reason(shared: &Shared, envelope: &Envelope) -> Option<String> {
-    match shared.registry.check_args(&envelope.kind, &envelope.args) {
-        None => Some(format!(
+    (!shared.registry.contains(&envelope.kind)).then(|| {
+        format!(
             "unknown kind {:?}: no handler registered in this worker",
             envelope.kind.as_str()
-        )),
-        Some(Err(error)) => Some(format!(
-            "args no longer fit the kind {:?} at args.{}",
-            envelope.kind.as_str(),
-            error.path
-        )),
-        Some(Ok(())) => None,
-    }
+        )
+    })
 }
 
 /// Marks the job dead with `reason` and parks its message in the dead queue. Returns
@@ -634,7 +628,7 @@ async fn refuse_forged(context: &NamespaceContext, delivery: &Delivery, id: JobI
         })
         .inc();
     let reason = format!(
-        "forged message: its kind, queue or args disagree with job {id} in namespace {}; \
+        "forged message: its kind or queue disagrees with job {id} in namespace {}; \
          not run, the job is untouched",
         context.spec.name
     );

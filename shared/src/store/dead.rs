@@ -22,7 +22,7 @@ pub enum Burial {
     NotBuried(JobStatus),
     /// No such job in the namespace.
     Unknown,
-    /// The job exists, but its row's kind, queue or args are not the message's: the
+    /// The job exists, but its row's kind or queue is not the message's: the
     /// message is forged (or corrupted) and says nothing about the job; nothing changed.
     Mismatched,
 }
@@ -64,8 +64,8 @@ impl Store {
     /// Marks a job that cannot run (`Poison`: any waiting or running job) or keeps killing
     /// its workers (`Crashed`: only a job left `running`, i.e. one that started and never
     /// finished) as `dead`, recording `reason` in its error history. `message` is the
-    /// verdict's evidence: a job is buried only if its row agrees with the message's kind,
-    /// queue and args, so a forged message cannot kill a real job.
+    /// verdict's evidence: a job is buried only if its row agrees with the message's kind
+    /// and queue, so a message forged under another kind cannot kill a real job.
     pub async fn bury(
         &self,
         namespace: &Namespace,
@@ -82,7 +82,7 @@ impl Store {
                     "WITH target AS (
                          SELECT id, attempts, redrives FROM jobs
                          WHERE id = $1 AND namespace = $2
-                           AND kind = $6 AND queue = $7 AND args = $8
+                           AND kind = $6 AND queue = $7
                            AND (status = 'running'
                                 OR ($3 <> 'crashed' AND status IN ('scheduled', 'queued', 'retrying')))
                          FOR UPDATE),
@@ -100,7 +100,6 @@ impl Store {
                 .bind(worker_id)
                 .bind(message.kind.as_str())
                 .bind(message.queue.as_str())
-                .bind(&message.args)
                 .fetch_optional(statements)
                 .await
             })
@@ -123,14 +122,13 @@ impl Store {
         let row: Option<(JobStatus, bool)> = self
             .one(Commit::Durable, async |statements| {
                 sqlx::query_as(
-                    "SELECT status, (kind = $3 AND queue = $4 AND args = $5) FROM jobs
+                    "SELECT status, (kind = $3 AND queue = $4) FROM jobs
                      WHERE id = $1 AND namespace = $2",
                 )
                 .bind(message.id.as_uuid())
                 .bind(namespace.as_str())
                 .bind(message.kind.as_str())
                 .bind(message.queue.as_str())
-                .bind(&message.args)
                 .fetch_optional(statements)
                 .await
             })
