@@ -87,6 +87,8 @@ pub struct Metrics {
     pub publish_blocked: Family<NamespaceLabels, Gauge>,
     /// Readiness checks actually run (the rest were answered from the cached result).
     pub readiness_checks: Counter,
+    /// API keys looked up in PostgreSQL (cache misses): a flood of unknown keys shows here.
+    pub key_lookups: Counter,
     registry: Registry,
 }
 
@@ -111,6 +113,7 @@ impl Metrics {
             rescued: Family::default(),
             publish_blocked: Family::default(),
             readiness_checks: Counter::default(),
+            key_lookups: Counter::default(),
             registry: Registry::default(),
         };
         let registry = &mut metrics.registry;
@@ -198,6 +201,11 @@ impl Metrics {
             "tl_readiness_checks",
             "Readiness checks run against the dependencies (concurrent and repeated /readyz calls share one)",
             metrics.readiness_checks.clone(),
+        );
+        registry.register(
+            "tl_api_key_lookups",
+            "API key checks that reached PostgreSQL (the rest were answered from memory)",
+            metrics.key_lookups.clone(),
         );
         metrics
     }

@@ -14,6 +14,7 @@ mod egress;
 mod errors;
 mod forgery;
 mod health;
+mod heavy_reads;
 mod isolation;
 mod job_logs;
 mod lifecycle;

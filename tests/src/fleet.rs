@@ -77,6 +77,8 @@ pub struct FleetOptions {
     /// `egress.allow`. By default the test receivers' address, [`RECEIVER_HOST`]: they
     /// never listen on 127.0.0.1, which the services use and the policy always refuses.
     pub egress_allow: Vec<String>,
+    /// `api.read_timeout_ms`: how long a tenant's search may run.
+    pub read_timeout_ms: Option<u64>,
 }
 
 /// Where the tests' webhook receivers listen: loopback, but not the services' address.
@@ -116,6 +118,7 @@ impl Default for FleetOptions {
             consumer_timeout_secs: 1800,
             admin_listen: false,
             egress_allow: vec![RECEIVER_HOST.to_owned()],
+            read_timeout_ms: None,
         }
     }
 }
@@ -269,6 +272,7 @@ max_batch = {max_batch}
 submit_rate_per_sec = {submit_rate}
 submit_burst = {submit_burst}
 {admin_listen}
+{read_timeout}
 [redis]
 url = "{redis_url}"
 timeout_ms = 300
@@ -313,6 +317,10 @@ allow = {egress_allow:?}
         } else {
             ""
         },
+        read_timeout = options
+            .read_timeout_ms
+            .map(|ms| format!("read_timeout_ms = {ms}"))
+            .unwrap_or_default(),
         extra = options.extra_toml,
     )
 }

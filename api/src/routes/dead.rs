@@ -99,6 +99,10 @@ pub async fn redrive(
             .map_err(|e| invalid("queue", e.to_string()))
             .ok()
     });
+    let error = super::error_filter::parse(request.error)
+        .map_err(|message| invalid("error", message))
+        .ok()
+        .flatten();
     let limit = request.limit.unwrap_or(MAX_REDRIVE);
     if !(1..=MAX_REDRIVE).contains(&limit) {
         invalid("limit", format!("must be from 1 to {MAX_REDRIVE}"));
@@ -106,11 +110,7 @@ pub async fn redrive(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    let filter = DeadFilter {
-        kind,
-        queue,
-        error: request.error.filter(|text| !text.is_empty()),
-    };
+    let filter = DeadFilter { kind, queue, error };
     if request.dry_run {
         let matched = state
             .store

@@ -283,6 +283,10 @@ pub async fn list(
             })
             .ok()
     });
+    let error = super::error_filter::parse(params.error)
+        .map_err(|message| invalid("error", message))
+        .ok()
+        .flatten();
     let limit = match params.limit.as_deref().map(str::parse::<u32>) {
         None => 50,
         Some(Ok(limit)) if (1..=MAX_PAGE).contains(&limit) => limit,
@@ -301,7 +305,7 @@ pub async fn list(
         status,
         kind,
         queue,
-        error: params.error.filter(|text| !text.is_empty()),
+        error,
         before,
         limit,
     };

@@ -27,8 +27,8 @@ use crate::storage::StorageSettings;
 use crate::telemetry::LogFormat;
 use raw::RawSettings;
 pub use sections::{
-    ApiSettings, ArchiveSettings, BackupSettings, DatabaseSettings, LogSettings, Pooler,
-    RelaySettings, RescueSettings, WorkerSettings,
+    ApiSettings, ArchiveSettings, BackupSettings, DEFAULT_READ_TIMEOUT_MS, DatabaseSettings,
+    LogSettings, Pooler, RelaySettings, RescueSettings, WorkerSettings,
 };
 
 /// A configuration problem found at start-up. Messages name the setting, never a secret.
@@ -322,6 +322,8 @@ impl Settings {
                     .admin_listen
                     .clone()
                     .filter(|a| !a.trim().is_empty()),
+                // 0 would mean no timeout at all in PostgreSQL.
+                read_timeout_ms: raw.api.read_timeout_ms.max(1),
                 ..raw.api
             },
             worker: WorkerSettings {

@@ -34,6 +34,17 @@ pub struct ApiSettings {
     /// (off the public port). `None`: the public port serves `/metrics` too.
     #[serde(default)]
     pub admin_listen: Option<String>,
+    /// How long one of a tenant's searches (a job listing, a redrive by filter) may run in
+    /// PostgreSQL before it is stopped and answered 503.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+}
+
+/// `api.read_timeout_ms`'s default, also what a store built without API settings uses.
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 5_000;
+
+fn default_read_timeout_ms() -> u64 {
+    DEFAULT_READ_TIMEOUT_MS
 }
 
 fn default_submit_burst() -> u32 {
@@ -50,6 +61,7 @@ impl Default for ApiSettings {
             submit_rate_per_sec: 0,
             submit_burst: default_submit_burst(),
             admin_listen: None,
+            read_timeout_ms: default_read_timeout_ms(),
         }
     }
 }

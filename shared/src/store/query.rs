@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Commit, Store, count_round_trips};
+use super::{Commit, Store, count_round_trips, search};
 use crate::{JobId, JobStatus, Kind, Namespace, QueueName};
 
 /// A job as a person querying the API sees it.
@@ -100,22 +100,24 @@ impl Store {
         .with_context(|| format!("reading the status of job {id}"))
     }
 
-    /// A page of `namespace`'s jobs, newest first.
+    /// A page of `namespace`'s jobs, newest first: a search (see [`search`]).
     pub async fn list_jobs(
         &self,
         namespace: &Namespace,
         filter: &JobFilter,
     ) -> anyhow::Result<Vec<JobRecord>> {
+        let error = filter.error.as_deref();
+        let error_clause = search::error_clause(error, 7);
         count_round_trips(1);
-        self.one(Commit::Durable, async |statements| {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        self.search(async |statements| {
+            let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {COLUMNS} FROM jobs
                  WHERE namespace = $1
                    AND ($2::job_status IS NULL OR status = $2)
                    AND ($3::text IS NULL OR kind = $3)
                    AND ($4::text IS NULL OR queue = $4)
                    AND ($5::uuid IS NULL OR id < $5)
-                   AND ($7::text IS NULL OR last_error ILIKE '%' || $7 || '%' ESCAPE '\\')
+                   {error_clause}
                  ORDER BY id DESC
                  LIMIT $6"
             )))
@@ -124,8 +126,11 @@ impl Store {
             .bind(filter.kind.as_ref().map(Kind::as_str))
             .bind(filter.queue.as_ref().map(QueueName::as_str))
             .bind(filter.before.map(|id| id.as_uuid()))
-            .bind(i64::from(filter.limit))
-            .bind(filter.error.as_deref().map(super::dead::escape_like))
+            .bind(i64::from(filter.limit));
+            match error {
+                Some(error) => query.bind(search::error_pattern(error)),
+                None => query,
+            }
             .fetch_all(statements)
             .await
         })
