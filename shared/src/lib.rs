@@ -5,6 +5,7 @@
 //! - [`namespace`]: a tenant and what it owns (vhost, key prefix, object prefix, rows).
 //! - [`job_id`], [`kind`], [`queue`], [`status`], [`idempotency`]: typed job values.
 //! - [`envelope`]: the message a job travels in through RabbitMQ.
+//! - [`payload`]: the size of args and results as JSON text, which their caps measure.
 //! - [`egress`]: where jobs' outbound requests may connect (the SSRF policy).
 //! - [`retry`]: backoff with jitter and the delay tiers it rounds up to.
 //! - [`limits`]: rate and concurrency limits in Redis, per namespace key prefix.
@@ -32,6 +33,7 @@ pub mod kind;
 pub mod limits;
 pub mod metrics;
 pub mod namespace;
+pub mod payload;
 pub mod queue;
 pub mod retry;
 pub mod shutdown;

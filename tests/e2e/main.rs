@@ -22,6 +22,7 @@ mod limits;
 mod manifests;
 mod metrics;
 mod outage;
+mod payload_caps;
 mod poison;
 mod pooler;
 mod processes;

@@ -70,6 +70,8 @@ pub struct Shared {
     pub logs: Arc<LogShipper>,
     /// Most bytes of log text kept per attempt.
     pub log_cap: usize,
+    /// Largest result stored (`worker.max_result_bytes`); a larger one fails the attempt.
+    pub max_result_bytes: usize,
 }
 
 pub async fn execute(shared: Arc<Shared>, namespace: usize, received: Received) {
@@ -741,7 +743,7 @@ async fn run_handler(
     // In the attempt's span, so the handler's own log lines carry the job and its trace.
     let mut task = tokio::spawn(handler.in_current_span());
     match tokio::time::timeout(timeout, &mut task).await {
-        Ok(Ok(Ok(result))) => HandlerOutcome::Succeeded(result),
+        Ok(Ok(Ok(result))) => checked_result(result, shared.max_result_bytes),
         Ok(Ok(Err(JobError::Retryable(error)))) => {
             HandlerOutcome::Failed(ErrorKind::Error, format!("{error:#}"))
         }
@@ -776,6 +778,23 @@ async fn run_handler(
             )
         }
     }
+}
+
+/// A handler's result, if it fits the cap. One that does not is a fatal failure rather than
+/// a truncated result: a truncated value would be stored as if it were the real one, and
+/// the same handler would make the same result again on a retry. The handler's work is
+/// done by then; the error says so, with both sizes, and never quotes the result.
+fn checked_result(result: serde_json::Value, max_bytes: usize) -> HandlerOutcome {
+    let bytes = engine_shared::payload::json_len(&result);
+    if bytes <= max_bytes {
+        return HandlerOutcome::Succeeded(result);
+    }
+    HandlerOutcome::Failed(
+        ErrorKind::Fatal,
+        format!(
+            "the handler returned a result of {bytes} bytes of JSON, more than the              {max_bytes} stored (worker.max_result_bytes); it was not stored, and the job              is not retried"
+        ),
+    )
 }
 
 async fn ack(delivery: &Delivery) {

@@ -76,7 +76,8 @@ pub struct RedriveRequest {
 }
 
 /// `POST /v1/jobs/redrive`: `{matched}` for a dry run; else `{redriven, more}`, where `more`
-/// says matching dead jobs remain (the request hit its limit).
+/// says matching dead jobs remain (the request hit its limit). Counts, never rows: the
+/// fast path gets the first `relay.claim_max_bytes` of args, the sweeper the rest.
 pub async fn redrive(
     State(state): State<AppState>,
     caller: Caller,
@@ -119,16 +120,21 @@ pub async fn redrive(
             .map_err(ApiError::from_store)?;
         return Ok(Json(json!({ "dry_run": true, "matched": matched })).into_response());
     }
-    let rows = state
+    let redriven = state
         .store
-        .redrive(&caller.namespace, &filter, limit)
+        .redrive(
+            &caller.namespace,
+            &filter,
+            limit,
+            state.settings.relay.claim_max_bytes,
+        )
         .await
         .map_err(ApiError::from_store)?;
-    publish(&state, &caller.namespace, &rows).await;
-    tracing::info!(namespace = %caller.namespace, count = rows.len(), "redrove dead jobs");
+    publish(&state, &caller.namespace, &redriven.to_publish).await;
+    tracing::info!(namespace = %caller.namespace, count = redriven.count, "redrove dead jobs");
     Ok(Json(json!({
-        "redriven": rows.len(),
-        "more": rows.len() as i64 == limit,
+        "redriven": redriven.count,
+        "more": redriven.count as i64 == limit,
     }))
     .into_response())
 }

@@ -241,7 +241,8 @@ pub struct ListParams {
 
 const MAX_PAGE: u32 = 200;
 
-/// `GET /v1/jobs?status=&kind=&queue=&error=&limit=&before=`: newest first, keyset-paginated.
+/// `GET /v1/jobs?status=&kind=&queue=&error=&limit=&before=`: newest first, keyset-paginated;
+/// a page holds at most `limit` jobs and `api.page_max_bytes` of their args and results.
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -308,16 +309,18 @@ pub async fn list(
         error,
         before,
         limit,
+        max_bytes: state.settings.api.page_max_bytes,
     };
-    let jobs = state
+    let page = state
         .store
         .list_jobs(&caller.namespace, &filter)
         .await
         .map_err(ApiError::from_store)?;
-    let next = (jobs.len() == limit as usize)
-        .then(|| jobs.last().map(|job| job.id))
+    let next = page
+        .more
+        .then(|| page.jobs.last().map(|job| job.id))
         .flatten();
-    Ok(Json(json!({ "jobs": jobs, "next": next })))
+    Ok(Json(json!({ "jobs": page.jobs, "next": next })))
 }
 
 /// `POST /v1/jobs/{id}/cancel`: 200 when cancelled, 202 when its running handler was asked

@@ -197,6 +197,20 @@ impl Settings {
                 "must be at least 5 (RabbitMQ's default is 1800)".into(),
             ));
         }
+        for (name, bytes) in [
+            ("api.max_args_bytes", raw.api.max_args_bytes as i64),
+            ("api.page_max_bytes", raw.api.page_max_bytes),
+            (
+                "worker.max_result_bytes",
+                raw.worker.max_result_bytes as i64,
+            ),
+            ("relay.claim_max_bytes", raw.relay.claim_max_bytes),
+            ("archive.batch_max_bytes", raw.archive.batch_max_bytes),
+        ] {
+            if bytes < 1 {
+                return Err(invalid(name, "must be at least 1 byte".into()));
+            }
+        }
         if raw.api.max_batch == 0 {
             return Err(invalid("api.max_batch", "must be at least 1".into()));
         }
@@ -333,6 +347,7 @@ impl Settings {
                 id: raw.worker.id.unwrap_or_else(default_worker_id),
                 health_listen: raw.worker.health_listen.filter(|listen| !listen.is_empty()),
                 liveness_grace: Duration::from_secs(raw.worker.liveness_grace_secs),
+                max_result_bytes: raw.worker.max_result_bytes,
             },
             relay: raw.relay,
             rescue: raw.rescue,

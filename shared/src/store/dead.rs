@@ -220,44 +220,84 @@ impl Store {
     }
 
     /// Sends up to `limit` of `namespace`'s dead jobs matching `filter` back to work, oldest
-    /// first, in one statement; returns them for publishing. A search: the statement (and
-    /// with it the whole redrive) stops at the read timeout.
+    /// first, in one statement. Every one of them is back in the outbox; only the first ones
+    /// whose args add up to less than `max_bytes` are returned with their args, for the fast
+    /// path, so a redrive of thousands of large jobs never holds them all in memory. The
+    /// sweeper publishes the rest, a grace period later. A search: the statement (and with
+    /// it the whole redrive) stops at the read timeout.
     pub async fn redrive(
         &self,
         namespace: &Namespace,
         filter: &DeadFilter,
         limit: i64,
-    ) -> anyhow::Result<Vec<OutboxJob>> {
+        max_bytes: i64,
+    ) -> anyhow::Result<Redriven> {
         let error = filter.error.as_deref();
-        let error_clause = search::error_clause(error, 5);
+        let error_clause = search::error_clause(error, 6);
         count_round_trips(1);
-        self.search(async |statements| {
-            let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "WITH target AS (
-                 SELECT id FROM jobs
-                 WHERE namespace = $1 AND status = 'dead'
-                   AND ($2::text IS NULL OR kind = $2)
-                   AND ($3::text IS NULL OR queue = $3)
-                   {error_clause}
-                 ORDER BY id
-                 LIMIT $4
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE jobs SET {BACK_TO_WORK}
-             FROM target WHERE jobs.id = target.id
-             RETURNING {OUTBOX_COLUMNS}"
-            )))
-            .bind(namespace.as_str())
-            .bind(filter.kind.as_ref().map(Kind::as_str))
-            .bind(filter.queue.as_ref().map(QueueName::as_str))
-            .bind(limit);
-            match error {
-                Some(error) => query.bind(search::error_pattern(error)),
-                None => query,
-            }
-            .fetch_all(statements)
+        // The final SELECT sees the rows as they were before the UPDATE of its own statement;
+        // the columns it reads are ones the UPDATE does not change.
+        let rows: Vec<RedrivenRow> = self
+            .search(async |statements| {
+                let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "WITH target AS (
+                         SELECT id FROM jobs
+                         WHERE namespace = $1 AND status = 'dead'
+                           AND ($2::text IS NULL OR kind = $2)
+                           AND ($3::text IS NULL OR queue = $3)
+                           {error_clause}
+                         ORDER BY id
+                         LIMIT $4
+                         FOR UPDATE SKIP LOCKED),
+                     moved AS (
+                         UPDATE jobs SET {BACK_TO_WORK}
+                         FROM target WHERE jobs.id = target.id
+                         RETURNING jobs.id, jobs.args_bytes),
+                     sized AS (
+                         SELECT id, count(*) OVER () AS redriven,
+                                sum(args_bytes) OVER (ORDER BY id) - args_bytes AS bytes_before
+                         FROM moved)
+                     SELECT {OUTBOX_COLUMNS}, sized.redriven
+                     FROM jobs JOIN sized ON jobs.id = sized.id
+                     WHERE sized.bytes_before < $5
+                     ORDER BY jobs.id"
+                )))
+                .bind(namespace.as_str())
+                .bind(filter.kind.as_ref().map(Kind::as_str))
+                .bind(filter.queue.as_ref().map(QueueName::as_str))
+                .bind(limit)
+                .bind(max_bytes);
+                match error {
+                    Some(error) => query.bind(search::error_pattern(error)),
+                    None => query,
+                }
+                .fetch_all(statements)
+                .await
+            })
             .await
+            .context("redriving dead jobs")?;
+        Ok(Redriven {
+            count: rows
+                .first()
+                .map_or(0, |row| u64::try_from(row.redriven).unwrap_or(0)),
+            to_publish: rows.into_iter().map(|row| row.job).collect(),
         })
-        .await
-        .context("redriving dead jobs")
     }
+}
+
+/// What [`Store::redrive`] did.
+#[derive(Debug)]
+pub struct Redriven {
+    /// Jobs sent back to work.
+    pub count: u64,
+    /// The first of them, within the byte bound, for the fast path; the sweeper publishes
+    /// the others.
+    pub to_publish: Vec<OutboxJob>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RedrivenRow {
+    #[sqlx(flatten)]
+    job: OutboxJob,
+    redriven: i64,
 }

@@ -30,13 +30,13 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use api_keys::{ApiKey, LiveKey, NewApiKey};
-pub use archive::{ArchiveBatch, ArchivePass, ArchivedJob};
+pub use archive::{ArchiveBatch, ArchivePass, ArchivedJob, Chosen};
 pub use cancel::CancelOutcome;
-pub use dead::{Burial, DeadFilter, JobError};
+pub use dead::{Burial, DeadFilter, JobError, Redriven};
 pub use execution::{AttemptOutcome, ErrorKind, FinishRequest, FinishedJob};
 pub use lease::{LeaseRenewal, RunningAttempt};
 pub use outbox::{OutboxClaim, OutboxJob};
-pub use query::{JobFilter, JobRecord};
+pub use query::{JobFilter, JobPage, JobRecord};
 pub use refusal::{EachOutcome, NotStored, Refused};
 pub use rescue::{RescueReason, RescueScope, Rescued, StaleQueue};
 pub use search::{MIN_ERROR_FILTER_CHARS, SearchRefused};
