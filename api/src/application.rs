@@ -38,7 +38,10 @@ impl Application {
     /// Connects lazily (the API starts even while PostgreSQL or RabbitMQ is down), applies
     /// migrations if configured, and binds the listener.
     pub async fn build(settings: Settings, registry: Registry) -> anyhow::Result<Self> {
-        let store = Store::connect_lazy(&settings.database)?;
+        let store = Store::connect_lazy_with_read_timeout(
+            &settings.database,
+            settings.api.read_timeout_ms,
+        )?;
         if settings.database.migrate_on_start {
             store.migrate().await?;
         }
@@ -68,9 +71,14 @@ impl Application {
         let state = AppState {
             store,
             registry: Arc::new(registry),
-            keys: Arc::new(KeyCache::new(Duration::from_secs(
-                settings.api.key_cache_secs,
-            ))),
+            keys: Arc::new(KeyCache::new(
+                Duration::from_secs(settings.api.key_cache_secs),
+                settings
+                    .namespaces
+                    .iter()
+                    .map(|spec| spec.name.clone())
+                    .collect(),
+            )),
             settings: Arc::new(settings),
             relay,
             submissions,

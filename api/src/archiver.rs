@@ -80,7 +80,8 @@ pub enum BatchOutcome {
         jobs: u64,
         /// It was a batch a stopped pass had left pending.
         resumed: bool,
-        /// A new batch of `archive.batch_size` jobs: there may be more right away.
+        /// A new batch cut at `archive.batch_size` jobs or `archive.batch_max_bytes`: there
+        /// may be more right away.
         full: bool,
         committed: bool,
     },
@@ -168,6 +169,8 @@ pub async fn archive_batch(
         return Ok(BatchOutcome::Busy);
     };
     let cutoff = now - chrono::Duration::days(i64::from(settings.after_days));
+    // A new batch cut short by its row or byte bound: there may be more right away.
+    let mut more = false;
     let (batch, jobs, resumed) = match pass.pending().await? {
         Some(batch) => {
             let locked = pass.lock_recorded(&batch, cutoff).await?;
@@ -176,12 +179,13 @@ pub async fn archive_batch(
         }
         None => {
             let limit = i64::from(settings.batch_size.max(1));
-            let chosen = pass.choose(cutoff, limit).await?;
-            if chosen.is_empty() {
+            let chosen = pass.choose(cutoff, limit, settings.batch_max_bytes).await?;
+            if chosen.ids.is_empty() {
                 pass.rollback().await?;
                 return Ok(BatchOutcome::Nothing);
             }
-            let jobs = pass.read(&chosen).await?;
+            more = chosen.more;
+            let jobs = pass.read(&chosen.ids).await?;
             (record_new_batch(&pass, ns, &jobs).await?, jobs, false)
         }
     };
@@ -221,7 +225,7 @@ pub async fn archive_batch(
         key,
         jobs: deleted,
         resumed,
-        full: !resumed && deleted >= u64::from(settings.batch_size.max(1)),
+        full: !resumed && more,
         committed: true,
     })
 }

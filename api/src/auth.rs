@@ -1,5 +1,6 @@
 //! Bearer API keys → the caller's namespace, with a short-lived cache so a busy client
-//! costs one PostgreSQL lookup per `api.key_cache_secs`, not one per request.
+//! costs PostgreSQL nothing for `api.key_cache_secs`, and any other token is checked
+//! against the live keys read at most once a second ([`crate::known_keys`]).
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -12,6 +13,7 @@ use axum::http::request::Parts;
 use engine_shared::Namespace;
 use engine_shared::store::{ApiKey, Store};
 
+use crate::known_keys::KnownKeys;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -25,19 +27,24 @@ pub struct Caller {
 }
 
 /// Verified keys (by hash) and when each was verified. Revoking a key takes effect within
-/// the TTL. Bounded: cleared wholesale when it grows past `MAX_ENTRIES`.
+/// the TTL (plus [`crate::known_keys::RECHECK`]). Bounded: cleared wholesale when it grows
+/// past `MAX_ENTRIES`; only live keys enter it.
 pub struct KeyCache {
     ttl: Duration,
     entries: RwLock<HashMap<[u8; 32], (Namespace, Instant)>>,
+    /// What answers a token the cache does not hold, unknown ones included.
+    known: KnownKeys,
 }
 
 const MAX_ENTRIES: usize = 10_000;
 
 impl KeyCache {
-    pub fn new(ttl: Duration) -> Self {
+    /// A cache for the keys of the `served` namespaces.
+    pub fn new(ttl: Duration, served: Vec<Namespace>) -> Self {
         Self {
             ttl,
             entries: RwLock::new(HashMap::new()),
+            known: KnownKeys::new(served),
         }
     }
 
@@ -57,24 +64,17 @@ impl KeyCache {
         entries.insert(hash, (namespace, Instant::now()));
     }
 
-    /// Resolves a presented token to its namespace, asking `store` on a cache miss.
+    /// Resolves a presented token to its namespace, asking the live keys on a cache miss.
     pub async fn resolve(&self, store: &Store, token: &str) -> Result<Option<Namespace>, ApiError> {
-        let key = ApiKey::from_presented(token);
-        if let Some(namespace) = self.get(&key.hash()) {
+        let hash = ApiKey::from_presented(token).hash();
+        if let Some(namespace) = self.get(&hash) {
             return Ok(Some(namespace));
         }
-        let Some(name) = store
-            .namespace_for_key(&key)
-            .await
-            .map_err(ApiError::from_store)?
-        else {
-            return Ok(None);
-        };
-        let namespace = Namespace::parse(&name).map_err(|e| {
-            ApiError::Internal(anyhow::anyhow!("stored key has a bad namespace: {e}"))
-        })?;
-        self.put(key.hash(), namespace.clone());
-        Ok(Some(namespace))
+        let namespace = self.known.namespace_of(store, &hash).await?;
+        if let Some(namespace) = &namespace {
+            self.put(hash, namespace.clone());
+        }
+        Ok(namespace)
     }
 }
 

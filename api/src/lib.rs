@@ -5,7 +5,8 @@
 //! - [`routes`]: the endpoints; [`submission`]: what a submitted job must look like;
 //!   [`readiness`]: `/readyz` answered from one recent check;
 //!   [`nul_character`]: the one character PostgreSQL cannot store.
-//! - [`auth`]: bearer API key → namespace; [`submission_limit`]: per-key 429s;
+//! - [`auth`]: bearer API key → namespace, [`known_keys`]: the live keys in memory;
+//!   [`submission_limit`]: per-key 429s;
 //!   [`problem`]: RFC 9457 errors;
 //!   [`json_body`]: JSON bodies with field-level errors.
 //! - [`relay`]: the outbox relay (fast path + sweeper) that publishes accepted jobs;
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod blocked;
 pub mod cli;
 pub mod json_body;
+pub mod known_keys;
 pub mod nul_character;
 pub mod problem;
 pub mod progress;

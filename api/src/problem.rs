@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use engine_shared::group_commit::GroupCommitError;
-use engine_shared::store::{NotStored, Refused};
+use engine_shared::store::{NotStored, Refused, SearchRefused};
 
 /// One field-level defect in a request.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -43,6 +43,10 @@ pub enum ApiError {
     },
     #[error("the state database is unreachable; retry shortly")]
     Unavailable,
+    /// A search stopped at `api.read_timeout_ms`, or one that found every search
+    /// connection taken.
+    #[error("{0}")]
+    Search(SearchRefused),
     #[error(
         "this API key submits more than {rate} jobs per second (burst {burst}); retry in {} s",
         retry_after_secs
@@ -82,7 +86,11 @@ impl ApiError {
     }
 
     /// Classifies a store error: unreachable database → 503, anything else → 500.
+    /// A search the store refused (too slow, too many at once) → 503 saying which.
     pub fn from_store(error: anyhow::Error) -> Self {
+        if let Some(refused) = SearchRefused::in_chain(&error) {
+            return Self::Search(refused.clone());
+        }
         if engine_shared::store::chain_is_unavailable(&error) {
             engine_shared::metrics::metrics().dependency_error("postgres");
             Self::Unavailable
@@ -143,6 +151,16 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "/problems/unavailable",
                 "Service unavailable",
+            ),
+            Self::Search(SearchRefused::TimedOut { .. }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/read-timeout",
+                "Read timed out",
+            ),
+            Self::Search(SearchRefused::Busy) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/reads-busy",
+                "Too many searches",
             ),
             Self::TooManyRequests { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -235,7 +253,7 @@ impl IntoResponse for ApiError {
             Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::Unavailable | Self::Storage(_) => {
+            Self::Unavailable | Self::Storage(_) | Self::Search(SearchRefused::Busy) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
             }
             Self::TooManyRequests {

@@ -207,6 +207,7 @@ impl Relay {
             .claim_due(
                 &self.blocked.sweepable(&self.served),
                 self.settings.batch_size,
+                self.settings.claim_max_bytes,
             )
             .await?
         {
@@ -224,6 +225,7 @@ impl Relay {
                     &self.blocked.sweepable(&self.served),
                     self.settings.publish_grace(),
                     self.settings.batch_size,
+                    self.settings.claim_max_bytes,
                 )
                 .await?;
             if !self
@@ -235,12 +237,12 @@ impl Relay {
         }
     }
 
-    /// Publishes a claim's rows and completes it. `true` when the claim was full and the
-    /// broker confirmed all of it, i.e. there may be more to claim right away; a partly
-    /// confirmed claim is not retried in this pass, so a refusing broker cannot keep the
-    /// sweeper looping.
+    /// Publishes a claim's rows and completes it. `true` when the claim was full (of rows
+    /// or of bytes) and the broker confirmed all of it, i.e. there may be more to claim
+    /// right away; a partly confirmed claim is not retried in this pass, so a refusing
+    /// broker cannot keep the sweeper looping.
     async fn publish_claim(&self, claim: OutboxClaim, what: &'static str) -> anyhow::Result<bool> {
-        let full = claim.jobs.len() as i64 == self.settings.batch_size;
+        let full = claim.more;
         let published = self.publish_rows(&claim.jobs).await;
         if !published.is_empty() {
             tracing::info!(count = published.len(), "{what}");

@@ -171,7 +171,21 @@ impl SubmitJob {
                 ),
             );
         }
-        if let Some(kind) = &kind
+        // Measured as the JSON text the row, the message and the worker carry. Over the
+        // cap, the args are not looked into further: the job is refused either way.
+        let args_bytes = engine_shared::payload::json_len(&self.args);
+        let args_fit = args_bytes <= settings.api.max_args_bytes;
+        if !args_fit {
+            fail(
+                "args",
+                format!(
+                    "is {args_bytes} bytes of JSON; at most {} are accepted (api.max_args_bytes)",
+                    settings.api.max_args_bytes
+                ),
+            );
+        }
+        if args_fit
+            && let Some(kind) = &kind
             && let Some(Err(error)) = registry.check_args(kind, &self.args)
         {
             let field = if error.path == "." {
@@ -183,7 +197,7 @@ impl SubmitJob {
         }
         // Valid JSON `jsonb` refuses; checked apart from the kind's type, which may not look
         // inside every value.
-        if let Some(error) = crate::nul_character::first_nul(&self.args, "args") {
+        if args_fit && let Some(error) = crate::nul_character::first_nul(&self.args, "args") {
             fail(&error.field, error.message);
         }
         let defaults = kind.as_ref().and_then(|kind| registry.defaults(kind));

@@ -20,8 +20,10 @@ use engine_shared::egress::{EgressPolicy, Refusal};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::{Host, Url};
 
-/// How long resolving one of the fleet's service hosts may take at start-up.
+/// How long resolving one of the fleet's service hosts may take.
 const SERVICE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the service hosts are resolved again: managed endpoints move.
+const SERVICE_REFRESH: Duration = Duration::from_secs(60);
 
 /// An HTTP client that only reaches destinations the policy allows.
 #[derive(Clone, Debug)]
@@ -32,11 +34,23 @@ pub struct EgressClient {
 
 /// A destination the policy refused, as the error a request fails with.
 #[derive(Debug)]
-pub struct Refused(pub Refusal);
+pub struct Refused {
+    /// The host as the URL named it.
+    pub host: String,
+    /// Why, for the fleet's own log only: it names internal addresses, and tells the
+    /// fleet's service hosts apart from other internal ones.
+    pub reason: Refusal,
+}
 
+/// What the tenant sees: only the host they wrote, so a refusal maps nothing of the
+/// fleet's network (which internal names exist, what they resolve to, which are services).
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "destination not allowed: {}", self.0)
+        write!(
+            f,
+            "destination not allowed: {} is not a public address",
+            self.host
+        )
     }
 }
 
@@ -58,32 +72,42 @@ impl EgressClient {
         Ok(Self { http, policy })
     }
 
-    /// The fleet's client: `egress.allow` opened, and the fleet's own service hosts (and
-    /// the addresses they resolve to now) refused.
+    /// The fleet's client: `egress.allow` opened, and the fleet's own service hosts
+    /// refused, with the addresses they resolve to (looked up now, all at once, and again
+    /// every minute while the client lives).
     pub async fn for_fleet(settings: &Settings) -> anyhow::Result<Self> {
         let mut policy = EgressPolicy::new(settings.egress_allow.clone());
         for host in settings.service_hosts() {
-            let addresses = service_addresses(&host).await;
-            policy = policy.with_service(&host, addresses);
+            policy = policy.with_service(&host);
         }
-        Self::new(policy)
+        resolve_services(&policy).await;
+        let client = Self::new(policy)?;
+        let policy = Arc::downgrade(&client.policy);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SERVICE_REFRESH).await;
+                let Some(policy) = policy.upgrade() else {
+                    return;
+                };
+                resolve_services(&policy).await;
+            }
+        });
+        Ok(client)
     }
 
     /// A POST to `url`, or why its destination is refused. Its host is checked here; the
     /// addresses a host name resolves to are checked as the connection is made.
     pub fn post(&self, url: &Url) -> Result<reqwest::RequestBuilder, Refused> {
-        match url.host() {
-            Some(Host::Domain(name)) => self.policy.check_host(name).map_err(Refused)?,
-            Some(Host::Ipv4(ip)) => self
-                .policy
-                .check_address(None, IpAddr::V4(ip))
-                .map_err(Refused)?,
-            Some(Host::Ipv6(ip)) => self
-                .policy
-                .check_address(None, IpAddr::V6(ip))
-                .map_err(Refused)?,
-            None => return Err(Refused(Refusal::NoHost)),
-        }
+        let checked = match url.host() {
+            Some(Host::Domain(name)) => self.policy.check_host(name),
+            Some(Host::Ipv4(ip)) => self.policy.check_address(None, IpAddr::V4(ip)),
+            Some(Host::Ipv6(ip)) => self.policy.check_address(None, IpAddr::V6(ip)),
+            None => Err(Refusal::NoHost),
+        };
+        checked.map_err(|reason| Refused {
+            host: url.host_str().unwrap_or_default().to_owned(),
+            reason,
+        })?;
         Ok(self.http.post(url.clone()))
     }
 
@@ -107,22 +131,24 @@ impl Default for EgressClient {
     }
 }
 
-/// What a service host resolves to at start-up; none if it cannot be resolved now (it is
-/// still refused by name).
-async fn service_addresses(host: &str) -> Vec<IpAddr> {
-    let host = host.trim_matches(['[', ']']);
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return vec![ip];
-    }
-    match tokio::time::timeout(SERVICE_LOOKUP_TIMEOUT, tokio::net::lookup_host((host, 0))).await {
-        Ok(Ok(addresses)) => addresses.map(|a| a.ip()).collect(),
-        Ok(Err(error)) => {
-            tracing::warn!(%host, %error, "could not resolve a service host; it is refused by name only");
-            Vec::new()
-        }
-        Err(_) => {
-            tracing::warn!(%host, "resolving a service host timed out; it is refused by name only");
-            Vec::new()
+/// Resolves every service host name at once and records what each resolves to now. A
+/// name that cannot be resolved keeps what it resolved to last (it is refused by name in
+/// any case), and is tried again at the next refresh.
+async fn resolve_services(policy: &EgressPolicy) {
+    let lookups = policy.service_names().map(|name| async move {
+        let found =
+            tokio::time::timeout(SERVICE_LOOKUP_TIMEOUT, tokio::net::lookup_host((name, 0))).await;
+        (name, found)
+    });
+    for (name, found) in futures_util::future::join_all(lookups).await {
+        match found {
+            Ok(Ok(addresses)) => policy.set_resolved(name, addresses.map(|a| a.ip())),
+            Ok(Err(error)) => {
+                tracing::warn!(host = %name, %error, "could not resolve a service host; refusing it by name and its last known addresses");
+            }
+            Err(_) => {
+                tracing::warn!(host = %name, "resolving a service host timed out; refusing it by name and its last known addresses");
+            }
         }
     }
 }
@@ -138,13 +164,17 @@ impl Resolve for PolicyResolver {
         let policy = self.policy.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            policy.check_host(&host).map_err(Refused)?;
+            let refused = |reason| Refused {
+                host: host.clone(),
+                reason,
+            };
+            policy.check_host(&host).map_err(refused)?;
             let addresses: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             for address in &addresses {
                 policy
                     .check_address(Some(&host), address.ip())
-                    .map_err(Refused)?;
+                    .map_err(refused)?;
             }
             Ok(Box::new(addresses.into_iter()) as Addrs)
         })

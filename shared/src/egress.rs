@@ -8,10 +8,11 @@
 //! and IPv6 forms that embed an IPv4 address of those. `egress.allow` opens ranges or host
 //! names on purpose (an operator's internal receivers; the test suite's loopback ones).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -29,11 +30,19 @@ impl FromStr for AllowRule {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        if let Ok(net) = text.parse::<IpNet>() {
+        let net = text
+            .parse::<IpNet>()
+            .ok()
+            .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from));
+        if let Some(net) = net {
+            // Addresses are judged in their IPv4 form when an IPv6 form embeds one, so a
+            // rule written as ::ffff:10.0.0.0/104 would never match anything.
+            if net.addr() != canonical(net.addr()) {
+                return Err(format!(
+                    "{text:?} embeds an IPv4 range in IPv6; write it as IPv4"
+                ));
+            }
             return Ok(Self::Range(net.trunc()));
-        }
-        if let Ok(ip) = text.parse::<IpAddr>() {
-            return Ok(Self::Range(IpNet::from(ip)));
         }
         let host = normal_host(text);
         let valid = !host.is_empty()
@@ -75,12 +84,16 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// The policy every outbound request of a job is checked against.
+/// The policy every outbound request of a job is checked against. Clones share the
+/// service hosts' addresses, which are refreshed as they change ([`Self::set_resolved`]).
 #[derive(Clone, Debug, Default)]
 pub struct EgressPolicy {
     allow: Vec<AllowRule>,
     service_hosts: BTreeSet<String>,
-    service_addresses: BTreeSet<IpAddr>,
+    /// Services given as address literals.
+    service_literals: BTreeSet<IpAddr>,
+    /// What each service host name resolved to when last looked up.
+    resolved: Arc<RwLock<BTreeMap<String, BTreeSet<IpAddr>>>>,
 }
 
 impl EgressPolicy {
@@ -91,18 +104,43 @@ impl EgressPolicy {
         }
     }
 
-    /// Refuses `host` (a name or an address literal) and the `addresses` it resolves to,
-    /// whatever `allow` says.
-    pub fn with_service(mut self, host: &str, addresses: impl IntoIterator<Item = IpAddr>) -> Self {
+    /// Refuses `host` (a name or an address literal), and whatever it is known to resolve
+    /// to ([`Self::set_resolved`]), whatever `allow` says.
+    pub fn with_service(mut self, host: &str) -> Self {
         let host = normal_host(host);
-        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
-            self.service_addresses.insert(canonical(ip));
-        } else {
-            self.service_hosts.insert(host);
+        match host.trim_matches(['[', ']']).parse::<IpAddr>() {
+            Ok(ip) => {
+                self.service_literals.insert(canonical(ip));
+            }
+            Err(_) => {
+                self.service_hosts.insert(host);
+            }
         }
-        self.service_addresses
-            .extend(addresses.into_iter().map(canonical));
         self
+    }
+
+    /// The service host names, to resolve (and resolve again as they change).
+    pub fn service_names(&self) -> impl Iterator<Item = &str> {
+        self.service_hosts.iter().map(String::as_str)
+    }
+
+    /// Records what service host `name` resolves to now, replacing what it resolved to.
+    pub fn set_resolved(&self, name: &str, addresses: impl IntoIterator<Item = IpAddr>) {
+        let addresses = addresses.into_iter().map(canonical).collect();
+        self.resolved
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(normal_host(name), addresses);
+    }
+
+    fn is_service_address(&self, address: IpAddr) -> bool {
+        self.service_literals.contains(&address)
+            || self
+                .resolved
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+                .any(|addresses| addresses.contains(&address))
     }
 
     /// Checks the host name of a request before anything is resolved.
@@ -117,7 +155,7 @@ impl EgressPolicy {
     /// address literal in the URL).
     pub fn check_address(&self, host: Option<&str>, address: IpAddr) -> Result<(), Refusal> {
         let address = canonical(address);
-        if self.service_addresses.contains(&address) {
+        if self.is_service_address(address) {
             return Err(Refusal::Service);
         }
         let Some(range) = special_range(address) else {
@@ -140,9 +178,11 @@ fn normal_host(host: &str) -> String {
     host.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// An IPv4 address carried in an IPv6 form (mapped `::ffff:a.b.c.d`, compatible
-/// `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, 6to4 `2002:ab:cd::`) is judged as that IPv4
-/// address: the kernel or a gateway would deliver it there.
+/// An IPv4 address carried in an IPv6 form (mapped `::ffff:a.b.c.d`, translated
+/// `::ffff:0:a.b.c.d`, compatible `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, 6to4
+/// `2002:ab:cd::`) is judged as that IPv4 address: the kernel or a gateway would deliver
+/// it there. (Local-use NAT64, `64:ff9b:1::/48`, places it by prefix length, so that whole
+/// range is refused instead.)
 fn canonical(address: IpAddr) -> IpAddr {
     let IpAddr::V6(v6) = address else {
         return address;
@@ -152,6 +192,10 @@ fn canonical(address: IpAddr) -> IpAddr {
     }
     let s = v6.segments();
     let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    // IPv4-translated (RFC 2765, SIIT): ::ffff:0:a.b.c.d.
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return IpAddr::V4(embedded(s[6], s[7]));
+    }
     if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
         return IpAddr::V4(embedded(s[6], s[7]));
     }
@@ -198,7 +242,23 @@ const V6_RANGES: &[(Ipv6Addr, u8, &str)] = &[
         64,
         "discard-only",
     ),
+    (
+        Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0),
+        48,
+        "local-use NAT64",
+    ),
 ];
+
+/// Every range [`special_range`] refuses, in the form a NetworkPolicy lists them.
+pub fn refused_ranges() -> Vec<IpNet> {
+    let v4 = V4_RANGES
+        .iter()
+        .map(|&(net, prefix, _)| IpNet::V4(Ipv4Net::new(net, prefix).expect("valid prefix")));
+    let v6 = V6_RANGES
+        .iter()
+        .map(|&(net, prefix, _)| IpNet::V6(Ipv6Net::new(net, prefix).expect("valid prefix")));
+    v4.chain(v6).collect()
+}
 
 /// The name of the special-purpose range `address` is in, if any.
 pub fn special_range(address: IpAddr) -> Option<&'static str> {
@@ -256,6 +316,8 @@ mod tests {
             "64:ff9b::a00:1",
             "2002:7f00:1::",
             "::ffff:10.0.0.1",
+            "::ffff:0:a9fe:a9fe",
+            "64:ff9b:1::a00:1",
         ] {
             assert!(refused(&policy, address), "{address} was allowed");
         }
@@ -283,8 +345,18 @@ mod tests {
             "Hooks.Internal.".parse().unwrap(),
         ];
         let policy = EgressPolicy::new(allow)
-            .with_service("127.0.0.1", [])
-            .with_service("db.example.com", ["10.9.9.9".parse().unwrap()]);
+            .with_service("127.0.0.1")
+            .with_service("db.example.com");
+        policy.set_resolved("db.example.com", ["10.9.9.8".parse().unwrap()]);
+        // Resolved again after a move: the new address is refused, the old one no longer.
+        policy
+            .clone()
+            .set_resolved("DB.example.com.", ["10.9.9.9".parse().unwrap()]);
+        assert!(
+            policy
+                .check_address(Some("hooks.internal"), "10.9.9.8".parse().unwrap())
+                .is_ok()
+        );
         assert!(
             policy
                 .check_address(None, "127.0.0.2".parse().unwrap())
@@ -326,6 +398,7 @@ mod tests {
             Ok(AllowRule::Range("::1/128".parse().unwrap()))
         );
         assert!("http://x".parse::<AllowRule>().is_err());
+        assert!("::ffff:10.0.0.0/104".parse::<AllowRule>().is_err());
         assert!("".parse::<AllowRule>().is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! - [`job_id`], [`kind`], [`queue`], [`status`], [`idempotency`]: typed job values.
 //! - [`envelope`]: the message a job travels in through RabbitMQ.
 //! - [`fair_share`]: a namespace's weight and cap on a worker shared with others.
+//! - [`payload`]: the size of args and results as JSON text, which their caps measure.
 //! - [`egress`]: where jobs' outbound requests may connect (the SSRF policy).
 //! - [`retry`]: backoff with jitter and the delay tiers it rounds up to.
 //! - [`limits`]: rate and concurrency limits in Redis, per namespace key prefix.
@@ -34,6 +35,7 @@ pub mod kind;
 pub mod limits;
 pub mod metrics;
 pub mod namespace;
+pub mod payload;
 pub mod queue;
 pub mod retry;
 pub mod shutdown;

@@ -94,6 +94,8 @@ pub struct Metrics {
     pub namespace_waiting: Family<NamespaceLabels, Gauge>,
     /// Slot-seconds each namespace's jobs held on a worker, added as each slot is given back.
     pub namespace_job_seconds: Family<NamespaceLabels, Counter<f64, AtomicU64>>,
+    /// API keys looked up in PostgreSQL (cache misses): a flood of unknown keys shows here.
+    pub key_lookups: Counter,
     registry: Registry,
 }
 
@@ -121,6 +123,7 @@ impl Metrics {
             namespace_running: Family::default(),
             namespace_waiting: Family::default(),
             namespace_job_seconds: Family::default(),
+            key_lookups: Counter::default(),
             registry: Registry::default(),
         };
         let registry = &mut metrics.registry;
@@ -171,7 +174,7 @@ impl Metrics {
         );
         registry.register(
             "tl_forged_messages",
-            "Job messages refused unrun: their kind, queue or args disagree with the job's row",
+            "Job messages refused unrun: their kind or queue disagrees with the job's row",
             metrics.forged_messages.clone(),
         );
         registry.register(
@@ -223,6 +226,11 @@ impl Metrics {
             "tl_namespace_job_seconds",
             "Seconds of worker slots a namespace's jobs used, counted as each slot is given back",
             metrics.namespace_job_seconds.clone(),
+        );
+        registry.register(
+            "tl_api_key_lookups",
+            "API key checks that reached PostgreSQL (the rest were answered from memory)",
+            metrics.key_lookups.clone(),
         );
         metrics
     }

@@ -494,6 +494,49 @@ fn foreign_version_backup() -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_while_another_runs_fails_clearly_and_stores_nothing() {
+    let source = ScratchDatabase::migrated().await;
+    seed(&source, 0).await;
+    let storage = TestFolder::new();
+    // Another replica's backup, as PostgreSQL sees it: its snapshot holds the lock.
+    let mut other = source.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(backup::dump::BACKUP_LOCK)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+
+    let second = backup::back_up(
+        source.pool(),
+        &storage.objects,
+        &storage.folder,
+        7,
+        &CancellationToken::new(),
+        drop,
+    )
+    .await;
+
+    let error = second.expect_err("a second backup at once must not run");
+    assert!(
+        format!("{error:#}").contains("another backup is running"),
+        "{error:#}"
+    );
+    assert_eq!(storage.names().await, Vec::<String>::new());
+    other.rollback().await.unwrap();
+    let after = backup::back_up(
+        source.pool(),
+        &storage.objects,
+        &storage.folder,
+        7,
+        &CancellationToken::new(),
+        drop,
+    )
+    .await;
+    assert!(after.is_ok(), "once it ended, backups run: {after:?}");
+    storage.clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_backup_stores_nothing() {
     let source = ScratchDatabase::migrated().await;
     seed(&source, 0).await;

@@ -60,10 +60,10 @@ async fn a_cancel_accepted_while_its_worker_is_dead_ends_the_job_cancelled_not_a
     drop(survivor);
 }
 
-#[tokio::test]
-async fn a_job_whose_worker_died_under_a_concurrency_limit_is_taken_over_after_its_deferral() {
-    // The killed worker's concurrency slot outlives it (its lease), so the redelivery is
-    // deferred through a delay tier; the copy that comes back must still take the job over.
+/// A fleet whose `sleep` kind may run one at a time, and a `sleep` job of `ms` whose
+/// worker process was SIGKILLed while it ran (its slot still leased in Redis); no worker
+/// is left. The job's id, and when the kill was.
+async fn sleep_killed_under_a_concurrency_limit(ms: u64) -> (TestFleet, String, Instant) {
     let fleet = TestFleet::start(FleetOptions {
         extra_toml: "[[limits]]\nkind = \"sleep\"\nconcurrency = 1\n".into(),
         ..without_worker()
@@ -71,9 +71,17 @@ async fn a_job_whose_worker_died_under_a_concurrency_limit_is_taken_over_after_i
     .await;
     let mut doomed = fleet.spawn_worker_process(2, 10);
     let id = fleet
-        .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": 2000 } }))
+        .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": ms } }))
         .await;
     doomed.kill();
+    (fleet, id, Instant::now())
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_died_under_a_concurrency_limit_is_taken_over_after_its_deferral() {
+    // The killed worker's concurrency slot outlives it (its lease), so the redelivery is
+    // deferred through a delay tier; the copy that comes back must still take the job over.
+    let (fleet, id, _) = sleep_killed_under_a_concurrency_limit(2000).await;
     let survivor = fleet.spawn_worker_process(2, 10);
 
     let record = fleet
@@ -91,17 +99,7 @@ async fn a_job_held_back_by_a_dead_workers_slot_starts_again_within_seconds() {
     // The killed attempt's slot stays leased in Redis; the redelivery waits for it. It must
     // be looked at again when that lease ends (10 s at most), not after a whole backoff
     // parked in the 30 s tier: the tail of every crash's recovery.
-    let fleet = TestFleet::start(FleetOptions {
-        extra_toml: "[[limits]]\nkind = \"sleep\"\nconcurrency = 1\n".into(),
-        ..without_worker()
-    })
-    .await;
-    let mut doomed = fleet.spawn_worker_process(2, 10);
-    let id = fleet
-        .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": 20000 } }))
-        .await;
-    doomed.kill();
-    let killed = Instant::now();
+    let (fleet, id, killed) = sleep_killed_under_a_concurrency_limit(20_000).await;
     let survivor = fleet.spawn_worker_process(2, 10);
 
     wait_until(

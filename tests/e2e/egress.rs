@@ -47,8 +47,10 @@ fn webhook(url: &str) -> serde_json::Value {
     json!({ "kind": "webhook.deliver", "args": { "url": url, "body": { "a": 1 } } })
 }
 
-/// Submits a webhook to `url`; it must end `dead` after one attempt, refused, not retried.
-async fn assert_refused(fleet: &TestFleet, url: &str, reason: &str) {
+/// Submits a webhook to `url`; it must end `dead` after one attempt, refused, not retried,
+/// saying no more than that its host is not public: which internal range it hit, or that
+/// it is one of the fleet's services, is for the fleet's log only.
+async fn assert_refused(fleet: &TestFleet, url: &str) {
     let answer = fleet.client.submit(&webhook(url)).await;
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{url}: {answer:?}");
     let record = fleet
@@ -59,9 +61,15 @@ async fn assert_refused(fleet: &TestFleet, url: &str, reason: &str) {
         record.attempts, 1,
         "{url}: a refusal is never retried ({error})"
     );
-    assert!(
-        error.contains("destination not allowed") && error.contains(reason),
-        "{url}: {error:?} lacks {reason:?}"
+    let host = reqwest::Url::parse(url)
+        .unwrap()
+        .host_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        error,
+        format!("destination not allowed: {host} is not a public address"),
+        "{url}"
     );
 }
 
@@ -83,28 +91,22 @@ async fn by_default_a_webhook_reaches_no_internal_address() {
         .unwrap()
         .to_owned();
     let cases = [
-        // The broker's management API: on the services' address, refused as theirs.
-        (
-            "http://127.0.0.1:15672/api/vhosts".to_owned(),
-            "the fleet's own services",
-        ),
-        ("http://[::1]:6379/".to_owned(), "loopback"),
-        ("http://0.0.0.0:8080/".to_owned(), "unspecified"),
+        // The broker's management API, on the services' address.
+        "http://127.0.0.1:15672/api/vhosts".to_owned(),
+        "http://[::1]:6379/".to_owned(),
+        "http://0.0.0.0:8080/".to_owned(),
         // A listening receiver: refused before any connection (it counts no request).
-        (url.clone(), "loopback"),
-        (
-            format!("http://[::ffff:{RECEIVER_HOST}]:{port}/hook"),
-            "loopback",
-        ),
+        url.clone(),
+        format!("http://[::ffff:{RECEIVER_HOST}]:{port}/hook"),
         // A name is judged by the addresses it resolves to, as it is connected (here
         // 127.0.0.1, the services', or ::1, a loopback address).
-        (format!("http://localhost:{port}/hook"), ""),
+        format!("http://localhost:{port}/hook"),
         // Decimal and hex forms of 127.0.0.2 are the same address to the URL parser.
-        (format!("http://2130706434:{port}/hook"), "loopback"),
-        (format!("http://0x7f.0.0.2:{port}/hook"), "loopback"),
+        format!("http://2130706434:{port}/hook"),
+        format!("http://0x7f.0.0.2:{port}/hook"),
     ];
-    for (destination, reason) in &cases {
-        assert_refused(&fleet, destination, reason).await;
+    for destination in &cases {
+        assert_refused(&fleet, destination).await;
     }
     assert_eq!(
         hits.load(Ordering::SeqCst),
@@ -136,7 +138,7 @@ async fn egress_allow_opens_a_receiver_but_never_the_fleets_own_services() {
         "http://127.0.0.1:5432/",
         "http://[::ffff:127.0.0.1]:6379/",
     ] {
-        assert_refused(&fleet, destination, "the fleet's own services").await;
+        assert_refused(&fleet, destination).await;
     }
     fleet.stop().await;
 }
@@ -191,6 +193,9 @@ async fn credentials_in_the_url_and_reserved_or_invalid_headers_are_refused_at_s
         "TE",
         "Proxy-Authorization",
         "X-TL-Job-Id",
+        "Content-Type",
+        // Rack, WSGI and PHP read this as X-TL-Signature.
+        "X_TL_Signature",
     ] {
         cases.push((
             with_headers(name, "x"),
@@ -207,6 +212,12 @@ async fn credentials_in_the_url_and_reserved_or_invalid_headers_are_refused_at_s
         with_headers("X-Fine", "two\nlines"),
         "args.headers",
         "not a valid header value".into(),
+    ));
+    cases.push((
+        json!({ "kind": "webhook.deliver", "args": {
+            "url": "http://127.0.0.2:9/hook", "body": {}, "headers": { "X-A": "1", "x-a": "2" } } }),
+        "args.headers",
+        "name the same header".into(),
     ));
     for (job, field, message) in cases {
         let answer = fleet.client.submit(&job).await;

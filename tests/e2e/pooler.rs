@@ -144,6 +144,7 @@ async fn concurrent_reads(url: &str, pooler: Pooler) -> Vec<String> {
                     error: None,
                     before: None,
                     limit: 5,
+                    max_bytes: 1 << 20,
                 };
                 let results = [
                     store.job_status(&namespace, id).await.map(drop),

@@ -62,7 +62,6 @@ fn request(fleet: &TestFleet, id: JobId, redelivered: bool) -> StartRequest {
         id,
         kind: Kind::parse("noop").unwrap(),
         queue: QueueName::parse("default").unwrap(),
-        args: json!({}),
         redelivered,
     }
 }
@@ -302,7 +301,7 @@ async fn a_forged_request_beside_its_jobs_real_one_in_a_start_batch_never_starts
     let real = request(&fleet, id, false);
     // First in the batch, and marked redelivered: it would be preferred if it agreed.
     let forged = StartRequest {
-        args: json!({ "chosen": true }),
+        kind: Kind::parse("sleep").unwrap(),
         redelivered: true,
         ..real.clone()
     };

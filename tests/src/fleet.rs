@@ -20,7 +20,7 @@ use engine_worker::Worker;
 use crate::client::ApiClient;
 use crate::services;
 use crate::test_kinds::{
-    AbortsProcess, AlwaysFails, FailsFatally, Flaky, Panics, Snoozes, Switch, Tracked,
+    AbortsProcess, AlwaysFails, BigResult, FailsFatally, Flaky, Panics, Snoozes, Switch, Tracked,
 };
 use crate::wait::wait_until;
 use crate::worker_process::WorkerProcess;
@@ -80,6 +80,10 @@ pub struct FleetOptions {
     /// Extra TOML lines for each namespace's own `[namespaces.<name>]` table, by index
     /// (e.g. `weight = 2`); namespaces past the end get none.
     pub namespace_toml: Vec<String>,
+    /// `api.read_timeout_ms`: how long a tenant's search may run.
+    pub read_timeout_ms: Option<u64>,
+    /// `api.body_limit_bytes`: 64 KiB unless a test needs bodies near the args cap.
+    pub body_limit_bytes: usize,
 }
 
 /// Where the tests' webhook receivers listen: loopback, but not the services' address.
@@ -120,6 +124,8 @@ impl Default for FleetOptions {
             admin_listen: false,
             egress_allow: vec![RECEIVER_HOST.to_owned()],
             namespace_toml: Vec::new(),
+            read_timeout_ms: None,
+            body_limit_bytes: 65_536,
         }
     }
 }
@@ -188,6 +194,7 @@ pub fn test_registry(deps: JobDeps, abort: AbortKind) -> Registry {
         .and_then(|r| r.register(Snoozes))
         .and_then(|r| r.register(Switch))
         .and_then(|r| r.register(Tracked))
+        .and_then(|r| r.register(BigResult))
         .expect("test kinds register");
     if abort == AbortKind::Included {
         registry
@@ -271,12 +278,13 @@ url = "{amqp_url}"
 consumer_timeout_secs = {consumer_timeout_secs}
 [api]
 listen = "127.0.0.1:0"
-body_limit_bytes = 65536
+body_limit_bytes = {body_limit_bytes}
 key_cache_secs = 1
 max_batch = {max_batch}
 submit_rate_per_sec = {submit_rate}
 submit_burst = {submit_burst}
 {admin_listen}
+{read_timeout}
 [redis]
 url = "{redis_url}"
 timeout_ms = 300
@@ -311,6 +319,7 @@ allow = {egress_allow:?}
             ""
         },
         delivery_limit = options.delivery_limit,
+        body_limit_bytes = options.body_limit_bytes,
         consumer_timeout_secs = options.consumer_timeout_secs,
         submit_rate = options.submit_rate.map_or(0, |rate| rate.0),
         submit_burst = options.submit_rate.map_or(1_000, |rate| rate.1),
@@ -321,6 +330,10 @@ allow = {egress_allow:?}
         } else {
             ""
         },
+        read_timeout = options
+            .read_timeout_ms
+            .map(|ms| format!("read_timeout_ms = {ms}"))
+            .unwrap_or_default(),
         extra = options.extra_toml,
     )
 }
@@ -507,6 +520,14 @@ impl TestFleet {
             task: tokio::spawn(application.run_until_stopped(stop.clone())),
             stop,
         });
+    }
+
+    /// Stops the in-process API (its HTTP server, relay and scheduler) and waits for it;
+    /// the worker goes on. For a test that runs the API as a process instead.
+    pub async fn stop_api(&mut self) {
+        if let Some(api) = self.api.take() {
+            api.stop().await;
+        }
     }
 
     /// Stops everything in-process and waits for it.

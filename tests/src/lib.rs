@@ -2,6 +2,7 @@
 //!
 //! - [`services`]: where PostgreSQL and RabbitMQ are; per-test vhosts via the management API.
 //! - [`fleet`]: an API and worker in-process (port 0), and worker processes started for it.
+//! - [`api_process`]: the API as a real child process, its memory read from `/proc`.
 //! - [`worker_process`]: a worker as a real child process: signalled, killed, its log read.
 //! - [`client`]: one typed HTTP client for the API.
 //! - [`broker`]: a test's vhost seen directly: raw publishes, dead letters and their reasons.
@@ -16,6 +17,7 @@
 //! - [`test_kinds`]: job kinds that exist only for tests (panic, fail, flaky, fatal, snooze,
 //!   a switch, and one that aborts its process).
 
+pub mod api_process;
 pub mod broker;
 pub mod client;
 pub mod fleet;
@@ -29,6 +31,7 @@ pub mod tls_proxy;
 pub mod wait;
 pub mod worker_process;
 
+pub use api_process::ApiProcess;
 pub use broker::{DeadLetter, VhostClient};
 pub use client::ApiClient;
 pub use fleet::{FleetOptions, RECEIVER_HOST, TestFleet};

@@ -208,3 +208,27 @@ impl Job for Tracked {
         Ok(serde_json::Value::Null)
     }
 }
+
+/// Succeeds with a result of `bytes` bytes of JSON text (a string of that many characters
+/// less its quotes): a handler whose output is larger than the fleet stores.
+pub struct BigResult;
+
+#[derive(Debug, Deserialize)]
+pub struct BigResultArgs {
+    pub bytes: usize,
+}
+
+impl Job for BigResult {
+    const KIND: &'static str = "test.big_result";
+    type Args = BigResultArgs;
+
+    async fn run(
+        &self,
+        _context: JobContext,
+        args: BigResultArgs,
+    ) -> Result<serde_json::Value, JobError> {
+        Ok(serde_json::Value::String(
+            "r".repeat(args.bytes.saturating_sub(2)),
+        ))
+    }
+}

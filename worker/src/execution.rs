@@ -1,6 +1,6 @@
-//! One delivery's way: decode → screen for poison (unknown kind, args that no longer fit,
-//! too many deliveries) → move to `running` (only if the message's kind, queue and args are
-//! its row's; the handler then runs the row's) → run the handler under a timeout, a
+//! One delivery's way: decode → screen for poison (unknown kind, too many deliveries) →
+//! move to `running` (only if the message's kind and queue are its row's; the handler then
+//! runs the row's args, and fails at once if they no longer fit the kind) → run the handler under a timeout, a
 //! cancellation token and a panic guard → record the outcome → ack, retry (delay tier or
 //! scheduler) or dead-letter. The ack is sent only after the outcome is committed; a
 //! message that can never run goes to the dead queue with its reason, never back to its
@@ -70,6 +70,8 @@ pub struct Shared {
     pub logs: Arc<LogShipper>,
     /// Most bytes of log text kept per attempt.
     pub log_cap: usize,
+    /// Largest result stored (`worker.max_result_bytes`); a larger one fails the attempt.
+    pub max_result_bytes: usize,
 }
 
 pub async fn execute(shared: Arc<Shared>, namespace: usize, received: Received) {
@@ -225,7 +227,6 @@ async fn run_admitted(
         id,
         kind: envelope.kind.clone(),
         queue: envelope.queue.clone(),
-        args: envelope.args.clone(),
         redelivered: redelivery::redelivered(delivery),
     };
     // Registered before the start, so a cancel broadcast sent right after the start
@@ -551,22 +552,17 @@ where
     }
 }
 
-/// Why this worker can never run `envelope`, if it cannot: an unknown kind, or args that
-/// no longer fit the kind (changed since the job was submitted). Names the field, never
-/// its value: args may hold secrets, and this reason is logged and put in a header.
+/// Why this worker can never run `envelope`, if it cannot: an unknown kind. Args that no
+/// longer fit the kind are judged on the row's args, once the start returns them: the
+/// handler fails them at once, fatally (a body's args are anyone's who can publish to the
+/// vhost, and may disagree with the row).
 fn poison_reason(shared: &Shared, envelope: &Envelope) -> Option<String> {
-    match shared.registry.check_args(&envelope.kind, &envelope.args) {
-        None => Some(format!(
+    (!shared.registry.contains(&envelope.kind)).then(|| {
+        format!(
             "unknown kind {:?}: no handler registered in this worker",
             envelope.kind.as_str()
-        )),
-        Some(Err(error)) => Some(format!(
-            "args no longer fit the kind {:?} at args.{}",
-            envelope.kind.as_str(),
-            error.path
-        )),
-        Some(Ok(())) => None,
-    }
+        )
+    })
 }
 
 /// Marks the job dead with `reason` and parks its message in the dead queue. Returns
@@ -634,7 +630,7 @@ async fn refuse_forged(context: &NamespaceContext, delivery: &Delivery, id: JobI
         })
         .inc();
     let reason = format!(
-        "forged message: its kind, queue or args disagree with job {id} in namespace {}; \
+        "forged message: its kind or queue disagrees with job {id} in namespace {}; \
          not run, the job is untouched",
         context.spec.name
     );
@@ -747,7 +743,7 @@ async fn run_handler(
     // In the attempt's span, so the handler's own log lines carry the job and its trace.
     let mut task = tokio::spawn(handler.in_current_span());
     match tokio::time::timeout(timeout, &mut task).await {
-        Ok(Ok(Ok(result))) => HandlerOutcome::Succeeded(result),
+        Ok(Ok(Ok(result))) => checked_result(result, shared.max_result_bytes),
         Ok(Ok(Err(JobError::Retryable(error)))) => {
             HandlerOutcome::Failed(ErrorKind::Error, format!("{error:#}"))
         }
@@ -782,6 +778,23 @@ async fn run_handler(
             )
         }
     }
+}
+
+/// A handler's result, if it fits the cap. One that does not is a fatal failure rather than
+/// a truncated result: a truncated value would be stored as if it were the real one, and
+/// the same handler would make the same result again on a retry. The handler's work is
+/// done by then; the error says so, with both sizes, and never quotes the result.
+fn checked_result(result: serde_json::Value, max_bytes: usize) -> HandlerOutcome {
+    let bytes = engine_shared::payload::json_len(&result);
+    if bytes <= max_bytes {
+        return HandlerOutcome::Succeeded(result);
+    }
+    HandlerOutcome::Failed(
+        ErrorKind::Fatal,
+        format!(
+            "the handler returned a result of {bytes} bytes of JSON, more than the              {max_bytes} stored (worker.max_result_bytes); it was not stored, and the job              is not retried"
+        ),
+    )
 }
 
 async fn ack(delivery: &Delivery) {

@@ -76,7 +76,8 @@ pub struct RedriveRequest {
 }
 
 /// `POST /v1/jobs/redrive`: `{matched}` for a dry run; else `{redriven, more}`, where `more`
-/// says matching dead jobs remain (the request hit its limit).
+/// says matching dead jobs remain (the request hit its limit). Counts, never rows: the
+/// fast path gets the first `relay.claim_max_bytes` of args, the sweeper the rest.
 pub async fn redrive(
     State(state): State<AppState>,
     caller: Caller,
@@ -99,6 +100,10 @@ pub async fn redrive(
             .map_err(|e| invalid("queue", e.to_string()))
             .ok()
     });
+    let error = super::error_filter::parse(request.error)
+        .map_err(|message| invalid("error", message))
+        .ok()
+        .flatten();
     let limit = request.limit.unwrap_or(MAX_REDRIVE);
     if !(1..=MAX_REDRIVE).contains(&limit) {
         invalid("limit", format!("must be from 1 to {MAX_REDRIVE}"));
@@ -106,11 +111,7 @@ pub async fn redrive(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    let filter = DeadFilter {
-        kind,
-        queue,
-        error: request.error.filter(|text| !text.is_empty()),
-    };
+    let filter = DeadFilter { kind, queue, error };
     if request.dry_run {
         let matched = state
             .store
@@ -119,16 +120,21 @@ pub async fn redrive(
             .map_err(ApiError::from_store)?;
         return Ok(Json(json!({ "dry_run": true, "matched": matched })).into_response());
     }
-    let rows = state
+    let redriven = state
         .store
-        .redrive(&caller.namespace, &filter, limit)
+        .redrive(
+            &caller.namespace,
+            &filter,
+            limit,
+            state.settings.relay.claim_max_bytes,
+        )
         .await
         .map_err(ApiError::from_store)?;
-    publish(&state, &caller.namespace, &rows).await;
-    tracing::info!(namespace = %caller.namespace, count = rows.len(), "redrove dead jobs");
+    publish(&state, &caller.namespace, &redriven.to_publish).await;
+    tracing::info!(namespace = %caller.namespace, count = redriven.count, "redrove dead jobs");
     Ok(Json(json!({
-        "redriven": rows.len(),
-        "more": rows.len() as i64 == limit,
+        "redriven": redriven.count,
+        "more": redriven.count as i64 == limit,
     }))
     .into_response())
 }

@@ -241,7 +241,8 @@ pub struct ListParams {
 
 const MAX_PAGE: u32 = 200;
 
-/// `GET /v1/jobs?status=&kind=&queue=&error=&limit=&before=`: newest first, keyset-paginated.
+/// `GET /v1/jobs?status=&kind=&queue=&error=&limit=&before=`: newest first, keyset-paginated;
+/// a page holds at most `limit` jobs and `api.page_max_bytes` of their args and results.
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -283,6 +284,10 @@ pub async fn list(
             })
             .ok()
     });
+    let error = super::error_filter::parse(params.error)
+        .map_err(|message| invalid("error", message))
+        .ok()
+        .flatten();
     let limit = match params.limit.as_deref().map(str::parse::<u32>) {
         None => 50,
         Some(Ok(limit)) if (1..=MAX_PAGE).contains(&limit) => limit,
@@ -301,19 +306,21 @@ pub async fn list(
         status,
         kind,
         queue,
-        error: params.error.filter(|text| !text.is_empty()),
+        error,
         before,
         limit,
+        max_bytes: state.settings.api.page_max_bytes,
     };
-    let jobs = state
+    let page = state
         .store
         .list_jobs(&caller.namespace, &filter)
         .await
         .map_err(ApiError::from_store)?;
-    let next = (jobs.len() == limit as usize)
-        .then(|| jobs.last().map(|job| job.id))
+    let next = page
+        .more
+        .then(|| page.jobs.last().map(|job| job.id))
         .flatten();
-    Ok(Json(json!({ "jobs": jobs, "next": next })))
+    Ok(Json(json!({ "jobs": page.jobs, "next": next })))
 }
 
 /// `POST /v1/jobs/{id}/cancel`: 200 when cancelled, 202 when its running handler was asked

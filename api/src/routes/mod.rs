@@ -2,6 +2,7 @@
 //! (`api.admin_listen`): metrics and readiness with its reasons.
 
 mod dead;
+mod error_filter;
 mod jobs;
 mod objects;
 

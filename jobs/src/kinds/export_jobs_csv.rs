@@ -19,8 +19,11 @@ use crate::job::{Job, JobContext, JobError};
 /// The artifact's name.
 pub const ARTIFACT: &str = "jobs.csv";
 
-/// Rows read per query: small, since one job's args may be megabytes.
+/// Rows read per query: small, since one job's args may be a quarter of a MiB.
 const PAGE: u32 = 100;
+
+/// Bytes of args and results read per query at most, whatever the rows hold.
+const PAGE_BYTES: i64 = 8 * 1024 * 1024;
 
 /// The most rows one export writes.
 const MAX_ROWS: u64 = 1_000_000;
@@ -146,6 +149,7 @@ async fn write_rows(
         error: args.error,
         before: None,
         limit: PAGE,
+        max_bytes: PAGE_BYTES,
     };
     let mut rows = 0u64;
     while rows < args.limit {
@@ -154,10 +158,10 @@ async fn write_rows(
         }
         filter.limit = u32::try_from((args.limit - rows).min(u64::from(PAGE))).unwrap_or(PAGE);
         let page = store.list_jobs(namespace, &filter).await?;
-        let Some(last) = page.last() else { break };
+        let Some(last) = page.jobs.last() else { break };
         filter.before = Some(last.id.into());
-        let full = page.len() == filter.limit as usize;
-        for job in page {
+        let full = page.more;
+        for job in page.jobs {
             let mut row = String::new();
             push_row(&mut row, &job);
             send(row).await?;

@@ -16,18 +16,22 @@ use std::time::Duration;
 use anyhow::anyhow;
 use engine_shared::Namespace;
 use hmac::{Hmac, Mac};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::egress::EgressClient;
+use crate::egress::{EgressClient, Refused};
 use crate::job::{Job, JobContext, JobError};
 
 /// Headers a tenant may not set: they would reframe the request (`Content-Length`,
-/// `Transfer-Encoding`, hop-by-hop ones), redirect it (`Host`, `Proxy-*`), or forge the
-/// fleet's own (`X-TL-*`, which receivers trust for signatures and de-duplication).
+/// `Transfer-Encoding`, hop-by-hop ones), redirect it (`Host`, `Proxy-*`), contradict the
+/// signed body (`Content-Type`), or forge the fleet's own (`X-TL-*`, which receivers trust
+/// for signatures and de-duplication). Names are compared lower-cased with `_` read as
+/// `-`, as CGI-style servers (Rack, WSGI, PHP) read them.
 const FORBIDDEN_HEADERS: &[&str] = &[
     "host",
+    "content-type",
     "content-length",
     "transfer-encoding",
     "connection",
@@ -84,18 +88,32 @@ fn request_headers<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<BTreeMap<String, String>, D::Error> {
     let headers = BTreeMap::<String, String>::deserialize(deserializer)?;
+    let mut seen = BTreeMap::new();
     for (name, value) in &headers {
         check_header(name, value).map_err(serde::de::Error::custom)?;
+        // Two spellings of one header would both be sent, and receivers disagree on
+        // which one counts.
+        if let Some(first) = seen.insert(cgi_name(name), name) {
+            return Err(serde::de::Error::custom(format!(
+                "the headers {first:?} and {name:?} name the same header"
+            )));
+        }
     }
     Ok(headers)
 }
 
+/// A header name as a CGI-style server sees it: lower case, `_` and `-` alike.
+fn cgi_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
 /// Why a tenant's header cannot be sent, if it cannot.
 fn check_header(name: &str, value: &str) -> Result<(), String> {
-    let header = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+    reqwest::header::HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("{name:?} is not a valid header name"))?;
-    let lower = header.as_str();
-    if FORBIDDEN_HEADERS.contains(&lower) || FORBIDDEN_PREFIXES.iter().any(|p| lower.starts_with(p))
+    let seen_as = cgi_name(name);
+    if FORBIDDEN_HEADERS.contains(&seen_as.as_str())
+        || FORBIDDEN_PREFIXES.iter().any(|p| seen_as.starts_with(p))
     {
         return Err(format!("the header {name:?} may not be set"));
     }
@@ -160,22 +178,12 @@ impl Job for WebhookDeliver {
         })?;
         let body = serde_json::to_vec(&args.body).map_err(|e| JobError::Fatal(e.into()))?;
         let signed = signature(secret, chrono::Utc::now().timestamp(), &body);
-        let mut request = self
+        let request = self
             .http
             .post(&args.url)
-            .map_err(|refused| JobError::Fatal(anyhow!("{refused}")))?
+            .map_err(|refused| refusal(&context, &refused))?
             .timeout(Duration::from_millis(args.timeout_ms))
-            .header("content-type", "application/json")
-            .header("x-tl-signature", signed)
-            .header("x-tl-job-id", context.id.to_string())
-            .header("x-tl-attempt", context.attempt.to_string());
-        // The receiver joins the submitting request's trace.
-        if let Some(trace) = &context.traceparent {
-            request = request.header("traceparent", trace.child().to_string());
-        }
-        for (name, value) in &args.headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
+            .headers(headers(&context, &args.headers, signed)?);
         // Webhook URLs often carry their token in the path (Slack, Discord) or the query: the
         // log names the scheme and host only.
         context.log.info(format_args!(
@@ -193,7 +201,7 @@ impl Job for WebhookDeliver {
             _ = context.cancellation.cancelled() => return Err(JobError::Cancelled),
         };
         let response = response.map_err(|error| match EgressClient::refusal(&error) {
-            Some(refused) => JobError::Fatal(anyhow!("{refused}")),
+            Some(refused) => refusal(&context, refused),
             // reqwest's errors include the URL, which may carry a token in its query.
             None => JobError::Retryable(anyhow!("request failed: {}", error.without_url())),
         })?;
@@ -217,6 +225,54 @@ impl Job for WebhookDeliver {
             "duration_ms": started.elapsed().as_millis() as u64,
         }))
     }
+}
+
+/// The request's headers: the tenant's, then the fleet's over them (`insert` replaces),
+/// so nothing a tenant sends can stand beside or in place of the signature.
+fn headers(
+    context: &JobContext,
+    extra: &BTreeMap<String, String>,
+    signed: String,
+) -> Result<HeaderMap, JobError> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in extra {
+        // Checked at submit; a row edited by hand could still hold a bad one.
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| JobError::Fatal(anyhow!("{name:?} is not a valid header name")))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| JobError::Fatal(anyhow!("the value of {name} is not valid")))?;
+        headers.append(name, value);
+    }
+    let fleet = [
+        ("content-type", "application/json".to_owned()),
+        ("x-tl-signature", signed),
+        ("x-tl-job-id", context.id.to_string()),
+        ("x-tl-attempt", context.attempt.to_string()),
+    ];
+    // The receiver joins the submitting request's trace.
+    let trace = context
+        .traceparent
+        .as_ref()
+        .map(|trace| ("traceparent", trace.child().to_string()));
+    for (name, value) in fleet.into_iter().chain(trace) {
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| JobError::Fatal(anyhow!("the fleet's {name} header is not valid")))?;
+        headers.insert(HeaderName::from_static(name), value);
+    }
+    Ok(headers)
+}
+
+/// A refused destination: fatal, with the tenant's host only; the reason (an internal
+/// address, a range, whether it is one of the fleet's services) goes to the fleet's log.
+fn refusal(context: &JobContext, refused: &Refused) -> JobError {
+    tracing::warn!(
+        namespace = %context.namespace,
+        job = %context.id,
+        host = %refused.host,
+        reason = %refused.reason,
+        "egress refused a webhook's destination"
+    );
+    JobError::Fatal(anyhow!("{refused}"))
 }
 
 #[cfg(test)]
@@ -255,6 +311,9 @@ mod tests {
             "TE",
             "Proxy-Authorization",
             "X-TL-Signature",
+            "Content-Type",
+            "X_TL_Signature",
+            "content_length",
         ] {
             let error = check_header(name, "x").unwrap_err();
             assert!(error.contains("may not be set"), "{name}: {error}");
@@ -270,6 +329,17 @@ mod tests {
                 .contains("valid header value")
         );
         assert_eq!(check_header("Authorization", "Bearer t"), Ok(()));
+    }
+
+    #[test]
+    fn two_spellings_of_one_header_are_refused() {
+        let args = serde_json::json!({
+            "url": "http://127.0.0.2:9/", "body": {}, "headers": { "X-A": "1", "x_a": "2" } });
+        let error = serde_json::from_value::<WebhookArgs>(args).unwrap_err();
+        assert!(
+            error.to_string().contains("name the same header"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Writing a backup: one `REPEATABLE READ, READ ONLY` transaction (one snapshot, so every
-//! table is seen at the same instant while the fleet keeps writing), each table's rows
+//! table is seen at the same instant while the fleet keeps writing) that holds the backup
+//! lock ([`BACKUP_LOCK`]: one backup at a time; a second fails at once), each table's rows
 //! streamed with `COPY … TO STDOUT` through gzip and a bounded [`pipe`] into a multipart
 //! upload. What is in memory at once: one upload part (8 MiB), the compressor's state, a
 //! few 64 KiB chunks and one row — whatever the size of the database.
@@ -32,6 +33,10 @@ const PIPE_CHUNKS: usize = 4;
 /// jobs: level 1 gives 15.9 MB in 0.57 s, level 6 14.4 MB in 0.95 s, level 9 14.1 MB in
 /// 1.8 s. Backups are written rarely and kept for days, so 10% smaller wins.
 const COMPRESSION_LEVEL: u32 = 6;
+
+/// The advisory lock every backup holds for its snapshot ("tlbackup" in ASCII), so that at
+/// most one runs at a time against a database, whichever process or replica starts it.
+pub const BACKUP_LOCK: i64 = 0x746c_6261_636b_7570;
 
 /// Session settings that make `COPY`'s text exact and readable by any restore: ISO dates
 /// in UTC, floats with every digit, intervals in PostgreSQL's own style; and no role-level
@@ -145,6 +150,20 @@ async fn produce_into(
         .execute(&mut *snapshot)
         .await
         .context("setting the backup's session")?;
+    // Transaction-scoped, so it passes a transaction pooler and ends with the snapshot
+    // (or the connection) whatever stops the backup. Unnamed: a pooler may be in the way.
+    let alone: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(BACKUP_LOCK)
+        .persistent(false)
+        .fetch_one(&mut *snapshot)
+        .await
+        .context("taking the backup lock")?;
+    if !alone {
+        bail!(
+            "another backup is running against this database (it holds the backup lock); \
+             this one did not start, so nothing was stored"
+        );
+    }
     let migration = schema::applied_migration(&mut snapshot)
         .await?
         .context("the database has no migrations applied (run `engine-api migrate`)")?;

@@ -28,8 +28,8 @@ use crate::storage::StorageSettings;
 use crate::telemetry::LogFormat;
 use raw::RawSettings;
 pub use sections::{
-    ApiSettings, ArchiveSettings, BackupSettings, DatabaseSettings, LogSettings, Pooler,
-    RelaySettings, RescueSettings, WorkerSettings,
+    ApiSettings, ArchiveSettings, BackupSettings, DEFAULT_READ_TIMEOUT_MS, DatabaseSettings,
+    LogSettings, Pooler, RelaySettings, RescueSettings, WorkerSettings,
 };
 
 /// A configuration problem found at start-up. Messages name the setting, never a secret.
@@ -198,6 +198,20 @@ impl Settings {
                 "must be at least 5 (RabbitMQ's default is 1800)".into(),
             ));
         }
+        for (name, bytes) in [
+            ("api.max_args_bytes", raw.api.max_args_bytes as i64),
+            ("api.page_max_bytes", raw.api.page_max_bytes),
+            (
+                "worker.max_result_bytes",
+                raw.worker.max_result_bytes as i64,
+            ),
+            ("relay.claim_max_bytes", raw.relay.claim_max_bytes),
+            ("archive.batch_max_bytes", raw.archive.batch_max_bytes),
+        ] {
+            if bytes < 1 {
+                return Err(invalid(name, "must be at least 1 byte".into()));
+            }
+        }
         if raw.api.max_batch == 0 {
             return Err(invalid("api.max_batch", "must be at least 1".into()));
         }
@@ -325,6 +339,8 @@ impl Settings {
                     .admin_listen
                     .clone()
                     .filter(|a| !a.trim().is_empty()),
+                // 0 would mean no timeout at all in PostgreSQL.
+                read_timeout_ms: raw.api.read_timeout_ms.max(1),
                 ..raw.api
             },
             worker: WorkerSettings {
@@ -334,6 +350,7 @@ impl Settings {
                 id: raw.worker.id.unwrap_or_else(default_worker_id),
                 health_listen: raw.worker.health_listen.filter(|listen| !listen.is_empty()),
                 liveness_grace: Duration::from_secs(raw.worker.liveness_grace_secs),
+                max_result_bytes: raw.worker.max_result_bytes,
             },
             relay: raw.relay,
             rescue: raw.rescue,
@@ -354,18 +371,31 @@ impl Settings {
     }
 
     /// The hosts of the fleet's own services (database, broker, Redis, storage), which no
-    /// job's outbound request may reach.
+    /// job's outbound request may reach. Storage counts twice: the endpoint, and the
+    /// bucket's own host name that virtual-hosted requests use.
     pub fn service_hosts(&self) -> Vec<String> {
-        let urls = [
-            Some(self.database.url.expose_secret()),
-            Some(self.amqp_url.expose_secret()),
-            Some(self.redis.url.expose_secret()),
-            self.storage.as_ref().and_then(|s| s.endpoint.as_deref()),
-        ];
-        urls.into_iter()
-            .flatten()
-            .filter_map(|url| url::Url::parse(url).ok()?.host_str().map(str::to_owned))
-            .collect()
+        let host = |url: &str| url::Url::parse(url).ok()?.host_str().map(str::to_owned);
+        let mut hosts: Vec<String> = [
+            self.database.url.expose_secret(),
+            self.amqp_url.expose_secret(),
+            self.redis.url.expose_secret(),
+        ]
+        .into_iter()
+        .filter_map(host)
+        .collect();
+        if let Some(storage) = &self.storage {
+            let endpoint = match &storage.endpoint {
+                Some(endpoint) => host(endpoint),
+                None => Some(format!("s3.{}.amazonaws.com", storage.region)),
+            };
+            if let Some(endpoint) = endpoint {
+                if !storage.force_path_style && endpoint.parse::<std::net::IpAddr>().is_err() {
+                    hosts.push(format!("{}.{endpoint}", storage.bucket));
+                }
+                hosts.push(endpoint);
+            }
+        }
+        hosts
     }
 
     /// The longest an attempt may be allowed to run: the broker's consumer timeout less

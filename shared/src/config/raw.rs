@@ -142,6 +142,8 @@ pub(super) struct RawWorker {
     pub(super) health_listen: Option<String>,
     #[serde(default = "default_liveness_grace_secs")]
     pub(super) liveness_grace_secs: u64,
+    #[serde(default = "super::sections::default_payload_cap")]
+    pub(super) max_result_bytes: usize,
 }
 
 impl Default for RawDatabase {
@@ -165,6 +167,7 @@ impl Default for RawWorker {
             id: None,
             health_listen: None,
             liveness_grace_secs: default_liveness_grace_secs(),
+            max_result_bytes: super::sections::default_payload_cap(),
         }
     }
 }

@@ -21,6 +21,14 @@ pub struct ApiSettings {
     /// Most jobs one batch request may carry.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Largest `args` one job may carry, measured as its JSON text; larger ones get 422.
+    /// Every job's args pass through the relay, the broker and the worker whole.
+    #[serde(default = "default_max_args_bytes")]
+    pub max_args_bytes: usize,
+    /// Most bytes of `args` and `result` one `GET /v1/jobs` page carries; a page stops
+    /// before the job that would pass it (it always holds one) and links the rest by `next`.
+    #[serde(default = "default_page_max_bytes")]
+    pub page_max_bytes: i64,
     /// How long a verified API key is trusted without asking PostgreSQL again.
     #[serde(default = "default_key_cache_secs")]
     pub key_cache_secs: u64,
@@ -35,6 +43,17 @@ pub struct ApiSettings {
     /// (off the public port). `None`: the public port serves `/metrics` too.
     #[serde(default)]
     pub admin_listen: Option<String>,
+    /// How long one of a tenant's searches (a job listing, a redrive by filter) may run in
+    /// PostgreSQL before it is stopped and answered 503.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+}
+
+/// `api.read_timeout_ms`'s default, also what a store built without API settings uses.
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 5_000;
+
+fn default_read_timeout_ms() -> u64 {
+    DEFAULT_READ_TIMEOUT_MS
 }
 
 /// Far above what a tenant's steady traffic needs, far below what fills a database in an
@@ -53,10 +72,13 @@ impl Default for ApiSettings {
             listen: default_listen(),
             body_limit_bytes: default_body_limit(),
             max_batch: default_max_batch(),
+            max_args_bytes: default_max_args_bytes(),
+            page_max_bytes: default_page_max_bytes(),
             key_cache_secs: default_key_cache_secs(),
             submit_rate_per_sec: default_submit_rate_per_sec(),
             submit_burst: default_submit_burst(),
             admin_listen: None,
+            read_timeout_ms: default_read_timeout_ms(),
         }
     }
 }
@@ -73,6 +95,11 @@ pub struct RelaySettings {
     /// Most rows one claim takes; a sweep keeps claiming while claims come back full.
     #[serde(default = "default_sweep_batch")]
     pub batch_size: i64,
+    /// Most bytes of args one claim (of the sweeper, the scheduler, or a redrive's fast
+    /// path) holds; a claim stops before the row that would pass it (it always takes one),
+    /// so its memory is bounded however large the rows due at once are.
+    #[serde(default = "default_claim_max_bytes")]
+    pub claim_max_bytes: i64,
     /// How long a submission waits for room in the fast path before leaving its jobs to
     /// the sweeper. Back-pressure: a client submitting faster than the relay publishes is
     /// slowed down rather than having its jobs wait `publish_grace_ms` for the sweeper.
@@ -86,6 +113,7 @@ impl Default for RelaySettings {
             sweep_interval_ms: default_sweep_ms(),
             publish_grace_ms: default_publish_grace_ms(),
             batch_size: default_sweep_batch(),
+            claim_max_bytes: default_claim_max_bytes(),
             fast_path_wait_ms: default_fast_path_wait_ms(),
         }
     }
@@ -140,6 +168,10 @@ pub struct WorkerSettings {
     pub namespaces: Vec<Namespace>,
     /// Recorded on attempts so a person can tell which pod ran what.
     pub id: String,
+    /// Largest handler result stored, as JSON text; a larger one fails the attempt
+    /// fatally (the job goes `dead` with the sizes in its error), so neither the row nor a
+    /// listing ever holds it.
+    pub max_result_bytes: usize,
     /// Where the worker serves `/healthz`, `/readyz` (and `/metrics`); `None`: not served.
     pub health_listen: Option<String>,
     /// `/healthz` fails once a namespace's consumers have been down this long: a worker
@@ -157,6 +189,25 @@ fn default_body_limit() -> usize {
 
 fn default_max_batch() -> usize {
     1_000
+}
+
+/// 256 KiB: the cap on one job's args and on one result.
+pub(super) fn default_payload_cap() -> usize {
+    256 * 1024
+}
+
+fn default_max_args_bytes() -> usize {
+    default_payload_cap()
+}
+
+fn default_page_max_bytes() -> i64 {
+    8 * 1024 * 1024
+}
+
+/// 4 MiB: a claim's rows are held about four times over while published (rows, messages,
+/// their encoding, the client's frames).
+fn default_claim_max_bytes() -> i64 {
+    4 * 1024 * 1024
 }
 
 fn default_key_cache_secs() -> u64 {
@@ -234,6 +285,10 @@ pub struct ArchiveSettings {
     /// Jobs per archive object.
     #[serde(default = "default_archive_batch")]
     pub batch_size: u32,
+    /// Most bytes of args and results per archive object (the batch is held in memory
+    /// while it is gzipped and put); a batch stops before the job that would pass it.
+    #[serde(default = "default_archive_batch_max_bytes")]
+    pub batch_max_bytes: i64,
 }
 
 impl Default for ArchiveSettings {
@@ -242,6 +297,7 @@ impl Default for ArchiveSettings {
             after_days: default_archive_after_days(),
             interval_secs: default_archive_interval_secs(),
             batch_size: default_archive_batch(),
+            batch_max_bytes: default_archive_batch_max_bytes(),
         }
     }
 }
@@ -254,6 +310,9 @@ fn default_archive_interval_secs() -> u64 {
 }
 fn default_archive_batch() -> u32 {
     5_000
+}
+fn default_archive_batch_max_bytes() -> i64 {
+    64 * 1024 * 1024
 }
 
 /// `[backup]`: database backups under `backups/` in the fleet's bucket.

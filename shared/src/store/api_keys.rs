@@ -19,6 +19,13 @@ pub struct NewApiKey {
     pub key: SecretString,
 }
 
+/// A key as stored: its hash and the namespace it opens.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct LiveKey {
+    pub key_hash: Vec<u8>,
+    pub namespace: String,
+}
+
 /// A caller's presented key, hashed; never logged.
 pub struct ApiKey {
     hash: [u8; 32],
@@ -71,19 +78,22 @@ impl Store {
         })
     }
 
-    /// The namespace a presented key belongs to, if the key exists and is not revoked.
-    pub async fn namespace_for_key(&self, key: &ApiKey) -> anyhow::Result<Option<String>> {
+    /// Every live (not revoked) key of `namespaces`: its hash and namespace. One read of a
+    /// table that holds a row per key an operator created, however many tokens callers try.
+    pub async fn live_keys(&self, namespaces: &[Namespace]) -> anyhow::Result<Vec<LiveKey>> {
+        let names: Vec<&str> = namespaces.iter().map(Namespace::as_str).collect();
         count_round_trips(1);
         self.one(Commit::Durable, async |statements| {
-            sqlx::query_scalar(
-                "SELECT namespace FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+            sqlx::query_as(
+                "SELECT key_hash, namespace FROM api_keys
+                 WHERE revoked_at IS NULL AND namespace = ANY($1)",
             )
-            .bind(key.hash().as_slice())
-            .fetch_optional(statements)
+            .bind(&names)
+            .fetch_all(statements)
             .await
         })
         .await
-        .context("looking up an API key")
+        .context("reading the live API keys")
     }
 
     /// Revokes a key by id; returns whether one was revoked.

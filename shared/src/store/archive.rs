@@ -49,6 +49,15 @@ pub struct ArchivedJob {
     pub line: String,
 }
 
+/// The jobs [`ArchivePass::choose`] locked for a new batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chosen {
+    /// Oldest finished first.
+    pub ids: Vec<Uuid>,
+    /// The batch stopped at its row or byte bound: more jobs may be old enough already.
+    pub more: bool,
+}
+
 /// An archive pass over one namespace: an open transaction holding the namespace's archive
 /// lock and, once jobs are chosen, their row locks. Ending it any way but
 /// [`ArchivePass::complete`] (dropped, rolled back, its process killed) deletes nothing:
@@ -116,29 +125,53 @@ impl ArchivePass {
     }
 
     /// Locks up to `limit` jobs finished before `cutoff` that no pending batch holds, oldest
-    /// finished first; returns their ids. Rows someone else has locked right now (a redrive
-    /// in flight) are skipped, not waited for.
-    pub async fn choose(&mut self, cutoff: DateTime<Utc>, limit: i64) -> anyhow::Result<Vec<Uuid>> {
+    /// finished first, and only while their args and results add up to less than
+    /// `max_bytes` (always one): the batch is held in memory while it is gzipped and put.
+    /// Rows someone else has locked right now (a redrive in flight) are skipped, not waited
+    /// for.
+    pub async fn choose(
+        &mut self,
+        cutoff: DateTime<Utc>,
+        limit: i64,
+        max_bytes: i64,
+    ) -> anyhow::Result<Chosen> {
         count_round_trips(1);
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT id FROM jobs
-             WHERE {FINISHED_BEFORE_CUTOFF}
-               AND NOT EXISTS (SELECT 1 FROM archive_batches batch
-                               WHERE batch.namespace = $1 AND jobs.id = ANY(batch.job_ids))
-               -- one UTC day per batch, so each object sits under the day its jobs finished
-               AND finished_at < (SELECT date_trunc('day', min(finished_at) AT TIME ZONE 'UTC')
-                                         AT TIME ZONE 'UTC' + interval '1 day'
-                                  FROM jobs WHERE {FINISHED_BEFORE_CUTOFF})
-             ORDER BY finished_at, id
-             LIMIT $3
-             FOR UPDATE SKIP LOCKED"
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH candidates AS (
+                 SELECT id, finished_at,
+                        args_bytes + coalesce(octet_length(result::text), 0) AS bytes
+                 FROM jobs
+                 WHERE {FINISHED_BEFORE_CUTOFF}
+                   AND NOT EXISTS (SELECT 1 FROM archive_batches batch
+                                   WHERE batch.namespace = $1 AND jobs.id = ANY(batch.job_ids))
+                   -- one UTC day per batch, so each object sits under the day its jobs finished
+                   AND finished_at < (SELECT date_trunc('day', min(finished_at) AT TIME ZONE 'UTC')
+                                             AT TIME ZONE 'UTC' + interval '1 day'
+                                      FROM jobs WHERE {FINISHED_BEFORE_CUTOFF})
+                 ORDER BY finished_at, id
+                 LIMIT $3),
+             sized AS (
+                 SELECT id, count(*) OVER () AS candidates,
+                        sum(bytes) OVER (ORDER BY finished_at, id) - bytes AS bytes_before
+                 FROM candidates)
+             SELECT jobs.id, sized.candidates FROM jobs JOIN sized ON jobs.id = sized.id
+             WHERE sized.bytes_before < $4 AND {FINISHED_BEFORE_CUTOFF}
+             ORDER BY jobs.finished_at, jobs.id
+             FOR UPDATE OF jobs SKIP LOCKED"
         )))
         .bind(self.namespace.as_str())
         .bind(cutoff)
         .bind(limit)
+        .bind(max_bytes)
         .fetch_all(self.unit.statements())
         .await
-        .context("choosing jobs to archive")
+        .context("choosing jobs to archive")?;
+        let candidates = rows.first().map_or(0, |row| row.1);
+        let ids: Vec<Uuid> = rows.into_iter().map(|row| row.0).collect();
+        Ok(Chosen {
+            more: candidates == limit || (ids.len() as i64) < candidates,
+            ids,
+        })
     }
 
     /// Locks those of `batch`'s jobs that are still finished before `cutoff`; returns their
@@ -170,7 +203,7 @@ impl ArchivePass {
         count_round_trips(1);
         sqlx::query_as(
             "SELECT jobs.id, jobs.finished_at,
-                    (to_jsonb(jobs) || jsonb_build_object('errors', coalesce(
+                    (to_jsonb(jobs) - 'args_bytes' || jsonb_build_object('errors', coalesce(
                         (SELECT jsonb_agg(to_jsonb(error) - 'job_id'
                                           ORDER BY error.at, error.redrive, error.attempt)
                          FROM job_errors error WHERE error.job_id = jobs.id),

@@ -7,7 +7,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::outbox::{OUTBOX_COLUMNS, OutboxJob};
-use super::{Commit, Store, count_round_trips};
+use super::{Commit, Store, count_round_trips, search};
 use crate::envelope::Envelope;
 use crate::store::execution::ErrorKind;
 use crate::{JobId, JobStatus, Kind, Namespace, QueueName};
@@ -22,7 +22,7 @@ pub enum Burial {
     NotBuried(JobStatus),
     /// No such job in the namespace.
     Unknown,
-    /// The job exists, but its row's kind, queue or args are not the message's: the
+    /// The job exists, but its row's kind or queue is not the message's: the
     /// message is forged (or corrupted) and says nothing about the job; nothing changed.
     Mismatched,
 }
@@ -64,8 +64,8 @@ impl Store {
     /// Marks a job that cannot run (`Poison`: any waiting or running job) or keeps killing
     /// its workers (`Crashed`: only a job left `running`, i.e. one that started and never
     /// finished) as `dead`, recording `reason` in its error history. `message` is the
-    /// verdict's evidence: a job is buried only if its row agrees with the message's kind,
-    /// queue and args, so a forged message cannot kill a real job.
+    /// verdict's evidence: a job is buried only if its row agrees with the message's kind
+    /// and queue, so a message forged under another kind cannot kill a real job.
     pub async fn bury(
         &self,
         namespace: &Namespace,
@@ -82,7 +82,7 @@ impl Store {
                     "WITH target AS (
                          SELECT id, attempts, redrives FROM jobs
                          WHERE id = $1 AND namespace = $2
-                           AND kind = $6 AND queue = $7 AND args = $8
+                           AND kind = $6 AND queue = $7
                            AND (status = 'running'
                                 OR ($3 <> 'crashed' AND status IN ('scheduled', 'queued', 'retrying')))
                          FOR UPDATE),
@@ -100,7 +100,6 @@ impl Store {
                 .bind(worker_id)
                 .bind(message.kind.as_str())
                 .bind(message.queue.as_str())
-                .bind(&message.args)
                 .fetch_optional(statements)
                 .await
             })
@@ -123,14 +122,13 @@ impl Store {
         let row: Option<(JobStatus, bool)> = self
             .one(Commit::Durable, async |statements| {
                 sqlx::query_as(
-                    "SELECT status, (kind = $3 AND queue = $4 AND args = $5) FROM jobs
+                    "SELECT status, (kind = $3 AND queue = $4) FROM jobs
                      WHERE id = $1 AND namespace = $2",
                 )
                 .bind(message.id.as_uuid())
                 .bind(namespace.as_str())
                 .bind(message.kind.as_str())
                 .bind(message.queue.as_str())
-                .bind(&message.args)
                 .fetch_optional(statements)
                 .await
             })
@@ -190,25 +188,30 @@ impl Store {
         Ok(current.map_or(Ok(None), Err))
     }
 
-    /// How many of `namespace`'s dead jobs match `filter` (a redrive's dry run).
+    /// How many of `namespace`'s dead jobs match `filter` (a redrive's dry run): a search.
     pub async fn count_dead(
         &self,
         namespace: &Namespace,
         filter: &DeadFilter,
     ) -> anyhow::Result<i64> {
+        let error = filter.error.as_deref();
+        let error_clause = search::error_clause(error, 4);
         count_round_trips(1);
-        self.one(Commit::Durable, async |statements| {
-            sqlx::query_scalar(
+        self.search(async |statements| {
+            let query = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT count(*) FROM jobs
                  WHERE namespace = $1 AND status = 'dead'
                    AND ($2::text IS NULL OR kind = $2)
                    AND ($3::text IS NULL OR queue = $3)
-                   AND ($4::text IS NULL OR last_error ILIKE '%' || $4 || '%' ESCAPE '\\')",
-            )
+                   {error_clause}"
+            )))
             .bind(namespace.as_str())
             .bind(filter.kind.as_ref().map(Kind::as_str))
-            .bind(filter.queue.as_ref().map(QueueName::as_str))
-            .bind(filter.error.as_deref().map(escape_like))
+            .bind(filter.queue.as_ref().map(QueueName::as_str));
+            match error {
+                Some(error) => query.bind(search::error_pattern(error)),
+                None => query,
+            }
             .fetch_one(statements)
             .await
         })
@@ -217,55 +220,84 @@ impl Store {
     }
 
     /// Sends up to `limit` of `namespace`'s dead jobs matching `filter` back to work, oldest
-    /// first, in one statement; returns them for publishing.
+    /// first, in one statement. Every one of them is back in the outbox; only the first ones
+    /// whose args add up to less than `max_bytes` are returned with their args, for the fast
+    /// path, so a redrive of thousands of large jobs never holds them all in memory. The
+    /// sweeper publishes the rest, a grace period later. A search: the statement (and with
+    /// it the whole redrive) stops at the read timeout.
     pub async fn redrive(
         &self,
         namespace: &Namespace,
         filter: &DeadFilter,
         limit: i64,
-    ) -> anyhow::Result<Vec<OutboxJob>> {
+        max_bytes: i64,
+    ) -> anyhow::Result<Redriven> {
+        let error = filter.error.as_deref();
+        let error_clause = search::error_clause(error, 6);
         count_round_trips(1);
-        self.one(Commit::Durable, async |statements| {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "WITH target AS (
-                 SELECT id FROM jobs
-                 WHERE namespace = $1 AND status = 'dead'
-                   AND ($2::text IS NULL OR kind = $2)
-                   AND ($3::text IS NULL OR queue = $3)
-                   AND ($4::text IS NULL OR last_error ILIKE '%' || $4 || '%' ESCAPE '\\')
-                 ORDER BY id
-                 LIMIT $5
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE jobs SET {BACK_TO_WORK}
-             FROM target WHERE jobs.id = target.id
-             RETURNING {OUTBOX_COLUMNS}"
-            )))
-            .bind(namespace.as_str())
-            .bind(filter.kind.as_ref().map(Kind::as_str))
-            .bind(filter.queue.as_ref().map(QueueName::as_str))
-            .bind(filter.error.as_deref().map(escape_like))
-            .bind(limit)
-            .fetch_all(statements)
+        // The final SELECT sees the rows as they were before the UPDATE of its own statement;
+        // the columns it reads are ones the UPDATE does not change.
+        let rows: Vec<RedrivenRow> = self
+            .search(async |statements| {
+                let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "WITH target AS (
+                         SELECT id FROM jobs
+                         WHERE namespace = $1 AND status = 'dead'
+                           AND ($2::text IS NULL OR kind = $2)
+                           AND ($3::text IS NULL OR queue = $3)
+                           {error_clause}
+                         ORDER BY id
+                         LIMIT $4
+                         FOR UPDATE SKIP LOCKED),
+                     moved AS (
+                         UPDATE jobs SET {BACK_TO_WORK}
+                         FROM target WHERE jobs.id = target.id
+                         RETURNING jobs.id, jobs.args_bytes),
+                     sized AS (
+                         SELECT id, count(*) OVER () AS redriven,
+                                sum(args_bytes) OVER (ORDER BY id) - args_bytes AS bytes_before
+                         FROM moved)
+                     SELECT {OUTBOX_COLUMNS}, sized.redriven
+                     FROM jobs JOIN sized ON jobs.id = sized.id
+                     WHERE sized.bytes_before < $5
+                     ORDER BY jobs.id"
+                )))
+                .bind(namespace.as_str())
+                .bind(filter.kind.as_ref().map(Kind::as_str))
+                .bind(filter.queue.as_ref().map(QueueName::as_str))
+                .bind(limit)
+                .bind(max_bytes);
+                match error {
+                    Some(error) => query.bind(search::error_pattern(error)),
+                    None => query,
+                }
+                .fetch_all(statements)
+                .await
+            })
             .await
+            .context("redriving dead jobs")?;
+        Ok(Redriven {
+            count: rows
+                .first()
+                .map_or(0, |row| u64::try_from(row.redriven).unwrap_or(0)),
+            to_publish: rows.into_iter().map(|row| row.job).collect(),
         })
-        .await
-        .context("redriving dead jobs")
     }
 }
 
-/// A user's text matched literally inside ILIKE: `%`, `_` and `\` lose their meaning.
-pub(super) fn escape_like(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_")
+/// What [`Store::redrive`] did.
+#[derive(Debug)]
+pub struct Redriven {
+    /// Jobs sent back to work.
+    pub count: u64,
+    /// The first of them, within the byte bound, for the fast path; the sweeper publishes
+    /// the others.
+    pub to_publish: Vec<OutboxJob>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::escape_like;
-
-    #[test]
-    fn like_wildcards_in_a_filter_are_literal() {
-        assert_eq!(escape_like("50%_off\\"), "50\\%\\_off\\\\");
-    }
+#[derive(sqlx::FromRow)]
+struct RedrivenRow {
+    #[sqlx(flatten)]
+    job: OutboxJob,
+    redriven: i64,
 }

@@ -1,9 +1,11 @@
 //! The state store: every SQL statement of the fleet lives in this module's files.
 //!
-//! Two pools: `durable` commits wait for the WAL flush (accepted jobs, final states);
+//! Three pools: `durable` commits wait for the WAL flush (accepted jobs, final states);
 //! `relaxed` commits do not (`synchronous_commit = off`) and carry only writes a crash may
 //! lose harmlessly — the move to `running` (a redelivery re-runs the job) and the
-//! `published_at` stamp (the sweeper republishes, the worker skips the duplicate).
+//! `published_at` stamp (the sweeper republishes, the worker skips the duplicate);
+//! `searches` carries the scans a tenant steers, bounded in time and number (see
+//! [`search`]).
 
 mod api_keys;
 mod archive;
@@ -15,6 +17,7 @@ mod outbox;
 mod query;
 mod refusal;
 mod rescue;
+mod search;
 mod start;
 mod submit;
 mod unit;
@@ -26,20 +29,21 @@ use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-pub use api_keys::{ApiKey, NewApiKey};
-pub use archive::{ArchiveBatch, ArchivePass, ArchivedJob};
+pub use api_keys::{ApiKey, LiveKey, NewApiKey};
+pub use archive::{ArchiveBatch, ArchivePass, ArchivedJob, Chosen};
 pub use cancel::CancelOutcome;
-pub use dead::{Burial, DeadFilter, JobError};
+pub use dead::{Burial, DeadFilter, JobError, Redriven};
 pub use execution::{AttemptOutcome, ErrorKind, FinishRequest, FinishedJob};
 pub use lease::{LeaseRenewal, RunningAttempt};
 pub use outbox::{OutboxClaim, OutboxJob};
-pub use query::{JobFilter, JobRecord};
+pub use query::{JobFilter, JobPage, JobRecord};
 pub use refusal::{EachOutcome, NotStored, Refused};
 pub use rescue::{RescueReason, RescueScope, Rescued, StaleQueue};
+pub use search::{MIN_ERROR_FILTER_CHARS, SearchRefused};
 pub use start::{StartOutcome, StartRequest, StartedJob};
 pub use submit::{NewJob, Submitted};
 
-use crate::config::{DatabaseSettings, Pooler};
+use crate::config::{DEFAULT_READ_TIMEOUT_MS, DatabaseSettings, Pooler};
 use unit::{Commit, Statements, Unit};
 
 /// Round trips to PostgreSQL made by this process, for the benchmark's per-job figure.
@@ -61,14 +65,28 @@ pub struct Store {
     durable: PgPool,
     /// Commits a crash may lose harmlessly; see the module docs.
     relaxed: PgPool,
+    /// Scans a tenant steers (job listings, redrives by filter): a pool of their own, so
+    /// however many run they cannot take the connections submissions and key lookups
+    /// need, and every statement on it stops after `search_timeout_ms`.
+    searches: PgPool,
+    search_timeout_ms: u64,
     /// How statements are sent; see [`unit`].
     pooler: Pooler,
 }
 
 impl Store {
-    /// Creates both pools lazily: the first query connects, so a process can start (and
-    /// answer 503) while PostgreSQL is still down.
+    /// Creates the pools lazily: the first query connects, so a process can start (and
+    /// answer 503) while PostgreSQL is still down. Searches stop after the default
+    /// `api.read_timeout_ms`.
     pub fn connect_lazy(settings: &DatabaseSettings) -> anyhow::Result<Self> {
+        Self::connect_lazy_with_read_timeout(settings, DEFAULT_READ_TIMEOUT_MS)
+    }
+
+    /// [`Store::connect_lazy`] with searches stopped after `read_timeout_ms` (the API's).
+    pub fn connect_lazy_with_read_timeout(
+        settings: &DatabaseSettings,
+        read_timeout_ms: u64,
+    ) -> anyhow::Result<Self> {
         let options = PgConnectOptions::from_str(settings.url.expose_secret())
             .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {e}"))?;
         // An `application_name` in the URL wins, so an operator (or a test) can tell one
@@ -77,16 +95,19 @@ impl Store {
             Some(_) => options,
             None => options.application_name("tl-engine"),
         };
-        let (durable_options, relaxed_options) = match settings.pooler {
+        let timeout = read_timeout_ms.to_string();
+        let (durable_options, relaxed_options, search_options) = match settings.pooler {
+            // Set at connection start-up, so a search costs no round trip more.
             Pooler::None => (
                 options.clone(),
-                options.options([("synchronous_commit", "off")]),
+                options.clone().options([("synchronous_commit", "off")]),
+                options.options([("statement_timeout", timeout.as_str())]),
             ),
             // PgBouncer refuses start-up parameters it does not track (`options`,
             // `extra_float_digits`), and no statement is cached by name (see `unit`).
             Pooler::Transaction => {
                 let options = options.extra_float_digits(None).statement_cache_capacity(0);
-                (options.clone(), options)
+                (options.clone(), options.clone(), options)
             }
         };
         let pool = |max_connections: u32| {
@@ -102,9 +123,13 @@ impl Store {
         let durable = pool(settings.max_connections).connect_lazy_with(durable_options);
         let relaxed =
             pool((settings.max_connections / 3).max(2)).connect_lazy_with(relaxed_options);
+        let searches =
+            pool((settings.max_connections / 3).max(2)).connect_lazy_with(search_options);
         Ok(Self {
             durable,
             relaxed,
+            searches,
+            search_timeout_ms: read_timeout_ms,
             pooler: settings.pooler,
         })
     }
@@ -130,6 +155,7 @@ impl Store {
         match commit {
             Commit::Durable => &self.durable,
             Commit::Relaxed => &self.relaxed,
+            Commit::Search { .. } => &self.searches,
         }
     }
 
@@ -187,6 +213,7 @@ impl Store {
     pub async fn close(&self) {
         self.durable.close().await;
         self.relaxed.close().await;
+        self.searches.close().await;
     }
 }
 

@@ -44,6 +44,28 @@ impl OutboxJob {
 pub struct OutboxClaim {
     unit: Unit,
     pub jobs: Vec<OutboxJob>,
+    /// The claim stopped at its row or byte bound: more rows may be waiting right now.
+    pub more: bool,
+}
+
+/// A claimed row and how many rows the claim locked before its byte bound cut it.
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    job: OutboxJob,
+    locked: i64,
+}
+
+impl OutboxClaim {
+    fn of(unit: Unit, rows: Vec<ClaimedRow>, limit: i64) -> Self {
+        let locked = rows.first().map_or(0, |row| row.locked);
+        let jobs: Vec<OutboxJob> = rows.into_iter().map(|row| row.job).collect();
+        Self {
+            more: locked == limit || (jobs.len() as i64) < locked,
+            unit,
+            jobs,
+        }
+    }
 }
 
 impl OutboxClaim {
@@ -81,6 +103,7 @@ impl Store {
         &self,
         namespaces: &[String],
         limit: i64,
+        max_bytes: i64,
     ) -> anyhow::Result<Option<OutboxClaim>> {
         count_round_trips(1);
         let mut unit = self
@@ -97,56 +120,79 @@ impl Store {
             return Ok(None);
         }
         count_round_trips(1);
-        let jobs = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "WITH due AS (
-                 SELECT id FROM jobs
+        // Rows are locked up to `limit`, then taken in order while the args before them
+        // add up to less than `max_bytes` (so always at least one): what one claim holds in
+        // memory is bounded however large the rows are. Locked rows past the bound are let
+        // go at the commit, for the next claim.
+        let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH locked AS (
+                 SELECT id, run_at, args_bytes FROM jobs
                  WHERE published_at IS NULL AND status IN ('scheduled', 'retrying')
                    AND run_at <= now() AND namespace = ANY($1)
                  ORDER BY run_at
                  LIMIT $2
-                 FOR UPDATE SKIP LOCKED)
+                 FOR UPDATE SKIP LOCKED),
+             due AS (
+                 SELECT id, locked FROM (
+                     SELECT id, count(*) OVER () AS locked,
+                            sum(args_bytes) OVER (ORDER BY run_at, id) - args_bytes AS bytes_before
+                     FROM locked) sized
+                 WHERE bytes_before < $3)
              UPDATE jobs
              SET status = CASE WHEN status = 'scheduled' THEN 'queued' ELSE status END
              FROM due WHERE jobs.id = due.id
-             RETURNING {OUTBOX_COLUMNS}"
+             RETURNING {OUTBOX_COLUMNS}, due.locked"
         )))
         .bind(namespaces)
         .bind(limit)
+        .bind(max_bytes)
         .fetch_all(unit.statements())
         .await
         .context("claiming due scheduled and retrying jobs")?;
-        Ok(Some(OutboxClaim { unit, jobs }))
+        Ok(Some(OutboxClaim::of(unit, rows, limit)))
     }
 
     /// Claims queued jobs that were never published and are older than `grace` (younger
-    /// ones are the fast path's to publish).
+    /// ones are the fast path's to publish): up to `limit` rows, and only while their args
+    /// add up to less than `max_bytes` (as [`Store::claim_due`]).
     pub async fn claim_unpublished(
         &self,
         namespaces: &[String],
         grace: Duration,
         limit: i64,
+        max_bytes: i64,
     ) -> anyhow::Result<OutboxClaim> {
         count_round_trips(1);
         let mut unit = self
             .transaction(Commit::Durable)
             .await
             .context("starting a sweep")?;
-        let jobs = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {OUTBOX_COLUMNS} FROM jobs
-             WHERE published_at IS NULL AND status = 'queued'
-               AND run_at <= now() - make_interval(secs => $2)
-               AND namespace = ANY($1)
-             ORDER BY run_at
-             LIMIT $3
-             FOR UPDATE SKIP LOCKED"
+        let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH locked AS (
+                 SELECT id, run_at, args_bytes FROM jobs
+                 WHERE published_at IS NULL AND status = 'queued'
+                   AND run_at <= now() - make_interval(secs => $2)
+                   AND namespace = ANY($1)
+                 ORDER BY run_at
+                 LIMIT $3
+                 FOR UPDATE SKIP LOCKED),
+             sized AS (
+                 SELECT id, run_at, count(*) OVER () AS locked,
+                        sum(args_bytes) OVER (ORDER BY run_at, id) - args_bytes AS bytes_before
+                 FROM locked)
+             SELECT {OUTBOX_COLUMNS}, sized.locked
+             FROM jobs JOIN sized ON jobs.id = sized.id
+             WHERE sized.bytes_before < $4
+             ORDER BY sized.run_at, sized.id"
         )))
         .bind(namespaces)
         .bind(grace.as_secs_f64())
         .bind(limit)
+        .bind(max_bytes)
         .fetch_all(unit.statements())
         .await
         .context("claiming unpublished jobs")?;
-        Ok(OutboxClaim { unit, jobs })
+        Ok(OutboxClaim::of(unit, rows, limit))
     }
 
     /// Stamps fast-path publications. Only rows still `queued` and unstamped: by the time

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Commit, Store, count_round_trips};
+use super::{Commit, Store, count_round_trips, search};
 use crate::{JobId, JobStatus, Kind, Namespace, QueueName};
 
 /// A job as a person querying the API sees it.
@@ -47,7 +47,7 @@ const COLUMNS: &str = "id, namespace, kind, queue, status, args, priority, attem
      cancel_requested_at, result, last_error, snoozes, redrives, traceparent, starts, lease_until";
 
 /// Which jobs a listing returns. Every field narrows the result.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct JobFilter {
     pub status: Option<JobStatus>,
     pub kind: Option<Kind>,
@@ -57,6 +57,25 @@ pub struct JobFilter {
     /// Only jobs older than this one (the previous page's last id).
     pub before: Option<JobId>,
     pub limit: u32,
+    /// Most bytes of args and results one page carries: the page stops before the job that
+    /// would pass it (it always holds one).
+    pub max_bytes: i64,
+}
+
+/// One page of a listing, newest first.
+#[derive(Clone, Debug)]
+pub struct JobPage {
+    pub jobs: Vec<JobRecord>,
+    /// The page stopped at its row or byte bound: older jobs may match too.
+    pub more: bool,
+}
+
+/// A listed row and how many rows matched before the byte bound cut the page.
+#[derive(sqlx::FromRow)]
+struct ListedRow {
+    #[sqlx(flatten)]
+    job: JobRecord,
+    candidates: i64,
 }
 
 impl Store {
@@ -100,36 +119,61 @@ impl Store {
         .with_context(|| format!("reading the status of job {id}"))
     }
 
-    /// A page of `namespace`'s jobs, newest first.
+    /// A page of `namespace`'s jobs, newest first: up to `filter.limit` of them, and only
+    /// while their args and results add up to less than `filter.max_bytes` (sized from
+    /// `args_bytes` and the result's text, before any row is read whole). A search (see
+    /// [`search`]).
     pub async fn list_jobs(
         &self,
         namespace: &Namespace,
         filter: &JobFilter,
-    ) -> anyhow::Result<Vec<JobRecord>> {
+    ) -> anyhow::Result<JobPage> {
+        let error = filter.error.as_deref();
+        let error_clause = search::error_clause(error, 8);
         count_round_trips(1);
-        self.one(Commit::Durable, async |statements| {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM jobs
-                 WHERE namespace = $1
-                   AND ($2::job_status IS NULL OR status = $2)
-                   AND ($3::text IS NULL OR kind = $3)
-                   AND ($4::text IS NULL OR queue = $4)
-                   AND ($5::uuid IS NULL OR id < $5)
-                   AND ($7::text IS NULL OR last_error ILIKE '%' || $7 || '%' ESCAPE '\\')
-                 ORDER BY id DESC
-                 LIMIT $6"
-            )))
-            .bind(namespace.as_str())
-            .bind(filter.status)
-            .bind(filter.kind.as_ref().map(Kind::as_str))
-            .bind(filter.queue.as_ref().map(QueueName::as_str))
-            .bind(filter.before.map(|id| id.as_uuid()))
-            .bind(i64::from(filter.limit))
-            .bind(filter.error.as_deref().map(super::dead::escape_like))
-            .fetch_all(statements)
+        let rows: Vec<ListedRow> = self
+            .search(async |statements| {
+                let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "WITH page AS (
+                         SELECT id, args_bytes + coalesce(octet_length(result::text), 0) AS bytes
+                         FROM jobs
+                         WHERE namespace = $1
+                           AND ($2::job_status IS NULL OR status = $2)
+                           AND ($3::text IS NULL OR kind = $3)
+                           AND ($4::text IS NULL OR queue = $4)
+                           AND ($5::uuid IS NULL OR id < $5)
+                           {error_clause}
+                         ORDER BY id DESC
+                         LIMIT $6),
+                     sized AS (
+                         SELECT id, count(*) OVER () AS candidates,
+                                sum(bytes) OVER (ORDER BY id DESC) - bytes AS bytes_before
+                         FROM page)
+                     SELECT {COLUMNS}, candidates FROM jobs JOIN sized USING (id)
+                     WHERE bytes_before < $7
+                     ORDER BY id DESC"
+                )))
+                .bind(namespace.as_str())
+                .bind(filter.status)
+                .bind(filter.kind.as_ref().map(Kind::as_str))
+                .bind(filter.queue.as_ref().map(QueueName::as_str))
+                .bind(filter.before.map(|id| id.as_uuid()))
+                .bind(i64::from(filter.limit))
+                .bind(filter.max_bytes);
+                match error {
+                    Some(error) => query.bind(search::error_pattern(error)),
+                    None => query,
+                }
+                .fetch_all(statements)
+                .await
+            })
             .await
+            .context("listing jobs")?;
+        let candidates = rows.first().map_or(0, |row| row.candidates);
+        let jobs: Vec<JobRecord> = rows.into_iter().map(|row| row.job).collect();
+        Ok(JobPage {
+            more: candidates == i64::from(filter.limit) || (jobs.len() as i64) < candidates,
+            jobs,
         })
-        .await
-        .context("listing jobs")
     }
 }

@@ -1,8 +1,8 @@
 //! The worker's start transition, `queued|retrying → running`, a guarded UPDATE for a whole
 //! batch of deliveries. It hands each started attempt its fencing token (`starts`), a
 //! lease and the kind and args to run (the row's, never the message's), and ends a job
-//! whose cancel was accepted instead of running it. A message whose body disagrees with
-//! its job's row starts nothing.
+//! whose cancel was accepted instead of running it. A message whose kind or queue
+//! disagrees with its job's row starts nothing.
 
 use std::time::Duration;
 
@@ -21,9 +21,11 @@ pub struct StartRequest {
     pub id: JobId,
     /// What the message's body says the job is. Anyone who can publish to the vhost can
     /// write any body under a real job's id, so the job starts only if its row agrees.
+    /// The body's args are never sent: the row's run, and comparing them would hand
+    /// PostgreSQL whatever a publisher wrote (a NUL, megabytes, floats that do not
+    /// survive a round trip through `f64`).
     pub kind: Kind,
     pub queue: QueueName,
-    pub args: serde_json::Value,
     /// An earlier delivery of this job's message ended without an outcome (RabbitMQ's
     /// `redelivered` flag, or the count a deferral carried on): the worker that held it died
     /// or returned it, so a job left `running` by that worker may be taken over.
@@ -109,15 +111,15 @@ pub enum StartOutcome {
     Skipped(JobStatus),
     /// No such job in the namespace: the message is poison.
     Unknown,
-    /// The job exists in the namespace, but its row's kind, queue or args are not the
-    /// message's: a forged (or corrupted) message, refused; the row is untouched.
+    /// The job exists in the namespace, but its row's kind or queue is not the message's:
+    /// a forged (or corrupted) message, refused; the row is untouched.
     Mismatched,
 }
 
-/// The start statement. Only a request whose kind, queue and args equal its row's may start
-/// a job (`jsonb` equality: key order and spacing do not matter), and of several requests
-/// for one job in a batch only one: a redelivery first, then the earliest. So a forged
-/// message starts nothing even when it shares a batch with its job's real one.
+/// The start statement. Only a request whose kind and queue equal its row's may start a
+/// job, and of several requests for one job in a batch only one: a redelivery first, then
+/// the earliest. A message with its job's kind and queue but other args is a duplicate of
+/// it: whichever starts, the row's args run.
 ///
 /// A row may start from `queued`; from `retrying` once its `run_at` has passed (a stale
 /// message cannot cut a long backoff short), or at once when a tier retry's own message
@@ -125,18 +127,17 @@ pub enum StartOutcome {
 /// scheduler's row lock (when its claim commits, the recheck sees `queued`; a skip would
 /// lose the job); and from `running` when the message was redelivered or the running
 /// attempt's lease has expired (its worker died). A row whose cancel was accepted is ended
-/// `cancelled` instead of started. Kind, queue, namespace and args never change after
-/// submission, so `claim` may compare them without the row lock.
+/// `cancelled` instead of started. Kind, queue and namespace never change after submission,
+/// so `claim` may compare them without the row lock.
 const START: &str = "
     WITH input AS (
-        SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::text[], $5::text[],
-                             $6::jsonb[])
-            WITH ORDINALITY AS i(id, namespace, redelivered, kind, queue, args, position)),
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::text[], $5::text[])
+            WITH ORDINALITY AS i(id, namespace, redelivered, kind, queue, position)),
     claim AS (
         SELECT DISTINCT ON (i.id) i.id, i.redelivered, i.position
         FROM input i
         JOIN jobs j ON j.id = i.id AND j.namespace = i.namespace AND j.kind = i.kind
-                   AND j.queue = i.queue AND j.args = i.args
+                   AND j.queue = i.queue
         ORDER BY i.id, i.redelivered DESC, i.position),
     target AS (
         SELECT j.id, c.position, j.cancel_requested_at IS NOT NULL AS cancelled
@@ -156,7 +157,7 @@ const START: &str = "
         starts = starts + (NOT target.cancelled)::int,
         started_at = CASE WHEN target.cancelled THEN started_at ELSE now() END,
         lease_until = CASE WHEN target.cancelled THEN NULL
-                           ELSE now() + make_interval(secs => $7) END
+                           ELSE now() + make_interval(secs => $6) END
     FROM target WHERE jobs.id = target.id
     RETURNING target.position, jobs.status, jobs.kind, jobs.args, jobs.attempts, jobs.starts,
               jobs.max_attempts, jobs.timeout_ms, jobs.backoff_min_ms, jobs.backoff_max_ms,
@@ -166,10 +167,9 @@ const START: &str = "
 /// whether its message agrees with the row. Requests for no job of their namespace are
 /// missing from the answer.
 const NOT_STARTED: &str = "
-    SELECT i.position, j.status,
-           (j.kind = i.kind AND j.queue = i.queue AND j.args = i.args) AS agrees
-    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
-        WITH ORDINALITY AS i(id, namespace, kind, queue, args, position)
+    SELECT i.position, j.status, (j.kind = i.kind AND j.queue = i.queue) AS agrees
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
+        WITH ORDINALITY AS i(id, namespace, kind, queue, position)
     JOIN jobs j ON j.id = i.id AND j.namespace = i.namespace";
 
 /// A batch's requests as the statements' parallel arrays.
@@ -179,7 +179,6 @@ struct Columns<'a> {
     redelivered: Vec<bool>,
     kinds: Vec<&'a str>,
     queues: Vec<&'a str>,
-    args: Vec<&'a serde_json::Value>,
 }
 
 impl<'a> Columns<'a> {
@@ -190,7 +189,6 @@ impl<'a> Columns<'a> {
             redelivered: Vec::new(),
             kinds: Vec::new(),
             queues: Vec::new(),
-            args: Vec::new(),
         };
         for request in requests {
             columns.ids.push(request.id.as_uuid());
@@ -198,7 +196,6 @@ impl<'a> Columns<'a> {
             columns.redelivered.push(request.redelivered);
             columns.kinds.push(request.kind.as_str());
             columns.queues.push(request.queue.as_str());
-            columns.args.push(&request.args);
         }
         columns
     }
@@ -227,7 +224,6 @@ impl Store {
                     .bind(&columns.redelivered)
                     .bind(&columns.kinds)
                     .bind(&columns.queues)
-                    .bind(&columns.args)
                     .bind(lease.as_secs_f64())
                     .fetch_all(statements)
                     .await
@@ -267,7 +263,6 @@ impl Store {
                     .bind(&columns.namespaces)
                     .bind(&columns.kinds)
                     .bind(&columns.queues)
-                    .bind(&columns.args)
                     .fetch_all(statements)
                     .await
             })

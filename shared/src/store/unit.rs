@@ -31,13 +31,16 @@ use super::count_round_trips;
 use crate::JobStatus;
 use crate::config::Pooler;
 
-/// How a unit's commit is made durable.
+/// Which pool a unit runs on, and so how its commit is made durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Commit {
     /// Waits for the WAL flush.
     Durable,
     /// Does not (`synchronous_commit = off`); see the store's module docs.
     Relaxed,
+    /// Waits for the WAL flush, on the searches pool, whose statements stop after
+    /// `timeout_ms` (`statement_timeout`).
+    Search { timeout_ms: u64 },
 }
 
 /// One connection for a few statements; [`Unit::commit`] or [`Unit::rollback`] ends it.
@@ -86,11 +89,16 @@ impl Unit {
             pooler,
         };
         let begin = match (pooler, commit) {
-            // Without a pooler the relaxed pool's connections carry the setting from their
-            // start-up; a pooler shares server connections, so it is set per transaction, in
-            // the same message as `BEGIN` (no extra round trip).
-            (Pooler::Transaction, Commit::Relaxed) => "BEGIN; SET LOCAL synchronous_commit = off",
-            _ => "BEGIN",
+            // Without a pooler the relaxed and searches pools' connections carry their
+            // setting from their start-up; a pooler shares server connections, so it is set
+            // per transaction, in the same message as `BEGIN` (no extra round trip).
+            (Pooler::Transaction, Commit::Relaxed) => {
+                "BEGIN; SET LOCAL synchronous_commit = off".to_owned()
+            }
+            (Pooler::Transaction, Commit::Search { timeout_ms }) => {
+                format!("BEGIN; SET LOCAL statement_timeout = {timeout_ms}")
+            }
+            _ => "BEGIN".to_owned(),
         };
         unit.send(begin).await?;
         Ok(unit)
@@ -124,9 +132,12 @@ impl Unit {
 
     /// Sends one transaction-control message as a simple query: no statement to prepare,
     /// so any pooler passes it whole.
-    async fn send(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+    async fn send(&mut self, sql: impl Into<String>) -> Result<(), sqlx::Error> {
         count_round_trips(1);
-        sqlx::raw_sql(sql).execute(&mut *self.connection).await?;
+        // Built here from the unit's own constants, never from a caller's text.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.into()))
+            .execute(&mut *self.connection)
+            .await?;
         Ok(())
     }
 }

@@ -1,0 +1,117 @@
+//! Scans a tenant steers — a job listing, a redrive by filter, an error-text search over a
+//! whole namespace — bounded so that no tenant can hold the API's connections with them.
+//!
+//! They run on the store's `searches` pool, a third of `database.max_connections` (at least
+//! 2) beside the others, so submissions and key lookups never wait behind them, and each
+//! statement there stops after `api.read_timeout_ms` (`statement_timeout`: a start-up
+//! parameter of the pool's connections, or `SET LOCAL` in the `BEGIN` message behind a
+//! transaction pooler; neither costs a round trip). Error text is matched with a trigram
+//! index (`jobs_last_error_trgm`), which needs at least three characters to narrow a search.
+
+use super::Store;
+use super::unit::{Commit, Statements, Unit};
+
+/// Fewest characters an error filter may have: shorter text has no trigram to look up, so
+/// its search would read every row of the namespace.
+pub const MIN_ERROR_FILTER_CHARS: usize = 3;
+
+/// `AND last_error ILIKE $<n>` when an error filter is given (its bound value from
+/// [`error_pattern`]); nothing otherwise. Left out rather than `$n IS NULL OR …`, which a
+/// generic plan cannot answer from the trigram index.
+pub(super) fn error_clause(filter: Option<&str>, parameter: u8) -> String {
+    match filter {
+        Some(_) => format!("AND last_error ILIKE ${parameter} ESCAPE '\\'"),
+        None => String::new(),
+    }
+}
+
+/// The ILIKE pattern for a user's error text: matched literally, anywhere in the error.
+pub(super) fn error_pattern(filter: &str) -> String {
+    format!("%{}%", escape_like(filter))
+}
+
+/// A user's text matched literally inside ILIKE: `%`, `_` and `\` lose their meaning.
+fn escape_like(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// Why a search was not answered; the API's problem names the remedy.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SearchRefused {
+    #[error(
+        "the search ran longer than api.read_timeout_ms ({timeout_ms} ms) and was stopped; \
+         narrow it with status, kind, queue or a longer error text"
+    )]
+    TimedOut { timeout_ms: u64 },
+    #[error("this API process is running as many searches as it allows; retry shortly")]
+    Busy,
+}
+
+impl SearchRefused {
+    /// The refusal in `error`'s cause chain, if that is what the error is.
+    pub fn in_chain(error: &anyhow::Error) -> Option<&Self> {
+        error.chain().find_map(|cause| cause.downcast_ref::<Self>())
+    }
+}
+
+impl Store {
+    /// Runs one search statement on the searches pool; a statement past the timeout or a
+    /// pool with no connection free within `database.acquire_timeout_ms` is a
+    /// [`SearchRefused`].
+    pub(super) async fn search<T>(
+        &self,
+        statement: impl AsyncFnOnce(Statements<'_>) -> Result<T, sqlx::Error>,
+    ) -> anyhow::Result<T> {
+        let commit = Commit::Search {
+            timeout_ms: self.search_timeout_ms,
+        };
+        let mut unit = Unit::autocommit(&self.searches, self.pooler, commit)
+            .await
+            .map_err(|error| self.refusal(error))?;
+        match statement(unit.statements()).await {
+            Ok(output) => {
+                unit.commit().await?;
+                Ok(output)
+            }
+            Err(error) => {
+                // Behind a pooler the unit is a transaction: ending it keeps the connection.
+                let _ = unit.rollback().await;
+                Err(self.refusal(error))
+            }
+        }
+    }
+
+    fn refusal(&self, error: sqlx::Error) -> anyhow::Error {
+        let code = error.as_database_error().and_then(|e| e.code());
+        match (&error, code.as_deref()) {
+            (sqlx::Error::PoolTimedOut, _) => SearchRefused::Busy.into(),
+            // query_canceled: what statement_timeout raises.
+            (_, Some("57014")) => SearchRefused::TimedOut {
+                timeout_ms: self.search_timeout_ms,
+            }
+            .into(),
+            _ => error.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{error_clause, error_pattern};
+
+    #[test]
+    fn like_wildcards_in_a_filter_are_literal() {
+        assert_eq!(error_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
+    }
+
+    #[test]
+    fn no_filter_adds_no_clause() {
+        assert_eq!(error_clause(None, 7), "");
+        assert_eq!(
+            error_clause(Some("x"), 7),
+            "AND last_error ILIKE $7 ESCAPE '\\'"
+        );
+    }
+}
