@@ -263,3 +263,31 @@ async fn a_forged_cancel_on_another_namespaces_vhost_does_not_cancel_a_running_j
     );
     fleet.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_naming_a_queue_the_fleet_lacks_is_poison_and_labels_nothing() {
+    // Queue names label the worker's metrics; one a publisher made up must never reach a
+    // label, or forged messages could grow every shared worker's /metrics without bound.
+    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let broker = VhostClient::connect(fleet.namespace.as_str()).await;
+    let witness = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    fleet
+        .wait_for_status(&witness, JobStatus::Succeeded, DEADLINE)
+        .await; // the topology is declared
+    let made_up = "q-made-up-by-a-publisher";
+    let message =
+        json!({ "id": uuid::Uuid::now_v7(), "kind": "noop", "queue": made_up, "args": {} });
+
+    broker
+        .publish_raw("default", message.to_string().as_bytes())
+        .await;
+
+    let reason = next_dead_letter(&broker).await.reason.unwrap();
+    assert!(reason.starts_with("unknown queue"), "{reason}");
+    let exported = metrics().encode();
+    assert!(
+        !exported.contains(made_up),
+        "a made-up queue became a metric label"
+    );
+    fleet.stop().await;
+}

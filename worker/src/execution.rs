@@ -14,6 +14,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
 use engine_jobs::{Artifacts, JobContext, JobError, JobLog, LogLevel, Registry};
+use engine_shared::QueueName;
 use engine_shared::broker::Publisher;
 use engine_shared::envelope::Envelope;
 use engine_shared::group_commit::GroupCommitError;
@@ -72,6 +73,9 @@ pub struct Shared {
     pub log_cap: usize,
     /// Largest result stored (`worker.max_result_bytes`); a larger one fails the attempt.
     pub max_result_bytes: usize,
+    /// The configured queues: a message naming another is poison. Its queue labels
+    /// metrics, so an unknown name must never get as far as a label.
+    pub queues: Vec<QueueName>,
 }
 
 pub async fn execute(shared: Arc<Shared>, namespace: usize, received: Received) {
@@ -557,10 +561,16 @@ where
 /// handler fails them at once, fatally (a body's args are anyone's who can publish to the
 /// vhost, and may disagree with the row).
 fn poison_reason(shared: &Shared, envelope: &Envelope) -> Option<String> {
-    (!shared.registry.contains(&envelope.kind)).then(|| {
-        format!(
+    if !shared.registry.contains(&envelope.kind) {
+        return Some(format!(
             "unknown kind {:?}: no handler registered in this worker",
             envelope.kind.as_str()
+        ));
+    }
+    (!shared.queues.contains(&envelope.queue)).then(|| {
+        format!(
+            "unknown queue {:?}: not one of the fleet's queues",
+            envelope.queue.as_str()
         )
     })
 }

@@ -128,6 +128,7 @@ impl Worker {
             logs: Arc::new(LogShipper::new(objects, contexts_specs, &settings.logs)),
             log_cap: settings.logs.max_kib_per_attempt * 1024,
             max_result_bytes: settings.worker.max_result_bytes,
+            queues: settings.queues.iter().map(|q| q.name.clone()).collect(),
         });
         // Bound now, so a taken port fails start-up and tests can read the address.
         let health_listener = match &settings.worker.health_listen {
