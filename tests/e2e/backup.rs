@@ -478,11 +478,33 @@ async fn a_restore_that_cannot_succeed_changes_nothing() {
 }
 
 /// A well-formed backup of schema version 1.
+/// A minimal backup whose header vouches for `name` (`<time>.dump.gz`, the older form).
+fn dump_named(name: &str) -> Vec<u8> {
+    let stem = name.strip_suffix(".dump.gz").unwrap();
+    let taken = chrono::NaiveDateTime::parse_from_str(stem, "%Y%m%dT%H%M%SZ")
+        .unwrap()
+        .and_utc();
+    let header = Header {
+        created_at: taken,
+        migration: schema::latest_known_migration(),
+        tables: Vec::new(),
+        name: Some(name.to_owned()),
+    };
+    let compressor = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    BackupWriter::start(compressor, &header)
+        .unwrap()
+        .finish()
+        .unwrap()
+        .finish()
+        .unwrap()
+}
+
 fn foreign_version_backup() -> Vec<u8> {
     let header = Header {
         created_at: chrono::Utc::now(),
         migration: 1,
         tables: Vec::new(),
+        name: None,
     };
     let compressor = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     BackupWriter::start(compressor, &header)
@@ -605,7 +627,14 @@ async fn the_db_backup_job_keeps_the_last_n_and_deletes_only_the_oldest() {
         "20200104T000000Z.dump.gz",
     ];
     let strangers = ["20200101T000000Z.dump.gz.partial", "notes.txt"];
-    for name in older.iter().chain(&strangers) {
+    for name in &older {
+        storage
+            .objects
+            .put(&storage.key(name), dump_named(name), "application/gzip")
+            .await
+            .unwrap();
+    }
+    for name in &strangers {
         storage
             .objects
             .put(&storage.key(name), b"x".to_vec(), "text/plain")
@@ -663,6 +692,78 @@ async fn the_db_backup_job_keeps_the_last_n_and_deletes_only_the_oldest() {
     );
     let log = context.log.take();
     assert!(log.contains("stored "), "{log}");
+    storage.clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_planted_under_backups_are_never_the_latest_nor_pruned_nor_counted() {
+    // Arrange: two real backups; then, with newer names, an object that is no backup and
+    // a copy of the first real one (its header says when it was really taken).
+    let source = ScratchDatabase::migrated().await;
+    seed(&source, 0).await;
+    let storage = TestFolder::new();
+    let never = CancellationToken::new();
+    let back_up = |keep| {
+        backup::back_up(
+            source.pool(),
+            &storage.objects,
+            &storage.folder,
+            keep,
+            &never,
+            |_| {},
+        )
+    };
+    let first = back_up(10).await.unwrap();
+    let second = back_up(10).await.unwrap();
+    assert_ne!(first.key, second.key, "two backups never share a name");
+    let mut copy = Vec::new();
+    let mut body = storage.objects.get(&first.key).await.unwrap().unwrap();
+    while let Some(chunk) = body.next().await {
+        copy.extend_from_slice(&chunk.unwrap());
+    }
+    let planted = ["20300101T000000Z.dump.gz", "20300102T000000Z.dump.gz"];
+    for (name, bytes) in planted.iter().zip([b"not a backup".to_vec(), copy]) {
+        storage
+            .objects
+            .put(&storage.key(name), bytes, "application/gzip")
+            .await
+            .unwrap();
+    }
+
+    // Act: a third backup, keeping two.
+    let third = back_up(2).await.unwrap();
+
+    // Assert: the real ones were counted and pruned; the planted ones neither.
+    assert_eq!(third.prune_error, None);
+    assert_eq!(third.pruned, vec![first.key.clone()]);
+    let latest = storage
+        .folder
+        .find(&storage.objects, &"latest".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        latest.key, third.key,
+        "the latest is the newest real backup"
+    );
+    let mut expected = vec![
+        second.key.file_name().to_owned(),
+        third.key.file_name().to_owned(),
+    ];
+    expected.extend(planted.map(str::to_owned));
+    expected.sort();
+    assert_eq!(
+        storage.names().await,
+        expected,
+        "the planted objects are untouched"
+    );
+    let named = storage
+        .folder
+        .find(&storage.objects, &planted[1].parse().unwrap())
+        .await;
+    assert!(
+        named.is_err(),
+        "a copy under another name cannot be restored by that name"
+    );
     storage.clean().await;
 }
 

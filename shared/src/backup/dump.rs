@@ -78,7 +78,7 @@ pub async fn write_backup(
 ) -> anyhow::Result<BackupSummary> {
     let started = Instant::now();
     let created_at = Utc::now().trunc_subsecs(0);
-    let key = folder.key_at(created_at);
+    let key = folder.new_key(created_at);
     let mut conn = pool
         .acquire()
         .await
@@ -89,7 +89,13 @@ pub async fn write_backup(
     conn.close_on_drop();
     let (writer, reader) = pipe(PIPE_CHUNKS);
     let (produced, uploaded) = tokio::join!(
-        produce(&mut conn, created_at, writer, cancel, progress),
+        produce(
+            &mut conn,
+            (created_at, key.file_name()),
+            writer,
+            cancel,
+            progress
+        ),
         objects.upload(&key, reader, "application/gzip", |_| {}),
     );
     let produced = match (produced, uploaded) {
@@ -121,12 +127,12 @@ type Produced = (u64, BTreeMap<String, u64>, i64);
 /// Writes the whole backup into `pipe`; on failure, fails the pipe so the upload aborts.
 async fn produce(
     conn: &mut PgConnection,
-    created_at: DateTime<Utc>,
+    taken: (DateTime<Utc>, &str),
     pipe: PipeWriter,
     cancel: &CancellationToken,
     progress: impl FnMut(u64) + Send,
 ) -> anyhow::Result<Produced> {
-    match produce_into(conn, created_at, &pipe, cancel, progress).await {
+    match produce_into(conn, taken, &pipe, cancel, progress).await {
         Ok(produced) => Ok(produced),
         Err(error) => {
             pipe.fail(format!("the backup failed: {error:#}")).await;
@@ -135,9 +141,10 @@ async fn produce(
     }
 }
 
+/// `taken`: when, and under which file name (recorded in the header, which vouches for it).
 async fn produce_into(
     conn: &mut PgConnection,
-    created_at: DateTime<Utc>,
+    (created_at, name): (DateTime<Utc>, &str),
     pipe: &PipeWriter,
     cancel: &CancellationToken,
     mut progress: impl FnMut(u64) + Send,
@@ -171,6 +178,7 @@ async fn produce_into(
         created_at,
         migration,
         tables: schema::tables(&mut snapshot).await?,
+        name: Some(name.to_owned()),
     };
     let compressor = GzEncoder::new(
         Vec::with_capacity(2 * CHUNK),

@@ -1,7 +1,9 @@
 //! Where backups live and which are kept: a folder of objects named
-//! `<YYYYMMDDTHHMMSSZ>.dump.gz` (the fleet's `backups/`, or `<prefix>/backups/` for drills
-//! and tests), listed oldest first, found by name or as the latest, and pruned to the last N.
-//! Objects whose names do not follow the pattern are never counted, chosen or deleted.
+//! `<YYYYMMDDTHHMMSSZ>-<8 hex>.dump.gz` (the fleet's `backups/`, or `<prefix>/backups/` for
+//! drills and tests; the random part keeps two backups of one second apart), listed oldest
+//! first, found by name or as the latest, and pruned to the last N. Objects whose names do
+//! not follow the pattern, or whose header does not vouch for their name ([`super::trust`]),
+//! are never chosen as the latest, counted or deleted.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,6 +15,8 @@ use crate::storage::{ObjectKey, ObjectStore};
 
 /// The file name's time format (UTC, second resolution: it sorts like the times do).
 const NAME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+/// Hex digits of the random part after the time (none in names from before it).
+const NONCE_DIGITS: usize = 8;
 const SUFFIX: &str = ".dump.gz";
 
 /// A folder of backups.
@@ -82,9 +86,15 @@ impl BackupFolder {
         Ok(Self { folder })
     }
 
-    /// The key of a backup taken at `at`.
-    pub fn key_at(&self, at: DateTime<Utc>) -> ObjectKey {
-        let name = format!("{}{SUFFIX}", at.format(NAME_FORMAT));
+    /// A new key for a backup taken at `at`, never an existing backup's: the time, and a
+    /// random part (one backup runs at a time, but two may start within one second).
+    pub fn new_key(&self, at: DateTime<Utc>) -> ObjectKey {
+        let name = format!(
+            "{}-{:0width$x}{SUFFIX}",
+            at.format(NAME_FORMAT),
+            rand::random::<u32>(),
+            width = NONCE_DIGITS
+        );
         ObjectKey::backup_in(&self.folder, &name).expect("a formatted time is a plain name")
     }
 
@@ -108,13 +118,28 @@ impl BackupFolder {
         Ok(backups)
     }
 
+    /// The backups in the folder whose header vouches for their name, oldest first. Reads
+    /// the start of each (one GET per backup); the others are logged and left alone.
+    pub async fn trusted(&self, objects: &ObjectStore) -> anyhow::Result<Vec<StoredBackup>> {
+        let mut trusted = Vec::new();
+        for backup in self.list(objects).await? {
+            match super::trust::doubt(objects, &backup).await? {
+                None => trusted.push(backup),
+                Some(why) => {
+                    tracing::warn!(key = backup.key.as_str(), %why, "not a backup this fleet wrote; ignoring it");
+                }
+            }
+        }
+        Ok(trusted)
+    }
+
     /// The backup `choice` names; an error says what the folder holds when it is missing.
     pub async fn find(
         &self,
         objects: &ObjectStore,
         choice: &BackupChoice,
     ) -> anyhow::Result<StoredBackup> {
-        let backups = self.list(objects).await?;
+        let backups = self.trusted(objects).await?;
         let found = match choice {
             BackupChoice::Latest => backups.last(),
             BackupChoice::Named(name) => backups.iter().find(|b| &b.name == name),
@@ -130,9 +155,11 @@ impl BackupFolder {
     }
 
     /// Deletes the oldest backups beyond the newest `keep` (at least one is always kept:
-    /// the one just written), one key at a time. Returns the deleted keys.
+    /// the one just written), one key at a time. Only trusted backups count or go: an
+    /// object planted with a newer name cannot push a real backup out. Returns the deleted
+    /// keys.
     pub async fn prune(&self, objects: &ObjectStore, keep: u32) -> anyhow::Result<Vec<ObjectKey>> {
-        let backups = self.list(objects).await?;
+        let backups = self.trusted(objects).await?;
         let excess = backups.len().saturating_sub(keep.max(1) as usize);
         let mut deleted = Vec::with_capacity(excess);
         for backup in backups.into_iter().take(excess) {
@@ -154,7 +181,19 @@ impl fmt::Display for BackupChoice {
 
 /// The time a backup's file name says, or `None` if it is not one of ours.
 fn taken_at(name: &str) -> Option<DateTime<Utc>> {
-    let stem = name.strip_suffix(SUFFIX)?;
+    let named = name.strip_suffix(SUFFIX)?;
+    let stem = match named.split_once('-') {
+        None => named,
+        Some((stem, nonce))
+            if nonce.len() == NONCE_DIGITS
+                && nonce
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+        {
+            stem
+        }
+        Some(_) => return None,
+    };
     let at = NaiveDateTime::parse_from_str(stem, NAME_FORMAT)
         .ok()?
         .and_utc();
@@ -171,19 +210,27 @@ mod tests {
     #[test]
     fn names_carry_the_time_and_nothing_else_counts() {
         let at = Utc.with_ymd_and_hms(2026, 11, 22, 10, 30, 0).unwrap();
-        let key = BackupFolder::fleet().key_at(at);
-        assert_eq!(
-            key,
-            ObjectKey::backup(at),
-            "the layout's key builder agrees"
+        let key = BackupFolder::fleet().new_key(at);
+        assert!(
+            key.as_str().starts_with("backups/20261122T103000Z-"),
+            "{key:?}"
         );
         assert_eq!(taken_at(key.file_name()), Some(at));
+        assert_ne!(
+            key,
+            BackupFolder::fleet().new_key(at),
+            "two backups in one second"
+        );
+        // Names from before the random part still count.
+        assert_eq!(taken_at("20261122T103000Z.dump.gz"), Some(at));
         for other in [
             "20261122T103000Z.dump",
             "20261122T103000Z.dump.gz.part",
             "2026112T103000Z.dump.gz",
             "20261322T103000Z.dump.gz",
             "notes.txt",
+            "20261122T103000Z-XYZ.dump.gz",
+            "20261122T103000Z-0123456789.dump.gz",
         ] {
             assert_eq!(taken_at(other), None, "{other}");
         }

@@ -40,6 +40,10 @@ pub struct Header {
     pub migration: i64,
     /// Every table, in the order its rows follow (foreign-key parents first).
     pub tables: Vec<TableSpec>,
+    /// The file name it was written under (`None` in backups from before names were
+    /// recorded): "latest" and pruning trust an object only if its name agrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// One table and the columns its rows carry, in order.
@@ -330,6 +334,7 @@ mod tests {
                     columns: vec!["job_id".into(), "message".into()],
                 },
             ],
+            name: None,
         }
     }
 

@@ -5,7 +5,8 @@
 //! - [`schema`]: what is backed up, read from the catalog; the schema version.
 //! - [`dump`]: one consistent snapshot streamed through gzip into a multipart upload.
 //! - [`restore`]: an object streamed back into an empty database in one transaction.
-//! - [`folder`]: where backups live, finding one, keeping the last N.
+//! - [`folder`]: where backups live, finding one, keeping the last N; [`trust`]: which
+//!   objects there are backups this fleet wrote (their header vouches for their name).
 //! - [`pipe`]: the bounded bridges bytes cross between tasks and threads.
 //!
 //! Used by `engine-api backup` / `restore` / `backups list` and by the `db.backup` job kind.
@@ -16,6 +17,7 @@ pub mod format;
 pub mod pipe;
 pub mod restore;
 pub mod schema;
+mod trust;
 
 pub use dump::{BackupSummary, write_backup};
 pub use folder::{BackupChoice, BackupFolder, StoredBackup};
