@@ -77,8 +77,9 @@ pub async fn write_backup(
     progress: impl FnMut(u64) + Send,
 ) -> anyhow::Result<BackupSummary> {
     let started = Instant::now();
-    let created_at = Utc::now().trunc_subsecs(0);
-    let key = folder.new_key(created_at);
+    let now = Utc::now();
+    let created_at = now.trunc_subsecs(0);
+    let key = folder.new_key(now);
     let mut conn = pool
         .acquire()
         .await

@@ -86,13 +86,15 @@ impl BackupFolder {
         Ok(Self { folder })
     }
 
-    /// A new key for a backup taken at `at`, never an existing backup's: the time, and a
-    /// random part (one backup runs at a time, but two may start within one second).
+    /// A new key for a backup taken at `at`, never an existing backup's: the time to the
+    /// second, then its millisecond and a random part (one backup runs at a time, but two
+    /// may start within one second), so names still sort as the backups were taken.
     pub fn new_key(&self, at: DateTime<Utc>) -> ObjectKey {
+        let millis = at.timestamp_subsec_millis().min(999);
         let name = format!(
             "{}-{:0width$x}{SUFFIX}",
             at.format(NAME_FORMAT),
-            rand::random::<u32>(),
+            (millis << 20) | (rand::random::<u32>() >> 12),
             width = NONCE_DIGITS
         );
         ObjectKey::backup_in(&self.folder, &name).expect("a formatted time is a plain name")
@@ -212,8 +214,13 @@ mod tests {
         let at = Utc.with_ymd_and_hms(2026, 11, 22, 10, 30, 0).unwrap();
         let key = BackupFolder::fleet().new_key(at);
         assert!(
-            key.as_str().starts_with("backups/20261122T103000Z-"),
+            key.as_str().starts_with("backups/20261122T103000Z-000"),
             "{key:?}"
+        );
+        let later = BackupFolder::fleet().new_key(at + chrono::Duration::milliseconds(1));
+        assert!(
+            later.as_str() > key.as_str(),
+            "names sort as backups were taken"
         );
         assert_eq!(taken_at(key.file_name()), Some(at));
         assert_ne!(
