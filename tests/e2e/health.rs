@@ -155,20 +155,6 @@ async fn the_api_without_postgres_is_unhealthy_but_alive() {
     fleet.stop().await;
 }
 
-/// `tl_readiness_checks_total` as the admin port's `/metrics` reports it.
-async fn readiness_checks(admin: SocketAddr) -> u64 {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix("tl_readiness_checks_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no tl_readiness_checks_total in\n{text}"))
-}
-
 #[tokio::test]
 async fn a_flood_of_readiness_calls_costs_one_check_and_reasons_stay_on_the_admin_port() {
     let redis = TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
@@ -191,10 +177,10 @@ async fn a_flood_of_readiness_calls_costs_one_check_and_reasons_stay_on_the_admi
 
     // 200 unauthenticated callers at once: every one answered, by one or two checks (two
     // if the result went stale mid-flood), not one check (four billed calls) each.
-    let before = readiness_checks(admin).await;
+    let before = engine_tests::scrape::counter(admin, "tl_readiness_checks_total").await;
     let answers = futures_util::future::join_all((0..200).map(|_| probe(api, "/readyz"))).await;
     assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK));
-    let checks = readiness_checks(admin).await - before;
+    let checks = engine_tests::scrape::counter(admin, "tl_readiness_checks_total").await - before;
     assert!(checks <= 2, "{checks} checks for 200 calls");
 
     redis.cut();

@@ -2,7 +2,6 @@
 //! PostgreSQL lookups, and an error search over a large namespace is cut off at
 //! `api.read_timeout_ms` with a clear problem, while another tenant's submissions go on.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{StreamExt, stream};
@@ -14,20 +13,6 @@ use engine_shared::Namespace;
 use engine_shared::store::Store;
 use engine_tests::client::Answer;
 use engine_tests::{FleetOptions, TestFleet, wait_until};
-
-/// `tl_api_key_lookups_total` as the API's `/metrics` reports it.
-async fn key_lookups(api: SocketAddr) -> u64 {
-    let text = reqwest::get(format!("http://{api}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix("tl_api_key_lookups_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no tl_api_key_lookups_total in\n{text}"))
-}
 
 /// A well-formed key that no one created.
 fn random_key() -> String {
@@ -48,7 +33,7 @@ async fn a_flood_of_unknown_keys_costs_a_bounded_number_of_lookups_and_a_new_key
         fleet.client.get("/v1/jobs?limit=1").await.status,
         StatusCode::OK
     );
-    let before = key_lookups(api).await;
+    let before = engine_tests::scrape::counter(api, "tl_api_key_lookups_total").await;
 
     let flood = stream::iter(0..2_000)
         .map(|_| {
@@ -79,7 +64,7 @@ async fn a_flood_of_unknown_keys_costs_a_bounded_number_of_lookups_and_a_new_key
         tenant.iter().all(|status| *status == StatusCode::OK),
         "the valid tenant is answered throughout: {tenant:?}"
     );
-    let lookups = key_lookups(api).await - before;
+    let lookups = engine_tests::scrape::counter(api, "tl_api_key_lookups_total").await - before;
     assert!(
         lookups <= 100,
         "2,000 unknown keys cost {lookups} PostgreSQL key lookups"

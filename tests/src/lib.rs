@@ -4,7 +4,7 @@
 //! - [`fleet`]: an API and worker in-process (port 0), and worker processes started for it.
 //! - [`api_process`]: the API as a real child process, its memory read from `/proc`.
 //! - [`worker_process`]: a worker as a real child process: signalled, killed, its log read.
-//! - [`client`]: one typed HTTP client for the API.
+//! - [`client`]: one typed HTTP client for the API; [`scrape`]: a counter from `/metrics`.
 //! - [`broker`]: a test's vhost seen directly: raw publishes, dead letters and their reasons.
 //! - [`pgbouncer`]: a PgBouncer of the test's own in transaction mode.
 //! - [`private_broker`]: a RabbitMQ node of the test's own, for a short consumer timeout.
@@ -25,6 +25,7 @@ pub mod management;
 pub mod pgbouncer;
 pub mod private_broker;
 pub mod proxy;
+pub mod scrape;
 pub mod services;
 pub mod test_kinds;
 pub mod tls_proxy;
