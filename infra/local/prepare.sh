@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes this machine ready to run tl-engine locally. Idempotent; quiet unless it fails.
 #
-# Usage: infra/local/prepare.sh [fleet|test|all]     (or PREPARE_MODE=fleet|test|all; default all)
+# Usage: infra/local/prepare.sh [fleet|test|all|test-cleanup]
+#        (or PREPARE_MODE=...; default all)
 #
 #   both modes  PostgreSQL, Redis and RabbitMQ running on loopback (started if stopped),
 #               the RabbitMQ management plugin answering on http://127.0.0.1:15672,
@@ -13,7 +14,8 @@
 #   test        debug binaries, migrations applied to the test database
 #               ($TEST_DATABASE_URL, default postgres://postgres@127.0.0.1:5432/tl_engine_test),
 #               PgBouncer installed from Debian's packages (tests start their own, in
-#               transaction mode; nothing is started here)
+#               transaction mode; nothing is started here), leftover test vhosts deleted
+#   test-cleanup  only deletes the test vhosts (bin/test runs it after the tests)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -23,9 +25,9 @@ case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
 
 MODE="${1:-${PREPARE_MODE:-all}}"
 case "$MODE" in
-  fleet|test|all) ;;
-  -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-  *) printf 'prepare: unknown mode %q (expected fleet, test or all)\n' "$MODE" >&2; exit 2 ;;
+  fleet|test|all|test-cleanup) ;;
+  -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) printf 'prepare: unknown mode %q (expected fleet, test, all or test-cleanup)\n' "$MODE" >&2; exit 2 ;;
 esac
 
 PG_HOST=127.0.0.1
@@ -360,10 +362,10 @@ ensure_pgbouncer() {
 
 # RabbitMQ 3.10's dead-letter supervisor (rabbit_fifo_dlx_sup) can die when a vhost is deleted
 # while one of its quorum queues is being declared; from then on the broker refuses every
-# quorum queue with INTERNAL_ERROR until it is restarted. The tests delete their vhosts only
-# once their fleet has stopped and leave the others (a failed test's) to this cleanup, which
-# runs before any test, one vhost at a time, and then brings the supervisor back if a
-# previous run killed it. A fault of that broker version (CloudAMQP runs newer ones).
+# quorum queue with INTERNAL_ERROR until it is restarted. The tests delete their vhosts
+# seconds after they end (tests/src/services.rs, delete_vhost_later); this cleanup deletes
+# what is left, before and after a run (when nothing declares anything), one vhost at a
+# time, and then brings the supervisor back if anything killed it. A fault of that broker version (CloudAMQP runs newer ones).
 clean_test_broker() {
   local vhost
   while read -r vhost; do
@@ -392,6 +394,13 @@ prepare_test() {
     env -u ENGINE_CONFIG DATABASE_URL="$TEST_DATABASE_URL" AMQP_URL="$TEST_AMQP_URL" \
     "$TARGET_DIR/debug/engine-api" migrate
 }
+
+if [[ "$MODE" == test-cleanup ]]; then
+  ensure_rabbitmq
+  ensure_management
+  clean_test_broker
+  exit 0
+fi
 
 ensure_postgres
 ensure_redis

@@ -635,41 +635,16 @@ impl TestFleet {
 impl Drop for TestFleet {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config_path);
-        // A fleet dropped while running (a test that failed or never stopped it) may still be
-        // declaring its queues. Deleting the vhost under a quorum queue being declared can
-        // crash RabbitMQ 3.10's dead-letter supervisor (rabbit_fifo_dlx_sup), after which the
-        // broker refuses every quorum queue with INTERNAL_ERROR, failing every later test.
-        // Such a vhost is left for the prepare script, which deletes leftover test vhosts
-        // before the next run, when nothing declares anything.
-        let running: Vec<&Running> = self
+        for component in self
             .api
             .iter()
             .chain(self.worker.iter())
             .chain(self.replicas.iter())
-            .collect();
-        if !running.is_empty() {
-            for component in running {
-                component.stop.cancel();
-            }
-            return;
+        {
+            component.stop.cancel();
         }
-        let vhosts: Vec<String> = self
-            .tenants
-            .iter()
-            .map(|t| t.namespace.to_string())
-            .collect();
-        // Async teardown cannot run in Drop; a thread with its own runtime deletes the vhost.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async {
-                    for vhost in &vhosts {
-                        services::delete_vhost(vhost).await;
-                    }
-                });
-        })
-        .join();
+        for tenant in &self.tenants {
+            services::delete_vhost_later(tenant.namespace.as_str());
+        }
     }
 }

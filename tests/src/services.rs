@@ -2,6 +2,7 @@
 //! and per-test vhosts created through RabbitMQ's management API.
 
 use rand::RngCore;
+use std::os::unix::process::CommandExt;
 
 pub fn database_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| {
@@ -86,13 +87,34 @@ pub async fn create_vhost(vhost: &str) {
     );
 }
 
-/// Deletes `vhost` (and every queue in it).
-pub async fn delete_vhost(vhost: &str) {
-    let _ = reqwest::Client::new()
-        .delete(format!("{}/api/vhosts/{vhost}", management_url()))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await;
+/// How long after its test a vhost is deleted; see [`delete_vhost_later`].
+const VHOST_DELETION_DELAY_SECS: u32 = 5;
+
+/// Deletes `vhost` (and every queue in it) a few seconds from now, from a detached process
+/// that outlives the test. Deleting a vhost right away is not safe: RabbitMQ 3.10 starts a
+/// dead-letter worker for each new quorum queue, and one whose queue is deleted before it
+/// has looked the queue up crashes at every restart, which takes its supervisor
+/// (rabbit_fifo_dlx_sup) down with it — from then on the broker refuses every new quorum
+/// queue with INTERNAL_ERROR, failing every later test. A test may create a queue at its
+/// very end (a lazy declaration, a queue it deleted and a worker redeclared), and its
+/// components and worker processes stop only as the test process exits; seconds later,
+/// nothing of the test is left and every worker has long looked its queue up. Not
+/// deleting at all is no better: the vhosts' message stores exhaust the broker's file
+/// handles after a few dozen tests. `bin/test` deletes whatever is left after the run.
+pub fn delete_vhost_later(vhost: &str) {
+    let url = format!("{}/api/vhosts/{vhost}", management_url());
+    let script = format!(
+        "sleep {VHOST_DELETION_DELAY_SECS}; curl -fsS -o /dev/null -u guest:guest -X DELETE \"$0\""
+    );
+    // Its own process group, stdio closed: neither the test runner's clean-up of the test's
+    // processes nor its wait for the test's output touches it.
+    let _ = std::process::Command::new("sh")
+        .args(["-c", &script, &url])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn();
 }
 
 /// Drops every ready message of `queue` in `vhost`: a test's way to lose messages, as a
