@@ -85,6 +85,7 @@ impl Application {
             limiter,
             objects,
             readiness: Arc::default(),
+            pending: Arc::default(),
         };
         Ok(Self {
             listener,

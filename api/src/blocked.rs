@@ -2,6 +2,12 @@
 //! a queue gone). The relay leaves them out of its claims for a while, backing off, so one
 //! bad vhost neither stops the sweeper and scheduler of every other namespace nor has its
 //! rows claimed over and over; readiness and metrics name them.
+//!
+//! A broker that answers but leaves messages unconfirmed (a queue at its byte bound, most
+//! often) is *full*, not refusing: it is tried again soon (the pause grows only to
+//! [`LONGEST_FULL_PAUSE`]), since it takes publishes again as soon as workers drain it, and
+//! it never makes the API unready — one tenant filling its own queues must not take the
+//! API away from all.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,6 +20,9 @@ use engine_shared::metrics::{NamespaceLabels, metrics};
 
 const FIRST_PAUSE: Duration = Duration::from_millis(500);
 const LONGEST_PAUSE: Duration = Duration::from_secs(30);
+/// A full namespace's rows are claimed again at least this often: one claim per pause is
+/// what a full namespace costs, and the longest its jobs wait once workers make room.
+const LONGEST_FULL_PAUSE: Duration = Duration::from_secs(2);
 
 struct Block {
     /// Not claimed for again before this.
@@ -21,6 +30,8 @@ struct Block {
     pause: Duration,
     /// The last refusal, for readiness (already redacted by the publisher).
     error: String,
+    /// Unconfirmed messages rather than a failed publish: not a readiness failure.
+    full: bool,
 }
 
 /// The blocked namespaces.
@@ -32,12 +43,31 @@ pub struct Blocked {
 impl Blocked {
     /// A publish to `namespace` failed: leave it out for a while, longer each time.
     pub fn refused(&self, namespace: &Namespace, error: &anyhow::Error) {
+        self.block(namespace, error, false);
+    }
+
+    /// The broker left some of `namespace`'s messages unconfirmed (a full queue): leave it
+    /// out briefly.
+    pub fn full(&self, namespace: &Namespace, error: &anyhow::Error) {
+        self.block(namespace, error, true);
+    }
+
+    fn block(&self, namespace: &Namespace, error: &anyhow::Error, full: bool) {
+        let longest = if full {
+            LONGEST_FULL_PAUSE
+        } else {
+            LONGEST_PAUSE
+        };
         let mut namespaces = self.lock();
         let pause = namespaces
             .get(namespace)
-            .map_or(FIRST_PAUSE, |block| (block.pause * 2).min(LONGEST_PAUSE));
+            .map_or(FIRST_PAUSE, |block| (block.pause * 2).min(longest));
         if !namespaces.contains_key(namespace) {
-            tracing::warn!(%namespace, error = format!("{error:#}"), "publishes to this namespace are refused; leaving it out of the sweeps while it lasts, the others carry on");
+            if full {
+                tracing::warn!(%namespace, error = format!("{error:#}"), "the broker takes no more of this namespace's messages (a queue at its max_queue_bytes?); its jobs wait in PostgreSQL until its workers make room");
+            } else {
+                tracing::warn!(%namespace, error = format!("{error:#}"), "publishes to this namespace are refused; leaving it out of the sweeps while it lasts, the others carry on");
+            }
         }
         namespaces.insert(
             namespace.clone(),
@@ -45,6 +75,7 @@ impl Blocked {
                 until: Instant::now() + pause,
                 pause,
                 error: format!("{error:#}"),
+                full,
             },
         );
         gauge(namespace, 1);
@@ -73,9 +104,13 @@ impl Blocked {
             .collect()
     }
 
-    /// Why `namespace` is blocked, if it is.
+    /// Why `namespace`'s publishes are refused, if they are (a full namespace is not
+    /// refused: it is waiting for its workers).
     pub fn reason(&self, namespace: &Namespace) -> Option<String> {
-        self.lock().get(namespace).map(|block| block.error.clone())
+        self.lock()
+            .get(namespace)
+            .filter(|block| !block.full)
+            .map(|block| block.error.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Namespace, Block>> {

@@ -6,7 +6,7 @@
 //!   [`readiness`]: `/readyz` answered from one recent check;
 //!   [`nul_character`]: the one character PostgreSQL cannot store.
 //! - [`auth`]: bearer API key → namespace, [`known_keys`]: the live keys in memory;
-//!   [`submission_limit`]: per-key 429s;
+//!   [`submission_limit`]: per-key 429s; [`pending_quota`]: the cap on unfinished jobs;
 //!   [`problem`]: RFC 9457 errors;
 //!   [`json_body`]: JSON bodies with field-level errors.
 //! - [`relay`]: the outbox relay (fast path + sweeper) that publishes accepted jobs;
@@ -24,6 +24,7 @@ pub mod cli;
 pub mod json_body;
 pub mod known_keys;
 pub mod nul_character;
+pub mod pending_quota;
 pub mod problem;
 pub mod progress;
 pub mod readiness;

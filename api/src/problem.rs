@@ -57,6 +57,11 @@ pub enum ApiError {
         retry_after_secs: u64,
     },
     #[error(
+        "this namespace has {max} unfinished jobs, its cap (max_pending); retry in {} s, once some have finished",
+        retry_after_secs
+    )]
+    TooManyPending { max: u64, retry_after_secs: u64 },
+    #[error(
         "object storage is not configured on this fleet (AWS_S3_BUCKET_NAME): there are no logs or artifacts to serve"
     )]
     StorageOff,
@@ -167,6 +172,11 @@ impl ApiError {
                 "/problems/too-many-requests",
                 "Too many requests",
             ),
+            Self::TooManyPending { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "/problems/too-many-pending",
+                "Too many unfinished jobs",
+            ),
             Self::StorageOff => (
                 StatusCode::NOT_IMPLEMENTED,
                 "/problems/storage-off",
@@ -257,6 +267,9 @@ impl IntoResponse for ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
             }
             Self::TooManyRequests {
+                retry_after_secs, ..
+            }
+            | Self::TooManyPending {
                 retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));

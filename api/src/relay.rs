@@ -92,15 +92,12 @@ impl Relay {
     }
 
     pub fn new(settings: &Settings, store: Store, broker: &Broker) -> anyhow::Result<Self> {
-        let topology = Topology {
-            queues: settings.queues.clone(),
-            retry: settings.retry.clone(),
-        };
         let mut publishers = HashMap::new();
         let mut fast = HashMap::new();
         for spec in &settings.namespaces {
             let pool = broker.pool(&spec.vhost, 2)?;
-            let publisher = Arc::new(Publisher::new(spec.vhost.clone(), pool, topology.clone()));
+            let topology = Topology::of(settings, spec);
+            let publisher = Arc::new(Publisher::new(spec.vhost.clone(), pool, topology));
             let (flush_publisher, flush_store) = (publisher.clone(), store.clone());
             let batcher = GroupCommit::spawn(
                 "fast publish",
@@ -282,7 +279,7 @@ impl Relay {
                 }
                 Ok(acks) => {
                     let refused = acks.iter().filter(|acked| !**acked).count();
-                    self.blocked.refused(
+                    self.blocked.full(
                         &namespace,
                         &anyhow::anyhow!(
                             "the broker confirmed {} of {} messages ({refused} returned or nacked)",

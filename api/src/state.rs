@@ -10,6 +10,7 @@ use engine_shared::storage::ObjectStore;
 use engine_shared::store::{NewJob, NotStored, Store, Submitted};
 
 use crate::auth::KeyCache;
+use crate::pending_quota::PendingCounts;
 use crate::readiness::ReadinessCache;
 use crate::relay::Relay;
 
@@ -31,4 +32,6 @@ pub struct AppState {
     pub objects: Option<ObjectStore>,
     /// The last readiness check, shared by every `/readyz` caller for a moment.
     pub readiness: Arc<ReadinessCache>,
+    /// Each namespace's unfinished jobs, as last counted, for `max_pending`.
+    pub pending: Arc<PendingCounts>,
 }

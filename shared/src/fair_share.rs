@@ -10,6 +10,9 @@ pub struct FairShare {
     /// Most of this namespace's jobs one worker process runs at once (and so the prefetch
     /// of its consumers); `None`: only the worker's concurrency bounds it.
     pub max_running: Option<u32>,
+    /// Most of this namespace's jobs the whole fleet runs at once, counted in Redis with
+    /// leased slots (as a kind's concurrency limit is); `None`: no fleet-wide cap.
+    pub fleet_max_running: Option<u32>,
 }
 
 impl Default for FairShare {
@@ -17,6 +20,7 @@ impl Default for FairShare {
         Self {
             weight: 1,
             max_running: None,
+            fleet_max_running: None,
         }
     }
 }

@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod payload;
 pub mod queue;
+pub mod quota;
 pub mod retry;
 pub mod shutdown;
 pub mod status;

@@ -6,6 +6,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::fair_share::FairShare;
+use crate::quota::Quota;
 
 /// Why a string is not a valid namespace name.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,6 +68,8 @@ pub struct NamespaceSpec {
     pub webhook_signing_secret: Option<SecretString>,
     /// Its share of a worker process that serves other namespaces too.
     pub share: FairShare,
+    /// What it may hold of the shared database and broker.
+    pub quota: Quota,
 }
 
 #[cfg(test)]
@@ -82,6 +85,7 @@ impl NamespaceSpec {
             bucket: None,
             webhook_signing_secret: None,
             share: FairShare::default(),
+            quota: Quota::default(),
         }
     }
 }

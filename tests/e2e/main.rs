@@ -27,6 +27,7 @@ mod payload_caps;
 mod poison;
 mod pooler;
 mod processes;
+mod quotas;
 mod reconnection;
 mod rescue;
 mod retries;

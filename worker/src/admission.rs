@@ -10,6 +10,8 @@
 //! so turns keep their spacing. A concurrency limit leases a slot for the job's run (10 s,
 //! renewed every 3 s); a full limit defers with backoff, but never past the end of the
 //! earliest lease, so a killed worker's slots hold jobs back for seconds, not a backoff.
+//! A namespace's fleet-wide cap (`fleet_max_running`) is such a slot too, taken first, for
+//! every job of the namespace.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,8 +40,9 @@ const MAX_DEFERRAL: Duration = Duration::from_secs(30);
 
 /// What admission decided.
 pub enum Admission {
-    /// Start it. A leased concurrency slot, if any, must be released when the job ends.
-    Run(Option<Slot>),
+    /// Start it. The leased slots (the namespace's fleet-wide cap, the kind's concurrency
+    /// limit) must be released when the job ends.
+    Run(Vec<Slot>),
     /// Not now: park the message for `delay`; `not_before` is its reserved rate turn.
     Defer {
         delay: Duration,
@@ -114,21 +117,82 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Decides whether `envelope`'s job may start now.
+/// Decides whether `envelope`'s job may start now: first under its namespace's fleet-wide
+/// cap, then under its kind's limits (a slot taken for a job that is deferred anyway is
+/// given back at once).
 pub async fn admit(
     shared: &Shared,
     spec: &NamespaceSpec,
     envelope: &Envelope,
     delivery: &Delivery,
 ) -> Admission {
+    let marks = marks(delivery);
+    let fleet = match fleet_slot(shared, spec, envelope, &marks).await {
+        Ok(slot) => slot,
+        Err(defer) => return defer,
+    };
+    match admit_kind(shared, spec, envelope, marks).await {
+        Admission::Run(mut slots) => {
+            slots.extend(fleet);
+            Admission::Run(slots)
+        }
+        defer => {
+            if let Some(slot) = fleet {
+                slot.release(&shared.limiter).await;
+            }
+            defer
+        }
+    }
+}
+
+/// A slot under the namespace's `fleet_max_running`, if it has one; `Err` defers the job
+/// while the cap is full. Redis unreachable: the job runs without the cap (logged and
+/// counted) — a quota is not worth stopping every job of a namespace for.
+async fn fleet_slot(
+    shared: &Shared,
+    spec: &NamespaceSpec,
+    envelope: &Envelope,
+    marks: &Marks,
+) -> Result<Option<Slot>, Admission> {
+    let Some(cap) = spec.share.fleet_max_running else {
+        return Ok(None);
+    };
+    let key = redis_key(spec, KeyClass::Running, "fleet", None);
+    let holder = format!("{}:{:016x}", envelope.id, rand::random::<u64>());
+    match shared
+        .limiter
+        .acquire_slot(&key, cap, &holder, SLOT_LEASE)
+        .await
+    {
+        Ok(None) => Ok(Some(lease(shared, key, holder, cap))),
+        Ok(Some(earliest_end)) => Err(Admission::Defer {
+            delay: full_limit_wait(deferral_backoff(shared, marks.deferrals), earliest_end),
+            not_before: marks.not_before,
+        }),
+        Err(error) => {
+            shared
+                .limiter
+                .report_failure(&error, "allow: running without the fleet-wide cap")
+                .await;
+            Ok(None)
+        }
+    }
+}
+
+/// Decides under the kind's rate and concurrency limits.
+async fn admit_kind(
+    shared: &Shared,
+    spec: &NamespaceSpec,
+    envelope: &Envelope,
+    marks: Marks,
+) -> Admission {
     let declared = shared.registry.limit(&envelope.kind);
     let Some(limit) = shared
         .limiter
         .limit_for(&spec.name, envelope.kind.as_str(), declared)
     else {
-        return Admission::Run(None);
+        return Admission::Run(Vec::new());
     };
-    let marks = marks(delivery);
     let key = if limit.per_key {
         shared.registry.limit_key(&envelope.kind, &envelope.args)
     } else {
@@ -184,7 +248,7 @@ pub async fn admit(
     }
 
     let Some(concurrency) = limit.concurrency else {
-        return Admission::Run(None);
+        return Admission::Run(Vec::new());
     };
     let slot_key = redis_key(spec, KeyClass::Slots, kind, key.as_deref());
     // Unique per admission: a duplicate delivery of the same job must neither count as the
@@ -195,14 +259,14 @@ pub async fn admit(
         .acquire_slot(&slot_key, concurrency, &holder, SLOT_LEASE)
         .await
     {
-        Ok(None) => Admission::Run(Some(lease(shared, slot_key, holder, concurrency))),
+        Ok(None) => Admission::Run(vec![lease(shared, slot_key, holder, concurrency)]),
         Ok(Some(earliest_end)) => Admission::Defer {
             delay: full_limit_wait(backoff, earliest_end),
             not_before: turn,
         },
         Err(error) => match on_redis_error(shared, &limit, &error, backoff).await {
             Some(defer) => defer,
-            None => Admission::Run(None),
+            None => Admission::Run(Vec::new()),
         },
     }
 }

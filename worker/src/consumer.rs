@@ -153,11 +153,11 @@ impl NamespaceConsumer {
         connection: &Connection,
         lost: &CancellationToken,
     ) -> anyhow::Result<Vec<(Channel, lapin::types::ShortString)>> {
-        let setup = connection.create_channel().await?;
         self.topology
-            .declare(&setup)
+            .declare(connection)
             .await
             .map_err(|e| anyhow::anyhow!("declaring the topology: {e}"))?;
+        let setup = connection.create_channel().await?;
         control::listen(
             setup,
             self.spec.name.clone(),

@@ -156,15 +156,15 @@ async fn execute_decoded(
         }
     }
 
-    let slot = match admit(shared, &context.spec, envelope, delivery).await {
-        Admission::Run(slot) => slot,
+    let slots = match admit(shared, &context.spec, envelope, delivery).await {
+        Admission::Run(slots) => slots,
         Admission::Defer { delay, not_before } => {
             defer(shared, context, delivery, envelope, delay, not_before).await;
             return;
         }
     };
     run_admitted(shared, context, delivery, envelope, budget).await;
-    if let Some(slot) = slot {
+    for slot in slots {
         slot.release(&shared.limiter).await;
     }
 }

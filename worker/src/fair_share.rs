@@ -130,6 +130,7 @@ mod tests {
         FairShare {
             weight,
             max_running,
+            fleet_max_running: None,
         }
     }
 

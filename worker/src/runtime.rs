@@ -55,10 +55,6 @@ impl Worker {
             settings.amqp_url.clone(),
             format!("tl-engine-worker {}", settings.worker.id),
         );
-        let topology = Topology {
-            queues: settings.queues.clone(),
-            retry: settings.retry.clone(),
-        };
         let in_flight = Arc::new(InFlight::default());
         let health = Arc::new(Consumers::new(
             namespaces.iter().map(|spec| spec.name.as_str().to_owned()),
@@ -68,6 +64,7 @@ impl Worker {
         let mut consumers = Vec::new();
         let mut contexts = Vec::new();
         for spec in namespaces {
+            let topology = Topology::of(&settings, &spec);
             let index = dispatcher.add_namespace(&spec.name, spec.share);
             // A capped namespace holds no more deliveries than it may run: the rest stay
             // in the broker for other workers.
@@ -96,7 +93,7 @@ impl Worker {
                 index,
                 spec,
                 broker: broker.clone(),
-                topology: topology.clone(),
+                topology,
                 lanes,
                 prefetch,
                 in_flight: in_flight.clone(),

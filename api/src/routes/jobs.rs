@@ -19,8 +19,8 @@ use crate::json_body::JsonBody;
 use crate::problem::{ApiError, FieldError};
 use crate::state::AppState;
 use crate::submission::{SubmitBatch, SubmitJob};
-use crate::submission_limit;
 use crate::trace_context::{TRACEPARENT, Trace};
+use crate::{pending_quota, submission_limit};
 
 #[derive(Serialize)]
 struct Accepted {
@@ -111,6 +111,7 @@ pub async fn submit(
         .map_err(ApiError::Invalid)?;
     job.traceparent = Some(trace.clone());
     submission_limit::check(&state, &caller, 1).await?;
+    pending_quota::check(&state, &caller.namespace, 1).await?;
     let outcome = state.submissions.submit(job.clone()).await??;
     publish_created(
         &state,
@@ -165,6 +166,7 @@ pub async fn submit_batch(
         return Err(ApiError::Invalid(errors));
     }
     submission_limit::check(&state, &caller, jobs.len()).await?;
+    pending_quota::check(&state, &caller.namespace, jobs.len()).await?;
     let outcomes = state
         .store
         .insert_jobs(&jobs)

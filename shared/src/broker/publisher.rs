@@ -55,14 +55,22 @@ impl Publisher {
             return Ok(channel.clone());
         }
         *current = None;
-        let channel = self.open_channel().await?;
+        let connection = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| anyhow::anyhow!("no connection to vhost {:?}: {e}", self.vhost))?;
+        self.topology.declare(&connection).await.map_err(|e| {
+            anyhow::anyhow!("declaring the topology in {:?}: {}", self.vhost, redact(&e))
+        })?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| anyhow::anyhow!("opening a channel: {}", redact(&e)))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| anyhow::anyhow!("enabling publisher confirms: {}", redact(&e)))?;
-        self.topology.declare(&channel).await.map_err(|e| {
-            anyhow::anyhow!("declaring the topology in {:?}: {}", self.vhost, redact(&e))
-        })?;
         *current = Some(channel.clone());
         Ok(channel)
     }

@@ -13,11 +13,20 @@
 //! `jobs` with its original routing keys — `delay.<tier>` matches nothing there, the CC key
 //! `<queue>` matches the work queue. One queue per tier serves every work queue, and a
 //! fixed TTL per queue means no message waits behind a longer one (per-message TTLs would).
+//!
+//! Every work and delay queue holds at most the namespace's `max_queue_bytes`
+//! (`x-max-length-bytes`, with `reject-publish`): one tenant's flood cannot fill the
+//! broker's memory and trip its alarm, which would block publishing for every tenant. A
+//! refused publish is never a lost job: the relay leaves the job in the outbox (PostgreSQL)
+//! and publishes it once the queue has room.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
+use crate::config::Settings;
+use crate::namespace::NamespaceSpec;
 use crate::queue::WeightedQueue;
 use crate::retry::RetryPolicy;
 
@@ -37,6 +46,8 @@ pub fn work_queue(name: &str) -> String {
 pub struct Topology {
     pub queues: Vec<WeightedQueue>,
     pub retry: RetryPolicy,
+    /// `x-max-length-bytes` of each work and delay queue; `None`: unbounded.
+    pub max_queue_bytes: Option<u64>,
 }
 
 fn arguments(entries: &[(&str, AMQPValue)]) -> FieldTable {
@@ -58,11 +69,77 @@ fn durable_queue() -> QueueDeclareOptions {
     }
 }
 
+/// Is this RabbitMQ's 406 PRECONDITION_FAILED (a queue exists with other arguments)?
+fn precondition_failed(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
+}
+
 impl Topology {
-    /// Declares everything; safe to run any number of times with the same settings.
-    /// Changing a queue's arguments later (say, the delivery limit) needs the queue deleted
-    /// or a policy: RabbitMQ refuses a redeclaration with different arguments.
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+    /// The topology of `namespace`'s vhost under `settings`.
+    pub fn of(settings: &Settings, namespace: &NamespaceSpec) -> Self {
+        Self {
+            queues: settings.queues.clone(),
+            retry: settings.retry.clone(),
+            max_queue_bytes: namespace.quota.max_queue_bytes,
+        }
+    }
+
+    /// Declares everything on a channel of its own, closed when done; safe to run any
+    /// number of times. A queue that already exists with other arguments (declared by an
+    /// earlier version, or before a setting changed) is kept as it is, with a warning:
+    /// RabbitMQ cannot change a queue's arguments, and refusing to start over it would stop
+    /// the namespace. docs/DEPLOY.md says how to apply new ones (a policy, or recreating
+    /// the queue when it is empty).
+    pub async fn declare(&self, connection: &Connection) -> lapin::Result<()> {
+        let mut channel = connection.create_channel().await?;
+        let declared = self.declare_on(connection, &mut channel).await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "topology declared".into()).await;
+        }
+        declared
+    }
+
+    /// Declares queue `name` with `args`, or keeps the one that exists with other
+    /// arguments (the refusal closes the channel, so a new one replaces it).
+    async fn queue(
+        connection: &Connection,
+        channel: &mut Channel,
+        name: &str,
+        args: FieldTable,
+    ) -> lapin::Result<()> {
+        match channel
+            .queue_declare(name.into(), durable_queue(), args)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if precondition_failed(&error) => {
+                tracing::warn!(
+                    queue = name,
+                    "the queue exists with other arguments than these settings give it; keeping it as it is (see docs/DEPLOY.md, \"Changing a queue's arguments\")"
+                );
+                *channel = connection.create_channel().await?;
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                channel
+                    .queue_declare(name.into(), passive, FieldTable::default())
+                    .await
+                    .map(drop)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn declare_on(
+        &self,
+        connection: &Connection,
+        channel: &mut Channel,
+    ) -> lapin::Result<()> {
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -86,9 +163,7 @@ impl Topology {
             ("x-overflow", text("reject-publish")),
         ];
 
-        channel
-            .queue_declare(DEAD_QUEUE.into(), durable_queue(), arguments(&quorum[..1]))
-            .await?;
+        Self::queue(connection, channel, DEAD_QUEUE, arguments(&quorum[..1])).await?;
         channel
             .queue_bind(
                 DEAD_QUEUE.into(),
@@ -103,14 +178,17 @@ impl Topology {
         // dead in PostgreSQL) first; the broker's limit is only the net behind it, for
         // messages no worker could even look at.
         let delivery_limit = i64::from(self.retry.delivery_limit).saturating_mul(2);
+        let mut bounded = quorum.to_vec();
+        if let Some(bytes) = self.max_queue_bytes {
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            bounded.push(("x-max-length-bytes", AMQPValue::LongLongInt(bytes)));
+        }
         for queue in &self.queues {
             let name = work_queue(queue.name.as_str());
-            let mut args = quorum.to_vec();
+            let mut args = bounded.clone();
             args.push(("x-dead-letter-exchange", text(DEAD_EXCHANGE)));
             args.push(("x-delivery-limit", AMQPValue::LongLongInt(delivery_limit)));
-            channel
-                .queue_declare(name.as_str().into(), durable_queue(), arguments(&args))
-                .await?;
+            Self::queue(connection, channel, &name, arguments(&args)).await?;
             channel
                 .queue_bind(
                     name.as_str().into(),
@@ -124,13 +202,11 @@ impl Topology {
 
         for tier in self.retry.tiers() {
             let ttl = i64::try_from(tier.ttl.as_millis()).unwrap_or(i64::MAX);
-            let mut args = quorum.to_vec();
+            let mut args = bounded.clone();
             args.push(("x-message-ttl", AMQPValue::LongLongInt(ttl)));
             args.push(("x-dead-letter-exchange", text(WORK_EXCHANGE)));
             let name = tier.queue_name();
-            channel
-                .queue_declare(name.as_str().into(), durable_queue(), arguments(&args))
-                .await?;
+            Self::queue(connection, channel, &name, arguments(&args)).await?;
             channel
                 .queue_bind(
                     name.as_str().into(),

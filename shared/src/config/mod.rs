@@ -23,6 +23,7 @@ use crate::kind::Kind;
 use crate::limits::{LimitRule, RedisSettings};
 use crate::namespace::{Namespace, NamespaceSpec};
 use crate::queue::WeightedQueue;
+use crate::quota::Quota;
 use crate::retry::RetryPolicy;
 use crate::storage::StorageSettings;
 use crate::telemetry::LogFormat;
@@ -253,7 +254,13 @@ impl Settings {
             if let Some(bucket) = &ns.bucket {
                 check_bucket(bucket, &format!("{setting}.bucket"))?;
             }
-            let share = fair_share(&setting, ns.weight, ns.max_running)?;
+            let share = fair_share(&setting, ns.weight, ns.max_running, ns.fleet_max_running)?;
+            let quota = Quota {
+                max_pending: Some(ns.max_pending.unwrap_or(raw.api.max_pending))
+                    .filter(|&max| max > 0),
+                max_queue_bytes: Some(ns.max_queue_bytes.unwrap_or(raw.amqp.max_queue_bytes))
+                    .filter(|&max| max > 0),
+            };
             namespaces.push(NamespaceSpec {
                 redis_prefix: format!("{}{}:", raw.app_prefix, name),
                 s3_prefix: format!("{name}/"),
@@ -262,6 +269,7 @@ impl Settings {
                 vhost,
                 webhook_signing_secret: ns.webhook_signing_secret,
                 share,
+                quota,
             });
         }
         check_url(
@@ -426,6 +434,10 @@ impl Settings {
             vhost: vhost.to_owned(),
             webhook_signing_secret: None,
             share: FairShare::default(),
+            quota: Quota {
+                max_pending: Some(self.api.max_pending).filter(|&max| max > 0),
+                ..Quota::default()
+            },
         });
     }
 
@@ -471,11 +483,12 @@ fn storage_settings(raw: raw::RawStorage) -> Result<Option<StorageSettings>, Con
     }))
 }
 
-/// `namespaces.<ns>.weight` and `.max_running`: both at least 1 where set.
+/// `namespaces.<ns>.weight`, `.max_running` and `.fleet_max_running`: at least 1 where set.
 fn fair_share(
     setting: &str,
     weight: Option<u32>,
     max_running: Option<u32>,
+    fleet_max_running: Option<u32>,
 ) -> Result<FairShare, ConfigError> {
     let at_least_one = |name: &str| ConfigError::Invalid {
         setting: format!("{setting}.{name}"),
@@ -487,9 +500,13 @@ fn fair_share(
     if max_running == Some(0) {
         return Err(at_least_one("max_running"));
     }
+    if fleet_max_running == Some(0) {
+        return Err(at_least_one("fleet_max_running"));
+    }
     Ok(FairShare {
         weight: weight.unwrap_or(1),
         max_running,
+        fleet_max_running,
     })
 }
 
@@ -687,31 +704,45 @@ mod tests {
     }
 
     #[test]
-    fn a_namespace_has_weight_1_and_no_cap_unless_set_and_never_0() {
+    fn a_namespace_has_weight_1_the_default_quotas_and_no_cap_unless_set_and_never_0() {
         let text = |extra: &str| {
             format!(
                 "[database]\nurl = \"postgres://localhost/x\"\n[amqp]\nurl = \"amqp://localhost\"\n\
                  [namespaces.acme]\n{extra}\n[namespaces.demo]\n"
             )
         };
-        let settings = Settings::from_toml(&text("weight = 3\nmax_running = 4")).unwrap();
-        let share = |name: &str| {
+        let settings = Settings::from_toml(&text(
+            "weight = 3\nmax_running = 4\nfleet_max_running = 9\nmax_pending = 0\nmax_queue_bytes = 1000",
+        ))
+        .unwrap();
+        let spec = |name: &str| {
             settings
                 .namespace(&Namespace::parse(name).unwrap())
                 .unwrap()
-                .share
+                .clone()
         };
         assert_eq!(
-            share("acme"),
+            spec("acme").share,
             FairShare {
                 weight: 3,
-                max_running: Some(4)
+                max_running: Some(4),
+                fleet_max_running: Some(9),
             }
         );
-        assert_eq!(share("demo"), FairShare::default());
+        // 0 turns a quota off.
+        assert_eq!(
+            spec("acme").quota,
+            Quota {
+                max_pending: None,
+                max_queue_bytes: Some(1000)
+            }
+        );
+        assert_eq!(spec("demo").share, FairShare::default());
+        assert_eq!(spec("demo").quota, Quota::default());
         for (extra, setting) in [
             ("weight = 0", "namespaces.acme.weight"),
             ("max_running = 0", "namespaces.acme.max_running"),
+            ("fleet_max_running = 0", "namespaces.acme.fleet_max_running"),
         ] {
             let message = Settings::from_toml(&text(extra)).unwrap_err().to_string();
             assert!(message.contains(setting), "{message}");

@@ -83,6 +83,9 @@ pub(super) struct RawAmqp {
     pub(super) url: Option<SecretString>,
     #[serde(default = "default_consumer_timeout_secs")]
     pub(super) consumer_timeout_secs: u64,
+    /// Most bytes each of a namespace's work and delay queues holds (0: unbounded).
+    #[serde(default = "default_max_queue_bytes")]
+    pub(super) max_queue_bytes: u64,
 }
 
 impl Default for RawAmqp {
@@ -90,8 +93,13 @@ impl Default for RawAmqp {
         Self {
             url: None,
             consumer_timeout_secs: default_consumer_timeout_secs(),
+            max_queue_bytes: default_max_queue_bytes(),
         }
     }
+}
+
+fn default_max_queue_bytes() -> u64 {
+    crate::quota::DEFAULT_MAX_QUEUE_BYTES
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +190,13 @@ pub(super) struct RawNamespace {
     pub(super) weight: Option<u32>,
     /// Most of its jobs one worker process runs at once (default: no cap).
     pub(super) max_running: Option<u32>,
+    /// Most of its jobs the whole fleet runs at once (default: no cap; kept in Redis).
+    pub(super) fleet_max_running: Option<u32>,
+    /// Most unfinished jobs it may have (default `api.max_pending`; 0: no cap).
+    pub(super) max_pending: Option<u64>,
+    /// Most bytes each of its work and delay queues holds (default `amqp.max_queue_bytes`;
+    /// 0: unbounded).
+    pub(super) max_queue_bytes: Option<u64>,
 }
 
 fn default_consumer_timeout_secs() -> u64 {

@@ -47,6 +47,14 @@ pub struct ApiSettings {
     /// PostgreSQL before it is stopped and answered 503.
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// Most unfinished jobs a namespace may have (0: no cap); a submission past it gets 429.
+    /// `namespaces.<ns>.max_pending` overrides it per namespace.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: u64,
+}
+
+fn default_max_pending() -> u64 {
+    crate::quota::DEFAULT_MAX_PENDING
 }
 
 /// `api.read_timeout_ms`'s default, also what a store built without API settings uses.
@@ -79,6 +87,7 @@ impl Default for ApiSettings {
             submit_burst: default_submit_burst(),
             admin_listen: None,
             read_timeout_ms: default_read_timeout_ms(),
+            max_pending: default_max_pending(),
         }
     }
 }

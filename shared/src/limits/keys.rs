@@ -15,6 +15,9 @@ pub enum KeyClass {
     Slots,
     /// An API key's submission rate (one string).
     Submissions,
+    /// The namespace's running jobs across the fleet (`fleet_max_running`: leased slots,
+    /// one sorted set).
+    Running,
 }
 
 impl KeyClass {
@@ -23,6 +26,7 @@ impl KeyClass {
             Self::Rate => "rl",
             Self::Slots => "cc",
             Self::Submissions => "api",
+            Self::Running => "run",
         }
     }
 }

@@ -14,6 +14,7 @@ mod dead;
 mod execution;
 mod lease;
 mod outbox;
+mod pending;
 mod query;
 mod refusal;
 mod rescue;

@@ -1,0 +1,196 @@
+//! The cap on a namespace's unfinished jobs (`namespaces.<ns>.max_pending`, by default
+//! `api.max_pending`): a submission that would take the namespace past it is refused with
+//! 429 and a `Retry-After`, and stores nothing. It keeps one tenant from filling the
+//! database (and the broker behind it) for all, whatever its submission rate.
+//!
+//! Counting the rows on every submission would add a query to every job, so each API
+//! process keeps, per namespace, the count PostgreSQL gave at most [`REFRESH`] ago plus what
+//! this process accepted since; a stale count is refreshed in the background while
+//! submissions go on against the old one. Only namespaces that submit are counted (an idle
+//! fleet asks nothing) and a count stops at the cap. Replicas do not see each other's
+//! acceptances between refreshes, so N replicas may together pass the cap by what N − 1 of
+//! them accept in one interval — bounded by the per-key submission rate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use engine_shared::Namespace;
+use engine_shared::store::Store;
+
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// How old a count may be before a submission refreshes it (in the background).
+pub const REFRESH: Duration = Duration::from_secs(2);
+/// A count older than this is not trusted at all: the submission waits for a new one (a
+/// namespace idle for a while may have drained, or other replicas may have filled it).
+const FORGET: Duration = Duration::from_secs(20);
+
+/// Takes `jobs` from `namespace`'s room under its `max_pending`, or answers 429.
+pub async fn check(state: &AppState, namespace: &Namespace, jobs: usize) -> Result<(), ApiError> {
+    let Some(max) = state
+        .settings
+        .namespace(namespace)
+        .and_then(|spec| spec.quota.max_pending)
+    else {
+        return Ok(());
+    };
+    let jobs = u64::try_from(jobs).unwrap_or(u64::MAX);
+    state
+        .pending
+        .check(&state.store, namespace, max, jobs)
+        .await
+}
+
+/// One namespace's figure.
+struct Figure {
+    /// Unfinished jobs at the last count.
+    counted: u64,
+    /// Jobs this process accepted since that count began.
+    accepted: u64,
+    counted_at: Instant,
+    refreshing: bool,
+}
+
+/// Every namespace's figure in this process.
+#[derive(Default)]
+pub struct PendingCounts {
+    figures: Mutex<HashMap<Namespace, Figure>>,
+}
+
+/// What the figure says about a submission.
+enum Verdict {
+    Accept,
+    Refuse,
+    /// No usable count: one must be read first.
+    Unknown,
+}
+
+impl PendingCounts {
+    /// Takes `jobs` from `namespace`'s room under `max`, or answers 429.
+    pub async fn check(
+        self: &Arc<Self>,
+        store: &Store,
+        namespace: &Namespace,
+        max: u64,
+        jobs: u64,
+    ) -> Result<(), ApiError> {
+        let verdict = self.judge(store, namespace, max, jobs);
+        let verdict = match verdict {
+            Verdict::Unknown => match store
+                .count_unfinished(namespace, max.saturating_add(1))
+                .await
+            {
+                Ok(counted) => {
+                    self.record(namespace, counted, None);
+                    self.judge(store, namespace, max, jobs)
+                }
+                Err(error) => {
+                    // The insert that follows needs the same database; if it is down, that
+                    // answers. A quota is not worth refusing work over.
+                    tracing::warn!(error = format!("{error:#}"), %namespace, "could not count unfinished jobs; accepting without the max_pending check");
+                    Verdict::Accept
+                }
+            },
+            known => known,
+        };
+        match verdict {
+            Verdict::Refuse => Err(ApiError::TooManyPending {
+                max,
+                retry_after_secs: REFRESH.as_secs().max(1),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Judges `jobs` against the figure, counting them in when accepted, and starts a
+    /// background refresh of a stale figure.
+    fn judge(
+        self: &Arc<Self>,
+        store: &Store,
+        namespace: &Namespace,
+        max: u64,
+        jobs: u64,
+    ) -> Verdict {
+        let mut figures = self
+            .figures
+            .lock()
+            .expect("the pending counts are never poisoned");
+        let Some(figure) = figures.get_mut(namespace) else {
+            return Verdict::Unknown;
+        };
+        let age = figure.counted_at.elapsed();
+        if age > FORGET && !figure.refreshing {
+            return Verdict::Unknown;
+        }
+        if age > REFRESH && !figure.refreshing {
+            figure.refreshing = true;
+            self.refresh(store.clone(), namespace.clone(), max, figure.accepted);
+        }
+        if figure
+            .counted
+            .saturating_add(figure.accepted)
+            .saturating_add(jobs)
+            > max
+        {
+            return Verdict::Refuse;
+        }
+        figure.accepted += jobs;
+        Verdict::Accept
+    }
+
+    /// Recounts in the background. `accepted_before` is what this process had accepted when
+    /// the count began: those are in the new count (or failed), the rest are not yet.
+    fn refresh(
+        self: &Arc<Self>,
+        store: Store,
+        namespace: Namespace,
+        max: u64,
+        accepted_before: u64,
+    ) {
+        let counts = Arc::clone(self);
+        tokio::spawn(async move {
+            match store
+                .count_unfinished(&namespace, max.saturating_add(1))
+                .await
+            {
+                Ok(counted) => counts.record(&namespace, counted, Some(accepted_before)),
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), %namespace, "could not recount unfinished jobs; keeping the last count");
+                    if let Some(figure) = counts
+                        .figures
+                        .lock()
+                        .expect("the pending counts are never poisoned")
+                        .get_mut(&namespace)
+                    {
+                        figure.refreshing = false;
+                    }
+                }
+            }
+        });
+    }
+
+    /// A new count. `accepted_before`: what this process had accepted when it began, which
+    /// the count includes; `None` for a count taken without a usable figure, which
+    /// includes everything accepted before it.
+    fn record(&self, namespace: &Namespace, counted: u64, accepted_before: Option<u64>) {
+        let mut figures = self
+            .figures
+            .lock()
+            .expect("the pending counts are never poisoned");
+        let accepted = match (figures.get(namespace), accepted_before) {
+            (Some(figure), Some(before)) => figure.accepted.saturating_sub(before),
+            _ => 0,
+        };
+        figures.insert(
+            namespace.clone(),
+            Figure {
+                counted,
+                accepted,
+                counted_at: Instant::now(),
+                refreshing: false,
+            },
+        );
+    }
+}
