@@ -20,9 +20,10 @@ use engine_shared::metrics::{NamespaceLabels, metrics};
 
 const FIRST_PAUSE: Duration = Duration::from_millis(500);
 const LONGEST_PAUSE: Duration = Duration::from_secs(30);
-/// A full namespace's rows are claimed again at least this often: one claim per pause is
-/// what a full namespace costs, and the longest its jobs wait once workers make room.
-const LONGEST_FULL_PAUSE: Duration = Duration::from_secs(2);
+/// A full namespace's rows are claimed again at least this often: the longest its jobs
+/// wait once workers make room. Each try is a claim whose rows are all refused, and it ends
+/// that sweep for the other namespaces too, so not much more often than this.
+const LONGEST_FULL_PAUSE: Duration = Duration::from_secs(5);
 
 struct Block {
     /// Not claimed for again before this.

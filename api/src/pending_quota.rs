@@ -9,7 +9,8 @@
 //! submissions go on against the old one. Only namespaces that submit are counted (an idle
 //! fleet asks nothing) and a count stops at the cap. Replicas do not see each other's
 //! acceptances between refreshes, so N replicas may together pass the cap by what N − 1 of
-//! them accept in one interval — bounded by the per-key submission rate.
+//! them accept in one interval — bounded by the per-key submission rate. A count also
+//! misses what was accepted but not yet committed when it ran, until the next one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -57,6 +58,10 @@ struct Figure {
 #[derive(Default)]
 pub struct PendingCounts {
     figures: Mutex<HashMap<Namespace, Figure>>,
+    /// Held while a submission counts a namespace that has no usable figure, so a burst of
+    /// submissions after a quiet spell makes one count, not one each (on the pool every
+    /// tenant's submissions use), and no count overwrites what another just recorded.
+    counting: tokio::sync::Mutex<()>,
 }
 
 /// What the figure says about a submission.
@@ -76,23 +81,14 @@ impl PendingCounts {
         max: u64,
         jobs: u64,
     ) -> Result<(), ApiError> {
-        let verdict = self.judge(store, namespace, max, jobs);
-        let verdict = match verdict {
-            Verdict::Unknown => match store
-                .count_unfinished(namespace, max.saturating_add(1))
-                .await
-            {
-                Ok(counted) => {
-                    self.record(namespace, counted, None);
-                    self.judge(store, namespace, max, jobs)
-                }
-                Err(error) => {
-                    // The insert that follows needs the same database; if it is down, that
-                    // answers. A quota is not worth refusing work over.
-                    tracing::warn!(error = format!("{error:#}"), %namespace, "could not count unfinished jobs; accepting without the max_pending check");
-                    Verdict::Accept
-                }
-            },
+        if jobs > max {
+            return Err(ApiError::invalid(
+                "jobs",
+                format!("{jobs} jobs are more than this namespace's max_pending ({max})"),
+            ));
+        }
+        let verdict = match self.judge(store, namespace, max, jobs) {
+            Verdict::Unknown => self.count_and_judge(store, namespace, max, jobs).await,
             known => known,
         };
         match verdict {
@@ -101,6 +97,37 @@ impl PendingCounts {
                 retry_after_secs: REFRESH.as_secs().max(1),
             }),
             _ => Ok(()),
+        }
+    }
+
+    /// Counts a namespace that has no usable figure (one count at a time), then judges.
+    async fn count_and_judge(
+        self: &Arc<Self>,
+        store: &Store,
+        namespace: &Namespace,
+        max: u64,
+        jobs: u64,
+    ) -> Verdict {
+        let _counting = self.counting.lock().await;
+        // Whoever held the lock before may have just counted this namespace.
+        if let known @ (Verdict::Accept | Verdict::Refuse) = self.judge(store, namespace, max, jobs)
+        {
+            return known;
+        }
+        match store
+            .count_unfinished(namespace, max.saturating_add(1))
+            .await
+        {
+            Ok(counted) => {
+                self.record(namespace, counted, None);
+                self.judge(store, namespace, max, jobs)
+            }
+            Err(error) => {
+                // The insert that follows needs the same database; if it is down, that
+                // answers. A quota is not worth refusing work over.
+                tracing::warn!(error = format!("{error:#}"), %namespace, "could not count unfinished jobs; accepting without the max_pending check");
+                Verdict::Accept
+            }
         }
     }
 

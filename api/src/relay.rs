@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use engine_shared::broker::topology::Topology;
-use engine_shared::broker::{Broker, Publisher};
+use engine_shared::broker::{Broker, Confirm, Publisher};
 use engine_shared::config::{RelaySettings, Settings};
 use engine_shared::envelope::Envelope;
 use engine_shared::group_commit::GroupCommit;
@@ -273,20 +273,25 @@ impl Relay {
                 continue;
             };
             let acks = match publisher.publish_jobs(&envelopes).await {
-                Ok(acks) if acks.iter().all(|acked| *acked) => {
+                Ok(acks) if acks.iter().all(|confirm| confirm.acked()) => {
                     self.blocked.accepted(&namespace);
                     acks
                 }
                 Ok(acks) => {
-                    let refused = acks.iter().filter(|acked| !**acked).count();
-                    self.blocked.full(
-                        &namespace,
-                        &anyhow::anyhow!(
-                            "the broker confirmed {} of {} messages ({refused} returned or nacked)",
-                            acks.len() - refused,
-                            acks.len()
-                        ),
+                    let count = |what: Confirm| acks.iter().filter(|c| **c == what).count();
+                    let (returned, nacked) = (count(Confirm::Returned), count(Confirm::Nacked));
+                    let error = anyhow::anyhow!(
+                        "the broker confirmed {} of {} messages ({returned} returned, {nacked} nacked)",
+                        count(Confirm::Acked),
+                        acks.len()
                     );
+                    // A return means a queue or binding is gone: refused until it is back.
+                    // Nacks alone mean a full queue, which drains by itself.
+                    if returned > 0 {
+                        self.blocked.refused(&namespace, &error);
+                    } else {
+                        self.blocked.full(&namespace, &error);
+                    }
                     acks
                 }
                 Err(error) => {
@@ -298,7 +303,7 @@ impl Relay {
                 envelopes
                     .iter()
                     .zip(acks)
-                    .filter(|(_, acked)| *acked)
+                    .filter(|(_, confirm)| confirm.acked())
                     .map(|(envelope, _)| envelope.id.as_uuid()),
             );
         }
@@ -339,7 +344,7 @@ async fn publish_and_stamp(
     let confirmed: Vec<Uuid> = envelopes
         .iter()
         .zip(acks)
-        .filter(|(_, acked)| *acked)
+        .filter(|(_, confirm)| confirm.acked())
         .map(|(envelope, _)| envelope.id.as_uuid())
         .collect();
     store.mark_published(&confirmed).await

@@ -373,8 +373,11 @@ clean_test_broker() {
     # A vhost with connections belongs to a test suite running right now: not leftover.
     [[ "$(curl -fsS -u guest:guest "$MANAGEMENT_URL/api/vhosts/$vhost/connections" 2>/dev/null)" == "[]" ]] ||
       continue
-    curl -fsS -o /dev/null -u guest:guest -X DELETE "$MANAGEMENT_URL/api/vhosts/$vhost" ||
+    # 404: a test's own delayed deletion got there first.
+    local status
+    status="$(curl -sS -o /dev/null -w '%{http_code}' -u guest:guest -X DELETE "$MANAGEMENT_URL/api/vhosts/$vhost")" ||
       die "deleting leftover test vhost $vhost failed"
+    [[ "$status" == 204 || "$status" == 404 ]] || die "deleting leftover test vhost $vhost: HTTP $status"
   done < <(rabbitmqctl -q list_vhosts name 2>/dev/null)
   local alive
   alive="$(rabbitmqctl -q eval 'is_pid(whereis(rabbit_fifo_dlx_sup)).' 2>&1)" ||

@@ -7,8 +7,8 @@ pub struct Quota {
     /// Most unfinished (scheduled, queued, running, retrying) jobs; a submission past it is
     /// refused with 429 and stores nothing.
     pub max_pending: Option<u64>,
-    /// Most bytes each of its work and delay queues holds (`x-max-length-bytes`); past it
-    /// the broker refuses publishes to that queue and the job waits in PostgreSQL instead.
+    /// Most bytes each of its work queues holds (`x-max-length-bytes`); past it the broker
+    /// refuses publishes to that queue and the job waits in PostgreSQL instead.
     pub max_queue_bytes: Option<u64>,
 }
 

@@ -878,10 +878,22 @@ async fn give_back(
     tokio::time::sleep(REQUEUE_PAUSE).await;
     let mut headers = FieldTable::default();
     redelivery::carry(delivery, &mut headers, this_one);
-    if let Err(error) = republish_copy(context, delivery, envelope, headers).await {
-        metrics().dependency_error("rabbitmq");
-        tracing::warn!(job = %envelope.id, error = format!("{error:#}"), "could not give the delivery back as a copy; requeueing it");
-        requeue(delivery).await;
+    let Err(error) = republish_copy(context, delivery, envelope, headers.clone()).await else {
+        return;
+    };
+    // The work queue took no copy (full at its byte bound, most likely): the copy waits in
+    // the shortest tier instead, until the queue has room.
+    keep_admission_headers(delivery, &mut headers);
+    match context.publisher.park_briefly(envelope, headers).await {
+        Ok(()) => {
+            tracing::debug!(job = %envelope.id, error = format!("{error:#}"), "the work queue took no copy; parked it in the shortest tier");
+            ack(delivery).await;
+        }
+        Err(park_error) => {
+            metrics().dependency_error("rabbitmq");
+            tracing::warn!(job = %envelope.id, error = format!("{error:#}"), park_error = format!("{park_error:#}"), "could not give the delivery back as a copy; requeueing it");
+            requeue(delivery).await;
+        }
     }
 }
 

@@ -5,4 +5,4 @@ mod publisher;
 pub mod topology;
 
 pub use connection::{Broker, vhost_url};
-pub use publisher::Publisher;
+pub use publisher::{Confirm, Publisher};

@@ -151,9 +151,9 @@ impl Publisher {
     }
 
     /// Publishes each job to its work queue and waits for the broker's confirms. Returns,
-    /// per envelope, whether the broker confirmed it (persisted in its queue); a message
-    /// no queue took (returned, as mandatory publishes are) is `false`.
-    pub async fn publish_jobs(&self, envelopes: &[Envelope]) -> anyhow::Result<Vec<bool>> {
+    /// per envelope, what the broker said: confirmed (persisted in its queue), returned (no
+    /// queue took it, as publishes are mandatory) or nacked (a queue at its byte bound).
+    pub async fn publish_jobs(&self, envelopes: &[Envelope]) -> anyhow::Result<Vec<Confirm>> {
         let messages: Vec<_> = envelopes
             .iter()
             .map(|envelope| job_message(envelope, FieldTable::default()))
@@ -174,7 +174,7 @@ impl Publisher {
             .await?
             .as_slice()
         {
-            [true] => Ok(()),
+            [Confirm::Acked] => Ok(()),
             _ => anyhow::bail!("the broker did not confirm the copy of job {}", envelope.id),
         }
     }
@@ -202,12 +202,31 @@ impl Publisher {
             envelope.to_bytes(),
         );
         match self.publish_confirmed(vec![message]).await?.as_slice() {
-            [true] => Ok(()),
+            [Confirm::Acked] => Ok(()),
             _ => anyhow::bail!(
                 "the broker did not confirm the retry of job {}",
                 envelope.id
             ),
         }
+    }
+
+    /// Parks `envelope` in the shortest delay tier, from which the broker moves it back to
+    /// its work queue: how a delivery is handed back when its work queue takes no copy (full
+    /// at its byte bound). Waiting in a tier costs no delivery, where a requeue counts
+    /// towards the queue's `x-delivery-limit`.
+    pub async fn park_briefly(
+        &self,
+        envelope: &Envelope,
+        headers: FieldTable,
+    ) -> anyhow::Result<()> {
+        let tier = self
+            .topology
+            .retry
+            .tiers()
+            .into_iter()
+            .next()
+            .context("the retry policy has no delay tier")?;
+        self.publish_retry(envelope, &tier, headers).await
     }
 
     /// Parks a message in `jobs.dead` (confirmed), keeping its body and properties and adding
@@ -235,7 +254,7 @@ impl Publisher {
         let properties = original.clone().with_delivery_mode(2).with_headers(headers);
         let message = (DEAD_EXCHANGE, String::new(), properties, body.to_vec());
         match self.publish_confirmed(vec![message]).await?.as_slice() {
-            [true] => Ok(()),
+            [Confirm::Acked] => Ok(()),
             _ => anyhow::bail!("the broker did not confirm the dead-lettered message"),
         }
     }
@@ -245,7 +264,7 @@ impl Publisher {
         let body = serde_json::to_vec(&serde_json::json!({ "cancel": id }))?;
         let message = (CONTROL_EXCHANGE, String::new(), properties(id), body);
         match self.publish_confirmed(vec![message]).await?.as_slice() {
-            [true] => Ok(()),
+            [Confirm::Acked] => Ok(()),
             _ => anyhow::bail!("the broker did not confirm the cancel request for job {id}"),
         }
     }
@@ -253,7 +272,7 @@ impl Publisher {
     async fn publish_confirmed(
         &self,
         messages: Vec<(&'static str, String, BasicProperties, Vec<u8>)>,
-    ) -> anyhow::Result<Vec<bool>> {
+    ) -> anyhow::Result<Vec<Confirm>> {
         let channel = self.channel().await?;
         let mut pending = Vec::with_capacity(messages.len());
         for (exchange, routing_key, properties, body) in &messages {
@@ -285,7 +304,7 @@ impl Publisher {
         let mut acked = Vec::with_capacity(confirmations.len());
         for confirmation in confirmations {
             match confirmation {
-                Ok(Confirmation::Ack(None)) => acked.push(true),
+                Ok(Confirmation::Ack(None)) => acked.push(Confirm::Acked),
                 Ok(Confirmation::Ack(Some(returned))) => {
                     tracing::warn!(
                         exchange = returned.delivery.exchange.as_str(),
@@ -293,9 +312,9 @@ impl Publisher {
                         reply = returned.reply_text.as_str(),
                         "the broker returned an unroutable message; it stays unpublished"
                     );
-                    acked.push(false);
+                    acked.push(Confirm::Returned);
                 }
-                Ok(_) => acked.push(false),
+                Ok(_) => acked.push(Confirm::Nacked),
                 Err(error) => {
                     self.forget_channel().await;
                     return Err(anyhow::anyhow!("awaiting a confirm: {}", redact(&error)));
@@ -303,6 +322,23 @@ impl Publisher {
             }
         }
         Ok(acked)
+    }
+}
+
+/// What the broker said of one published message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirm {
+    /// Persisted in its queue.
+    Acked,
+    /// No queue took it (mandatory publish): a queue or binding is gone.
+    Returned,
+    /// A queue refused it: at its byte bound (`reject-publish`), or without a leader.
+    Nacked,
+}
+
+impl Confirm {
+    pub fn acked(self) -> bool {
+        self == Self::Acked
     }
 }
 

@@ -14,11 +14,14 @@
 //! `<queue>` matches the work queue. One queue per tier serves every work queue, and a
 //! fixed TTL per queue means no message waits behind a longer one (per-message TTLs would).
 //!
-//! Every work and delay queue holds at most the namespace's `max_queue_bytes`
-//! (`x-max-length-bytes`, with `reject-publish`): one tenant's flood cannot fill the
-//! broker's memory and trip its alarm, which would block publishing for every tenant. A
-//! refused publish is never a lost job: the relay leaves the job in the outbox (PostgreSQL)
-//! and publishes it once the queue has room.
+//! Every work queue holds at most the namespace's `max_queue_bytes` (`x-max-length-bytes`,
+//! with `reject-publish`): one tenant's flood cannot fill the broker's memory and trip its
+//! alarm, which would block publishing for every tenant. A refused publish is never a lost
+//! job: the relay leaves the job in the outbox (PostgreSQL) and publishes it once the queue
+//! has room. The delay tiers are not bounded: they hold only jobs that already went through
+//! a work queue, and a retry or deferral must always be able to park — a delay message due
+//! while its work queue is full simply stays in its tier (at-least-once dead-lettering)
+//! until there is room.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -46,7 +49,7 @@ pub fn work_queue(name: &str) -> String {
 pub struct Topology {
     pub queues: Vec<WeightedQueue>,
     pub retry: RetryPolicy,
-    /// `x-max-length-bytes` of each work and delay queue; `None`: unbounded.
+    /// `x-max-length-bytes` of each work queue; `None`: unbounded.
     pub max_queue_bytes: Option<u64>,
 }
 
@@ -178,14 +181,13 @@ impl Topology {
         // dead in PostgreSQL) first; the broker's limit is only the net behind it, for
         // messages no worker could even look at.
         let delivery_limit = i64::from(self.retry.delivery_limit).saturating_mul(2);
-        let mut bounded = quorum.to_vec();
-        if let Some(bytes) = self.max_queue_bytes {
-            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-            bounded.push(("x-max-length-bytes", AMQPValue::LongLongInt(bytes)));
-        }
         for queue in &self.queues {
             let name = work_queue(queue.name.as_str());
-            let mut args = bounded.clone();
+            let mut args = quorum.to_vec();
+            if let Some(bytes) = self.max_queue_bytes {
+                let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+                args.push(("x-max-length-bytes", AMQPValue::LongLongInt(bytes)));
+            }
             args.push(("x-dead-letter-exchange", text(DEAD_EXCHANGE)));
             args.push(("x-delivery-limit", AMQPValue::LongLongInt(delivery_limit)));
             Self::queue(connection, channel, &name, arguments(&args)).await?;
@@ -202,7 +204,7 @@ impl Topology {
 
         for tier in self.retry.tiers() {
             let ttl = i64::try_from(tier.ttl.as_millis()).unwrap_or(i64::MAX);
-            let mut args = bounded.clone();
+            let mut args = quorum.to_vec();
             args.push(("x-message-ttl", AMQPValue::LongLongInt(ttl)));
             args.push(("x-dead-letter-exchange", text(WORK_EXCHANGE)));
             let name = tier.queue_name();

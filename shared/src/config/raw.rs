@@ -83,7 +83,7 @@ pub(super) struct RawAmqp {
     pub(super) url: Option<SecretString>,
     #[serde(default = "default_consumer_timeout_secs")]
     pub(super) consumer_timeout_secs: u64,
-    /// Most bytes each of a namespace's work and delay queues holds (0: unbounded).
+    /// Most bytes each of a namespace's work queues holds (0: unbounded).
     #[serde(default = "default_max_queue_bytes")]
     pub(super) max_queue_bytes: u64,
 }
@@ -194,7 +194,7 @@ pub(super) struct RawNamespace {
     pub(super) fleet_max_running: Option<u32>,
     /// Most unfinished jobs it may have (default `api.max_pending`; 0: no cap).
     pub(super) max_pending: Option<u64>,
-    /// Most bytes each of its work and delay queues holds (default `amqp.max_queue_bytes`;
+    /// Most bytes each of its work queues holds (default `amqp.max_queue_bytes`;
     /// 0: unbounded).
     pub(super) max_queue_bytes: Option<u64>,
 }
