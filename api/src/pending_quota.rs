@@ -58,11 +58,16 @@ struct Figure {
 #[derive(Default)]
 pub struct PendingCounts {
     figures: Mutex<HashMap<Namespace, Figure>>,
-    /// Held while a submission counts a namespace that has no usable figure, so a burst of
-    /// submissions after a quiet spell makes one count, not one each (on the pool every
-    /// tenant's submissions use), and no count overwrites what another just recorded.
-    counting: tokio::sync::Mutex<()>,
+    /// Per namespace, held while a submission counts it for want of a usable figure, so a
+    /// burst of submissions after a quiet spell makes one count, not one each (on the pool
+    /// every tenant's submissions use), and no count overwrites what another just recorded.
+    /// One lock per namespace: a slow count never holds back another tenant's.
+    counting: Mutex<HashMap<Namespace, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// The longest a submission waits for the count it needs; past it, it is accepted without
+/// the check (as when the count fails), rather than held behind a slow database.
+const COUNT_PATIENCE: Duration = Duration::from_secs(2);
 
 /// What the figure says about a submission.
 enum Verdict {
@@ -108,15 +113,23 @@ impl PendingCounts {
         max: u64,
         jobs: u64,
     ) -> Verdict {
-        let _counting = self.counting.lock().await;
+        let lock = Arc::clone(
+            self.counting
+                .lock()
+                .expect("the pending counts are never poisoned")
+                .entry(namespace.clone())
+                .or_default(),
+        );
+        let _counting = lock.lock().await;
         // Whoever held the lock before may have just counted this namespace.
         if let known @ (Verdict::Accept | Verdict::Refuse) = self.judge(store, namespace, max, jobs)
         {
             return known;
         }
-        match store
-            .count_unfinished(namespace, max.saturating_add(1))
+        let count = store.count_unfinished(namespace, max.saturating_add(1));
+        match tokio::time::timeout(COUNT_PATIENCE, count)
             .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {COUNT_PATIENCE:?}")))
         {
             Ok(counted) => {
                 self.record(namespace, counted, None);

@@ -10,7 +10,7 @@
 //! claiming again while claims come back full. A broker outage therefore delays jobs, never
 //! refuses or loses them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -235,18 +235,28 @@ impl Relay {
     }
 
     /// Publishes a claim's rows and completes it. `true` when the claim was full (of rows
-    /// or of bytes) and the broker confirmed all of it, i.e. there may be more to claim
-    /// right away; a partly confirmed claim is not retried in this pass, so a refusing
-    /// broker cannot keep the sweeper looping.
+    /// or of bytes) and every row was confirmed or belongs to a namespace now blocked, i.e.
+    /// there may be more to claim right away; otherwise the pass ends, so a refusing broker
+    /// cannot keep the sweeper looping.
     async fn publish_claim(&self, claim: OutboxClaim, what: &'static str) -> anyhow::Result<bool> {
         let full = claim.more;
         let published = self.publish_rows(&claim.jobs).await;
         if !published.is_empty() {
             tracing::info!(count = published.len(), "{what}");
         }
-        let all_confirmed = published.len() == claim.jobs.len();
+        // Rows left unconfirmed end this pass, so a row that cannot be published is not
+        // claimed over and over — unless its namespace is now blocked, which leaves its rows
+        // out of the next claim: a full namespace must not end every sweep of the others.
+        let confirmed: HashSet<Uuid> = published.iter().copied().collect();
+        let settled = claim.jobs.iter().all(|row| {
+            confirmed.contains(&row.id)
+                || self
+                    .blocked
+                    .sweepable(std::slice::from_ref(&row.namespace))
+                    .is_empty()
+        });
         claim.complete(&published).await?;
-        Ok(full && all_confirmed)
+        Ok(full && settled)
     }
 
     /// Publishes rows grouped by namespace; returns the ids the broker confirmed. A
