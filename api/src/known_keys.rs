@@ -58,8 +58,9 @@ impl KnownKeys {
         if let Some(answer) = self.fresh_answer(hash) {
             return Ok(answer);
         }
-        self.read(store).await?;
-        Ok(self.fresh_answer(hash).flatten())
+        // Answered from the read just made, however long it took: a read slower than
+        // RECHECK (a database coming back from a restart) is no reason to refuse a key.
+        self.read(store, hash).await
     }
 
     /// The answer of a snapshot younger than [`RECHECK`], if there is one.
@@ -71,24 +72,26 @@ impl KnownKeys {
             .map(|snapshot| snapshot.namespaces.get(hash).cloned())
     }
 
-    async fn read(&self, store: &Store) -> Result<(), ApiError> {
+    /// Reads the live keys, keeps them as the snapshot, and answers for `hash`.
+    async fn read(&self, store: &Store, hash: &[u8; 32]) -> Result<Option<Namespace>, ApiError> {
         metrics().key_lookups.inc();
         let read_at = Instant::now();
         let keys = store
             .live_keys(&self.served)
             .await
             .map_err(ApiError::from_store)?;
-        let namespaces = keys
+        let namespaces: HashMap<[u8; 32], Namespace> = keys
             .into_iter()
             .filter_map(|key| {
                 let hash: [u8; 32] = key.key_hash.try_into().ok()?;
                 Some((hash, Namespace::parse(&key.namespace).ok()?))
             })
             .collect();
+        let answer = namespaces.get(hash).cloned();
         *self.snapshot.write().expect("known keys lock poisoned") = Some(Snapshot {
             namespaces,
             read_at,
         });
-        Ok(())
+        Ok(answer)
     }
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 use engine_shared::Namespace;
 use engine_shared::store::Store;
 use engine_tests::client::Answer;
-use engine_tests::{FleetOptions, TestFleet, wait_until};
+use engine_tests::{FleetOptions, TcpProxy, TestFleet, wait_until};
 
 /// A well-formed key that no one created.
 fn random_key() -> String {
@@ -82,6 +82,48 @@ async fn a_flood_of_unknown_keys_costs_a_bounded_number_of_lookups_and_a_new_key
         || async { (client.get("/v1/jobs?limit=1").await.status == StatusCode::OK).then_some(()) },
     )
     .await;
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_valid_key_whose_lookup_the_database_answers_slowly_is_still_accepted() {
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxied = engine_tests::services::database_url()
+        .replace("127.0.0.1:5432", &proxy.address().to_string());
+    let fleet = TestFleet::start(FleetOptions {
+        worker: false,
+        api_database_url: Some(proxied),
+        ..FleetOptions::default()
+    })
+    .await;
+    // No request has been made, so the API holds no read of the live keys: this one's first
+    // use must read them.
+    let created = fleet
+        .store
+        .create_api_key(&fleet.namespace, "looked up slowly")
+        .await
+        .unwrap();
+    let client = fleet.client.with_key(Some(created.key.expose_secret()));
+
+    // The API's connections are dropped and new ones held for 1.25 s, so that read takes
+    // longer than the second a read of the keys is trusted (as after a database restart),
+    // and less than the test fleet's 1.5 s wait for a connection.
+    proxy.cut();
+    proxy.restore();
+    proxy.stall();
+    let resumed = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1_250)).await;
+        proxy.resume();
+        proxy
+    });
+    let answer = client.get("/v1/jobs?limit=1").await;
+    let _proxy = resumed.await.unwrap();
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "a valid key was refused because its lookup was slow: {}",
+        answer.body
+    );
     fleet.stop().await;
 }
 

@@ -1,6 +1,7 @@
 //! A TCP proxy between the fleet and one server, so a test can cut and restore that
 //! server's reachability without stopping the shared server other tests use, or lose the
-//! answer to one request (see [`TcpProxy::mute_answers_after`]).
+//! answer to one request (see [`TcpProxy::mute_answers_after`]), or make new connections
+//! wait (see [`TcpProxy::stall`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,9 @@ struct ProxyState {
     /// Bytes that, once a client sends them, silence the server's answers on that
     /// connection (plain-text protocols only).
     trigger: Mutex<Option<Vec<u8>>>,
+    /// While `true`, a new connection is accepted but not forwarded: the client's first
+    /// bytes wait, as behind a server slow to answer.
+    stalled: tokio::sync::watch::Sender<bool>,
 }
 
 impl TcpProxy {
@@ -35,6 +39,7 @@ impl TcpProxy {
             open: AtomicBool::new(true),
             connections: Mutex::new(Vec::new()),
             trigger: Mutex::new(None),
+            stalled: tokio::sync::watch::Sender::new(false),
         });
         let accept_state = state.clone();
         let accept = tokio::spawn(async move {
@@ -48,6 +53,8 @@ impl TcpProxy {
                 }
                 let connection_state = accept_state.clone();
                 let task = tokio::spawn(async move {
+                    let mut stalled = connection_state.stalled.subscribe();
+                    let _ = stalled.wait_for(|stalled| !stalled).await;
                     if let Ok(outbound) = TcpStream::connect(target).await {
                         forward(inbound, outbound, &connection_state).await;
                     }
@@ -79,6 +86,17 @@ impl TcpProxy {
 
     pub fn restore(&self) {
         self.state.open.store(true, Ordering::SeqCst);
+    }
+
+    /// New connections are accepted but held, unforwarded, until [`TcpProxy::resume`];
+    /// live ones carry on.
+    pub fn stall(&self) {
+        self.state.stalled.send_replace(true);
+    }
+
+    /// Forwards the held connections and every new one again.
+    pub fn resume(&self) {
+        self.state.stalled.send_replace(false);
     }
 
     /// From the moment a client sends `bytes` on a connection, the server's answers on that
