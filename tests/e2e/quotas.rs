@@ -277,3 +277,49 @@ async fn a_fleet_wide_cap_bounds_a_namespaces_running_jobs_across_workers() {
     assert_eq!(most, 2, "the cap is a cap, not a queue of one");
     fleet.stop().await;
 }
+
+#[tokio::test]
+async fn a_work_queue_declared_with_other_arguments_is_kept_and_its_jobs_run() {
+    // jobs.default as an earlier version (or a person) declared it: no byte bound, no
+    // dead-lettering. RabbitMQ refuses to redeclare it with the fleet's arguments.
+    engine_shared::tls::install_crypto_provider();
+    let name = services::unique_namespace();
+    services::create_vhost(&name).await;
+    let url = engine_shared::broker::vhost_url(&services::amqp_url().into(), &name).unwrap();
+    let connection = lapin::Connection::connect(
+        secrecy::ExposeSecret::expose_secret(&url),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            "jobs.default".into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    connection.close(200, "declared".into()).await.unwrap();
+
+    // The fleet keeps that queue as it is (with a warning) and declares the rest.
+    let fleet = TestFleet::start(FleetOptions {
+        namespace_name: Some(name),
+        ..FleetOptions::default()
+    })
+    .await;
+    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    fleet
+        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(30))
+        .await;
+    fleet.stop().await;
+}

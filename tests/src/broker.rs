@@ -17,19 +17,44 @@ pub struct DeadLetter {
     pub message_id: Option<String>,
 }
 
-/// An AMQP connection to one vhost.
+/// An AMQP connection to one vhost, opened again when the broker closed it: RabbitMQ 3.10
+/// answers a `basic.get` on a quorum queue still being declared with a connection-level
+/// INTERNAL_ERROR ("noproc"), which must not end a test that polls the queue.
 pub struct VhostClient {
-    connection: Connection,
+    url: SecretString,
+    connection: tokio::sync::Mutex<Connection>,
 }
 
 impl VhostClient {
     pub async fn connect(vhost: &str) -> Self {
         let base = SecretString::from(services::amqp_url());
         let url = engine_shared::broker::vhost_url(&base, vhost).expect("a vhost URL");
-        let connection = Connection::connect(url.expose_secret(), ConnectionProperties::default())
+        let connection = Self::open(&url).await;
+        Self {
+            url,
+            connection: tokio::sync::Mutex::new(connection),
+        }
+    }
+
+    async fn open(url: &SecretString) -> Connection {
+        Connection::connect(url.expose_secret(), ConnectionProperties::default())
             .await
-            .expect("connecting to the test vhost");
-        Self { connection }
+            .expect("connecting to the test vhost")
+    }
+
+    /// A new channel, on a new connection if the broker closed the last one.
+    async fn channel(&self) -> lapin::Channel {
+        let mut connection = self.connection.lock().await;
+        if connection.status().connected()
+            && let Ok(channel) = connection.create_channel().await
+        {
+            return channel;
+        }
+        *connection = Self::open(&self.url).await;
+        connection
+            .create_channel()
+            .await
+            .expect("opening a channel on the test vhost")
     }
 
     /// Publishes `body` as-is to the work exchange for `queue` (persistent, confirmed).
@@ -45,7 +70,7 @@ impl VhostClient {
 
     /// Publishes `body` to `exchange` with `routing_key` (persistent, confirmed).
     async fn publish_to(&self, exchange: &str, routing_key: &str, body: &[u8]) {
-        let channel = self.connection.create_channel().await.unwrap();
+        let channel = self.channel().await;
         channel.confirm_select(Default::default()).await.unwrap();
         let confirm = channel
             .basic_publish(
@@ -66,7 +91,7 @@ impl VhostClient {
     /// Takes (and acks) one message from `queue`, if any (`None` also while the queue does
     /// not exist yet): its body and the text header `header`.
     pub async fn take_one(&self, queue: &str, header: &str) -> Option<(Vec<u8>, Option<String>)> {
-        let channel = self.connection.create_channel().await.unwrap();
+        let channel = self.channel().await;
         // Not declared yet (nothing published to it so far) reads as empty.
         let message = channel
             .basic_get(queue.into(), BasicGetOptions::default())
@@ -91,7 +116,7 @@ impl VhostClient {
     /// workers killed with it prefetched would: each return counts towards the queue's
     /// `x-delivery-limit`. Panics if the queue is empty.
     pub async fn return_unacked(&self, queue: &str, times: u32) {
-        let channel = self.connection.create_channel().await.unwrap();
+        let channel = self.channel().await;
         for _ in 0..times {
             let message = channel
                 .basic_get(queue.into(), BasicGetOptions::default())
@@ -113,7 +138,7 @@ impl VhostClient {
 
     /// Takes (and acks) every message now in `jobs.dead`.
     pub async fn take_dead_letters(&self) -> Vec<DeadLetter> {
-        let channel = self.connection.create_channel().await.unwrap();
+        let channel = self.channel().await;
         let mut letters = Vec::new();
         while let Some(message) = channel
             .basic_get("jobs.dead".into(), BasicGetOptions::default())
