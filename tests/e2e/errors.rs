@@ -199,10 +199,7 @@ async fn invalid_fields_are_422_naming_the_field() {
 
 #[tokio::test]
 async fn an_unreachable_database_is_503() {
-    let database: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
-    let proxy = TcpProxy::start(database).await;
-    let proxied = engine_tests::services::database_url()
-        .replace("127.0.0.1:5432", &proxy.address().to_string());
+    let (proxy, proxied) = TcpProxy::database().await;
     let fleet = TestFleet::start(FleetOptions {
         worker: false,
         api_database_url: Some(proxied),

@@ -122,9 +122,7 @@ async fn a_worker_cut_off_from_the_broker_is_not_ready_but_stays_alive_and_recov
 
 #[tokio::test]
 async fn the_api_without_postgres_is_unhealthy_but_alive() {
-    let database = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let proxied =
-        services::database_url().replace("127.0.0.1:5432", &database.address().to_string());
+    let (database, proxied) = TcpProxy::database().await;
     let fleet = TestFleet::start(FleetOptions {
         worker: false,
         api_database_url: Some(proxied),

@@ -87,9 +87,7 @@ async fn a_flood_of_unknown_keys_costs_a_bounded_number_of_lookups_and_a_new_key
 
 #[tokio::test]
 async fn a_valid_key_whose_lookup_the_database_answers_slowly_is_still_accepted() {
-    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let proxied = engine_tests::services::database_url()
-        .replace("127.0.0.1:5432", &proxy.address().to_string());
+    let (proxy, proxied) = TcpProxy::database().await;
     let fleet = TestFleet::start(FleetOptions {
         worker: false,
         api_database_url: Some(proxied),

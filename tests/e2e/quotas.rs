@@ -122,21 +122,6 @@ fn padded(bytes: usize) -> serde_json::Value {
     json!({ "kind": "noop", "args": { "pad": "x".repeat(bytes) } })
 }
 
-/// Submits `count` padded jobs in one request; their ids.
-async fn submit_batch(client: &engine_tests::ApiClient, count: usize) -> Vec<String> {
-    let jobs: Vec<serde_json::Value> = (0..count).map(|_| padded(1_000)).collect();
-    let answer = client
-        .post("/v1/jobs/batch", &json!({ "jobs": jobs }))
-        .await;
-    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
-    answer.body["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|job| job["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// `namespace`'s queued jobs: (published, unpublished for over 3 s).
 async fn published(fleet: &TestFleet, namespace: &Namespace) -> (i64, i64) {
     sqlx::query_as(
@@ -170,7 +155,10 @@ async fn a_namespace_at_its_max_queue_bytes_waits_in_postgresql_and_others_publi
     // 20 messages of about 1,180 bytes take A's work queue past its 16 KiB: the broker
     // takes at least the 14 that cross it (and may take what is already on its way when
     // the queue crosses the bound).
-    let mut a_ids = submit_batch(&fleet.tenants[0].client, 20).await;
+    let mut a_ids = fleet.tenants[0]
+        .client
+        .submit_copies(20, &padded(1_000))
+        .await;
     wait_until(
         "A's first jobs to fill its queue",
         Duration::from_secs(30),
@@ -180,7 +168,12 @@ async fn a_namespace_at_its_max_queue_bytes_waits_in_postgresql_and_others_publi
 
     // From then on the broker takes none of A's messages: they stay in the outbox, tried
     // again by the sweeper, while the relay publishes B's jobs all the same.
-    a_ids.extend(submit_batch(&fleet.tenants[0].client, 40).await);
+    a_ids.extend(
+        fleet.tenants[0]
+            .client
+            .submit_copies(40, &padded(1_000))
+            .await,
+    );
     let b_ids = fleet.tenants[1]
         .client
         .submit_copies(5, &padded(1_000))

@@ -76,6 +76,14 @@ impl TcpProxy {
         self.address
     }
 
+    /// A proxy to the test PostgreSQL, and the test database's URL through it.
+    pub async fn database() -> (Self, String) {
+        let proxy = Self::start("127.0.0.1:5432".parse().unwrap()).await;
+        let url =
+            crate::services::database_url().replace("127.0.0.1:5432", &proxy.address().to_string());
+        (proxy, url)
+    }
+
     /// Drops every live connection and refuses new ones.
     pub fn cut(&self) {
         self.state.open.store(false, Ordering::SeqCst);
