@@ -96,13 +96,14 @@ impl Blocked {
         let now = Instant::now();
         served
             .iter()
-            .filter(|name| {
-                !namespaces
-                    .iter()
-                    .any(|(blocked, block)| blocked.as_str() == name.as_str() && block.until > now)
-            })
+            .filter(|name| !left_out(&namespaces, name, now))
             .cloned()
             .collect()
+    }
+
+    /// Is `namespace` left out of the claims right now?
+    pub fn is_blocked(&self, namespace: &str) -> bool {
+        left_out(&self.lock(), namespace, Instant::now())
     }
 
     /// Why `namespace`'s publishes are refused, if they are (a full namespace is not
@@ -119,6 +120,12 @@ impl Blocked {
             .lock()
             .expect("blocked-namespaces lock poisoned")
     }
+}
+
+fn left_out(namespaces: &HashMap<Namespace, Block>, name: &str, now: Instant) -> bool {
+    namespaces
+        .iter()
+        .any(|(blocked, block)| blocked.as_str() == name && block.until > now)
 }
 
 fn gauge(namespace: &Namespace, value: i64) {

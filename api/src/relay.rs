@@ -248,13 +248,10 @@ impl Relay {
         // claimed over and over — unless its namespace is now blocked, which leaves its rows
         // out of the next claim: a full namespace must not end every sweep of the others.
         let confirmed: HashSet<Uuid> = published.iter().copied().collect();
-        let settled = claim.jobs.iter().all(|row| {
-            confirmed.contains(&row.id)
-                || self
-                    .blocked
-                    .sweepable(std::slice::from_ref(&row.namespace))
-                    .is_empty()
-        });
+        let settled = claim
+            .jobs
+            .iter()
+            .all(|row| confirmed.contains(&row.id) || self.blocked.is_blocked(&row.namespace));
         claim.complete(&published).await?;
         Ok(full && settled)
     }

@@ -21,6 +21,11 @@ pub const DEFAULT_MAX_PENDING: u64 = 100_000;
 /// small broker's memory alarm.
 pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 128 * 1024 * 1024;
 
+/// A cap as the settings write it: 0 turns it off.
+pub fn cap(value: u64) -> Option<u64> {
+    (value > 0).then_some(value)
+}
+
 impl Default for Quota {
     /// The caps of a namespace the settings name without caps of its own.
     fn default() -> Self {

@@ -20,7 +20,9 @@ use lapin::types::AMQPValue;
 use tokio::task::AbortHandle;
 
 use engine_shared::envelope::Envelope;
-use engine_shared::limits::{KeyClass, Limit, Limiter, RateOutcome, RedisErrorPolicy, redis_key};
+use engine_shared::limits::{
+    KeyClass, Limit, Limiter, LimiterError, RateOutcome, RedisErrorPolicy, redis_key,
+};
 use engine_shared::namespace::NamespaceSpec;
 
 use crate::execution::Shared;
@@ -158,14 +160,9 @@ async fn fleet_slot(
         return Ok(None);
     };
     let key = redis_key(spec, KeyClass::Running, "fleet", None);
-    let holder = format!("{}:{:016x}", envelope.id, rand::random::<u64>());
-    match shared
-        .limiter
-        .acquire_slot(&key, cap, &holder, SLOT_LEASE)
-        .await
-    {
-        Ok(None) => Ok(Some(lease(shared, key, holder, cap))),
-        Ok(Some(earliest_end)) => Err(Admission::Defer {
+    match take_slot(shared, key, cap, envelope).await {
+        Ok(Ok(slot)) => Ok(Some(slot)),
+        Ok(Err(earliest_end)) => Err(Admission::Defer {
             delay: full_limit_wait(deferral_backoff(shared, marks.deferrals), earliest_end),
             not_before: marks.not_before,
         }),
@@ -251,16 +248,9 @@ async fn admit_kind(
         return Admission::Run(Vec::new());
     };
     let slot_key = redis_key(spec, KeyClass::Slots, kind, key.as_deref());
-    // Unique per admission: a duplicate delivery of the same job must neither count as the
-    // running copy's slot nor release it.
-    let holder = format!("{}:{:016x}", envelope.id, rand::random::<u64>());
-    match shared
-        .limiter
-        .acquire_slot(&slot_key, concurrency, &holder, SLOT_LEASE)
-        .await
-    {
-        Ok(None) => Admission::Run(vec![lease(shared, slot_key, holder, concurrency)]),
-        Ok(Some(earliest_end)) => Admission::Defer {
+    match take_slot(shared, slot_key, concurrency, envelope).await {
+        Ok(Ok(slot)) => Admission::Run(vec![slot]),
+        Ok(Err(earliest_end)) => Admission::Defer {
             delay: full_limit_wait(backoff, earliest_end),
             not_before: turn,
         },
@@ -269,6 +259,29 @@ async fn admit_kind(
             None => Admission::Run(Vec::new()),
         },
     }
+}
+
+/// Takes one of `cap` leased slots under `key` for this admission: the slot (renewed until
+/// released), or when the earliest lease held there ends.
+async fn take_slot(
+    shared: &Shared,
+    key: String,
+    cap: u32,
+    envelope: &Envelope,
+) -> Result<Result<Slot, Duration>, LimiterError> {
+    // Unique per admission: a duplicate delivery of the same job must neither count as the
+    // running copy's slot nor release it.
+    let holder = format!("{}:{:016x}", envelope.id, rand::random::<u64>());
+    Ok(
+        match shared
+            .limiter
+            .acquire_slot(&key, cap, &holder, SLOT_LEASE)
+            .await?
+        {
+            None => Ok(lease(shared, key, holder, cap)),
+            Some(earliest_end) => Err(earliest_end),
+        },
+    )
 }
 
 /// A wait shorter than the shortest delay tier is waited here, holding the delivery (at
@@ -289,7 +302,7 @@ async fn wait_in_memory(shared: &Shared, wait: Duration) -> bool {
 async fn on_redis_error(
     shared: &Shared,
     limit: &Limit,
-    error: &engine_shared::limits::LimiterError,
+    error: &LimiterError,
     backoff: Duration,
 ) -> Option<Admission> {
     match limit.on_redis_error {

@@ -55,11 +55,7 @@ impl Publisher {
             return Ok(channel.clone());
         }
         *current = None;
-        let connection = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| anyhow::anyhow!("no connection to vhost {:?}: {e}", self.vhost))?;
+        let connection = self.connection().await?;
         self.topology.declare(&connection).await.map_err(|e| {
             anyhow::anyhow!("declaring the topology in {:?}: {}", self.vhost, redact(&e))
         })?;
@@ -75,14 +71,18 @@ impl Publisher {
         Ok(channel)
     }
 
-    /// A new channel on the vhost's pooled connection.
-    async fn open_channel(&self) -> anyhow::Result<Channel> {
-        let connection = self
-            .pool
+    /// The vhost's pooled connection.
+    async fn connection(&self) -> anyhow::Result<deadpool_lapin::Object> {
+        self.pool
             .get()
             .await
-            .map_err(|e| anyhow::anyhow!("no connection to vhost {:?}: {e}", self.vhost))?;
-        connection
+            .map_err(|e| anyhow::anyhow!("no connection to vhost {:?}: {e}", self.vhost))
+    }
+
+    /// A new channel on the vhost's pooled connection.
+    async fn open_channel(&self) -> anyhow::Result<Channel> {
+        self.connection()
+            .await?
             .create_channel()
             .await
             .map_err(|e| anyhow::anyhow!("opening a channel: {}", redact(&e)))
@@ -219,14 +219,8 @@ impl Publisher {
         envelope: &Envelope,
         headers: FieldTable,
     ) -> anyhow::Result<()> {
-        let tier = self
-            .topology
-            .retry
-            .tiers()
-            .into_iter()
-            .next()
-            .context("the retry policy has no delay tier")?;
-        self.publish_retry(envelope, &tier, headers).await
+        let shortest = self.topology.retry.tier_for(Duration::ZERO);
+        self.publish_retry(envelope, &shortest, headers).await
     }
 
     /// Parks a message in `jobs.dead` (confirmed), keeping its body and properties and adding

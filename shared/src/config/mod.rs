@@ -23,7 +23,7 @@ use crate::kind::Kind;
 use crate::limits::{LimitRule, RedisSettings};
 use crate::namespace::{Namespace, NamespaceSpec};
 use crate::queue::WeightedQueue;
-use crate::quota::Quota;
+use crate::quota::{self, Quota};
 use crate::retry::RetryPolicy;
 use crate::storage::StorageSettings;
 use crate::telemetry::LogFormat;
@@ -256,10 +256,8 @@ impl Settings {
             }
             let share = fair_share(&setting, ns.weight, ns.max_running, ns.fleet_max_running)?;
             let quota = Quota {
-                max_pending: Some(ns.max_pending.unwrap_or(raw.api.max_pending))
-                    .filter(|&max| max > 0),
-                max_queue_bytes: Some(ns.max_queue_bytes.unwrap_or(raw.amqp.max_queue_bytes))
-                    .filter(|&max| max > 0),
+                max_pending: quota::cap(ns.max_pending.unwrap_or(raw.api.max_pending)),
+                max_queue_bytes: quota::cap(ns.max_queue_bytes.unwrap_or(raw.amqp.max_queue_bytes)),
             };
             namespaces.push(NamespaceSpec {
                 redis_prefix: format!("{}{}:", raw.app_prefix, name),
@@ -435,7 +433,7 @@ impl Settings {
             webhook_signing_secret: None,
             share: FairShare::default(),
             quota: Quota {
-                max_pending: Some(self.api.max_pending).filter(|&max| max > 0),
+                max_pending: quota::cap(self.api.max_pending),
                 ..Quota::default()
             },
         });
