@@ -13,7 +13,7 @@ use engine_shared::broker::Broker;
 use engine_shared::config::Settings;
 use engine_shared::group_commit::GroupCommit;
 use engine_shared::limits::Limiter;
-use engine_shared::storage::ObjectStore;
+use engine_shared::objects::ObjectStore;
 use engine_shared::store::{self, Store};
 
 use crate::archiver::Archiver;

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use engine_shared::config::ArchiveSettings;
 use engine_shared::namespace::NamespaceSpec;
-use engine_shared::storage::{ObjectKey, ObjectStore};
+use engine_shared::objects::{ObjectKey, ObjectStore};
 use engine_shared::store::{ArchiveBatch, ArchivePass, ArchivedJob, Store};
 
 use crate::state::AppState;

@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use engine_jobs::{JobDeps, register_all};
 use engine_shared::backup::{self, BackupChoice, BackupFolder};
 use engine_shared::config::{DatabaseSettings, Pooler, Settings};
-use engine_shared::storage::ObjectStore;
+use engine_shared::objects::ObjectStore;
 use engine_shared::store::Store;
 use engine_shared::{Namespace, shutdown, telemetry};
 

@@ -6,7 +6,7 @@ use engine_jobs::Registry;
 use engine_shared::config::Settings;
 use engine_shared::group_commit::GroupCommit;
 use engine_shared::limits::Limiter;
-use engine_shared::storage::ObjectStore;
+use engine_shared::objects::ObjectStore;
 use engine_shared::store::{NewJob, NotStored, Store, Submitted};
 
 use crate::auth::KeyCache;

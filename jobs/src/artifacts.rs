@@ -4,7 +4,7 @@
 use anyhow::anyhow;
 use engine_shared::JobId;
 use engine_shared::namespace::NamespaceSpec;
-use engine_shared::storage::{ObjectKey, ObjectStore};
+use engine_shared::objects::{ObjectKey, ObjectStore};
 use tokio::io::AsyncRead;
 
 use crate::job::JobError;

@@ -10,7 +10,7 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
 use crate::limits::Limiter;
-use crate::storage::ObjectStore;
+use crate::objects::ObjectStore;
 use crate::store::Store;
 
 /// The most one dependency check may take; a slower answer is `unhealthy: no answer`.

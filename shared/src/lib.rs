@@ -11,7 +11,7 @@
 //! - [`retry`]: backoff with jitter and the delay tiers it rounds up to.
 //! - [`limits`]: rate and concurrency limits in Redis, per namespace key prefix.
 //! - [`group_commit`]: batches concurrent writes into one statement (one fsync).
-//! - [`storage`]: the S3-compatible object store (client built for B2, object keys).
+//! - [`objects`]: the S3-compatible object store (client built for B2, object keys).
 //! - [`store`]: every SQL statement the fleet runs, and the pools they run on.
 //! - [`backup`]: consistent database backups to storage, kept to the last N, and restore.
 //! - [`broker`]: AMQP connections per vhost, the topology, and confirmed publishing.
@@ -35,13 +35,13 @@ pub mod kind;
 pub mod limits;
 pub mod metrics;
 pub mod namespace;
+pub mod objects;
 pub mod payload;
 pub mod queue;
 pub mod quota;
 pub mod retry;
 pub mod shutdown;
 pub mod status;
-pub mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -15,7 +15,7 @@ use sqlx::Connection;
 use tokio::process::Command;
 
 use engine_shared::config::{DatabaseSettings, Pooler};
-use engine_shared::storage::{ObjectKey, ObjectStore, StorageSettings};
+use engine_shared::objects::{ObjectKey, ObjectStore, StorageSettings};
 use engine_shared::store::Store;
 
 use crate::cli::Args;

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use engine_api::archiver::{ArchiveReport, BatchOutcome, Finish, archive_batch, archive_once};
 use engine_shared::config::{ArchiveSettings, Settings};
 use engine_shared::namespace::NamespaceSpec;
-use engine_shared::storage::{ObjectKey, ObjectStore};
+use engine_shared::objects::{ObjectKey, ObjectStore};
 use engine_shared::store::Store;
 use engine_shared::{JobId, JobStatus};
 use engine_tests::{FleetOptions, TestFleet, services, wait_until};

@@ -13,7 +13,7 @@ use engine_shared::backup::{
     self, BackupFolder, RestoreRefused, StoredBackup, restore_backup, schema,
 };
 use engine_shared::config::{BackupSettings, DatabaseSettings, Pooler};
-use engine_shared::storage::{ObjectKey, ObjectStore};
+use engine_shared::objects::{ObjectKey, ObjectStore};
 use engine_shared::store::Store;
 use engine_shared::{JobId, Namespace};
 use engine_tests::{binary, services};

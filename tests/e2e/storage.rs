@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use engine_shared::storage::build_client;
+use engine_shared::objects::build_client;
 use engine_tests::services;
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use engine_api::Application;
 use engine_jobs::{EgressClient, JobDeps, Registry, register_all};
 use engine_shared::config::{Pooler, Settings};
-use engine_shared::storage::ObjectStore;
+use engine_shared::objects::ObjectStore;
 use engine_shared::store::{JobRecord, Store};
 use engine_shared::{JobId, JobStatus, Namespace};
 use engine_worker::Worker;

@@ -29,10 +29,10 @@ pub async fn redis() -> redis::aio::MultiplexedConnection {
 }
 
 /// The local S3-compatible server the prepare script runs (s3s-fs), as storage settings.
-pub fn s3_settings() -> engine_shared::storage::StorageSettings {
+pub fn s3_settings() -> engine_shared::objects::StorageSettings {
     let var =
         |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
-    engine_shared::storage::StorageSettings {
+    engine_shared::objects::StorageSettings {
         endpoint: Some(var("TEST_S3_ENDPOINT", "http://127.0.0.1:9100")),
         region: "us-east-1".into(),
         access_key_id: secrecy::SecretString::from(var("TEST_S3_ACCESS_KEY", "tl-engine-local")),

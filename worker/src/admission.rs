@@ -25,7 +25,7 @@ use engine_shared::limits::{
 };
 use engine_shared::namespace::NamespaceSpec;
 
-use crate::execution::Shared;
+use crate::execution::WorkerContext;
 
 /// The header holding a deferred job's reserved turn (milliseconds since the epoch).
 pub const NOT_BEFORE_HEADER: &str = "x-tl-not-before";
@@ -123,24 +123,24 @@ fn now_ms() -> u64 {
 /// cap, then under its kind's limits (a slot taken for a job that is deferred anyway is
 /// given back at once).
 pub async fn admit(
-    shared: &Shared,
+    worker: &WorkerContext,
     spec: &NamespaceSpec,
     envelope: &Envelope,
     delivery: &Delivery,
 ) -> Admission {
     let marks = marks(delivery);
-    let fleet = match fleet_slot(shared, spec, envelope, &marks).await {
+    let fleet = match fleet_slot(worker, spec, envelope, &marks).await {
         Ok(slot) => slot,
         Err(defer) => return defer,
     };
-    match admit_kind(shared, spec, envelope, marks).await {
+    match admit_kind(worker, spec, envelope, marks).await {
         Admission::Run(mut slots) => {
             slots.extend(fleet);
             Admission::Run(slots)
         }
         defer => {
             if let Some(slot) = fleet {
-                slot.release(&shared.limiter).await;
+                slot.release(&worker.limiter).await;
             }
             defer
         }
@@ -151,7 +151,7 @@ pub async fn admit(
 /// while the cap is full. Redis unreachable: the job runs without the cap (logged and
 /// counted) — a quota is not worth stopping every job of a namespace for.
 async fn fleet_slot(
-    shared: &Shared,
+    worker: &WorkerContext,
     spec: &NamespaceSpec,
     envelope: &Envelope,
     marks: &Marks,
@@ -160,14 +160,14 @@ async fn fleet_slot(
         return Ok(None);
     };
     let key = redis_key(spec, KeyClass::Running, "fleet", None);
-    match take_slot(shared, key, cap, envelope).await {
+    match take_slot(worker, key, cap, envelope).await {
         Ok(Ok(slot)) => Ok(Some(slot)),
         Ok(Err(earliest_end)) => Err(Admission::Defer {
-            delay: full_limit_wait(deferral_backoff(shared, marks.deferrals), earliest_end),
+            delay: full_limit_wait(deferral_backoff(worker, marks.deferrals), earliest_end),
             not_before: marks.not_before,
         }),
         Err(error) => {
-            shared
+            worker
                 .limiter
                 .report_failure(&error, "allow: running without the fleet-wide cap")
                 .await;
@@ -178,25 +178,25 @@ async fn fleet_slot(
 
 /// Decides under the kind's rate and concurrency limits.
 async fn admit_kind(
-    shared: &Shared,
+    worker: &WorkerContext,
     spec: &NamespaceSpec,
     envelope: &Envelope,
     marks: Marks,
 ) -> Admission {
-    let declared = shared.registry.limit(&envelope.kind);
-    let Some(limit) = shared
+    let declared = worker.registry.limit(&envelope.kind);
+    let Some(limit) = worker
         .limiter
         .limit_for(&spec.name, envelope.kind.as_str(), declared)
     else {
         return Admission::Run(Vec::new());
     };
     let key = if limit.per_key {
-        shared.registry.limit_key(&envelope.kind, &envelope.args)
+        worker.registry.limit_key(&envelope.kind, &envelope.args)
     } else {
         None
     };
     let kind = envelope.kind.as_str();
-    let backoff = deferral_backoff(shared, marks.deferrals);
+    let backoff = deferral_backoff(worker, marks.deferrals);
 
     // The job's rate turn once it has one: kept through concurrency deferrals, so waiting
     // for a slot never books (and wastes) another turn.
@@ -207,7 +207,7 @@ async fn admit_kind(
                 let now = now_ms();
                 if at > now {
                     let wait = Duration::from_millis(at - now);
-                    if !wait_in_memory(shared, wait).await {
+                    if !wait_in_memory(worker, wait).await {
                         return Admission::Defer {
                             delay: wait,
                             not_before: Some(at),
@@ -217,11 +217,11 @@ async fn admit_kind(
             }
             None => {
                 let rate_key = redis_key(spec, KeyClass::Rate, kind, key.as_deref());
-                match shared.limiter.take_rate(&rate_key, &rate, 1, true).await {
+                match worker.limiter.take_rate(&rate_key, &rate, 1, true).await {
                     Ok(RateOutcome::Reserved(wait)) => {
                         let at = now_ms() + wait.as_millis() as u64;
                         turn = Some(at);
-                        if !wait.is_zero() && !wait_in_memory(shared, wait).await {
+                        if !wait.is_zero() && !wait_in_memory(worker, wait).await {
                             return Admission::Defer {
                                 delay: wait,
                                 not_before: Some(at),
@@ -235,7 +235,7 @@ async fn admit_kind(
                         };
                     }
                     Err(error) => {
-                        if let Some(defer) = on_redis_error(shared, &limit, &error, backoff).await {
+                        if let Some(defer) = on_redis_error(worker, &limit, &error, backoff).await {
                             return defer;
                         }
                     }
@@ -248,13 +248,13 @@ async fn admit_kind(
         return Admission::Run(Vec::new());
     };
     let slot_key = redis_key(spec, KeyClass::Slots, kind, key.as_deref());
-    match take_slot(shared, slot_key, concurrency, envelope).await {
+    match take_slot(worker, slot_key, concurrency, envelope).await {
         Ok(Ok(slot)) => Admission::Run(vec![slot]),
         Ok(Err(earliest_end)) => Admission::Defer {
             delay: full_limit_wait(backoff, earliest_end),
             not_before: turn,
         },
-        Err(error) => match on_redis_error(shared, &limit, &error, backoff).await {
+        Err(error) => match on_redis_error(worker, &limit, &error, backoff).await {
             Some(defer) => defer,
             None => Admission::Run(Vec::new()),
         },
@@ -264,7 +264,7 @@ async fn admit_kind(
 /// Takes one of `cap` leased slots under `key` for this admission: the slot (renewed until
 /// released), or when the earliest lease held there ends.
 async fn take_slot(
-    shared: &Shared,
+    worker: &WorkerContext,
     key: String,
     cap: u32,
     envelope: &Envelope,
@@ -273,12 +273,12 @@ async fn take_slot(
     // running copy's slot nor release it.
     let holder = format!("{}:{:016x}", envelope.id, rand::random::<u64>());
     Ok(
-        match shared
+        match worker
             .limiter
             .acquire_slot(&key, cap, &holder, SLOT_LEASE)
             .await?
         {
-            None => Ok(lease(shared, key, holder, cap)),
+            None => Ok(lease(worker, key, holder, cap)),
             Some(earliest_end) => Err(earliest_end),
         },
     )
@@ -288,8 +288,8 @@ async fn take_slot(
 /// most that tier, 1 s by default): parking it would round it up to the whole tier and
 /// bunch up jobs whose turns fall within it, breaking the configured spacing. `false` when
 /// the wait is too long for that, and the message must be parked.
-async fn wait_in_memory(shared: &Shared, wait: Duration) -> bool {
-    let shortest = Duration::from_millis(shared.retry.tiers_ms[0]);
+async fn wait_in_memory(worker: &WorkerContext, wait: Duration) -> bool {
+    let shortest = Duration::from_millis(worker.retry.tiers_ms[0]);
     if wait >= shortest {
         return false;
     }
@@ -300,21 +300,21 @@ async fn wait_in_memory(shared: &Shared, wait: Duration) -> bool {
 /// Fail open (`None`: run unlimited) or closed (defer), as the limit says; counted and
 /// logged either way.
 async fn on_redis_error(
-    shared: &Shared,
+    worker: &WorkerContext,
     limit: &Limit,
     error: &LimiterError,
     backoff: Duration,
 ) -> Option<Admission> {
     match limit.on_redis_error {
         RedisErrorPolicy::Allow => {
-            shared
+            worker
                 .limiter
                 .report_failure(error, "allow: running unlimited")
                 .await;
             None
         }
         RedisErrorPolicy::Defer => {
-            shared
+            worker
                 .limiter
                 .report_failure(error, "defer: holding jobs back")
                 .await;
@@ -329,8 +329,8 @@ async fn on_redis_error(
 /// Concurrency and outage deferrals back off: the smallest delay tier, doubling with each
 /// deferral of the same message, up to [`MAX_DEFERRAL`]. A saturated limit therefore costs
 /// a few Redis calls per job per minute, not a hot loop.
-fn deferral_backoff(shared: &Shared, deferrals: u32) -> Duration {
-    let smallest = Duration::from_millis(shared.retry.tiers_ms[0]);
+fn deferral_backoff(worker: &WorkerContext, deferrals: u32) -> Duration {
+    let smallest = Duration::from_millis(worker.retry.tiers_ms[0]);
     smallest
         .saturating_mul(1u32 << deferrals.min(16))
         .min(MAX_DEFERRAL.max(smallest))
@@ -347,8 +347,8 @@ fn full_limit_wait(backoff: Duration, earliest_end: Duration) -> Duration {
 }
 
 /// Starts renewing a leased slot while its job runs.
-fn lease(shared: &Shared, key: String, holder: String, concurrency: u32) -> Slot {
-    let limiter = shared.limiter.clone();
+fn lease(worker: &WorkerContext, key: String, holder: String, concurrency: u32) -> Slot {
+    let limiter = worker.limiter.clone();
     let (renew_key, renew_holder) = (key.clone(), holder.clone());
     let renewal = tokio::spawn(async move {
         loop {

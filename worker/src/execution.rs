@@ -21,8 +21,8 @@ use engine_shared::group_commit::GroupCommitError;
 use engine_shared::limits::Limiter;
 use engine_shared::metrics::{JobLabels, Metrics, NamespaceLabels, metrics};
 use engine_shared::namespace::NamespaceSpec;
+use engine_shared::objects::{LogRun, ObjectStore};
 use engine_shared::retry::{RetryPolicy, RetryRoute};
-use engine_shared::storage::{LogRun, ObjectStore};
 use engine_shared::store::{
     AttemptOutcome, Burial, ErrorKind, FinishRequest, FinishedJob, StartOutcome, StartRequest,
     StartedJob, Store,
@@ -44,14 +44,14 @@ const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
 /// A served namespace and the publisher its retries go through.
 pub struct NamespaceContext {
-    /// Its position in [`Shared::namespaces`].
+    /// Its position in [`WorkerContext::namespaces`].
     pub index: usize,
     pub spec: NamespaceSpec,
     pub publisher: Publisher,
 }
 
 /// What every execution shares.
-pub struct Shared {
+pub struct WorkerContext {
     pub registry: Arc<Registry>,
     pub transitions: Transitions,
     pub in_flight: Arc<InFlight>,
@@ -78,10 +78,10 @@ pub struct Shared {
     pub queues: Vec<QueueName>,
 }
 
-pub async fn execute(shared: Arc<Shared>, namespace: usize, received: Received) {
-    let context = &shared.namespaces[namespace];
+pub async fn execute(worker: Arc<WorkerContext>, namespace: usize, received: Received) {
+    let context = &worker.namespaces[namespace];
     let delivery = &received.delivery;
-    let budget = shared.clock.budget(received.at);
+    let budget = worker.clock.budget(received.at);
     let envelope = match Envelope::from_bytes(&delivery.data) {
         Ok(envelope) => envelope,
         Err(error) => {
@@ -99,22 +99,22 @@ pub async fn execute(shared: Arc<Shared>, namespace: usize, received: Received) 
         kind = envelope.kind.as_str(),
         trace_id = envelope.traceparent.as_ref().map(TraceParent::trace_id).unwrap_or_default(),
     );
-    execute_decoded(&shared, context, delivery, &envelope, budget)
+    execute_decoded(&worker, context, delivery, &envelope, budget)
         .instrument(span)
         .await;
 }
 
 /// Screen → admission → run, for a delivery whose envelope decoded.
 async fn execute_decoded(
-    shared: &Arc<Shared>,
+    worker: &Arc<WorkerContext>,
     context: &NamespaceContext,
     delivery: &Delivery,
     envelope: &Envelope,
     budget: Budget,
 ) {
-    if let Some(reason) = poison_reason(shared, envelope) {
+    if let Some(reason) = poison_reason(worker, envelope) {
         bury(
-            shared,
+            worker,
             context,
             delivery,
             envelope,
@@ -125,16 +125,16 @@ async fn execute_decoded(
         return;
     }
     let deliveries = redelivery::earlier_deliveries(delivery);
-    if deliveries >= shared.retry.delivery_limit {
+    if deliveries >= worker.retry.delivery_limit {
         let reason = format!(
             "{deliveries} deliveries ended without an outcome: the job kills or outlives the \
              workers that take it (retry.delivery_limit = {})",
-            shared.retry.delivery_limit
+            worker.retry.delivery_limit
         );
         // Only a job that started and never finished is buried as crashed; one that never
         // got to start (its deliveries were returned for other reasons) runs normally.
         if bury(
-            shared,
+            worker,
             context,
             delivery,
             envelope,
@@ -149,23 +149,23 @@ async fn execute_decoded(
         // attempt (workers killed with it prefetched, connections lost). Before the broker's
         // own limit dead-letters a job PostgreSQL shows unfinished, a fresh copy restarts
         // the broker's count; it carries none, as no attempt of it crashed.
-        if redelivery::broker_deliveries(delivery) >= shared.retry.delivery_limit
+        if redelivery::broker_deliveries(delivery) >= worker.retry.delivery_limit
             && refresh(context, delivery, envelope).await
         {
             return;
         }
     }
 
-    let slots = match admit(shared, &context.spec, envelope, delivery).await {
+    let slots = match admit(worker, &context.spec, envelope, delivery).await {
         Admission::Run(slots) => slots,
         Admission::Defer { delay, not_before } => {
-            defer(shared, context, delivery, envelope, delay, not_before).await;
+            defer(worker, context, delivery, envelope, delay, not_before).await;
             return;
         }
     };
-    run_admitted(shared, context, delivery, envelope, budget).await;
+    run_admitted(worker, context, delivery, envelope, budget).await;
     for slot in slots {
-        slot.release(&shared.limiter).await;
+        slot.release(&worker.limiter).await;
     }
 }
 
@@ -173,14 +173,14 @@ async fn execute_decoded(
 /// its deferral count in headers, then acks. Nothing is written to PostgreSQL: the job
 /// stays `queued` (or `retrying`) and no attempt is used.
 async fn defer(
-    shared: &Shared,
+    worker: &WorkerContext,
     context: &NamespaceContext,
     delivery: &Delivery,
     envelope: &Envelope,
     delay: Duration,
     not_before: Option<u64>,
 ) {
-    let tier = shared.retry.deferral_tier(delay);
+    let tier = worker.retry.deferral_tier(delay);
     let mut headers = FieldTable::default();
     if let Some(turn) = not_before {
         headers.insert(
@@ -218,7 +218,7 @@ async fn defer(
 
 /// Start → handler → outcome → ack, retry or dead-letter, for an admitted delivery.
 async fn run_admitted(
-    shared: &Arc<Shared>,
+    worker: &Arc<WorkerContext>,
     context: &NamespaceContext,
     delivery: &Delivery,
     envelope: &Envelope,
@@ -235,7 +235,7 @@ async fn run_admitted(
     };
     // Registered before the start, so a cancel broadcast sent right after the start
     // commits finds this delivery even before its handler runs.
-    let registration = shared.in_flight.register(&context.spec.name, id);
+    let registration = worker.in_flight.register(&context.spec.name, id);
     // A failed write may still have committed, its answer lost with the connection: the row
     // then reads `running`, moved there by this very delivery, and a plain retry would skip
     // it as someone else's and ack a job nobody runs. So a retry asks as a redelivery does,
@@ -248,11 +248,11 @@ async fn run_admitted(
             ..request.clone()
         };
         retrying = true;
-        shared.transitions.starts.submit(request)
+        worker.transitions.starts.submit(request)
     })
     .await;
     if !matches!(started, Ok(StartOutcome::Started(_))) {
-        shared.in_flight.finish(&registration);
+        worker.in_flight.finish(&registration);
     }
     let started = match started {
         Ok(StartOutcome::Started(started)) => started,
@@ -278,9 +278,9 @@ async fn run_admitted(
             return;
         }
     };
-    shared.in_flight.started(&registration, started.token);
+    worker.in_flight.started(&registration, started.token);
     let timeout =
-        Duration::from_millis(u64::from(started.timeout_ms)).min(shared.clock.max_attempt());
+        Duration::from_millis(u64::from(started.timeout_ms)).min(worker.clock.max_attempt());
     // The broker times this delivery from its receipt. If the attempt could outlive that
     // (the delivery waited for a slot, or the start took long), the delivery is acked now:
     // the broker would otherwise close the channel and redeliver everything on it, healthy
@@ -303,7 +303,7 @@ async fn run_admitted(
         Metrics::observe(&metrics.start_latency, &labels, waited);
     }
     let began = Instant::now();
-    let log = JobLog::new(id, shared.log_cap);
+    let log = JobLog::new(id, worker.log_cap);
     log.worker_line(
         LogLevel::Info,
         format_args!(
@@ -311,7 +311,7 @@ async fn run_admitted(
             started.attempt,
             started.max_attempts,
             started.kind.as_str(),
-            shared.worker_id,
+            worker.worker_id,
             envelope.queue.as_str(),
             envelope
                 .traceparent
@@ -320,7 +320,7 @@ async fn run_admitted(
         ),
     );
     let outcome = run_handler(
-        shared,
+        worker,
         &context.spec,
         envelope,
         &started,
@@ -337,12 +337,12 @@ async fn run_admitted(
     outcome.describe(&log, began.elapsed());
     Metrics::observe(&metrics.duration, &labels, began.elapsed());
     let retry = match &outcome {
-        HandlerOutcome::Snoozed(delay) => shared.retry.route_for(*delay),
+        HandlerOutcome::Snoozed(delay) => worker.retry.route_for(*delay),
         _ => {
             let backoff = started
                 .backoff
-                .unwrap_or_else(|| shared.retry.default_backoff());
-            shared.retry.route_for(backoff.delay(started.attempt))
+                .unwrap_or_else(|| worker.retry.default_backoff());
+            worker.retry.route_for(backoff.delay(started.attempt))
         }
     };
     let request = FinishRequest {
@@ -361,20 +361,20 @@ async fn run_admitted(
     };
     let recorded = match persist(id, "record the outcome", patience, || {
         writes += 1;
-        shared.transitions.finishes.submit(request.clone())
+        worker.transitions.finishes.submit(request.clone())
     })
     .await
     {
         // A failed write may still have committed, its answer lost with the connection; the
         // retry then finds the job no longer running. Read what the lost write left.
         Ok(finished) if finished.status.is_none() && writes > 1 => {
-            recorded_before(shared, context, id, &request).await
+            recorded_before(worker, context, id, &request).await
         }
         recorded => recorded.map_err(drop),
     };
     // Registered until now, so its lease was renewed while the outcome was being recorded
     // (PostgreSQL may take a while to answer): the rescuer must not call it dead meanwhile.
-    shared.in_flight.finish(&registration);
+    worker.in_flight.finish(&registration);
     let finished = match recorded {
         Ok(finished) => finished,
         Err(()) => {
@@ -382,7 +382,7 @@ async fn run_admitted(
                 LogLevel::Error,
                 "the outcome could not be recorded: the job goes back to its queue",
             );
-            ship_log(shared, context, id, run, &log);
+            ship_log(worker, context, id, run, &log);
             // Not recorded, so not acked: the copy re-runs it (at-least-once), taking over
             // the row this attempt left `running`.
             give_back(context, delivery, envelope, 1).await;
@@ -394,7 +394,7 @@ async fn run_admitted(
     if run.snooze.is_none() {
         count_outcome(&labels, finished.status);
     }
-    ship_log(shared, context, id, run, &log);
+    ship_log(worker, context, id, run, &log);
     match (finished.status, retry) {
         (Some(JobStatus::Retrying), RetryRoute::Tier(tier)) => {
             match context
@@ -439,12 +439,12 @@ async fn run_admitted(
 /// `Err` when the row cannot be read: the caller returns the job to its queue, as for a
 /// write that failed.
 async fn recorded_before(
-    shared: &Shared,
+    worker: &WorkerContext,
     context: &NamespaceContext,
     id: JobId,
     request: &FinishRequest,
 ) -> Result<FinishedJob, ()> {
-    match shared.store.get_job(&context.spec.name, id).await {
+    match worker.store.get_job(&context.spec.name, id).await {
         Ok(record) => {
             let status = record.and_then(|r| request.recorded_in(r.status, r.attempts, r.starts));
             if let Some(status) = status {
@@ -482,8 +482,14 @@ fn count_outcome(labels: &JobLabels, status: Option<JobStatus>) {
 }
 
 /// Hands the attempt's log to the shipper, which uploads it in the background.
-fn ship_log(shared: &Shared, context: &NamespaceContext, job: JobId, run: LogRun, log: &JobLog) {
-    shared.logs.ship(AttemptLog {
+fn ship_log(
+    worker: &WorkerContext,
+    context: &NamespaceContext,
+    job: JobId,
+    run: LogRun,
+    log: &JobLog,
+) {
+    worker.logs.ship(AttemptLog {
         namespace: context.index,
         job,
         run,
@@ -560,14 +566,14 @@ where
 /// longer fit the kind are judged on the row's args, once the start returns them: the
 /// handler fails them at once, fatally (a body's args are anyone's who can publish to the
 /// vhost, and may disagree with the row).
-fn poison_reason(shared: &Shared, envelope: &Envelope) -> Option<String> {
-    if !shared.registry.contains(&envelope.kind) {
+fn poison_reason(worker: &WorkerContext, envelope: &Envelope) -> Option<String> {
+    if !worker.registry.contains(&envelope.kind) {
         return Some(format!(
             "unknown kind {:?}: no handler registered in this worker",
             envelope.kind.as_str()
         ));
     }
-    (!shared.queues.contains(&envelope.queue)).then(|| {
+    (!worker.queues.contains(&envelope.queue)).then(|| {
         format!(
             "unknown queue {:?}: not one of the fleet's queues",
             envelope.queue.as_str()
@@ -580,7 +586,7 @@ fn poison_reason(shared: &Shared, envelope: &Envelope) -> Option<String> {
 /// job left `running`): the caller carries on with the delivery. A job already finished
 /// means a stale duplicate message, which is acked.
 async fn bury(
-    shared: &Shared,
+    worker: &WorkerContext,
     context: &NamespaceContext,
     delivery: &Delivery,
     envelope: &Envelope,
@@ -588,14 +594,14 @@ async fn bury(
     reason: &str,
 ) -> bool {
     let id = envelope.id;
-    match shared
+    match worker
         .store
         .bury(
             &context.spec.name,
             envelope,
             kind,
             reason,
-            &shared.worker_id,
+            &worker.worker_id,
         )
         .await
     {
@@ -715,7 +721,7 @@ impl From<HandlerOutcome> for AttemptOutcome {
 }
 
 async fn run_handler(
-    shared: &Shared,
+    worker: &WorkerContext,
     spec: &NamespaceSpec,
     envelope: &Envelope,
     started: &StartedJob,
@@ -733,11 +739,11 @@ async fn run_handler(
         snoozes: started.snoozes,
         cancellation: cancellation.clone(),
         log: log.clone(),
-        artifacts: Artifacts::new(id, spec.clone(), shared.objects.clone()),
+        artifacts: Artifacts::new(id, spec.clone(), worker.objects.clone()),
         traceparent: envelope.traceparent.clone(),
     };
     // The row's kind and args, which the start returned: never the message's.
-    let Some(handler) = shared
+    let Some(handler) = worker
         .registry
         .run(&started.kind, context, started.args.clone())
     else {
@@ -753,7 +759,7 @@ async fn run_handler(
     // In the attempt's span, so the handler's own log lines carry the job and its trace.
     let mut task = tokio::spawn(handler.in_current_span());
     match tokio::time::timeout(timeout, &mut task).await {
-        Ok(Ok(Ok(result))) => checked_result(result, shared.max_result_bytes),
+        Ok(Ok(Ok(result))) => checked_result(result, worker.max_result_bytes),
         Ok(Ok(Err(JobError::Retryable(error)))) => {
             HandlerOutcome::Failed(ErrorKind::Error, format!("{error:#}"))
         }
@@ -802,7 +808,7 @@ fn checked_result(result: serde_json::Value, max_bytes: usize) -> HandlerOutcome
     HandlerOutcome::Failed(
         ErrorKind::Fatal,
         format!(
-            "the handler returned a result of {bytes} bytes of JSON, more than the              {max_bytes} stored (worker.max_result_bytes); it was not stored, and the job              is not retried"
+            "the handler returned a result of {bytes} bytes of JSON, more than the {max_bytes} stored (worker.max_result_bytes); it was not stored, and the job is not retried"
         ),
     )
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use engine_shared::health::check_dependencies;
 use engine_shared::limits::Limiter;
 use engine_shared::metrics::CONTENT_TYPE;
-use engine_shared::storage::ObjectStore;
+use engine_shared::objects::ObjectStore;
 use engine_shared::store::Store;
 
 /// How often a namespace's supervisor proves it is alive, consuming or reconnecting.

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use engine_shared::JobId;
 use engine_shared::config::LogSettings;
 use engine_shared::namespace::NamespaceSpec;
-use engine_shared::storage::{LogRun, ObjectKey, ObjectStore, is_unreachable};
+use engine_shared::objects::{LogRun, ObjectKey, ObjectStore, is_unreachable};
 
 /// How long one upload may take before the log is spooled instead.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(10);

@@ -7,7 +7,7 @@ use clap::Parser;
 
 use engine_jobs::{EgressClient, JobDeps, register_all};
 use engine_shared::config::{DatabaseSettings, Settings};
-use engine_shared::storage::ObjectStore;
+use engine_shared::objects::ObjectStore;
 use engine_shared::store::Store;
 use engine_shared::{shutdown, telemetry, tls};
 use engine_worker::Worker;

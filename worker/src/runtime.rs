@@ -15,12 +15,12 @@ use engine_shared::broker::topology::Topology;
 use engine_shared::broker::{Broker, Publisher};
 use engine_shared::config::Settings;
 use engine_shared::limits::Limiter;
-use engine_shared::storage::ObjectStore;
+use engine_shared::objects::ObjectStore;
 use engine_shared::store::{self, Store};
 
 use crate::consumer::NamespaceConsumer;
 use crate::dispatch::Dispatcher;
-use crate::execution::{self, NamespaceContext, Shared};
+use crate::execution::{self, NamespaceContext, WorkerContext};
 use crate::health::{self, Consumers, HealthState};
 use crate::in_flight::InFlight;
 use crate::leases;
@@ -32,7 +32,7 @@ use crate::transitions::Transitions;
 pub struct Worker {
     settings: Settings,
     store: Store,
-    shared: Arc<Shared>,
+    worker: Arc<WorkerContext>,
     dispatcher: Dispatcher<Received>,
     consumers: Vec<NamespaceConsumer>,
     health: HealthState,
@@ -101,7 +101,7 @@ impl Worker {
         }
         let objects = settings.storage.as_ref().map(ObjectStore::new);
         let contexts_specs = contexts.iter().map(|c| c.spec.clone()).collect();
-        let shared = Arc::new(Shared {
+        let worker = Arc::new(WorkerContext {
             registry: Arc::new(registry),
             transitions: Transitions::new(
                 &store,
@@ -139,14 +139,14 @@ impl Worker {
         let health = HealthState {
             consumers: health,
             store: store.clone(),
-            limiter: shared.limiter.clone(),
-            objects: shared.objects.clone(),
+            limiter: worker.limiter.clone(),
+            objects: worker.objects.clone(),
             liveness_grace: settings.worker.liveness_grace,
         };
         Ok(Self {
             settings,
             store,
-            shared,
+            worker,
             dispatcher,
             consumers,
             health,
@@ -180,13 +180,13 @@ impl Worker {
         let stop_leases = CancellationToken::new();
         let leases = tokio::spawn(leases::renew_until_stopped(
             self.store.clone(),
-            self.shared.in_flight.clone(),
+            self.worker.in_flight.clone(),
             self.settings.rescue.lease(),
             self.settings.rescue.renew_every(),
             stop_leases.clone(),
         ));
         let stop_shipping = CancellationToken::new();
-        let shipper = tokio::spawn(self.shared.logs.clone().run(
+        let shipper = tokio::spawn(self.worker.logs.clone().run(
             Duration::from_secs(self.settings.logs.spool_retry_secs.max(1)),
             stop_shipping.clone(),
         ));
@@ -204,16 +204,16 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 next = self.dispatcher.next() => next,
             };
-            let shared = self.shared.clone();
+            let worker = self.worker.clone();
             running.spawn(async move {
-                execution::execute(shared, namespace, received).await;
+                execution::execute(worker, namespace, received).await;
                 drop(slot);
             });
         }
 
         let waiting = self.dispatcher.drain();
         tracing::info!(
-            running = self.shared.in_flight.len(),
+            running = self.worker.in_flight.len(),
             returned = waiting.len(),
             grace_secs = self.settings.worker.grace_period.as_secs_f64(),
             "stopping: consumers cancelled; waiting for running jobs"

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use engine_shared::envelope::Envelope;
 use engine_shared::metrics::{JobLabels, metrics};
-use engine_shared::store::{CancelOutcome, JobError, JobFilter, JobRecord, NewJob, Submitted};
+use engine_shared::store::{AttemptError, CancelOutcome, JobFilter, JobRecord, NewJob, Submitted};
 use engine_shared::{JobId, JobStatus, Kind, Namespace, QueueName};
 
 use crate::auth::Caller;
@@ -200,7 +200,7 @@ pub(super) fn parse_id(raw: &str) -> Result<JobId, ApiError> {
 struct JobWithErrors {
     #[serde(flatten)]
     job: JobRecord,
-    errors: Vec<JobError>,
+    errors: Vec<AttemptError>,
 }
 
 /// `GET /v1/jobs/{id}`: 404 for unknown ids and for other namespaces' jobs alike.
@@ -220,7 +220,7 @@ pub async fn get(
     let errors = if job.last_error.is_some() {
         state
             .store
-            .job_errors(id)
+            .attempt_errors(id)
             .await
             .map_err(ApiError::from_store)?
     } else {

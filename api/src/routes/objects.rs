@@ -16,8 +16,8 @@ use tokio_util::io::ReaderStream;
 
 use engine_shared::JobId;
 use engine_shared::namespace::NamespaceSpec;
-use engine_shared::storage::objects::PRESIGNED_TTL;
-use engine_shared::storage::{LogRun, ObjectInfo, ObjectKey, ObjectStore, is_unreachable};
+use engine_shared::objects::bucket::PRESIGNED_TTL;
+use engine_shared::objects::{LogRun, ObjectInfo, ObjectKey, ObjectStore, is_unreachable};
 
 use super::jobs::parse_id;
 use crate::auth::Caller;

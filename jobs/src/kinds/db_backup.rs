@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use engine_shared::backup::{self, BackupFolder};
 use engine_shared::config::BackupSettings;
-use engine_shared::storage::ObjectStore;
+use engine_shared::objects::ObjectStore;
 use engine_shared::store::Store;
 use serde::Deserialize;
 

@@ -20,7 +20,7 @@ use super::BackupFolder;
 use super::format::{BackupWriter, Header};
 use super::pipe::{PipeClosed, PipeWriter, pipe};
 use super::schema;
-use crate::storage::{ObjectKey, ObjectStore};
+use crate::objects::{ObjectKey, ObjectStore};
 
 /// Compressed bytes are handed to the upload in chunks of about this size.
 const CHUNK: usize = 64 * 1024;

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use anyhow::{Context, bail};
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use crate::storage::{ObjectKey, ObjectStore};
+use crate::objects::{ObjectKey, ObjectStore};
 
 /// The file name's time format (UTC, second resolution: it sorts like the times do).
 const NAME_FORMAT: &str = "%Y%m%dT%H%M%SZ";

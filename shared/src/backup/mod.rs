@@ -26,7 +26,7 @@ pub use restore::{RestoreRefused, RestoreSummary, restore_backup};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::storage::ObjectStore;
+use crate::objects::ObjectStore;
 
 /// Writes a backup to `folder`, then deletes the oldest ones beyond the newest `keep`.
 /// A pruning failure does not fail the (complete) backup: it is reported in

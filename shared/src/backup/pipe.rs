@@ -7,7 +7,7 @@
 //! - [`BlockingReader`]: an async download read from a blocking thread, where the restore
 //!   decompresses and parses it with plain `std::io`.
 //!
-//! [`ObjectStore::upload`]: crate::storage::ObjectStore::upload
+//! [`ObjectStore::upload`]: crate::objects::ObjectStore::upload
 
 use std::io;
 use std::pin::Pin;

@@ -24,7 +24,7 @@ use super::dump::SESSION_SETTINGS;
 use super::format::{BackupReader, Header, TableSpec};
 use super::pipe::BlockingReader;
 use super::schema;
-use crate::storage::{ObjectKey, ObjectStore};
+use crate::objects::{ObjectKey, ObjectStore};
 use crate::store::Store;
 
 /// Rows are handed to `COPY` in batches of about this many bytes.

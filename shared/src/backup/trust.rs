@@ -11,7 +11,7 @@ use flate2::write::GzDecoder;
 
 use super::folder::StoredBackup;
 use super::format::{BackupReader, Header};
-use crate::storage::{ObjectKey, ObjectStore};
+use crate::objects::{ObjectKey, ObjectStore};
 
 /// The most compressed bytes read to find a header: it is two lines near the start.
 const HEADER_READ_LIMIT: usize = 1 << 20;

@@ -22,10 +22,10 @@ use crate::fair_share::FairShare;
 use crate::kind::Kind;
 use crate::limits::{LimitRule, RedisSettings};
 use crate::namespace::{Namespace, NamespaceSpec};
+use crate::objects::StorageSettings;
 use crate::queue::WeightedQueue;
 use crate::quota::{self, Quota};
 use crate::retry::RetryPolicy;
-use crate::storage::StorageSettings;
 use crate::telemetry::LogFormat;
 use raw::RawSettings;
 pub use sections::{

@@ -29,7 +29,7 @@ pub enum Burial {
 
 /// One failed attempt (or poison/crash verdict) of a job, as `GET /v1/jobs/{id}` shows it.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
-pub struct JobError {
+pub struct AttemptError {
     pub attempt: i32,
     /// How many redrives preceded it (0 for the job's first life).
     pub redrive: i32,
@@ -143,7 +143,7 @@ impl Store {
 
     /// Every recorded error of job `id` (already checked to be in the caller's namespace),
     /// oldest first.
-    pub async fn job_errors(&self, id: JobId) -> anyhow::Result<Vec<JobError>> {
+    pub async fn attempt_errors(&self, id: JobId) -> anyhow::Result<Vec<AttemptError>> {
         count_round_trips(1);
         self.one(Commit::Durable, async |statements| {
             sqlx::query_as(

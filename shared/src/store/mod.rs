@@ -33,7 +33,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub use api_keys::{ApiKey, LiveKey, NewApiKey};
 pub use archive::{ArchiveBatch, ArchivePass, ArchivedJob, Chosen};
 pub use cancel::CancelOutcome;
-pub use dead::{Burial, DeadFilter, JobError, Redriven};
+pub use dead::{AttemptError, Burial, DeadFilter, Redriven};
 pub use execution::{AttemptOutcome, ErrorKind, FinishRequest, FinishedJob};
 pub use lease::{LeaseRenewal, RunningAttempt};
 pub use outbox::{OutboxClaim, OutboxJob};
