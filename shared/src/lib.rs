@@ -1,4 +1,9 @@
-//! The library every tl-engine binary shares.
+//! The common library of tl-engine (the crate `engine-shared`, folder `shared/`): every type,
+//! rule and connection that more than one binary needs lives here, so the API, the worker
+//! and the job kinds agree on them by construction. It runs nothing by itself.
+//!
+//! Three names to keep apart: [`store`] is PostgreSQL, [`objects`] is S3, [`broker`] is
+//! RabbitMQ.
 //!
 //! Module map:
 //! - [`config`]: layered settings (defaults → file → environment), secrets wrapped.
