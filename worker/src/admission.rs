@@ -25,7 +25,7 @@ use engine_shared::limits::{
 };
 use engine_shared::namespace::NamespaceSpec;
 
-use crate::execution::WorkerContext;
+use crate::context::WorkerContext;
 
 /// The header holding a deferred job's reserved turn (milliseconds since the epoch).
 pub const NOT_BEFORE_HEADER: &str = "x-tl-not-before";

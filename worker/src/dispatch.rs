@@ -19,10 +19,8 @@ use engine_shared::Namespace;
 use engine_shared::fair_share::FairShare;
 use engine_shared::metrics::{NamespaceLabels, metrics};
 
+use crate::context::NamespaceIndex;
 use crate::fair_share::Slots;
-
-/// Which namespace a delivery came from (an index into the runtime's namespaces).
-pub type NamespaceIndex = usize;
 
 /// The receiving end of one lane (a queue of one namespace).
 struct Lane<T> {
@@ -146,7 +144,7 @@ impl<T> Dispatcher<T> {
         capacity: usize,
     ) -> LaneSender<T> {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
-        self.namespaces[namespace].lanes.push(Lane {
+        self.namespaces[usize::from(namespace)].lanes.push(Lane {
             receiver,
             weight: i64::from(weight.max(1)),
             credit: 0,
@@ -175,14 +173,14 @@ impl<T> Dispatcher<T> {
     fn pick(&mut self) -> Option<(NamespaceIndex, T, Slot)> {
         let mut slots = self.slots.lock().expect("the slot table is never poisoned");
         let namespaces = &self.namespaces;
-        let waiting = |index: usize| {
-            namespaces[index]
+        let waiting = |index: NamespaceIndex| {
+            namespaces[usize::from(index)]
                 .lanes
                 .iter()
                 .any(|l| !l.receiver.is_empty())
         };
         let namespace = slots.choose(waiting)?;
-        let tenant = &mut self.namespaces[namespace];
+        let tenant = &mut self.namespaces[usize::from(namespace)];
         let item = Self::pick_lane(&mut tenant.lanes)?;
         slots.take(namespace);
         tenant.meters.running.inc();

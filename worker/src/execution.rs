@@ -13,73 +13,34 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-use engine_jobs::{Artifacts, JobContext, JobError, JobLog, LogLevel, Registry};
-use engine_shared::QueueName;
-use engine_shared::broker::Publisher;
+use engine_jobs::{Artifacts, JobContext, JobError, JobLog, LogLevel};
 use engine_shared::envelope::Envelope;
 use engine_shared::group_commit::GroupCommitError;
-use engine_shared::limits::Limiter;
 use engine_shared::metrics::{JobLabels, Metrics, NamespaceLabels, metrics};
 use engine_shared::namespace::NamespaceSpec;
-use engine_shared::objects::{LogRun, ObjectStore};
-use engine_shared::retry::{RetryPolicy, RetryRoute};
+use engine_shared::objects::LogRun;
+use engine_shared::retry::RetryRoute;
 use engine_shared::store::{
     AttemptOutcome, Burial, ErrorKind, FinishRequest, FinishedJob, StartOutcome, StartRequest,
-    StartedJob, Store,
+    StartedJob,
 };
 use engine_shared::trace::TraceParent;
 use engine_shared::{JobId, JobStatus};
 use tracing::Instrument;
 
 use crate::admission::{Admission, DEFERRALS_HEADER, NOT_BEFORE_HEADER, admit, deferrals};
-use crate::in_flight::{InFlight, Registration};
-use crate::log_shipper::{AttemptLog, LogShipper};
-use crate::received::{BrokerClock, Budget, Received};
+use crate::context::{NamespaceContext, NamespaceIndex, WorkerContext};
+use crate::in_flight::Registration;
+use crate::log_shipper::AttemptLog;
+use crate::received::{Budget, Received};
 use crate::redelivery;
-use crate::transitions::Transitions;
 
 /// When PostgreSQL cannot record a transition, the delivery goes back after this pause, so
 /// an outage does not become a hot redelivery loop.
 const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
-/// A served namespace and the publisher its retries go through.
-pub struct NamespaceContext {
-    /// Its position in [`WorkerContext::namespaces`].
-    pub index: usize,
-    pub spec: NamespaceSpec,
-    pub publisher: Publisher,
-}
-
-/// What every execution shares.
-pub struct WorkerContext {
-    pub registry: Arc<Registry>,
-    pub transitions: Transitions,
-    pub in_flight: Arc<InFlight>,
-    pub retry: RetryPolicy,
-    pub namespaces: Vec<NamespaceContext>,
-    /// Recorded with every error and burial, so a person can tell which pod ran what.
-    pub worker_id: String,
-    /// The broker's consumer timeout, which bounds each delivery from its receipt.
-    pub clock: BrokerClock,
-    /// Needed to bury poison and crash-looping jobs outside the batched transitions.
-    pub store: Store,
-    /// Rate and concurrency limits, checked before a job starts.
-    pub limiter: Arc<Limiter>,
-    /// Object storage for artifacts; `None` when no bucket is configured.
-    pub objects: Option<ObjectStore>,
-    /// Uploads attempt logs (or spools them while storage is down).
-    pub logs: Arc<LogShipper>,
-    /// Most bytes of log text kept per attempt.
-    pub log_cap: usize,
-    /// Largest result stored (`worker.max_result_bytes`); a larger one fails the attempt.
-    pub max_result_bytes: usize,
-    /// The configured queues: a message naming another is poison. Its queue labels
-    /// metrics, so an unknown name must never get as far as a label.
-    pub queues: Vec<QueueName>,
-}
-
-pub async fn execute(worker: Arc<WorkerContext>, namespace: usize, received: Received) {
-    let context = &worker.namespaces[namespace];
+pub async fn execute(worker: Arc<WorkerContext>, namespace: NamespaceIndex, received: Received) {
+    let context = worker.namespace(namespace);
     let delivery = &received.delivery;
     let budget = worker.clock.budget(received.at);
     let envelope = match Envelope::from_bytes(&delivery.data) {

@@ -2,6 +2,8 @@
 //!
 //! Module map:
 //! - [`runtime`]: build from settings, run until stopped, drain on SIGTERM.
+//! - [`context`]: what every execution shares, each served namespace's context, and the
+//!   [`context::NamespaceIndex`] every per-namespace table goes by.
 //! - [`consumer`]: per namespace, a connection to its vhost, one consumer per queue, and
 //!   reconnection with backoff.
 //! - [`dispatch`]: picks the next delivery (namespace, then queue) and gives it a slot.
@@ -20,6 +22,7 @@
 
 pub mod admission;
 pub mod consumer;
+pub mod context;
 pub mod control;
 pub mod dispatch;
 pub mod execution;

@@ -19,8 +19,9 @@ use engine_shared::objects::ObjectStore;
 use engine_shared::store::{self, Store};
 
 use crate::consumer::NamespaceConsumer;
+use crate::context::{NamespaceContext, WorkerContext};
 use crate::dispatch::Dispatcher;
-use crate::execution::{self, NamespaceContext, WorkerContext};
+use crate::execution;
 use crate::health::{self, Consumers, HealthState};
 use crate::in_flight::InFlight;
 use crate::leases;
