@@ -100,7 +100,7 @@ impl Drop for Slot {
 }
 
 /// One namespace's lanes and its metrics.
-struct Tenant<T> {
+struct NamespaceLanes<T> {
     lanes: Vec<Lane<T>>,
     meters: Arc<Meters>,
 }
@@ -108,7 +108,7 @@ struct Tenant<T> {
 /// Every lane of the process, grouped by namespace, and the slots they share.
 pub struct Dispatcher<T> {
     /// Each namespace's lanes, by [`NamespaceIndex`].
-    namespaces: Vec<Tenant<T>>,
+    namespaces: Vec<NamespaceLanes<T>>,
     /// Shared with the [`Slot`]s handed out, which give theirs back from the job's task.
     slots: Arc<Mutex<Slots>>,
     ready: Arc<Notify>,
@@ -126,7 +126,7 @@ impl<T> Dispatcher<T> {
 
     /// Adds a namespace with its share of the slots; returns its index.
     pub fn add_namespace(&mut self, name: &Namespace, share: FairShare) -> NamespaceIndex {
-        self.namespaces.push(Tenant {
+        self.namespaces.push(NamespaceLanes {
             lanes: Vec::new(),
             meters: Arc::new(Meters::new(name)),
         });
@@ -180,15 +180,15 @@ impl<T> Dispatcher<T> {
                 .any(|l| !l.receiver.is_empty())
         };
         let namespace = slots.choose(waiting)?;
-        let tenant = &mut self.namespaces[usize::from(namespace)];
-        let item = Self::pick_lane(&mut tenant.lanes)?;
+        let chosen = &mut self.namespaces[usize::from(namespace)];
+        let item = Self::pick_lane(&mut chosen.lanes)?;
         slots.take(namespace);
-        tenant.meters.running.inc();
+        chosen.meters.running.inc();
         let slot = Slot {
             slots: self.slots.clone(),
             ready: self.ready.clone(),
             namespace,
-            meters: tenant.meters.clone(),
+            meters: chosen.meters.clone(),
             since: Instant::now(),
         };
         Some((namespace, item, slot))
@@ -197,9 +197,9 @@ impl<T> Dispatcher<T> {
     /// Sets each namespace's waiting gauge: every wake-up (a delivery in, a slot back) runs
     /// this, so it is current whenever the dispatcher waits.
     fn report_waiting(&self) {
-        for tenant in &self.namespaces {
-            let waiting: usize = tenant.lanes.iter().map(|l| l.receiver.len()).sum();
-            tenant
+        for namespace in &self.namespaces {
+            let waiting: usize = namespace.lanes.iter().map(|l| l.receiver.len()).sum();
+            namespace
                 .meters
                 .waiting
                 .set(i64::try_from(waiting).unwrap_or(i64::MAX));
@@ -229,7 +229,7 @@ impl<T> Dispatcher<T> {
     /// Everything still buffered (prefetched, never started), for returning to the broker.
     pub fn drain(&mut self) -> Vec<T> {
         let mut left = Vec::new();
-        for lane in self.namespaces.iter_mut().flat_map(|t| &mut t.lanes) {
+        for lane in self.namespaces.iter_mut().flat_map(|n| &mut n.lanes) {
             lane.receiver.close();
             while let Ok(item) = lane.receiver.try_recv() {
                 left.push(item);
