@@ -10,7 +10,8 @@
 //! - [`fair_share`]: which namespace a free slot goes to: weights, caps, headroom.
 //! - [`received`]: the broker's clock on a delivery (its consumer timeout), from receipt.
 //! - [`admission`]: rate and concurrency limits checked before a job starts (defer, not fail).
-//! - [`execution`]: one delivery's way: start → handler → final state → ack/retry/dead.
+//! - [`execution`]: one delivery's way: screening → admission → start → handler → final
+//!   state → ack/retry/dead (one file per step).
 //! - [`transitions`]: the group-committed state writes executions share.
 //! - [`log_shipper`]: uploads attempt logs in the background; a bounded spool while
 //!   storage is down.
