@@ -54,7 +54,7 @@ use s3::S3Server;
 const WORKERS: u16 = 3;
 
 /// The workers' `RUST_LOG`: the default, plus the per-job debug lines of
-/// `worker/src/execution.rs` the report tallies (limiter deferrals, skipped copies,
+/// `worker/src/execution/` the report tallies (limiter deferrals, skipped copies,
 /// refused outcomes): one or two lines more per job.
 fn worker_log_filter() -> String {
     format!("{LOG_FILTER},engine_worker::execution=debug")

@@ -37,7 +37,7 @@ const MIN_SPEEDUP: f64 = 1.5;
 const KILLED_POSITION: usize = 0;
 
 /// The log lines the tally reads. The `sleep` handler's own line, echoed at info under
-/// target `job`, shows an attempt ran; the worker's debug lines (`worker/src/execution.rs`,
+/// target `job`, shows an attempt ran; the worker's debug lines (`worker/src/execution/`,
 /// enabled for this mode's workers by [`worker_log_filter`]) show an outcome recorded, or
 /// refused because another attempt had taken the job over. Were they reworded, no success
 /// would be found in the logs and the run would fail.

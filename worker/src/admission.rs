@@ -25,7 +25,7 @@ use engine_shared::limits::{
 };
 use engine_shared::namespace::NamespaceSpec;
 
-use crate::execution::WorkerContext;
+use crate::context::WorkerContext;
 
 /// The header holding a deferred job's reserved turn (milliseconds since the epoch).
 pub const NOT_BEFORE_HEADER: &str = "x-tl-not-before";
@@ -200,49 +200,10 @@ async fn admit_kind(
 
     // The job's rate turn once it has one: kept through concurrency deferrals, so waiting
     // for a slot never books (and wastes) another turn.
-    let mut turn = marks.not_before;
-    if let Some(rate) = limit.rate {
-        match marks.not_before {
-            Some(at) => {
-                let now = now_ms();
-                if at > now {
-                    let wait = Duration::from_millis(at - now);
-                    if !wait_in_memory(worker, wait).await {
-                        return Admission::Defer {
-                            delay: wait,
-                            not_before: Some(at),
-                        };
-                    }
-                }
-            }
-            None => {
-                let rate_key = redis_key(spec, KeyClass::Rate, kind, key.as_deref());
-                match worker.limiter.take_rate(&rate_key, &rate, 1, true).await {
-                    Ok(RateOutcome::Reserved(wait)) => {
-                        let at = now_ms() + wait.as_millis() as u64;
-                        turn = Some(at);
-                        if !wait.is_zero() && !wait_in_memory(worker, wait).await {
-                            return Admission::Defer {
-                                delay: wait,
-                                not_before: Some(at),
-                            };
-                        }
-                    }
-                    Ok(RateOutcome::Refused(wait)) => {
-                        return Admission::Defer {
-                            delay: wait,
-                            not_before: None,
-                        };
-                    }
-                    Err(error) => {
-                        if let Some(defer) = on_redis_error(worker, &limit, &error, backoff).await {
-                            return defer;
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let turn = match rate_turn(worker, spec, &limit, key.as_deref(), kind, &marks, backoff).await {
+        Ok(turn) => turn,
+        Err(defer) => return defer,
+    };
 
     let Some(concurrency) = limit.concurrency else {
         return Admission::Run(Vec::new());
@@ -259,6 +220,57 @@ async fn admit_kind(
             None => Admission::Run(Vec::new()),
         },
     }
+}
+
+/// The job's turn under the kind's rate limit (`limit.rate`): the one its message carries,
+/// or one reserved now; `None` without one. A turn that is near is waited for here; `Err`
+/// defers the job (its turn is far, the rate refused it, or Redis failed and the limit
+/// defers then).
+async fn rate_turn(
+    worker: &WorkerContext,
+    spec: &NamespaceSpec,
+    limit: &Limit,
+    key: Option<&str>,
+    kind: &str,
+    marks: &Marks,
+    backoff: Duration,
+) -> Result<Option<u64>, Admission> {
+    let Some(rate) = &limit.rate else {
+        return Ok(marks.not_before);
+    };
+    if let Some(at) = marks.not_before {
+        let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+        wait_for_turn(worker, at, wait).await?;
+        return Ok(Some(at));
+    }
+    let rate_key = redis_key(spec, KeyClass::Rate, kind, key);
+    match worker.limiter.take_rate(&rate_key, rate, 1, true).await {
+        Ok(RateOutcome::Reserved(wait)) => {
+            let at = now_ms() + wait.as_millis() as u64;
+            wait_for_turn(worker, at, wait).await?;
+            Ok(Some(at))
+        }
+        Ok(RateOutcome::Refused(wait)) => Err(Admission::Defer {
+            delay: wait,
+            not_before: None,
+        }),
+        Err(error) => match on_redis_error(worker, limit, &error, backoff).await {
+            Some(defer) => Err(defer),
+            None => Ok(None),
+        },
+    }
+}
+
+/// Waits `wait` for the turn at `at` here if it is short enough (see [`wait_in_memory`]);
+/// `Err` defers the job until then.
+async fn wait_for_turn(worker: &WorkerContext, at: u64, wait: Duration) -> Result<(), Admission> {
+    if !wait.is_zero() && !wait_in_memory(worker, wait).await {
+        return Err(Admission::Defer {
+            delay: wait,
+            not_before: Some(at),
+        });
+    }
+    Ok(())
 }
 
 /// Takes one of `cap` leased slots under `key` for this admission: the slot (renewed until

@@ -17,6 +17,7 @@ use engine_shared::broker::Broker;
 use engine_shared::broker::topology::{Topology, work_queue};
 use engine_shared::namespace::NamespaceSpec;
 
+use crate::context::NamespaceIndex;
 use crate::control;
 use crate::dispatch::LaneSender;
 use crate::health::{Consumers, HEARTBEAT};
@@ -35,14 +36,14 @@ pub struct NamespaceConsumer {
     pub in_flight: Arc<InFlight>,
     /// Where this namespace's consumer state is reported (health), and its index there.
     pub health: Arc<Consumers>,
-    pub index: usize,
+    pub index: NamespaceIndex,
 }
 
 /// Marks the namespace's supervisor stopped if it ends without being asked to (a panic or
 /// an unexpected return): liveness then fails, since nothing would reconnect it.
 struct StopGuard {
     health: Arc<Consumers>,
-    index: usize,
+    index: NamespaceIndex,
     armed: bool,
 }
 

@@ -19,10 +19,8 @@ use engine_shared::Namespace;
 use engine_shared::fair_share::FairShare;
 use engine_shared::metrics::{NamespaceLabels, metrics};
 
+use crate::context::NamespaceIndex;
 use crate::fair_share::Slots;
-
-/// Which namespace a delivery came from (an index into the runtime's namespaces).
-pub type NamespaceIndex = usize;
 
 /// The receiving end of one lane (a queue of one namespace).
 struct Lane<T> {
@@ -102,7 +100,7 @@ impl Drop for Slot {
 }
 
 /// One namespace's lanes and its metrics.
-struct Tenant<T> {
+struct NamespaceLanes<T> {
     lanes: Vec<Lane<T>>,
     meters: Arc<Meters>,
 }
@@ -110,7 +108,7 @@ struct Tenant<T> {
 /// Every lane of the process, grouped by namespace, and the slots they share.
 pub struct Dispatcher<T> {
     /// Each namespace's lanes, by [`NamespaceIndex`].
-    namespaces: Vec<Tenant<T>>,
+    namespaces: Vec<NamespaceLanes<T>>,
     /// Shared with the [`Slot`]s handed out, which give theirs back from the job's task.
     slots: Arc<Mutex<Slots>>,
     ready: Arc<Notify>,
@@ -128,7 +126,7 @@ impl<T> Dispatcher<T> {
 
     /// Adds a namespace with its share of the slots; returns its index.
     pub fn add_namespace(&mut self, name: &Namespace, share: FairShare) -> NamespaceIndex {
-        self.namespaces.push(Tenant {
+        self.namespaces.push(NamespaceLanes {
             lanes: Vec::new(),
             meters: Arc::new(Meters::new(name)),
         });
@@ -146,7 +144,7 @@ impl<T> Dispatcher<T> {
         capacity: usize,
     ) -> LaneSender<T> {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
-        self.namespaces[namespace].lanes.push(Lane {
+        self.namespaces[usize::from(namespace)].lanes.push(Lane {
             receiver,
             weight: i64::from(weight.max(1)),
             credit: 0,
@@ -175,22 +173,22 @@ impl<T> Dispatcher<T> {
     fn pick(&mut self) -> Option<(NamespaceIndex, T, Slot)> {
         let mut slots = self.slots.lock().expect("the slot table is never poisoned");
         let namespaces = &self.namespaces;
-        let waiting = |index: usize| {
-            namespaces[index]
+        let waiting = |index: NamespaceIndex| {
+            namespaces[usize::from(index)]
                 .lanes
                 .iter()
                 .any(|l| !l.receiver.is_empty())
         };
         let namespace = slots.choose(waiting)?;
-        let tenant = &mut self.namespaces[namespace];
-        let item = Self::pick_lane(&mut tenant.lanes)?;
+        let chosen = &mut self.namespaces[usize::from(namespace)];
+        let item = Self::pick_lane(&mut chosen.lanes)?;
         slots.take(namespace);
-        tenant.meters.running.inc();
+        chosen.meters.running.inc();
         let slot = Slot {
             slots: self.slots.clone(),
             ready: self.ready.clone(),
             namespace,
-            meters: tenant.meters.clone(),
+            meters: chosen.meters.clone(),
             since: Instant::now(),
         };
         Some((namespace, item, slot))
@@ -199,9 +197,9 @@ impl<T> Dispatcher<T> {
     /// Sets each namespace's waiting gauge: every wake-up (a delivery in, a slot back) runs
     /// this, so it is current whenever the dispatcher waits.
     fn report_waiting(&self) {
-        for tenant in &self.namespaces {
-            let waiting: usize = tenant.lanes.iter().map(|l| l.receiver.len()).sum();
-            tenant
+        for namespace in &self.namespaces {
+            let waiting: usize = namespace.lanes.iter().map(|l| l.receiver.len()).sum();
+            namespace
                 .meters
                 .waiting
                 .set(i64::try_from(waiting).unwrap_or(i64::MAX));
@@ -231,7 +229,7 @@ impl<T> Dispatcher<T> {
     /// Everything still buffered (prefetched, never started), for returning to the broker.
     pub fn drain(&mut self) -> Vec<T> {
         let mut left = Vec::new();
-        for lane in self.namespaces.iter_mut().flat_map(|t| &mut t.lanes) {
+        for lane in self.namespaces.iter_mut().flat_map(|n| &mut n.lanes) {
             lane.receiver.close();
             while let Ok(item) = lane.receiver.try_recv() {
                 left.push(item);

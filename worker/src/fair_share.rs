@@ -13,6 +13,8 @@
 
 use engine_shared::fair_share::FairShare;
 
+use crate::context::NamespaceIndex;
+
 /// Stride units: a namespace's pass advances by `STRIDE / weight` per slot it takes.
 const STRIDE: u64 = 1 << 20;
 
@@ -29,6 +31,7 @@ struct Standing {
 #[derive(Debug)]
 pub struct Slots {
     concurrency: usize,
+    /// Each namespace's standing, by [`NamespaceIndex`].
     namespaces: Vec<Standing>,
     /// The sum of the namespaces' weights, which their guaranteed shares divide.
     total_weight: u64,
@@ -43,36 +46,38 @@ impl Slots {
         }
     }
 
-    /// Adds a namespace; returns its index.
-    pub fn add(&mut self, share: FairShare) -> usize {
+    /// Adds a namespace; returns its index (the next position: the namespaces are added in
+    /// the worker's order).
+    pub fn add(&mut self, share: FairShare) -> NamespaceIndex {
         self.total_weight += u64::from(share.weight.max(1));
         self.namespaces.push(Standing {
             share,
             running: 0,
             pass: 0,
         });
-        self.namespaces.len() - 1
+        NamespaceIndex::new(self.namespaces.len() - 1)
     }
 
     /// Jobs of namespace `index` running now.
-    pub fn running(&self, index: usize) -> usize {
-        self.namespaces[index].running
+    pub fn running(&self, index: NamespaceIndex) -> usize {
+        self.standing(index).running
     }
 
     /// The namespace that gets the next slot, among those `waiting` says have work, or
     /// `None` if no slot is free or none of them may take one.
-    pub fn choose(&self, waiting: impl Fn(usize) -> bool) -> Option<usize> {
+    pub fn choose(&self, waiting: impl Fn(NamespaceIndex) -> bool) -> Option<NamespaceIndex> {
         let total: usize = self.namespaces.iter().map(|n| n.running).sum();
         let free = self.concurrency.checked_sub(total).filter(|&f| f > 0)?;
         // The same for every candidate: a candidate has work waiting, so is never idle.
-        let idle_below_share = (0..self.namespaces.len())
-            .filter(|&j| !waiting(j) && self.namespaces[j].running < self.guaranteed(j))
+        let idle_below_share = self
+            .indexes()
+            .filter(|&j| !waiting(j) && self.standing(j).running < self.guaranteed(j))
             .count();
         let headroom = idle_below_share.min(self.concurrency / 4);
-        (0..self.namespaces.len())
+        self.indexes()
             .filter(|&i| waiting(i) && self.may_take(i, free, headroom))
             .min_by(|&i, &j| {
-                let (a, b) = (&self.namespaces[i], &self.namespaces[j]);
+                let (a, b) = (self.standing(i), self.standing(j));
                 // (running + 1) / weight, compared without division.
                 let a_after = (a.running as u64 + 1) * u64::from(b.share.weight);
                 let b_after = (b.running as u64 + 1) * u64::from(a.share.weight);
@@ -81,26 +86,35 @@ impl Slots {
     }
 
     /// Namespace `index` took a slot.
-    pub fn take(&mut self, index: usize) {
-        let standing = &mut self.namespaces[index];
+    pub fn take(&mut self, index: NamespaceIndex) {
+        let standing = &mut self.namespaces[usize::from(index)];
         standing.running += 1;
         standing.pass += STRIDE / u64::from(standing.share.weight.max(1));
     }
 
     /// Namespace `index` gave a slot back.
-    pub fn release(&mut self, index: usize) {
-        let standing = &mut self.namespaces[index];
+    pub fn release(&mut self, index: NamespaceIndex) {
+        let standing = &mut self.namespaces[usize::from(index)];
         standing.running = standing.running.saturating_sub(1);
     }
 
     /// The slots namespace `index` is guaranteed while it has work: its weighted share of
     /// the concurrency (at least one), within its own cap.
-    fn guaranteed(&self, index: usize) -> usize {
-        let standing = &self.namespaces[index];
+    fn guaranteed(&self, index: NamespaceIndex) -> usize {
+        let standing = self.standing(index);
         let share = (self.concurrency as u64 * u64::from(standing.share.weight)
             / self.total_weight.max(1))
         .max(1) as usize;
         share.min(Self::cap(standing))
+    }
+
+    fn standing(&self, index: NamespaceIndex) -> &Standing {
+        &self.namespaces[usize::from(index)]
+    }
+
+    /// Every namespace's index, in order.
+    fn indexes(&self) -> impl Iterator<Item = NamespaceIndex> {
+        (0..self.namespaces.len()).map(NamespaceIndex::new)
     }
 
     fn cap(standing: &Standing) -> usize {
@@ -112,8 +126,8 @@ impl Slots {
 
     /// Whether namespace `index` may take one of the `free` slots: below its cap, and
     /// either within its guaranteed share or leaving the `headroom` idle namespaces keep.
-    fn may_take(&self, index: usize, free: usize, headroom: usize) -> bool {
-        let standing = &self.namespaces[index];
+    fn may_take(&self, index: NamespaceIndex, free: usize, headroom: usize) -> bool {
+        let standing = self.standing(index);
         if standing.running >= Self::cap(standing) {
             return false;
         }
@@ -135,7 +149,7 @@ mod tests {
     }
 
     /// Fills every slot the policy hands out while `waiting` namespaces have work.
-    fn fill(slots: &mut Slots, waiting: &[usize]) {
+    fn fill(slots: &mut Slots, waiting: &[NamespaceIndex]) {
         while let Some(index) = slots.choose(|i| waiting.contains(&i)) {
             slots.take(index);
         }
@@ -200,9 +214,10 @@ mod tests {
             fill(&mut slots, &[a, b]);
             // The odd slot out is released by whoever holds two.
             let holder = if slots.running(a) == 2 { a } else { b };
-            counts[holder] += 1;
+            counts[usize::from(holder)] += 1;
             slots.release(holder);
         }
+        let (a, b) = (usize::from(a), usize::from(b));
         assert!(counts[a] >= 40 && counts[b] >= 40, "{counts:?}");
     }
 }

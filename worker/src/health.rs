@@ -20,6 +20,8 @@ use engine_shared::metrics::CONTENT_TYPE;
 use engine_shared::objects::ObjectStore;
 use engine_shared::store::Store;
 
+use crate::context::NamespaceIndex;
+
 /// How often a namespace's supervisor proves it is alive, consuming or reconnecting.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -39,6 +41,7 @@ struct ConsumerState {
 /// The consumers' states, one per served namespace, updated as they connect and drop.
 #[derive(Debug)]
 pub struct Consumers {
+    /// By [`NamespaceIndex`].
     states: Mutex<Vec<ConsumerState>>,
 }
 
@@ -64,36 +67,36 @@ impl Consumers {
     }
 
     /// Namespace `index`'s consumers are up.
-    pub fn consuming(&self, index: usize) {
+    pub fn consuming(&self, index: NamespaceIndex) {
         self.set(index, true, String::new());
     }
 
     /// Namespace `index`'s consumers are down, for `reason`.
-    pub fn down(&self, index: usize, reason: impl Into<String>) {
+    pub fn down(&self, index: NamespaceIndex, reason: impl Into<String>) {
         self.set(index, false, reason.into());
     }
 
     /// Namespace `index`'s supervisor is alive (consuming, or retrying a connection).
-    pub fn alive(&self, index: usize) {
+    pub fn alive(&self, index: NamespaceIndex) {
         let mut states = self.states.lock().expect("never poisoned");
-        if let Some(state) = states.get_mut(index) {
+        if let Some(state) = states.get_mut(usize::from(index)) {
             state.heartbeat = Instant::now();
         }
     }
 
     /// Namespace `index`'s supervisor ended on its own: nothing will reconnect it.
-    pub fn stopped(&self, index: usize) {
+    pub fn stopped(&self, index: NamespaceIndex) {
         let mut states = self.states.lock().expect("never poisoned");
-        if let Some(state) = states.get_mut(index) {
+        if let Some(state) = states.get_mut(usize::from(index)) {
             state.stopped = true;
             state.consuming = false;
             state.reason = "the consumer supervisor stopped".into();
         }
     }
 
-    fn set(&self, index: usize, consuming: bool, reason: String) {
+    fn set(&self, index: NamespaceIndex, consuming: bool, reason: String) {
         let mut states = self.states.lock().expect("never poisoned");
-        if let Some(state) = states.get_mut(index) {
+        if let Some(state) = states.get_mut(usize::from(index)) {
             if state.consuming != consuming {
                 state.since = Instant::now();
             }
@@ -209,16 +212,17 @@ mod tests {
     #[test]
     fn down_consumers_fail_readiness_and_a_stopped_supervisor_fails_liveness() {
         let consumers = Consumers::new(["acme".to_owned(), "beta".to_owned()]);
+        let (acme, beta) = (NamespaceIndex::new(0), NamespaceIndex::new(1));
         assert!(consumers.all_consuming().is_err());
-        consumers.consuming(0);
-        consumers.consuming(1);
+        consumers.consuming(acme);
+        consumers.consuming(beta);
         assert!(consumers.all_consuming().is_ok());
-        consumers.down(1, "connection lost");
+        consumers.down(beta, "connection lost");
         let reason = consumers.all_consuming().unwrap_err();
         assert!(reason.contains("beta: connection lost"), "{reason}");
         // Down but retrying: alive.
         assert!(consumers.stuck(Duration::from_secs(60)).is_empty());
-        consumers.stopped(0);
+        consumers.stopped(acme);
         assert_eq!(consumers.stuck(Duration::from_secs(60)), ["acme"]);
         // Silent past the grace: stuck too.
         assert_eq!(consumers.stuck(Duration::ZERO).len(), 2);

@@ -89,28 +89,22 @@ impl InFlight {
     /// Asks every delivery of job `id` from `namespace` here to stop; returns whether there
     /// was one. A delivery from another namespace is left alone, whatever its id.
     pub fn cancel(&self, namespace: &Namespace, id: JobId) -> bool {
+        self.cancel_where(id, |entry| entry.namespace == *namespace)
+    }
+
+    /// Asks exactly this attempt to stop (a later attempt of the same job is left alone).
+    pub fn cancel_attempt(&self, attempt: RunningAttempt) -> bool {
+        self.cancel_where(attempt.id, |entry| entry.token == Some(attempt.token))
+    }
+
+    /// Asks every entry of job `id` that `matches` to stop; returns whether there was one.
+    fn cancel_where(&self, id: JobId, matches: impl Fn(&Entry) -> bool) -> bool {
         let jobs = self.lock();
         let matching = jobs
             .get(&id)
             .into_iter()
             .flatten()
-            .filter(|entry| entry.namespace == *namespace);
-        let mut found = false;
-        for entry in matching {
-            entry.cancellation.cancel();
-            found = true;
-        }
-        found
-    }
-
-    /// Asks exactly this attempt to stop (a later attempt of the same job is left alone).
-    pub fn cancel_attempt(&self, attempt: RunningAttempt) -> bool {
-        let jobs = self.lock();
-        let matching = jobs
-            .get(&attempt.id)
-            .into_iter()
-            .flatten()
-            .filter(|entry| entry.token == Some(attempt.token));
+            .filter(|entry| matches(entry));
         let mut found = false;
         for entry in matching {
             entry.cancellation.cancel();

@@ -23,6 +23,8 @@ use engine_shared::config::LogSettings;
 use engine_shared::namespace::NamespaceSpec;
 use engine_shared::objects::{LogRun, ObjectKey, ObjectStore, is_unreachable};
 
+use crate::context::NamespaceIndex;
+
 /// How long one upload may take before the log is spooled instead.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,7 +37,7 @@ const FINAL_DRAIN: Duration = Duration::from_secs(5);
 
 /// One attempt's log, ready to ship.
 pub struct AttemptLog {
-    pub namespace: usize,
+    pub namespace: NamespaceIndex,
     pub job: JobId,
     pub run: LogRun,
     pub text: String,
@@ -44,6 +46,7 @@ pub struct AttemptLog {
 /// Uploads attempt logs, spooling what storage does not take.
 pub struct LogShipper {
     objects: Option<ObjectStore>,
+    /// The served namespaces, by [`NamespaceIndex`].
     namespaces: Vec<NamespaceSpec>,
     spool: Spool,
     uploads: TaskTracker,
@@ -85,8 +88,10 @@ impl LogShipper {
     /// Uploads `log` if an upload permit was free, and spools it if none was or if storage
     /// does not take it in time.
     async fn upload_or_spool(&self, log: AttemptLog, permit: Option<OwnedSemaphorePermit>) {
-        let (Some(objects), Some(spec)) = (&self.objects, self.namespaces.get(log.namespace))
-        else {
+        let (Some(objects), Some(spec)) = (
+            &self.objects,
+            self.namespaces.get(usize::from(log.namespace)),
+        ) else {
             return;
         };
         let AttemptLog { job, run, text, .. } = log;

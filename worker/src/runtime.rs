@@ -15,12 +15,14 @@ use engine_shared::broker::topology::Topology;
 use engine_shared::broker::{Broker, Publisher};
 use engine_shared::config::Settings;
 use engine_shared::limits::Limiter;
+use engine_shared::namespace::NamespaceSpec;
 use engine_shared::objects::ObjectStore;
 use engine_shared::store::{self, Store};
 
 use crate::consumer::NamespaceConsumer;
+use crate::context::{NamespaceContext, WorkerContext};
 use crate::dispatch::Dispatcher;
-use crate::execution::{self, NamespaceContext, WorkerContext};
+use crate::execution;
 use crate::health::{self, Consumers, HealthState};
 use crate::in_flight::InFlight;
 use crate::leases;
@@ -59,46 +61,11 @@ impl Worker {
         let health = Arc::new(Consumers::new(
             namespaces.iter().map(|spec| spec.name.as_str().to_owned()),
         ));
-        let concurrency = settings.worker.concurrency;
-        let mut dispatcher = Dispatcher::new(usize::from(concurrency));
-        let mut consumers = Vec::new();
-        let mut contexts = Vec::new();
-        for spec in namespaces {
-            let topology = Topology::of(&settings, &spec);
-            let index = dispatcher.add_namespace(&spec.name, spec.share);
-            // A capped namespace holds no more deliveries than it may run: the rest stay
-            // in the broker for other workers.
-            let prefetch = spec.share.max_running.map_or(concurrency, |cap| {
-                concurrency.min(u16::try_from(cap).unwrap_or(u16::MAX))
-            });
-            let lanes = settings
-                .queues
-                .iter()
-                .map(|queue| {
-                    let lane = dispatcher.add_lane(index, queue.weight, usize::from(prefetch));
-                    (queue.name.clone(), lane)
-                })
-                .collect();
-            contexts.push(NamespaceContext {
-                index,
-                publisher: Publisher::new(
-                    spec.vhost.clone(),
-                    broker.pool(&spec.vhost, 1)?,
-                    topology.clone(),
-                ),
-                spec: spec.clone(),
-            });
-            consumers.push(NamespaceConsumer {
-                health: health.clone(),
-                index,
-                spec,
-                broker: broker.clone(),
-                topology,
-                lanes,
-                prefetch,
-                in_flight: in_flight.clone(),
-            });
-        }
+        let ServedNamespaces {
+            dispatcher,
+            consumers,
+            contexts,
+        } = ServedNamespaces::build(&settings, namespaces, &broker, &health, &in_flight)?;
         let objects = settings.storage.as_ref().map(ObjectStore::new);
         let contexts_specs = contexts.iter().map(|c| c.spec.clone()).collect();
         let worker = Arc::new(WorkerContext {
@@ -251,5 +218,70 @@ impl Worker {
             "worker stopped"
         );
         Ok(())
+    }
+}
+
+/// Each served namespace's consumer, context and lanes, at the same
+/// [`NamespaceIndex`](crate::context::NamespaceIndex) in all three (the dispatcher hands
+/// the indexes out as the namespaces are added, in order).
+struct ServedNamespaces {
+    dispatcher: Dispatcher<Received>,
+    consumers: Vec<NamespaceConsumer>,
+    contexts: Vec<NamespaceContext>,
+}
+
+impl ServedNamespaces {
+    fn build(
+        settings: &Settings,
+        namespaces: Vec<NamespaceSpec>,
+        broker: &Broker,
+        health: &Arc<Consumers>,
+        in_flight: &Arc<InFlight>,
+    ) -> anyhow::Result<Self> {
+        let concurrency = settings.worker.concurrency;
+        let mut dispatcher = Dispatcher::new(usize::from(concurrency));
+        let mut consumers = Vec::new();
+        let mut contexts = Vec::new();
+        for spec in namespaces {
+            let topology = Topology::of(settings, &spec);
+            let index = dispatcher.add_namespace(&spec.name, spec.share);
+            // A capped namespace holds no more deliveries than it may run: the rest stay
+            // in the broker for other workers.
+            let prefetch = spec.share.max_running.map_or(concurrency, |cap| {
+                concurrency.min(u16::try_from(cap).unwrap_or(u16::MAX))
+            });
+            let lanes = settings
+                .queues
+                .iter()
+                .map(|queue| {
+                    let lane = dispatcher.add_lane(index, queue.weight, usize::from(prefetch));
+                    (queue.name.clone(), lane)
+                })
+                .collect();
+            contexts.push(NamespaceContext {
+                index,
+                publisher: Publisher::new(
+                    spec.vhost.clone(),
+                    broker.pool(&spec.vhost, 1)?,
+                    topology.clone(),
+                ),
+                spec: spec.clone(),
+            });
+            consumers.push(NamespaceConsumer {
+                health: health.clone(),
+                index,
+                spec,
+                broker: broker.clone(),
+                topology,
+                lanes,
+                prefetch,
+                in_flight: in_flight.clone(),
+            });
+        }
+        Ok(Self {
+            dispatcher,
+            consumers,
+            contexts,
+        })
     }
 }

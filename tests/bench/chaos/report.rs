@@ -376,7 +376,7 @@ pub fn api_recoveries<'a>(lines: impl Iterator<Item = &'a Value>) {
     );
 }
 
-/// What the workers' debug lines (`worker/src/execution.rs`) say: deliveries the limiter
+/// What the workers' debug lines (`worker/src/execution/`) say: deliveries the limiter
 /// deferred, copies of a job skipped because it was running elsewhere or finished (a
 /// rescued job's second message, a redelivery), and outcomes refused because another
 /// attempt had taken the job over. Were those lines reworded, these would read 0.
