@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use engine_shared::JobStatus;
+use engine_shared::{JobId, JobStatus};
 use engine_tests::fleet::{FleetOptions, TestFleet};
 
 #[tokio::test]
@@ -23,7 +23,7 @@ async fn an_export_round_trips_through_a_presigned_url() {
     }
     let tricky = fleet
         .client
-        .submit(&json!({ "kind": "test.fatal" }))
+        .submit_json(&json!({ "kind": "test.fatal" }))
         .await
         .id();
     fleet
@@ -32,7 +32,7 @@ async fn an_export_round_trips_through_a_presigned_url() {
 
     let export = fleet
         .client
-        .submit(&json!({ "kind": "export.jobs_csv", "args": { "status": "succeeded" } }))
+        .submit_json(&json!({ "kind": "export.jobs_csv", "args": { "status": "succeeded" } }))
         .await
         .id();
     let record = fleet
@@ -56,8 +56,8 @@ async fn an_export_round_trips_through_a_presigned_url() {
 
     let mut lines = csv.lines();
     assert!(lines.next().unwrap().starts_with("id,kind,queue,status"));
-    let mut exported: Vec<String> = lines
-        .map(|line| line.split(',').next().unwrap().to_owned())
+    let mut exported: Vec<JobId> = lines
+        .map(|line| line.split(',').next().unwrap().parse().unwrap())
         .collect();
     exported.sort();
     ids.sort();
@@ -80,7 +80,7 @@ async fn an_export_without_storage_fails_once_with_a_clear_reason() {
     let fleet = TestFleet::start(FleetOptions::default()).await;
     let export = fleet
         .client
-        .submit(&json!({ "kind": "export.jobs_csv", "args": {} }))
+        .submit_json(&json!({ "kind": "export.jobs_csv", "args": {} }))
         .await
         .id();
     let record = fleet

@@ -83,7 +83,7 @@ async fn each_bad_submission_is_422_naming_its_path_and_stores_nothing() {
 
     let mut wrong = Vec::new();
     for (body, field) in poison() {
-        let answer = fleet.client.submit(&body).await;
+        let answer = fleet.client.submit_json(&body).await;
         wrong.extend(misnamed(&answer, field, &body));
     }
 
@@ -130,7 +130,7 @@ async fn submit_poison_until(
         if stop.load(Ordering::SeqCst) {
             return wrong;
         }
-        let answer = client.submit(body).await;
+        let answer = client.submit_json(body).await;
         wrong.extend(misnamed(&answer, field, body));
         answered.fetch_add(1, Ordering::SeqCst);
     }
@@ -163,7 +163,7 @@ async fn one_namespaces_bad_submissions_fail_no_other_submission() {
             let client = b.client.clone();
             async move {
                 client
-                    .submit(&json!({ "kind": "noop", "args": { "i": i } }))
+                    .submit_json(&json!({ "kind": "noop", "args": { "i": i } }))
                     .await
                     .status
             }

@@ -16,7 +16,11 @@ async fn a_queued_job_cancelled_before_any_worker_runs_never_runs() {
         ..FleetOptions::default()
     })
     .await;
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let id = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     engine_tests::wait_until("the job to be published", DEADLINE, || async {
         fleet.record(&id).await.published_at.map(|_| ())
     })
@@ -24,7 +28,11 @@ async fn a_queued_job_cancelled_before_any_worker_runs_never_runs() {
 
     let cancelled = fleet.client.cancel(&id).await;
     fleet.start_worker(None).await;
-    let witness = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let witness = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     fleet
         .wait_for_status(&witness, JobStatus::Succeeded, DEADLINE)
         .await;
@@ -43,14 +51,14 @@ async fn a_scheduled_job_cancelled_before_its_time_never_runs() {
     let fleet = TestFleet::start(FleetOptions::default()).await;
     let id = fleet
         .client
-        .submit(&json!({ "kind": "noop", "delay": 1.0 }))
+        .submit_json(&json!({ "kind": "noop", "delay": 1.0 }))
         .await
         .id();
 
     let cancelled = fleet.client.cancel(&id).await;
     let witness = fleet
         .client
-        .submit(&json!({ "kind": "noop", "delay": 1.5 }))
+        .submit_json(&json!({ "kind": "noop", "delay": 1.5 }))
         .await
         .id();
     fleet
@@ -72,7 +80,7 @@ async fn a_running_job_sees_its_cancellation_token() {
     let fleet = TestFleet::start(FleetOptions::default()).await;
     let id = fleet
         .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 60000 } }))
+        .submit_json(&json!({ "kind": "sleep", "args": { "ms": 60000 } }))
         .await
         .id();
     fleet
@@ -93,7 +101,11 @@ async fn a_running_job_sees_its_cancellation_token() {
 #[tokio::test]
 async fn cancelling_a_finished_job_is_a_conflict() {
     let fleet = TestFleet::start(FleetOptions::default()).await;
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let id = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     fleet
         .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
         .await;

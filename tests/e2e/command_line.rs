@@ -64,7 +64,7 @@ async fn keys_create_prints_a_working_key_once_and_revoke_disables_it() {
     );
     let client = fleet.client.with_key(Some(&key));
     assert_eq!(
-        client.submit(&json!({ "kind": "noop" })).await.status,
+        client.submit_json(&json!({ "kind": "noop" })).await.status,
         StatusCode::ACCEPTED
     );
 
@@ -83,7 +83,8 @@ async fn keys_create_prints_a_working_key_once_and_revoke_disables_it() {
         "the revocation to pass the key cache",
         std::time::Duration::from_secs(5),
         || async {
-            (client.submit(&json!({ "kind": "noop" })).await.status == StatusCode::UNAUTHORIZED)
+            (client.submit_json(&json!({ "kind": "noop" })).await.status
+                == StatusCode::UNAUTHORIZED)
                 .then_some(())
         },
     )

@@ -63,7 +63,9 @@ async fn a_cancel_accepted_while_its_worker_is_dead_ends_the_job_cancelled_not_a
 /// A fleet whose `sleep` kind may run one at a time, and a `sleep` job of `ms` whose
 /// worker process was SIGKILLed while it ran (its slot still leased in Redis); no worker
 /// is left. The job's id, and when the kill was.
-async fn sleep_killed_under_a_concurrency_limit(ms: u64) -> (TestFleet, String, Instant) {
+async fn sleep_killed_under_a_concurrency_limit(
+    ms: u64,
+) -> (TestFleet, engine_shared::JobId, Instant) {
     let fleet = TestFleet::start(FleetOptions {
         extra_toml: "[[limits]]\nkind = \"sleep\"\nconcurrency = 1\n".into(),
         ..without_worker()
@@ -121,7 +123,11 @@ async fn a_job_held_back_by_a_dead_workers_slot_starts_again_within_seconds() {
 #[tokio::test]
 async fn a_publish_no_queue_takes_stays_in_the_outbox_until_the_queue_is_back() {
     let mut fleet = TestFleet::start(without_worker()).await;
-    let warm = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let warm = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     wait_until("the relay to publish", DEADLINE, || async {
         fleet.record(&warm).await.published_at.map(|_| ())
     })
@@ -129,8 +135,16 @@ async fn a_publish_no_queue_takes_stays_in_the_outbox_until_the_queue_is_back() 
     // The queue vanishes under the API's open channel (a person, a policy, a broker reset).
     services::delete_queue(fleet.namespace.as_str(), "jobs.default").await;
 
-    let lost = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    let later = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let lost = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
+    let later = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     wait_until("the sweeper to have tried", DEADLINE, || async {
         let record = fleet.record(&later).await;
         (chrono::Utc::now() - record.created_at > chrono::Duration::seconds(1)).then_some(())
@@ -177,7 +191,7 @@ async fn a_vhost_that_refuses_publishes_does_not_stop_another_namespaces_delayed
         .collect();
     let delayed = json!({ "kind": "noop", "delay": 0.5 });
     let of_b: Vec<String> =
-        futures_util::future::join_all((0..3).map(|_| b.client.submit(&delayed)))
+        futures_util::future::join_all((0..3).map(|_| b.client.submit_json(&delayed)))
             .await
             .iter()
             .map(|answer| answer.id())
@@ -276,7 +290,7 @@ async fn a_message_returned_often_without_an_attempt_never_reaches_the_dead_queu
     .await;
     let id = fleet
         .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 3000 } }))
+        .submit_json(&json!({ "kind": "sleep", "args": { "ms": 3000 } }))
         .await
         .id();
     wait_until("the relay to publish", DEADLINE, || async {
@@ -320,7 +334,7 @@ async fn a_namespace_whose_queue_vanished_does_not_hold_back_another_namespaces_
     })
     .await;
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
-    let warm = a.client.submit(&json!({ "kind": "noop" })).await.id();
+    let warm = a.client.submit_json(&json!({ "kind": "noop" })).await.id();
     wait_until("A's relay channel to be open", DEADLINE, || async {
         fleet
             .record_in(&a.namespace, &warm)
@@ -372,7 +386,7 @@ async fn a_namespace_whose_queue_vanished_does_not_hold_back_another_namespaces_
 /// A fleet with a quick rescuer (3 s bound, 1 s leases) and no worker, and the id of a
 /// `job` whose attempt died: its worker was SIGKILLed mid-run and the redelivery the broker
 /// would make is lost too.
-async fn an_attempt_that_died(job: serde_json::Value) -> (TestFleet, String) {
+async fn an_attempt_that_died(job: serde_json::Value) -> (TestFleet, engine_shared::JobId) {
     let fleet = TestFleet::start(FleetOptions {
         extra_toml: "[rescue]\nafter_secs = 3\nlease_secs = 1\n".into(),
         ..without_worker()

@@ -63,7 +63,7 @@ async fn redriving_a_hundred_dead_jobs_runs_every_one_to_success() {
         (count(&fleet, JobStatus::Succeeded).await == 100).then_some(())
     })
     .await;
-    let one = ids[0].as_str();
+    let one = ids[0];
     let record = fleet.record(one).await;
     assert_eq!(record.attempts, 1, "fresh attempts after the redrive");
     assert_eq!(record.redrives, 1);
@@ -82,7 +82,7 @@ async fn a_dead_job_is_found_by_its_error_retried_alone_and_parked_with_a_reason
     let fleet = TestFleet::start(FleetOptions::default()).await;
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.fatal" }))
+        .submit_json(&json!({ "kind": "test.fatal" }))
         .await
         .id();
     fleet
@@ -133,7 +133,11 @@ async fn a_dead_job_is_found_by_its_error_retried_alone_and_parked_with_a_reason
     );
     assert_eq!(errors[1]["redrive"], 1);
 
-    let alive = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let alive = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     fleet
         .wait_for_status(&alive, JobStatus::Succeeded, Duration::from_secs(20))
         .await;

@@ -51,7 +51,7 @@ fn webhook(url: &str) -> serde_json::Value {
 /// saying no more than that its host is not public: which internal range it hit, or that
 /// it is one of the fleet's services, is for the fleet's log only.
 async fn assert_refused(fleet: &TestFleet, url: &str) {
-    let answer = fleet.client.submit(&webhook(url)).await;
+    let answer = fleet.client.submit_json(&webhook(url)).await;
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{url}: {answer:?}");
     let record = fleet
         .wait_for_status(&answer.id(), JobStatus::Dead, DEADLINE)
@@ -125,7 +125,7 @@ async fn egress_allow_opens_a_receiver_but_never_the_fleets_own_services() {
     })
     .await;
     let (url, hits) = receiver(204, None).await;
-    let id = fleet.client.submit(&webhook(&url)).await.id();
+    let id = fleet.client.submit_json(&webhook(&url)).await.id();
     fleet
         .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
         .await;
@@ -155,7 +155,7 @@ async fn a_redirect_is_not_followed() {
     let job = json!({
         "kind": "webhook.deliver", "args": { "url": url, "body": {} }, "max_attempts": 1
     });
-    let id = fleet.client.submit(&job).await.id();
+    let id = fleet.client.submit_json(&job).await.id();
     let record = fleet.wait_for_status(&id, JobStatus::Dead, DEADLINE).await;
     let error = record.last_error.unwrap_or_default();
     assert!(error.contains("redirects are not followed"), "{error:?}");
@@ -220,7 +220,7 @@ async fn credentials_in_the_url_and_reserved_or_invalid_headers_are_refused_at_s
         "name the same header".into(),
     ));
     for (job, field, message) in cases {
-        let answer = fleet.client.submit(&job).await;
+        let answer = fleet.client.submit_json(&job).await;
         assert_eq!(
             answer.status,
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -52,11 +52,11 @@ async fn a_missing_or_unknown_key_is_401() {
     .await;
     let job = json!({ "kind": "noop" });
 
-    let missing = fleet.client.with_key(None).submit(&job).await;
+    let missing = fleet.client.with_key(None).submit_json(&job).await;
     let unknown = fleet
         .client
         .with_key(Some("tle_not-a-real-key"))
-        .submit(&job)
+        .submit_json(&job)
         .await;
 
     assert_problem(&missing, StatusCode::UNAUTHORIZED, "missing Authorization");
@@ -95,7 +95,7 @@ async fn a_body_over_the_limit_is_413() {
     let big = "x".repeat(70_000);
     let answer = fleet
         .client
-        .submit(&json!({ "kind": "noop", "args": { "pad": big } }))
+        .submit_json(&json!({ "kind": "noop", "args": { "pad": big } }))
         .await;
     assert_problem(&answer, StatusCode::PAYLOAD_TOO_LARGE, "65536 bytes");
     assert_eq!(job_count(&fleet).await, 0);
@@ -176,7 +176,7 @@ async fn invalid_fields_are_422_naming_the_field() {
         ),
     ];
     for (job, field, message) in cases {
-        let answer = fleet.client.submit(&job).await;
+        let answer = fleet.client.submit_json(&job).await;
         assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, message);
         assert_eq!(
             answer.body["errors"][0]["field"], field,
@@ -208,12 +208,16 @@ async fn an_unreachable_database_is_503() {
     .await;
     // Warm the key cache and show the path works while the database is reachable.
     assert_eq!(
-        fleet.client.submit(&json!({ "kind": "noop" })).await.status,
+        fleet
+            .client
+            .submit_json(&json!({ "kind": "noop" }))
+            .await
+            .status,
         StatusCode::ACCEPTED
     );
 
     proxy.cut();
-    let answer = fleet.client.submit(&json!({ "kind": "noop" })).await;
+    let answer = fleet.client.submit_json(&json!({ "kind": "noop" })).await;
     let read = fleet.client.get("/v1/jobs").await;
 
     assert_problem(&answer, StatusCode::SERVICE_UNAVAILABLE, "unreachable");

@@ -49,7 +49,7 @@ async fn a_namespace_flooding_the_worker_does_not_hold_back_another_namespaces_j
     // 100, so the p99 is the second-worst start, not the worst alone.
     for _ in 0..100 {
         pace.tick().await;
-        ids.push(b.client.submit(&json!({ "kind": "noop" })).await.id());
+        ids.push(b.client.submit_json(&json!({ "kind": "noop" })).await.id());
     }
     let records = wait_until("B's jobs to succeed", Duration::from_secs(60), || async {
         let mut records = Vec::new();

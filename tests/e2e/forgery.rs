@@ -30,7 +30,7 @@ async fn a_forged_message_runs_only_its_rows_args_and_one_of_another_kind_is_ref
     let broker = VhostClient::connect(fleet.namespace.as_str()).await;
     let id = fleet
         .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 7 } }))
+        .submit_json(&json!({ "kind": "sleep", "args": { "ms": 7 } }))
         .await
         .id();
     wait_until("the job to be published", DEADLINE, || async {
@@ -85,7 +85,7 @@ async fn messages_whose_args_postgresql_cannot_hold_stop_no_other_tenants_jobs()
     })
     .await;
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
-    let a_witness = a.client.submit(&json!({ "kind": "noop" })).await.id();
+    let a_witness = a.client.submit_json(&json!({ "kind": "noop" })).await.id();
     wait_until("A's witness to succeed", DEADLINE, || async {
         (fleet.record_in(&a.namespace, &a_witness).await?.status == JobStatus::Succeeded)
             .then_some(())
@@ -107,7 +107,7 @@ async fn messages_whose_args_postgresql_cannot_hold_stop_no_other_tenants_jobs()
     let of_b = async {
         let mut ids = Vec::new();
         for _ in 0..20 {
-            ids.push(b.client.submit(&json!({ "kind": "noop" })).await.id());
+            ids.push(b.client.submit_json(&json!({ "kind": "noop" })).await.id());
         }
         ids
     };
@@ -119,7 +119,7 @@ async fn messages_whose_args_postgresql_cannot_hold_stop_no_other_tenants_jobs()
         .await;
     }
     // And A's own jobs still run: the poisoned messages went to A's dead queue.
-    let a_after = a.client.submit(&json!({ "kind": "noop" })).await.id();
+    let a_after = a.client.submit_json(&json!({ "kind": "noop" })).await.id();
     wait_until("A's next job to succeed", DEADLINE, || async {
         (fleet.record_in(&a.namespace, &a_after).await?.status == JobStatus::Succeeded)
             .then_some(())
@@ -138,10 +138,10 @@ async fn a_message_naming_another_namespaces_job_touches_nothing() {
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
     let b_job = b
         .client
-        .submit(&json!({ "kind": "noop", "delay": 3600 }))
+        .submit_json(&json!({ "kind": "noop", "delay": 3600 }))
         .await
         .id();
-    let a_witness = a.client.submit(&json!({ "kind": "noop" })).await.id();
+    let a_witness = a.client.submit_json(&json!({ "kind": "noop" })).await.id();
     wait_until("A's witness to succeed", DEADLINE, || async {
         (fleet.record_in(&a.namespace, &a_witness).await?.status == JobStatus::Succeeded)
             .then_some(())
@@ -179,10 +179,14 @@ async fn a_forged_message_whose_args_do_not_fit_cannot_bury_a_real_job() {
     // A real job, held back by its delay so that only the forged message reaches a worker.
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 0 }, "delay": 3600 }))
+        .submit_json(&json!({ "kind": "test.flaky", "args": { "fail_times": 0 }, "delay": 3600 }))
         .await
         .id();
-    let witness = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let witness = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     fleet
         .wait_for_status(&witness, JobStatus::Succeeded, DEADLINE)
         .await; // the topology is declared
@@ -193,7 +197,11 @@ async fn a_forged_message_whose_args_do_not_fit_cannot_bury_a_real_job() {
     broker
         .publish_raw("default", forged.to_string().as_bytes())
         .await;
-    let after = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let after = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     fleet
         .wait_for_status(&after, JobStatus::Succeeded, DEADLINE)
         .await;
@@ -216,12 +224,12 @@ async fn a_forged_cancel_on_another_namespaces_vhost_does_not_cancel_a_running_j
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
     let a_job = a
         .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 5000 }, "max_attempts": 1 }))
+        .submit_json(&json!({ "kind": "sleep", "args": { "ms": 5000 }, "max_attempts": 1 }))
         .await
         .id();
     let b_witness = b
         .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 60000 } }))
+        .submit_json(&json!({ "kind": "sleep", "args": { "ms": 60000 } }))
         .await
         .id();
     for (namespace, id) in [(&a.namespace, &a_job), (&b.namespace, &b_witness)] {
@@ -270,7 +278,11 @@ async fn a_message_naming_a_queue_the_fleet_lacks_is_poison_and_labels_nothing()
     // label, or forged messages could grow every shared worker's /metrics without bound.
     let fleet = TestFleet::start(FleetOptions::default()).await;
     let broker = VhostClient::connect(fleet.namespace.as_str()).await;
-    let witness = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let witness = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     fleet
         .wait_for_status(&witness, JobStatus::Succeeded, DEADLINE)
         .await; // the topology is declared

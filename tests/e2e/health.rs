@@ -107,7 +107,7 @@ async fn a_worker_cut_off_from_the_broker_is_not_ready_but_stays_alive_and_recov
     wait_for(worker, "/readyz", StatusCode::OK).await;
     let id = fleet
         .client
-        .submit(&serde_json::json!({ "kind": "noop" }))
+        .submit_json(&serde_json::json!({ "kind": "noop" }))
         .await
         .id();
     fleet

@@ -206,7 +206,12 @@ async fn an_error_search_past_the_read_timeout_is_a_clear_503_and_other_tenants_
     });
     let mut submissions = Vec::new();
     while !searches.is_finished() || submissions.is_empty() {
-        submissions.push(submitter.client.submit(&json!({ "kind": "noop" })).await);
+        submissions.push(
+            submitter
+                .client
+                .submit_json(&json!({ "kind": "noop" }))
+                .await,
+        );
     }
     let searches = searches.await.unwrap();
 

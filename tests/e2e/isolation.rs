@@ -16,7 +16,7 @@ async fn a_key_of_one_namespace_cannot_read_cancel_or_list_another_namespaces_jo
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
     let b_job = b
         .client
-        .submit(&json!({ "kind": "noop", "idempotency_key": "shared-key" }))
+        .submit_json(&json!({ "kind": "noop", "idempotency_key": "shared-key" }))
         .await
         .id();
 
@@ -25,7 +25,7 @@ async fn a_key_of_one_namespace_cannot_read_cancel_or_list_another_namespaces_jo
     let listed = a.client.get("/v1/jobs").await;
     let same_key_in_a = a
         .client
-        .submit(&json!({ "kind": "noop", "idempotency_key": "shared-key" }))
+        .submit_json(&json!({ "kind": "noop", "idempotency_key": "shared-key" }))
         .await;
 
     assert_eq!(
@@ -59,8 +59,8 @@ async fn each_namespace_has_its_own_vhost_and_its_jobs_run_there() {
     .await;
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
 
-    let a_job = a.client.submit(&json!({ "kind": "noop" })).await.id();
-    let b_job = b.client.submit(&json!({ "kind": "noop" })).await.id();
+    let a_job = a.client.submit_json(&json!({ "kind": "noop" })).await.id();
+    let b_job = b.client.submit_json(&json!({ "kind": "noop" })).await.id();
 
     engine_tests::wait_until(
         "both jobs to succeed",

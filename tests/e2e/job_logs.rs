@@ -43,7 +43,7 @@ async fn a_job_failing_then_succeeding_has_the_log_of_each_attempt() {
     let fleet = TestFleet::start(FleetOptions::default().with_storage()).await;
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 1 } }))
+        .submit_json(&json!({ "kind": "test.flaky", "args": { "fail_times": 1 } }))
         .await
         .id();
     fleet
@@ -100,7 +100,7 @@ async fn an_attempt_that_times_out_keeps_its_handlers_lines_and_says_why_it_ende
     let fleet = TestFleet::start(FleetOptions::default().with_storage()).await;
     let id = fleet
         .client
-        .submit(
+        .submit_json(
             &json!({ "kind": "sleep", "args": { "ms": 10000 }, "timeout": 0.2, "max_attempts": 1 }),
         )
         .await
@@ -123,7 +123,11 @@ async fn logs_are_found_only_in_their_own_namespace() {
         ..FleetOptions::default().with_storage()
     })
     .await;
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let id = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     fleet
         .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
         .await;
@@ -168,7 +172,7 @@ async fn with_storage_cut_the_job_succeeds_and_its_log_arrives_when_storage_retu
     s3.cut();
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 0 } }))
+        .submit_json(&json!({ "kind": "test.flaky", "args": { "fail_times": 0 } }))
         .await
         .id();
     fleet
@@ -203,7 +207,11 @@ async fn with_storage_cut_the_job_succeeds_and_its_log_arrives_when_storage_retu
 #[tokio::test]
 async fn without_storage_the_endpoints_say_it_is_not_configured() {
     let fleet = TestFleet::start(FleetOptions::default()).await;
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let id = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     let answer = fleet.client.get(&format!("/v1/jobs/{id}/logs")).await;
     assert_eq!(answer.status, StatusCode::NOT_IMPLEMENTED);
     assert!(

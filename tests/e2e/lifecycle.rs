@@ -15,7 +15,7 @@ async fn a_submitted_job_runs_to_succeeded() {
 
     let answer = fleet
         .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 10 } }))
+        .submit_json(&json!({ "kind": "sleep", "args": { "ms": 10 } }))
         .await;
 
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
@@ -95,8 +95,8 @@ async fn an_idempotency_key_returns_the_first_job_and_never_a_second() {
     let fleet = TestFleet::start(FleetOptions::default()).await;
     let job = json!({ "kind": "noop", "idempotency_key": "order-42" });
 
-    let first = fleet.client.submit(&job).await;
-    let second = fleet.client.submit(&job).await;
+    let first = fleet.client.submit_json(&job).await;
+    let second = fleet.client.submit_json(&job).await;
     let in_batch = fleet
         .client
         .post(
@@ -126,7 +126,8 @@ async fn concurrent_duplicates_of_one_key_make_one_job() {
     let fleet = TestFleet::start(FleetOptions::default()).await;
     let job = json!({ "kind": "noop", "idempotency_key": "same" });
 
-    let answers = futures_util::future::join_all((0..20).map(|_| fleet.client.submit(&job))).await;
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| fleet.client.submit_json(&job))).await;
 
     let ids: std::collections::HashSet<String> = answers.iter().map(|a| a.id()).collect();
     assert_eq!(ids.len(), 1, "{answers:?}");
@@ -146,7 +147,7 @@ async fn a_delayed_job_waits_in_postgres_then_runs() {
 
     let answer = fleet
         .client
-        .submit(&json!({ "kind": "noop", "delay": 0.5 }))
+        .submit_json(&json!({ "kind": "noop", "delay": 0.5 }))
         .await;
 
     assert_eq!(answer.body["status"], "scheduled");
@@ -173,12 +174,12 @@ async fn listing_pages_newest_first_with_filters() {
         ids.push(
             fleet
                 .client
-                .submit(&json!({ "kind": "noop", "queue": "bulk" }))
+                .submit_json(&json!({ "kind": "noop", "queue": "bulk" }))
                 .await
                 .id(),
         );
     }
-    fleet.client.submit(&json!({ "kind": "noop" })).await;
+    fleet.client.submit_json(&json!({ "kind": "noop" })).await;
 
     let first = fleet.client.get("/v1/jobs?queue=bulk&limit=3").await;
     let next = first.body["next"].as_str().unwrap().to_owned();
@@ -208,13 +209,17 @@ async fn a_panicking_handler_is_a_failed_attempt_and_the_worker_lives_on() {
 
     let panicking = fleet
         .client
-        .submit(&json!({ "kind": "test.panic", "max_attempts": 1 }))
+        .submit_json(&json!({ "kind": "test.panic", "max_attempts": 1 }))
         .await
         .id();
     let record = fleet
         .wait_for_status(&panicking, JobStatus::Dead, DEADLINE)
         .await;
-    let after = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let after = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
 
     assert!(record.last_error.unwrap().contains("deliberate test panic"));
     fleet
@@ -229,7 +234,7 @@ async fn a_job_over_its_timeout_fails_that_attempt() {
 
     let id = fleet
         .client
-        .submit(
+        .submit_json(
             &json!({ "kind": "sleep", "args": { "ms": 10000 }, "timeout": 0.2, "max_attempts": 1 }),
         )
         .await

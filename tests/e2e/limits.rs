@@ -21,7 +21,7 @@ fn limit(kind: &str, rule: &str) -> String {
 /// Waits until every job in `ids` succeeded; their rows.
 async fn all_succeeded(
     fleet: &TestFleet,
-    ids: &[String],
+    ids: &[engine_shared::JobId],
     deadline: Duration,
 ) -> Vec<engine_shared::store::JobRecord> {
     wait_until("every job to succeed", deadline, || async {
@@ -163,8 +163,16 @@ async fn two_namespaces_have_their_own_budgets_and_other_keys_are_untouched() {
         let _: () = redis.set(key, "not yours").await.unwrap();
     }
 
-    let a = first.client.submit(&json!({ "kind": "noop" })).await.id();
-    let b = second.client.submit(&json!({ "kind": "noop" })).await.id();
+    let a = first
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
+    let b = second
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     wait_until(
         "both namespaces' jobs to run",
         Duration::from_secs(10),
@@ -201,7 +209,11 @@ async fn the_scripts_are_loaded_again_after_a_script_flush() {
         ..FleetOptions::default()
     })
     .await;
-    let first = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let first = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     fleet
         .wait_for_status(&first, JobStatus::Succeeded, Duration::from_secs(20))
         .await;
@@ -213,7 +225,11 @@ async fn the_scripts_are_loaded_again_after_a_script_flush() {
         .await
         .unwrap();
 
-    let second = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let second = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     let record = fleet
         .wait_for_status(&second, JobStatus::Succeeded, Duration::from_secs(20))
         .await;
@@ -238,7 +254,11 @@ async fn with_redis_cut_an_allow_limit_runs_jobs_and_a_defer_limit_holds_them_un
         ..FleetOptions::default()
     })
     .await;
-    let warm = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let warm = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     fleet
         .wait_for_status(&warm, JobStatus::Succeeded, Duration::from_secs(20))
         .await;
@@ -289,11 +309,11 @@ async fn an_api_key_over_its_submission_rate_gets_429_and_nothing_is_stored() {
     })
     .await;
     for _ in 0..2 {
-        let answer = fleet.client.submit(&json!({ "kind": "noop" })).await;
+        let answer = fleet.client.submit_json(&json!({ "kind": "noop" })).await;
         assert_eq!(answer.status, StatusCode::ACCEPTED);
     }
 
-    let refused = fleet.client.submit(&json!({ "kind": "noop" })).await;
+    let refused = fleet.client.submit_json(&json!({ "kind": "noop" })).await;
 
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{refused:?}");
     assert_eq!(refused.content_type, "application/problem+json");

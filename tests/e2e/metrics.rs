@@ -40,10 +40,14 @@ async fn submissions_outcomes_and_queues_are_counted_per_namespace_kind_and_queu
     })
     .await;
     let ns = fleet.namespace.as_str();
-    let ok = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let ok = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     let flaky = fleet
         .client
-        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 1 } }))
+        .submit_json(&json!({ "kind": "test.flaky", "args": { "fail_times": 1 } }))
         .await
         .id();
     for id in [&ok, &flaky] {
@@ -54,7 +58,7 @@ async fn submissions_outcomes_and_queues_are_counted_per_namespace_kind_and_queu
     // A waiting job cancelled by the API is counted there.
     let waiting = fleet
         .client
-        .submit(&json!({ "kind": "noop", "delay": 3600 }))
+        .submit_json(&json!({ "kind": "noop", "delay": 3600 }))
         .await
         .id();
     assert_eq!(
@@ -173,7 +177,7 @@ async fn a_worker_reports_each_namespaces_running_waiting_and_job_seconds() {
     );
 
     // Job-seconds count each slot's time when it is given back.
-    let b_job = b.client.submit(&json!({ "kind": "noop" })).await.id();
+    let b_job = b.client.submit_json(&json!({ "kind": "noop" })).await.id();
     wait_until("B's job to succeed", Duration::from_secs(20), || async {
         let record = fleet.record_in(&b.namespace, &b_job).await?;
         (record.status == JobStatus::Succeeded).then_some(())

@@ -17,7 +17,11 @@ async fn jobs_submitted_while_the_broker_is_unreachable_are_delivered_when_it_re
         ..FleetOptions::default()
     })
     .await;
-    let before = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let before = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     fleet
         .wait_for_status(&before, JobStatus::Succeeded, Duration::from_secs(20))
         .await;
@@ -25,7 +29,7 @@ async fn jobs_submitted_while_the_broker_is_unreachable_are_delivered_when_it_re
     broker.cut();
     let mut ids = Vec::new();
     for _ in 0..20 {
-        let answer = fleet.client.submit(&json!({ "kind": "noop" })).await;
+        let answer = fleet.client.submit_json(&json!({ "kind": "noop" })).await;
         assert_eq!(
             answer.status,
             StatusCode::ACCEPTED,

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use engine_shared::JobStatus;
+use engine_shared::{JobId, JobStatus};
 use engine_tests::client::ApiClient;
 use engine_tests::{ApiProcess, FleetOptions, TestFleet, wait_until};
 use reqwest::StatusCode;
@@ -42,11 +42,11 @@ async fn args_over_the_cap_are_refused_naming_args_and_nothing_is_stored() {
 
     let over = fleet
         .client
-        .submit(&json!({ "kind": "noop", "args": args_of(CAP + 1) }))
+        .submit_json(&json!({ "kind": "noop", "args": args_of(CAP + 1) }))
         .await;
     let at_cap = fleet
         .client
-        .submit(&json!({ "kind": "noop", "args": args_of(CAP) }))
+        .submit_json(&json!({ "kind": "noop", "args": args_of(CAP) }))
         .await;
 
     assert_eq!(
@@ -108,14 +108,14 @@ async fn a_result_over_the_cap_fails_the_job_fatally_and_is_not_stored() {
 
     let over = fleet
         .client
-        .submit(
+        .submit_json(
             &json!({ "kind": "test.big_result", "args": { "bytes": CAP + 1 }, "max_attempts": 3 }),
         )
         .await
         .id();
     let at_cap = fleet
         .client
-        .submit(&json!({ "kind": "test.big_result", "args": { "bytes": CAP } }))
+        .submit_json(&json!({ "kind": "test.big_result", "args": { "bytes": CAP } }))
         .await
         .id();
 
@@ -147,7 +147,7 @@ async fn submit_at_cap(
     count: usize,
     per_batch: usize,
     extra: Value,
-) -> Vec<String> {
+) -> Vec<JobId> {
     let mut job = json!({ "kind": "noop", "args": args_of(CAP) });
     job.as_object_mut()
         .unwrap()
@@ -175,12 +175,8 @@ async fn a_list_page_is_bounded_in_bytes_and_the_next_pages_hold_the_rest() {
     loop {
         let page = fleet.client.get(&path).await;
         assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-        let jobs = page.body["jobs"].as_array().unwrap();
         largest_page = largest_page.max(serde_json::to_vec(&page.body).unwrap().len());
-        seen.extend(
-            jobs.iter()
-                .map(|job| job["id"].as_str().unwrap().to_owned()),
-        );
+        seen.extend(page.job_ids());
         match page.body["next"].as_str() {
             Some(next) => path = format!("/v1/jobs?limit=200&before={next}"),
             None => break,
@@ -283,7 +279,7 @@ async fn hundreds_of_mib_of_args_due_at_once_leave_the_api_memory_bounded() {
     let mut light_done = 0;
     loop {
         assert!(!api.exited(), "the API process died: {}", api.log_text());
-        let id = light.submit(&json!({ "kind": "noop" })).await.id();
+        let id = light.submit_json(&json!({ "kind": "noop" })).await.id();
         wait_until(
             "a light job to succeed",
             Duration::from_secs(30),

@@ -17,7 +17,11 @@ async fn next_dead_letter(broker: &VhostClient) -> DeadLetter {
 
 /// The worker is still healthy: a fresh job runs to success.
 async fn assert_worker_still_runs_jobs(fleet: &TestFleet) {
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let id = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     fleet
         .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
         .await;
@@ -68,7 +72,7 @@ async fn a_job_of_a_kind_this_worker_does_not_know_is_dead_at_once() {
 
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.abort", "max_attempts": 5 }))
+        .submit_json(&json!({ "kind": "test.abort", "max_attempts": 5 }))
         .await
         .id();
 
@@ -96,7 +100,7 @@ async fn a_job_whose_args_no_longer_fit_its_kind_is_dead_at_once() {
     // A real job, held back by its delay so that only our forged message reaches a worker.
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 0 }, "delay": 3600 }))
+        .submit_json(&json!({ "kind": "test.flaky", "args": { "fail_times": 0 }, "delay": 3600 }))
         .await
         .id();
 
@@ -143,7 +147,7 @@ async fn a_job_that_aborts_its_worker_process_is_buried_after_the_delivery_limit
     let broker = VhostClient::connect(fleet.namespace.as_str()).await;
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.abort", "max_attempts": 10 }))
+        .submit_json(&json!({ "kind": "test.abort", "max_attempts": 10 }))
         .await
         .id();
 

@@ -34,17 +34,19 @@ async fn submit_run_retry_schedule_cancel_and_redrive_work_through_a_transaction
     // A retry through a delay tier, a scheduled job the scheduler publishes, a cancellation.
     let flaky = fleet
         .client
-        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 1 }, "max_attempts": 3 }))
+        .submit_json(
+            &json!({ "kind": "test.flaky", "args": { "fail_times": 1 }, "max_attempts": 3 }),
+        )
         .await
         .id();
     let scheduled = fleet
         .client
-        .submit(&json!({ "kind": "noop", "delay": 1 }))
+        .submit_json(&json!({ "kind": "noop", "delay": 1 }))
         .await
         .id();
     let later = fleet
         .client
-        .submit(&json!({ "kind": "noop", "delay": 600 }))
+        .submit_json(&json!({ "kind": "noop", "delay": 600 }))
         .await
         .id();
     let cancelled = fleet.client.cancel(&later).await;
@@ -52,7 +54,7 @@ async fn submit_run_retry_schedule_cancel_and_redrive_work_through_a_transaction
     // Buried after its one attempt, then redriven.
     let doomed = fleet
         .client
-        .submit(&json!({ "kind": "test.fail", "max_attempts": 1 }))
+        .submit_json(&json!({ "kind": "test.fail", "max_attempts": 1 }))
         .await
         .id();
     fleet

@@ -18,7 +18,7 @@ async fn a_worker_killed_mid_job_leaves_it_to_another_that_completes_it_once() {
     let mut doomed = fleet.spawn_worker_process(4, 10);
     let id = fleet
         .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 1500 } }))
+        .submit_json(&json!({ "kind": "sleep", "args": { "ms": 1500 } }))
         .await
         .id();
     fleet
@@ -37,7 +37,11 @@ async fn a_worker_killed_mid_job_leaves_it_to_another_that_completes_it_once() {
     );
     assert_eq!(record.result, Some(json!({ "slept_ms": 1500 })));
     // Completed once: a later redelivery (there should be none) could not run it again.
-    let later = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let later = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     fleet
         .wait_for_status(&later, JobStatus::Succeeded, DEADLINE)
         .await;
@@ -56,7 +60,7 @@ async fn sigterm_lets_running_jobs_finish_returns_the_rest_and_exits_0() {
     let mut worker = fleet.spawn_worker_process(2, 20);
     let slow = json!({ "kind": "sleep", "args": { "ms": 1500 } });
     let running: Vec<String> =
-        futures_util::future::join_all((0..2).map(|_| fleet.client.submit(&slow)))
+        futures_util::future::join_all((0..2).map(|_| fleet.client.submit_json(&slow)))
             .await
             .iter()
             .map(|a| a.id())
@@ -68,7 +72,7 @@ async fn sigterm_lets_running_jobs_finish_returns_the_rest_and_exits_0() {
     }
     let quick = json!({ "kind": "noop", "queue": "bulk" });
     let waiting: Vec<String> =
-        futures_util::future::join_all((0..3).map(|_| fleet.client.submit(&quick)))
+        futures_util::future::join_all((0..3).map(|_| fleet.client.submit_json(&quick)))
             .await
             .iter()
             .map(|a| a.id())
@@ -124,7 +128,7 @@ async fn jobs_still_running_when_the_grace_period_ends_go_back_to_the_queue() {
     let mut worker = fleet.spawn_worker_process(1, 1);
     let id = fleet
         .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 4000 } }))
+        .submit_json(&json!({ "kind": "sleep", "args": { "ms": 4000 } }))
         .await
         .id();
     fleet

@@ -38,7 +38,7 @@ async fn a_namespace_at_its_max_pending_is_refused_429_until_its_jobs_finish() {
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
     let ids = a.client.submit_copies(5, &later()).await;
 
-    let refused = a.client.submit(&later()).await;
+    let refused = a.client.submit_json(&later()).await;
     assert_eq!(
         refused.status,
         StatusCode::TOO_MANY_REQUESTS,
@@ -102,15 +102,18 @@ async fn a_namespace_at_its_max_pending_is_refused_429_until_its_jobs_finish() {
         "the namespace to have room again",
         Duration::from_secs(20),
         || async {
-            let answer = a.client.submit(&later()).await;
+            let answer = a.client.submit_json(&later()).await;
             (answer.status == StatusCode::ACCEPTED).then_some(answer)
         },
     )
     .await;
     assert!(!accepted.id().is_empty());
-    assert_eq!(a.client.submit(&later()).await.status, StatusCode::ACCEPTED);
     assert_eq!(
-        a.client.submit(&later()).await.status,
+        a.client.submit_json(&later()).await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        a.client.submit_json(&later()).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(unfinished(&fleet, &a.namespace).await, 5);
@@ -310,7 +313,11 @@ async fn a_work_queue_declared_with_other_arguments_is_kept_and_its_jobs_run() {
         ..FleetOptions::default()
     })
     .await;
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let id = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     fleet
         .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(30))
         .await;

@@ -112,7 +112,7 @@ async fn a_start_whose_answer_is_lost_is_taken_over_not_skipped() {
     // Due in a second, so the trigger is armed before any worker sees the job.
     let id = fleet
         .client
-        .submit(&json!({ "kind": "noop", "delay": 1 }))
+        .submit_json(&json!({ "kind": "noop", "delay": 1 }))
         .await
         .id();
     let uuid: uuid::Uuid = id.parse().unwrap();

@@ -51,7 +51,11 @@ async fn an_attempt_whose_worker_died_and_whose_message_was_lost_is_rescued_and_
 #[tokio::test]
 async fn a_queued_job_whose_message_was_lost_is_republished_and_runs() {
     let mut fleet = TestFleet::start(quick(false)).await;
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let id = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
     wait_until("the job to be published", DEADLINE, || async {
         fleet.record(&id).await.published_at.map(|_| ())
     })

@@ -13,7 +13,7 @@ async fn a_failing_job_is_retried_through_delay_tiers_then_dead_lettered() {
 
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.fail", "max_attempts": 3 }))
+        .submit_json(&json!({ "kind": "test.fail", "max_attempts": 3 }))
         .await
         .id();
 
@@ -53,7 +53,9 @@ async fn a_job_failing_twice_then_succeeding_takes_three_attempts_through_the_ti
 
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 2 }, "max_attempts": 5 }))
+        .submit_json(
+            &json!({ "kind": "test.flaky", "args": { "fail_times": 2 }, "max_attempts": 5 }),
+        )
         .await
         .id();
 
@@ -99,7 +101,7 @@ async fn a_fatal_error_kills_the_job_after_one_attempt() {
 
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.fatal", "max_attempts": 5 }))
+        .submit_json(&json!({ "kind": "test.fatal", "max_attempts": 5 }))
         .await
         .id();
 
@@ -120,7 +122,7 @@ async fn a_snooze_runs_the_job_again_later_without_counting_an_attempt() {
 
     let id = fleet
         .client
-        .submit(
+        .submit_json(
             &json!({ "kind": "test.snooze", "args": { "times": 2, "ms": 100 }, "max_attempts": 1 }),
         )
         .await
@@ -148,7 +150,7 @@ async fn a_delay_longer_than_every_tier_waits_in_postgres_for_the_scheduler() {
     // 1.5 s is longer than the largest test tier (500 ms).
     let id = fleet
         .client
-        .submit(&json!({
+        .submit_json(&json!({
             "kind": "test.flaky",
             "args": { "fail_times": 1 },
             "backoff": { "min": 1.5, "max": 1.5 },
@@ -182,7 +184,7 @@ async fn a_job_cancelled_while_it_waits_in_a_delay_tier_never_runs_again() {
 
     let id = fleet
         .client
-        .submit(&json!({
+        .submit_json(&json!({
             "kind": "test.flaky",
             "args": { "fail_times": 1 },
             "backoff": { "min": 0.4, "max": 0.4 },

@@ -241,7 +241,11 @@ async fn a_worker_that_does_not_trust_the_brokers_certificate_runs_nothing_and_s
     let (untrusting, health) = spawn_with_health(&fleet, 4, &[]);
 
     // Act
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let id = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
 
     // Assert: not ready, because of the certificate, and saying so without the URL.
     let body = refusing_a_certificate(health, "rabbitmq").await;
@@ -321,7 +325,11 @@ async fn a_worker_verifying_postgres_certificate_accepts_it_only_from_its_roots(
     let (untrusting, health) = spawn_with_health(&fleet, 4, &trusting(unrelated.file()));
 
     // Act
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let id = fleet
+        .client
+        .submit_json(&json!({ "kind": "noop" }))
+        .await
+        .id();
 
     // Assert: the certificate is refused, PostgreSQL is unreachable, and nothing runs.
     let body = refusing_a_certificate(health, "postgres").await;

@@ -70,7 +70,7 @@ async fn a_webhook_is_delivered_signed() {
 
     let id = fleet
         .client
-        .submit(
+        .submit_json(
             &json!({ "kind": "webhook.deliver", "args": { "url": url, "body": { "order": 42 } } }),
         )
         .await
@@ -99,7 +99,7 @@ async fn a_non_2xx_answer_fails_the_attempt_and_is_retried() {
 
     let id = fleet
         .client
-        .submit(&json!({ "kind": "webhook.deliver", "args": { "url": url, "body": {} }, "max_attempts": 2 }))
+        .submit_json(&json!({ "kind": "webhook.deliver", "args": { "url": url, "body": {} }, "max_attempts": 2 }))
         .await
         .id();
 

@@ -1,8 +1,16 @@
 //! A test's own fleet: a fresh namespace (vhost, rows, key), the API in-process on port 0,
-//! a worker in-process or as real child processes — and teardown when it drops.
+//! a worker in-process or as real child processes — and teardown when it drops, which fails
+//! the test if it left jobs unfinished it did not say it expects.
+//!
+//! - [`builder`]: [`FleetBuilder`], how a test sets its fleet up (settings included).
+//! - [`unfinished`]: the look at the fleet's rows when it drops.
+
+mod builder;
+mod unfinished;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
@@ -17,8 +25,11 @@ use engine_shared::store::{JobRecord, Store};
 use engine_shared::{JobId, JobStatus, Namespace};
 use engine_worker::Worker;
 
-use crate::client::ApiClient;
+pub use builder::FleetBuilder;
+
+use crate::client::{ApiClient, IntoJobId};
 use crate::services;
+use crate::settings::RECEIVER_HOST;
 use crate::test_kinds::{
     AbortsProcess, AlwaysFails, BigResult, FailsFatally, Flaky, Panics, Snoozes, Switch, Tracked,
 };
@@ -85,9 +96,6 @@ pub struct FleetOptions {
     /// `api.body_limit_bytes`: 64 KiB unless a test needs bodies near the args cap.
     pub body_limit_bytes: usize,
 }
-
-/// Where the tests' webhook receivers listen: loopback, but not the services' address.
-pub const RECEIVER_HOST: &str = "127.0.0.2";
 
 impl FleetOptions {
     /// Storage on, against the test S3 server.
@@ -171,6 +179,28 @@ pub struct TestFleet {
     pub worker_health: Option<std::net::SocketAddr>,
     /// A client without a key for the API's admin endpoints ([`FleetOptions::admin_listen`]).
     pub admin: Option<ApiClient>,
+    /// Whether dropping the fleet looks for jobs the test left unfinished (fleets started
+    /// with [`FleetOptions`] do not).
+    check_unfinished: bool,
+    /// The test said it leaves jobs unfinished ([`TestFleet::expect_unfinished`]).
+    unfinished_expected: AtomicBool,
+}
+
+/// How long a test waits for a job's status unless it says otherwise: far above what any
+/// step takes, so only a stuck job reaches it.
+pub const WAIT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What [`TestFleet::launch`] starts: the namespaces, the settings files, and whether an
+/// in-process worker runs.
+struct Launch {
+    names: Vec<String>,
+    /// The settings of the workers (in-process and processes), and the base of the test's
+    /// own store.
+    worker_text: String,
+    api_text: String,
+    worker: bool,
+    webhook_secret: Option<String>,
+    check_unfinished: bool,
 }
 
 /// Whether a registry may hold `test.abort`, which ends the process that runs it.
@@ -341,22 +371,21 @@ allow = {egress_allow:?}
 static MIGRATED: OnceLock<()> = OnceLock::new();
 
 impl TestFleet {
+    /// A fleet for one test: [`FleetBuilder`]'s defaults are one namespace, an API and an
+    /// in-process worker against the test servers.
+    pub fn builder<'a>() -> FleetBuilder<'a> {
+        FleetBuilder::default()
+    }
+
+    /// A fleet from the flat options of old (no check of unfinished jobs on drop).
     pub async fn start(options: FleetOptions) -> Self {
-        engine_shared::tls::install_crypto_provider();
-        engine_shared::telemetry::init(Default::default(), "warn,engine_worker=info");
         let names: Vec<String> = (0..options.namespaces.max(1))
             .map(|index| match (&options.namespace_name, index) {
                 (Some(name), 0) => name.clone(),
                 _ => services::unique_namespace(),
             })
             .collect();
-        for name in &names {
-            services::create_vhost(name).await;
-        }
-        let name = names[0].clone();
-        let namespace = Namespace::parse(&name).unwrap();
-
-        let base_text = settings_text(
+        let worker_text = settings_text(
             &names,
             options
                 .worker_database_url
@@ -374,6 +403,52 @@ impl TestFleet {
                 .unwrap_or(&services::redis_url()),
             &options,
         );
+        let api_text = settings_text(
+            &names,
+            options
+                .api_database_url
+                .as_deref()
+                .or(options.transaction_pooler.as_deref())
+                .unwrap_or(&services::database_url()),
+            options
+                .api_amqp_url
+                .as_deref()
+                .unwrap_or(&services::amqp_url()),
+            options
+                .redis_url
+                .as_deref()
+                .unwrap_or(&services::redis_url()),
+            &options,
+        );
+        Self::launch(Launch {
+            names,
+            worker_text,
+            api_text,
+            worker: options.worker,
+            webhook_secret: options.webhook_secret,
+            check_unfinished: false,
+        })
+        .await
+    }
+
+    /// Creates the namespaces' vhosts and keys, writes the workers' settings file, and
+    /// starts the API (and the worker) in-process.
+    async fn launch(launch: Launch) -> Self {
+        engine_shared::tls::install_crypto_provider();
+        engine_shared::telemetry::init(Default::default(), "warn,engine_worker=info");
+        let Launch {
+            names,
+            worker_text: base_text,
+            api_text,
+            worker,
+            webhook_secret,
+            check_unfinished,
+        } = launch;
+        for name in &names {
+            services::create_vhost(name).await;
+        }
+        let name = names[0].clone();
+        let namespace = Namespace::parse(&name).unwrap();
         let mut settings = Settings::from_toml(&base_text).expect("test settings are valid");
         // The test reads rows directly, never through a worker's proxy.
         settings.database.url = secrecy::SecretString::from(services::database_url());
@@ -401,28 +476,11 @@ impl TestFleet {
         let config_path = std::env::temp_dir().join(format!("{name}.toml"));
         std::fs::write(&config_path, &base_text).unwrap();
 
-        let api_text = settings_text(
-            &names,
-            options
-                .api_database_url
-                .as_deref()
-                .or(options.transaction_pooler.as_deref())
-                .unwrap_or(&services::database_url()),
-            options
-                .api_amqp_url
-                .as_deref()
-                .unwrap_or(&services::amqp_url()),
-            options
-                .redis_url
-                .as_deref()
-                .unwrap_or(&services::redis_url()),
-            &options,
-        );
-        let api_settings = Settings::from_toml(&api_text).unwrap();
+        let api_settings = Settings::from_toml(&api_text).expect("API settings are valid");
         let application = Application::build(
             api_settings.clone(),
             test_registry(
-                deps_for(&api_settings, options.webhook_secret.as_deref(), &namespace).await,
+                deps_for(&api_settings, webhook_secret.as_deref(), &namespace).await,
                 AbortKind::Included,
             ),
         )
@@ -459,11 +517,20 @@ impl TestFleet {
             replicas: Vec::new(),
             worker_health: None,
             admin,
+            check_unfinished,
+            unfinished_expected: AtomicBool::new(false),
         };
-        if options.worker {
-            fleet.start_worker(options.webhook_secret.as_deref()).await;
+        if worker {
+            fleet.start_worker(webhook_secret.as_deref()).await;
         }
         fleet
+    }
+
+    /// Says the test means to leave jobs unfinished (scheduled far ahead, waiting for a
+    /// worker it never starts, running when it ends), so dropping the fleet does not fail
+    /// it for them.
+    pub fn expect_unfinished(&self) {
+        self.unfinished_expected.store(true, Ordering::Relaxed);
     }
 
     /// Starts (another) in-process worker for this namespace.
@@ -557,25 +624,33 @@ impl TestFleet {
     }
 
     /// The job's row, read directly from PostgreSQL.
-    pub async fn record(&self, id: &str) -> JobRecord {
+    pub async fn record(&self, id: impl IntoJobId) -> JobRecord {
         self.record_in(&self.namespace, id)
             .await
             .expect("the job exists")
     }
 
     /// The job's row if it exists in `namespace`.
-    pub async fn record_in(&self, namespace: &Namespace, id: &str) -> Option<JobRecord> {
-        let id: JobId = id.parse().unwrap();
-        self.store.get_job(namespace, id).await.unwrap()
+    pub async fn record_in(&self, namespace: &Namespace, id: impl IntoJobId) -> Option<JobRecord> {
+        self.store
+            .get_job(namespace, id.into_job_id())
+            .await
+            .unwrap()
     }
 
-    /// Waits until job `id` has `status`, and returns its row.
-    pub async fn wait_for_status(
+    /// Waits until job `id` has `status` (within [`WAIT_DEADLINE`]), and returns its row.
+    pub async fn wait_for(&self, id: impl IntoJobId, status: JobStatus) -> JobRecord {
+        self.wait_for_within(id, status, WAIT_DEADLINE).await
+    }
+
+    /// Waits until job `id` has `status`, failing after `deadline`; returns its row.
+    pub async fn wait_for_within(
         &self,
-        id: &str,
+        id: impl IntoJobId,
         status: JobStatus,
         deadline: Duration,
     ) -> JobRecord {
+        let id = id.into_job_id();
         wait_until(
             &format!("job {id} to be {}", status.as_str()),
             deadline,
@@ -587,11 +662,20 @@ impl TestFleet {
         .await
     }
 
+    /// [`TestFleet::wait_for_within`] under its old name.
+    pub async fn wait_for_status(
+        &self,
+        id: impl IntoJobId,
+        status: JobStatus,
+        deadline: Duration,
+    ) -> JobRecord {
+        self.wait_for_within(id, status, deadline).await
+    }
+
     /// Submits `job` and waits until a worker runs it; returns its id.
-    pub async fn submit_until_running(&self, job: &serde_json::Value) -> String {
-        let id = self.client.submit(job).await.id();
-        self.wait_for_status(&id, JobStatus::Running, Duration::from_secs(30))
-            .await;
+    pub async fn submit_until_running(&self, job: &serde_json::Value) -> JobId {
+        let id = self.client.submit_json(job).await.job_id();
+        self.wait_for(id, JobStatus::Running).await;
         id
     }
 
@@ -645,6 +729,15 @@ impl Drop for TestFleet {
         }
         for tenant in &self.tenants {
             services::delete_vhost_later(tenant.namespace.as_str());
+        }
+        // A test that already fails needs no second failure; one that said it leaves jobs
+        // behind is not looked at.
+        if self.check_unfinished
+            && !self.unfinished_expected.load(Ordering::Relaxed)
+            && !std::thread::panicking()
+        {
+            let namespaces = self.tenants.iter().map(|t| t.namespace.clone()).collect();
+            unfinished::fail_if_any(namespaces);
         }
     }
 }
