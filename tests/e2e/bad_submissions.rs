@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use engine_tests::client::{Answer, ApiClient};
-use engine_tests::{FleetOptions, TestFleet, wait_until};
+use engine_tests::{TestFleet, wait_until};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -69,12 +69,11 @@ async fn job_count(client: &ApiClient) -> usize {
 }
 
 async fn fleet(namespaces: usize) -> TestFleet {
-    TestFleet::start(FleetOptions {
-        worker: false,
-        namespaces,
-        ..FleetOptions::default()
-    })
-    .await
+    TestFleet::builder()
+        .without_worker()
+        .namespaces(namespaces)
+        .start()
+        .await
 }
 
 #[tokio::test]
@@ -140,6 +139,8 @@ async fn submit_poison_until(
 #[tokio::test]
 async fn one_namespaces_bad_submissions_fail_no_other_submission() {
     let fleet = fleet(2).await;
+    // No worker: what matters is which submissions are stored.
+    fleet.expect_unfinished();
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicUsize::new(0));
