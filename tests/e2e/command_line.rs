@@ -3,17 +3,15 @@
 
 use std::process::Command;
 
-use engine_tests::{FleetOptions, TestFleet, binary};
+use engine_tests::{TestFleet, binary};
 use reqwest::StatusCode;
 use serde_json::json;
 
 #[tokio::test]
 async fn keys_create_prints_a_working_key_once_and_revoke_disables_it() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().without_worker().start().await;
+    // No worker: the submissions only show which keys work.
+    fleet.expect_unfinished();
     let run = |args: &[&str]| {
         Command::new(binary("engine-api"))
             .arg("--config")
