@@ -55,7 +55,7 @@ async fn a_namespace_flooding_the_worker_does_not_hold_back_another_namespaces_j
     }
     let records = wait_until("B's jobs to succeed", Duration::from_secs(60), || async {
         let mut records = Vec::new();
-        for id in &ids {
+        for &id in &ids {
             let record = fleet.record_in(&b.namespace, id).await?;
             (record.status == JobStatus::Succeeded).then_some(())?;
             records.push(record);

@@ -101,7 +101,7 @@ async fn messages_whose_args_postgresql_cannot_hold_stop_no_other_tenants_jobs()
         ids
     };
     let ((), of_b) = tokio::join!(flood, of_b);
-    for id in &of_b {
+    for &id in &of_b {
         wait_until("B's job to succeed", DEADLINE, || async {
             (fleet.record_in(&b.namespace, id).await?.status == JobStatus::Succeeded).then_some(())
         })
@@ -202,7 +202,7 @@ async fn a_forged_cancel_on_another_namespaces_vhost_does_not_cancel_a_running_j
         .submit_args_with::<Sleep>(json!({ "ms": 5000 }), JobOptions::default().max_attempts(1))
         .await;
     let b_witness = b.client.submit_args::<Sleep>(json!({ "ms": 60000 })).await;
-    for (namespace, id) in [(&a.namespace, &a_job), (&b.namespace, &b_witness)] {
+    for (namespace, id) in [(&a.namespace, a_job), (&b.namespace, b_witness)] {
         wait_until("the job to run", DEADLINE, || async {
             (fleet.record_in(namespace, id).await?.status == JobStatus::Running).then_some(())
         })

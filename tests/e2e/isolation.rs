@@ -65,8 +65,7 @@ async fn each_namespace_has_its_own_vhost_and_its_jobs_run_there() {
         "both jobs to succeed",
         std::time::Duration::from_secs(20),
         || async {
-            let a_done =
-                fleet.record_in(&a.namespace, &a_job).await?.status == JobStatus::Succeeded;
+            let a_done = fleet.record_in(&a.namespace, a_job).await?.status == JobStatus::Succeeded;
             let b_done = fleet.record_in(&b.namespace, b_job).await?.status == JobStatus::Succeeded;
             (a_done && b_done).then_some(())
         },

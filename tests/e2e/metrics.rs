@@ -46,7 +46,7 @@ async fn submissions_outcomes_and_queues_are_counted_per_namespace_kind_and_queu
         .client
         .submit_args::<Flaky>(json!({ "fail_times": 1 }))
         .await;
-    for id in [&ok, &flaky] {
+    for id in [ok, flaky] {
         fleet.wait_for(id, JobStatus::Succeeded).await;
     }
     // A waiting job cancelled by the API is counted there.
@@ -58,7 +58,7 @@ async fn submissions_outcomes_and_queues_are_counted_per_namespace_kind_and_queu
         )
         .await;
     assert_eq!(
-        fleet.client.cancel(&waiting).await.status,
+        fleet.client.cancel(waiting).await.status,
         reqwest::StatusCode::OK
     );
 
@@ -178,7 +178,7 @@ async fn a_worker_reports_each_namespaces_running_waiting_and_job_seconds() {
     // Job-seconds count each slot's time when it is given back.
     let b_job = b.client.submit_args::<Noop>(json!({})).await;
     wait_until("B's job to succeed", Duration::from_secs(20), || async {
-        let record = fleet.record_in(&b.namespace, &b_job).await?;
+        let record = fleet.record_in(&b.namespace, b_job).await?;
         (record.status == JobStatus::Succeeded).then_some(())
     })
     .await;

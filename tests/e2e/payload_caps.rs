@@ -130,7 +130,7 @@ async fn a_result_over_the_cap_fails_the_job_fatally_and_is_not_stored() {
     assert_eq!(dead.result, None);
     let error = dead.last_error.unwrap_or_default();
     assert!(error.contains("worker.max_result_bytes"), "{error}");
-    let job = fleet.client.job(&over).await.body;
+    let job = fleet.client.job(over).await.body;
     assert_eq!(job["errors"][0]["kind"], "fatal", "{}", job["errors"]);
     let succeeded = fleet.wait_for(at_cap, JobStatus::Succeeded).await;
     let stored = serde_json::to_vec(&succeeded.result.unwrap())
@@ -202,7 +202,7 @@ async fn a_redrive_answers_with_counts_and_every_job_runs_again() {
         .client
         .submit_copies(3, &json!({ "kind": "test.fatal", "args": {} }))
         .await;
-    for id in &ids {
+    for &id in &ids {
         fleet.wait_for(id, JobStatus::Dead).await;
     }
 
@@ -218,7 +218,7 @@ async fn a_redrive_answers_with_counts_and_every_job_runs_again() {
         Duration::from_secs(30),
         || async {
             let mut again = 0;
-            for id in &ids {
+            for &id in &ids {
                 let record = fleet.record(id).await;
                 again += usize::from(record.redrives == 1 && record.status == JobStatus::Dead);
             }
@@ -282,7 +282,7 @@ async fn hundreds_of_mib_of_args_due_at_once_leave_the_api_memory_bounded() {
             "a light job to succeed",
             Duration::from_secs(30),
             || async {
-                let record = fleet.record_in(light_namespace, &id).await?;
+                let record = fleet.record_in(light_namespace, id).await?;
                 (record.status == JobStatus::Succeeded).then_some(())
             },
         )

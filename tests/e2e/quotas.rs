@@ -97,7 +97,7 @@ async fn a_namespace_at_its_max_pending_is_refused_429_until_its_jobs_finish() {
     assert_eq!(b.client.submit_copies(8, &later()).await.len(), 8);
 
     // Finished jobs free their room: two cancelled, two more accepted, then refused again.
-    for id in &ids[..2] {
+    for &id in &ids[..2] {
         assert!(a.client.cancel(id).await.status.is_success());
     }
     let accepted = wait_until(
@@ -212,10 +212,10 @@ async fn a_namespace_at_its_max_queue_bytes_waits_in_postgresql_and_others_publi
 
     // Nothing is lost: once a worker drains the queue, every job of both runs.
     fleet.start_worker(None).await;
-    for id in a_ids.iter().chain(&b_ids) {
-        let namespace = if a_ids.contains(id) { &a } else { &b };
+    for &id in a_ids.iter().chain(&b_ids) {
+        let namespace = if a_ids.contains(&id) { &a } else { &b };
         wait_until("every job to succeed", Duration::from_secs(60), || async {
-            let record = fleet.record_in(namespace, *id).await?;
+            let record = fleet.record_in(namespace, id).await?;
             (record.status == JobStatus::Succeeded).then_some(())
         })
         .await;

@@ -40,7 +40,7 @@ where
         "the cut came too late to matter"
     );
     proxy.restore();
-    for id in &ids {
+    for &id in &ids {
         fleet
             .wait_for_within(id, JobStatus::Succeeded, Duration::from_secs(60))
             .await;

@@ -19,13 +19,13 @@ async fn two_replicas_schedulers_release_each_due_job_exactly_once() {
         .client
         .submit_copies(300, &json!({ "kind": "noop", "delay": 1 }))
         .await;
-    assert_eq!(fleet.record(&ids[0]).await.status, JobStatus::Scheduled);
+    assert_eq!(fleet.record(ids[0]).await.status, JobStatus::Scheduled);
 
     wait_until(
         "every job to be released and published",
         Duration::from_secs(30),
         || async {
-            for id in &ids {
+            for &id in &ids {
                 fleet.record(id).await.published_at?;
             }
             Some(())

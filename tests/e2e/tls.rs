@@ -184,7 +184,7 @@ async fn a_worker_process_runs_jobs_over_tls_to_rabbitmq_redis_and_postgres() {
             .submit_copies(8, &json!({ "kind": "sleep", "args": { "ms": 1 } }))
             .await,
     );
-    for id in &ids {
+    for &id in &ids {
         let record = fleet
             .wait_for_within(id, JobStatus::Succeeded, DEADLINE)
             .await;
@@ -280,7 +280,7 @@ async fn a_worker_that_does_not_trust_the_brokers_certificate_runs_nothing_and_s
     })
     .await;
     assert_eq!(broker.completed_handshakes(), 0, "a handshake completed");
-    let record = fleet.record(&id).await;
+    let record = fleet.record(id).await;
     assert_eq!(
         (record.status, record.attempts),
         (JobStatus::Queued, 0),
@@ -337,7 +337,7 @@ async fn a_worker_verifying_postgres_certificate_accepts_it_only_from_its_roots(
         0,
         "a session of the untrusting worker"
     );
-    let record = fleet.record(&id).await;
+    let record = fleet.record(id).await;
     assert_eq!((record.status, record.attempts), (JobStatus::Queued, 0));
 
     // With the server's certificate as its root, a worker runs the job over TLS. (The

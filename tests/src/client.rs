@@ -31,14 +31,6 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The `id` field as a string (submit answers).
-    pub fn id(&self) -> String {
-        self.body["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no id in {self:?}"))
-            .to_owned()
-    }
-
     /// The `id` field (a submit answer, a job).
     pub fn job_id(&self) -> JobId {
         job_id_in(&self.body["id"]).unwrap_or_else(|| panic!("no job id in {self:?}"))
@@ -57,36 +49,6 @@ impl Answer {
 
 fn job_id_in(id: &Value) -> Option<JobId> {
     id.as_str()?.parse().ok()
-}
-
-/// A job id as a test holds it: typed, or as the text of an answer.
-pub trait IntoJobId {
-    fn into_job_id(self) -> JobId;
-}
-
-impl IntoJobId for JobId {
-    fn into_job_id(self) -> JobId {
-        self
-    }
-}
-
-impl IntoJobId for &JobId {
-    fn into_job_id(self) -> JobId {
-        *self
-    }
-}
-
-impl IntoJobId for &str {
-    fn into_job_id(self) -> JobId {
-        self.parse()
-            .unwrap_or_else(|_| panic!("{self:?} is not a job id"))
-    }
-}
-
-impl IntoJobId for &String {
-    fn into_job_id(self) -> JobId {
-        self.as_str().into_job_id()
-    }
 }
 
 /// What a submitter may set beside a job's kind and args; unset fields are left to the
@@ -309,12 +271,12 @@ impl ApiClient {
         answer.job_ids()
     }
 
-    pub async fn job(&self, id: impl IntoJobId) -> Answer {
-        self.get(&format!("/v1/jobs/{}", id.into_job_id())).await
+    pub async fn job(&self, id: JobId) -> Answer {
+        self.get(&format!("/v1/jobs/{id}")).await
     }
 
-    pub async fn cancel(&self, id: impl IntoJobId) -> Answer {
-        let path = format!("/v1/jobs/{}/cancel", id.into_job_id());
-        self.raw(Method::POST, &path, None).await
+    pub async fn cancel(&self, id: JobId) -> Answer {
+        self.raw(Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
+            .await
     }
 }

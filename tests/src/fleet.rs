@@ -27,116 +27,13 @@ use engine_worker::Worker;
 
 pub use builder::FleetBuilder;
 
-use crate::client::{ApiClient, IntoJobId};
+use crate::client::ApiClient;
 use crate::services;
-use crate::settings::RECEIVER_HOST;
 use crate::test_kinds::{
     AbortsProcess, AlwaysFails, BigResult, FailsFatally, Flaky, Panics, Snoozes, Switch, Tracked,
 };
 use crate::wait::wait_until;
 use crate::worker_process::WorkerProcess;
-
-/// How to set a fleet up; `Default` is an API and one in-process worker on the real servers.
-#[derive(Clone, Debug)]
-pub struct FleetOptions {
-    /// Replaces the broker URL (e.g. a proxy's) for the API only.
-    pub api_amqp_url: Option<String>,
-    /// Replaces the database URL (e.g. a proxy's) for the API only.
-    pub api_database_url: Option<String>,
-    /// Start an in-process worker.
-    pub worker: bool,
-    pub worker_concurrency: u16,
-    /// Extra TOML appended to the generated settings.
-    pub extra_toml: String,
-    pub webhook_secret: Option<String>,
-    /// How many namespaces (tenants) the one API and worker serve.
-    pub namespaces: usize,
-    /// `retry.delivery_limit`: deliveries after which a crash-looping job is buried.
-    pub delivery_limit: u32,
-    /// Replaces the Redis URL (e.g. a proxy's) for the whole fleet.
-    pub redis_url: Option<String>,
-    /// Replaces the Redis URL (e.g. a TLS proxy's) for the workers only, over `redis_url`.
-    pub worker_redis_url: Option<String>,
-    /// `api.submit_rate_per_sec` and `api.submit_burst`.
-    pub submit_rate: Option<(u32, u32)>,
-    /// Replaces the broker URL (e.g. a proxy's) for the workers only.
-    pub worker_amqp_url: Option<String>,
-    /// Replaces the database URL (e.g. a proxy's) for the workers only (the test's own
-    /// reads stay direct).
-    pub worker_database_url: Option<String>,
-    /// The in-process worker serves `/healthz` and `/readyz` on a free port
-    /// ([`TestFleet::worker_health`]).
-    pub worker_health: bool,
-    /// The URL of a transaction-mode pooler (a [`crate::PgBouncer`]) through which the API
-    /// and the workers reach PostgreSQL, with `database.pooler = "transaction"`. The test's
-    /// own reads stay direct.
-    pub transaction_pooler: Option<String>,
-    /// `relay.publish_grace_ms`: how long the sweeper leaves a queued job to the fast path
-    /// before publishing it itself (a duplicate if the fast path's stamp was merely late).
-    pub publish_grace_ms: u64,
-    /// Turns storage on with this S3 endpoint (the test server's, or a proxy's): attempt
-    /// logs and artifacts. Off by default.
-    pub s3_endpoint: Option<String>,
-    /// The first namespace's name (and vhost) instead of a fresh one: for a vhost prepared
-    /// elsewhere, e.g. on a [`crate::PrivateBroker`].
-    pub namespace_name: Option<String>,
-    /// `amqp.consumer_timeout_secs`: must match the broker's `consumer_timeout`.
-    pub consumer_timeout_secs: u64,
-    /// Serve `/metrics` and the detailed `/readyz` on a port of their own
-    /// (`api.admin_listen`), reached through [`TestFleet::admin`].
-    pub admin_listen: bool,
-    /// `egress.allow`. By default the test receivers' address, [`RECEIVER_HOST`]: they
-    /// never listen on 127.0.0.1, which the services use and the policy always refuses.
-    pub egress_allow: Vec<String>,
-    /// Extra TOML lines for each namespace's own `[namespaces.<name>]` table, by index
-    /// (e.g. `weight = 2`); namespaces past the end get none.
-    pub namespace_toml: Vec<String>,
-    /// `api.read_timeout_ms`: how long a tenant's search may run.
-    pub read_timeout_ms: Option<u64>,
-    /// `api.body_limit_bytes`: 64 KiB unless a test needs bodies near the args cap.
-    pub body_limit_bytes: usize,
-}
-
-impl FleetOptions {
-    /// Storage on, against the test S3 server.
-    pub fn with_storage(self) -> Self {
-        Self {
-            s3_endpoint: services::s3_settings().endpoint,
-            ..self
-        }
-    }
-}
-
-impl Default for FleetOptions {
-    fn default() -> Self {
-        Self {
-            api_amqp_url: None,
-            api_database_url: None,
-            worker: true,
-            worker_concurrency: 8,
-            extra_toml: String::new(),
-            webhook_secret: None,
-            namespaces: 1,
-            delivery_limit: 20,
-            redis_url: None,
-            worker_redis_url: None,
-            submit_rate: None,
-            s3_endpoint: None,
-            worker_amqp_url: None,
-            worker_database_url: None,
-            worker_health: false,
-            transaction_pooler: None,
-            publish_grace_ms: 300,
-            namespace_name: None,
-            consumer_timeout_secs: 1800,
-            admin_listen: false,
-            egress_allow: vec![RECEIVER_HOST.to_owned()],
-            namespace_toml: Vec::new(),
-            read_timeout_ms: None,
-            body_limit_bytes: 65_536,
-        }
-    }
-}
 
 /// One namespace of the fleet and a client holding its key.
 pub struct Tenant {
@@ -175,13 +72,11 @@ pub struct TestFleet {
     /// More API replicas (same namespaces and database), for tests of what replicas share.
     replicas: Vec<Running>,
     /// Where the in-process worker serves its health endpoints
-    /// ([`FleetOptions::worker_health`]).
+    /// ([`crate::TestSettings::serve_worker_health`]).
     pub worker_health: Option<std::net::SocketAddr>,
-    /// A client without a key for the API's admin endpoints ([`FleetOptions::admin_listen`]).
+    /// A client without a key for the API's admin endpoints
+    /// ([`crate::TestSettings::serve_admin`]).
     pub admin: Option<ApiClient>,
-    /// Whether dropping the fleet looks for jobs the test left unfinished (fleets started
-    /// with [`FleetOptions`] do not).
-    check_unfinished: bool,
     /// The test said it leaves jobs unfinished ([`TestFleet::expect_unfinished`]).
     unfinished_expected: AtomicBool,
 }
@@ -200,7 +95,6 @@ struct Launch {
     api_text: String,
     worker: bool,
     webhook_secret: Option<String>,
-    check_unfinished: bool,
 }
 
 /// Whether a registry may hold `test.abort`, which ends the process that runs it.
@@ -257,117 +151,6 @@ async fn deps_for(
     deps
 }
 
-fn settings_text(
-    namespaces: &[String],
-    database_url: &str,
-    amqp_url: &str,
-    redis_url: &str,
-    options: &FleetOptions,
-) -> String {
-    let secret = options
-        .webhook_secret
-        .as_ref()
-        .map(|s| format!("webhook_signing_secret = \"{s}\"\n"))
-        .unwrap_or_default();
-    let first_namespace = namespaces.first().cloned().unwrap_or_default();
-    let namespaces: String = namespaces
-        .iter()
-        .enumerate()
-        .map(|(index, name)| {
-            let own = options.namespace_toml.get(index).map_or("", String::as_str);
-            format!("[namespaces.{name}]\n{secret}{own}\n")
-        })
-        .collect();
-    let storage = options
-        .s3_endpoint
-        .as_ref()
-        .map(|endpoint| {
-            let s3 = services::s3_settings();
-            format!(
-                "[storage]\nendpoint_url = \"{endpoint}\"\naccess_key_id = \"{}\"\n\
-                 secret_access_key = \"{}\"\nbucket = \"{}\"\nforce_path_style = true\n\
-                 [logs]\nspool_dir = \"{}\"\nspool_retry_secs = 1\n",
-                s3.access_key_id.expose_secret(),
-                s3.secret_access_key.expose_secret(),
-                s3.bucket,
-                std::env::temp_dir()
-                    .join(format!("{first_namespace}-spool"))
-                    .display()
-            )
-        })
-        .unwrap_or_default();
-    format!(
-        r#"
-[database]
-url = "{database_url}"
-max_connections = 6
-acquire_timeout_ms = 1500
-{pooler}
-[amqp]
-url = "{amqp_url}"
-consumer_timeout_secs = {consumer_timeout_secs}
-[api]
-listen = "127.0.0.1:0"
-body_limit_bytes = {body_limit_bytes}
-key_cache_secs = 1
-max_batch = {max_batch}
-submit_rate_per_sec = {submit_rate}
-submit_burst = {submit_burst}
-{admin_listen}
-{read_timeout}
-[redis]
-url = "{redis_url}"
-timeout_ms = 300
-[worker]
-concurrency = {concurrency}
-grace_period_secs = 10
-{worker_health}
-[relay]
-sweep_interval_ms = 100
-publish_grace_ms = {publish_grace_ms}
-[retry]
-base_delay_ms = 100
-max_delay_ms = 500
-tiers_ms = [200, 500]
-delivery_limit = {delivery_limit}
-[egress]
-allow = {egress_allow:?}
-{storage}
-{namespaces}
-{extra}
-"#,
-        concurrency = options.worker_concurrency,
-        publish_grace_ms = options.publish_grace_ms,
-        pooler = if options.transaction_pooler.is_some() {
-            "pooler = \"transaction\""
-        } else {
-            ""
-        },
-        worker_health = if options.worker_health {
-            "health_listen = \"127.0.0.1:0\"\nliveness_grace_secs = 30"
-        } else {
-            ""
-        },
-        delivery_limit = options.delivery_limit,
-        body_limit_bytes = options.body_limit_bytes,
-        consumer_timeout_secs = options.consumer_timeout_secs,
-        submit_rate = options.submit_rate.map_or(0, |rate| rate.0),
-        submit_burst = options.submit_rate.map_or(1_000, |rate| rate.1),
-        max_batch = options.submit_rate.map_or(1_000, |rate| rate.1),
-        egress_allow = options.egress_allow,
-        admin_listen = if options.admin_listen {
-            "admin_listen = \"127.0.0.1:0\""
-        } else {
-            ""
-        },
-        read_timeout = options
-            .read_timeout_ms
-            .map(|ms| format!("read_timeout_ms = {ms}"))
-            .unwrap_or_default(),
-        extra = options.extra_toml,
-    )
-}
-
 static MIGRATED: OnceLock<()> = OnceLock::new();
 
 impl TestFleet {
@@ -375,60 +158,6 @@ impl TestFleet {
     /// in-process worker against the test servers.
     pub fn builder<'a>() -> FleetBuilder<'a> {
         FleetBuilder::default()
-    }
-
-    /// A fleet from the flat options of old (no check of unfinished jobs on drop).
-    pub async fn start(options: FleetOptions) -> Self {
-        let names: Vec<String> = (0..options.namespaces.max(1))
-            .map(|index| match (&options.namespace_name, index) {
-                (Some(name), 0) => name.clone(),
-                _ => services::unique_namespace(),
-            })
-            .collect();
-        let worker_text = settings_text(
-            &names,
-            options
-                .worker_database_url
-                .as_deref()
-                .or(options.transaction_pooler.as_deref())
-                .unwrap_or(&services::database_url()),
-            options
-                .worker_amqp_url
-                .as_deref()
-                .unwrap_or(&services::amqp_url()),
-            options
-                .worker_redis_url
-                .as_deref()
-                .or(options.redis_url.as_deref())
-                .unwrap_or(&services::redis_url()),
-            &options,
-        );
-        let api_text = settings_text(
-            &names,
-            options
-                .api_database_url
-                .as_deref()
-                .or(options.transaction_pooler.as_deref())
-                .unwrap_or(&services::database_url()),
-            options
-                .api_amqp_url
-                .as_deref()
-                .unwrap_or(&services::amqp_url()),
-            options
-                .redis_url
-                .as_deref()
-                .unwrap_or(&services::redis_url()),
-            &options,
-        );
-        Self::launch(Launch {
-            names,
-            worker_text,
-            api_text,
-            worker: options.worker,
-            webhook_secret: options.webhook_secret,
-            check_unfinished: false,
-        })
-        .await
     }
 
     /// Creates the namespaces' vhosts and keys, writes the workers' settings file, and
@@ -442,7 +171,6 @@ impl TestFleet {
             api_text,
             worker,
             webhook_secret,
-            check_unfinished,
         } = launch;
         for name in &names {
             services::create_vhost(name).await;
@@ -517,7 +245,6 @@ impl TestFleet {
             replicas: Vec::new(),
             worker_health: None,
             admin,
-            check_unfinished,
             unfinished_expected: AtomicBool::new(false),
         };
         if worker {
@@ -624,33 +351,29 @@ impl TestFleet {
     }
 
     /// The job's row, read directly from PostgreSQL.
-    pub async fn record(&self, id: impl IntoJobId) -> JobRecord {
+    pub async fn record(&self, id: JobId) -> JobRecord {
         self.record_in(&self.namespace, id)
             .await
             .expect("the job exists")
     }
 
     /// The job's row if it exists in `namespace`.
-    pub async fn record_in(&self, namespace: &Namespace, id: impl IntoJobId) -> Option<JobRecord> {
-        self.store
-            .get_job(namespace, id.into_job_id())
-            .await
-            .unwrap()
+    pub async fn record_in(&self, namespace: &Namespace, id: JobId) -> Option<JobRecord> {
+        self.store.get_job(namespace, id).await.unwrap()
     }
 
     /// Waits until job `id` has `status` (within [`WAIT_DEADLINE`]), and returns its row.
-    pub async fn wait_for(&self, id: impl IntoJobId, status: JobStatus) -> JobRecord {
+    pub async fn wait_for(&self, id: JobId, status: JobStatus) -> JobRecord {
         self.wait_for_within(id, status, WAIT_DEADLINE).await
     }
 
     /// Waits until job `id` has `status`, failing after `deadline`; returns its row.
     pub async fn wait_for_within(
         &self,
-        id: impl IntoJobId,
+        id: JobId,
         status: JobStatus,
         deadline: Duration,
     ) -> JobRecord {
-        let id = id.into_job_id();
         wait_until(
             &format!("job {id} to be {}", status.as_str()),
             deadline,
@@ -660,16 +383,6 @@ impl TestFleet {
             },
         )
         .await
-    }
-
-    /// [`TestFleet::wait_for_within`] under its old name.
-    pub async fn wait_for_status(
-        &self,
-        id: impl IntoJobId,
-        status: JobStatus,
-        deadline: Duration,
-    ) -> JobRecord {
-        self.wait_for_within(id, status, deadline).await
     }
 
     /// Submits `job` and waits until a worker runs it; returns its id.
@@ -732,10 +445,7 @@ impl Drop for TestFleet {
         }
         // A test that already fails needs no second failure; one that said it leaves jobs
         // behind is not looked at.
-        if self.check_unfinished
-            && !self.unfinished_expected.load(Ordering::Relaxed)
-            && !std::thread::panicking()
-        {
+        if !self.unfinished_expected.load(Ordering::Relaxed) && !std::thread::panicking() {
             let namespaces = self.tenants.iter().map(|t| t.namespace.clone()).collect();
             unfinished::fail_if_any(namespaces);
         }

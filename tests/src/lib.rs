@@ -40,7 +40,7 @@ pub mod worker_process;
 pub use api_process::ApiProcess;
 pub use broker::{DeadLetter, VhostClient};
 pub use client::{ApiClient, JobOptions};
-pub use fleet::{FleetBuilder, FleetOptions, TestFleet, WAIT_DEADLINE};
+pub use fleet::{FleetBuilder, TestFleet, WAIT_DEADLINE};
 pub use pgbouncer::{PgBouncer, PgBouncerOptions};
 pub use private_broker::PrivateBroker;
 pub use proxy::TcpProxy;

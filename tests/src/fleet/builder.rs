@@ -119,7 +119,6 @@ impl<'a> FleetBuilder<'a> {
             worker_text: worker.to_toml(),
             api_text: api.to_toml(),
             worker: self.worker,
-            check_unfinished: true,
         })
         .await
     }
