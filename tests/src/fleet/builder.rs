@@ -1,15 +1,6 @@
 //! How a test sets its fleet up: how many namespaces, whether an in-process worker runs,
 //! and the typed settings it changes — for the whole fleet, or for the API or the workers
 //! alone (e.g. a proxy's URL in front of one of them).
-//!
-//! ```ignore
-//! let fleet = TestFleet::builder()
-//!     .without_worker()
-//!     .settings(|s| s.limits.push(LimitSection::concurrency("sleep", 1)))
-//!     .worker_settings(|s| s.database.url = proxy.url())
-//!     .start()
-//!     .await;
-//! ```
 
 use crate::services;
 use crate::settings::TestSettings;
@@ -21,6 +12,19 @@ use super::{Launch, TestFleet};
 type SettingsEdit<'a> = Box<dyn FnOnce(&mut TestSettings) + 'a>;
 
 /// A fleet to start: [`TestFleet::builder`], its methods, then [`FleetBuilder::start`].
+///
+/// ```no_run
+/// # async fn example(proxied_database: String) {
+/// use engine_tests::{LimitSection, TestFleet};
+///
+/// let fleet = TestFleet::builder()
+///     .without_worker()
+///     .settings(|s| s.limits.push(LimitSection::concurrency("sleep", 1)))
+///     .worker_settings(|s| s.database.url = proxied_database)
+///     .start()
+///     .await;
+/// # }
+/// ```
 pub struct FleetBuilder<'a> {
     namespaces: usize,
     first_namespace: Option<String>,
