@@ -19,7 +19,7 @@ use engine_shared::objects::{ObjectKey, ObjectStore};
 use engine_shared::store::Store;
 use engine_shared::{JobId, JobStatus};
 use engine_tests::settings::ArchiveSection;
-use engine_tests::{TestFleet, services, wait_until};
+use engine_tests::{TestFleet, TestSettings, services, wait_until};
 
 /// Jobs finished longer ago than this are archived in these tests.
 const AFTER_DAYS: i64 = 30;
@@ -39,22 +39,13 @@ impl Archive {
     async fn new(batch_size: u32) -> Self {
         engine_shared::tls::install_crypto_provider();
         let name = services::unique_namespace();
-        let settings = Settings::from_toml(&format!(
-            r#"
-[database]
-url = "{database}"
-max_connections = 6
-[amqp]
-url = "{amqp}"
-[namespaces.{name}]
-[archive]
-after_days = {AFTER_DAYS}
-batch_size = {batch_size}
-"#,
-            database = services::database_url(),
-            amqp = services::amqp_url(),
-        ))
-        .expect("test settings are valid");
+        let mut file = TestSettings::for_namespaces(&[name]);
+        file.archive = Some(ArchiveSection {
+            after_days: Some(u32::try_from(AFTER_DAYS).unwrap()),
+            batch_size: Some(batch_size),
+            ..ArchiveSection::default()
+        });
+        let settings = Settings::from_toml(&file.to_toml()).expect("test settings are valid");
         let store = Store::connect_lazy(&settings.database).unwrap();
         store.migrate().await.expect("migrating the test database");
         Self {
@@ -510,8 +501,9 @@ async fn the_api_archives_old_finished_jobs_on_its_schedule() {
         .settings(|s| {
             s.use_test_storage();
             s.archive = Some(ArchiveSection {
-                after_days: u32::try_from(AFTER_DAYS).unwrap(),
-                interval_secs: 1,
+                after_days: Some(u32::try_from(AFTER_DAYS).unwrap()),
+                interval_secs: Some(1),
+                ..ArchiveSection::default()
             });
         })
         .start()
@@ -556,13 +548,7 @@ async fn the_api_archives_old_finished_jobs_on_its_schedule() {
     .await;
 
     // Assert
-    let mut settings = Settings::from_toml(&format!(
-        "[database]\nurl = \"{}\"\n[amqp]\nurl = \"{}\"\n",
-        services::database_url(),
-        services::amqp_url()
-    ))
-    .unwrap();
-    settings.add_namespace(fleet.namespace.clone(), fleet.namespace.as_str());
+    let settings = fleet.settings();
     let objects = ObjectStore::new(&s3);
     let archived = read_archive(&objects, &settings.namespaces[0]).await;
     assert_eq!(id_counts(&archived), once_each(&old));

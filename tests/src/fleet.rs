@@ -260,6 +260,11 @@ impl TestFleet {
         self.unfinished_expected.store(true, Ordering::Relaxed);
     }
 
+    /// The fleet's settings as its workers read them.
+    pub fn settings(&self) -> Settings {
+        Settings::from_toml(&self.settings_text).expect("the fleet's settings are valid")
+    }
+
     /// Starts (another) in-process worker for this namespace.
     pub async fn start_worker(&mut self, webhook_secret: Option<&str>) {
         let settings = Settings::from_toml(&self.settings_text).unwrap();

@@ -43,6 +43,8 @@ pub struct TestSettings {
     pub logs: Option<LogsSection>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSection>,
     /// `[[limits]]`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<LimitSection>,
@@ -160,10 +162,21 @@ pub struct LogsSection {
 }
 
 /// `[archive]`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct ArchiveSection {
-    pub after_days: u32,
-    pub interval_secs: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_days: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+}
+
+/// `[backup]`.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupSection {
+    /// Backups kept.
+    pub keep: u32,
 }
 
 /// One `[[limits]]` entry; [`LimitSection::rate`] and [`LimitSection::concurrency`] make one.
@@ -255,6 +268,7 @@ impl TestSettings {
             storage: None,
             logs: None,
             archive: None,
+            backup: None,
             limits: Vec::new(),
             namespaces: namespaces
                 .iter()
@@ -434,9 +448,11 @@ mod tests {
         file.use_test_storage();
         file.storage_mut().endpoint_url = "http://127.0.0.1:6".into();
         file.archive = Some(ArchiveSection {
-            after_days: 3,
-            interval_secs: 4,
+            after_days: Some(3),
+            interval_secs: Some(4),
+            batch_size: Some(5),
         });
+        file.backup = Some(BackupSection { keep: 6 });
         file.limits = vec![
             LimitSection {
                 period_ms: Some(500),
@@ -500,9 +516,14 @@ mod tests {
         assert_eq!(read.logs.spool_dir, file.logs.as_ref().unwrap().spool_dir);
         assert_eq!(read.logs.spool_retry_secs, 1);
         assert_eq!(
-            (read.archive.after_days, read.archive.interval_secs),
-            (3, 4)
+            (
+                read.archive.after_days,
+                read.archive.interval_secs,
+                read.archive.batch_size
+            ),
+            (3, 4, 5)
         );
+        assert_eq!(read.backup.keep, 6);
         let noop = &read.limits[0];
         assert_eq!(
             (noop.kind.as_str(), noop.rate, noop.period_ms, noop.burst),
