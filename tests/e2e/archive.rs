@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use flate2::read::GzDecoder;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -19,7 +18,8 @@ use engine_shared::namespace::NamespaceSpec;
 use engine_shared::objects::{ObjectKey, ObjectStore};
 use engine_shared::store::Store;
 use engine_shared::{JobId, JobStatus};
-use engine_tests::{FleetOptions, TestFleet, services, wait_until};
+use engine_tests::settings::ArchiveSection;
+use engine_tests::{TestFleet, TestSettings, services, wait_until};
 
 /// Jobs finished longer ago than this are archived in these tests.
 const AFTER_DAYS: i64 = 30;
@@ -39,22 +39,13 @@ impl Archive {
     async fn new(batch_size: u32) -> Self {
         engine_shared::tls::install_crypto_provider();
         let name = services::unique_namespace();
-        let settings = Settings::from_toml(&format!(
-            r#"
-[database]
-url = "{database}"
-max_connections = 6
-[amqp]
-url = "{amqp}"
-[namespaces.{name}]
-[archive]
-after_days = {AFTER_DAYS}
-batch_size = {batch_size}
-"#,
-            database = services::database_url(),
-            amqp = services::amqp_url(),
-        ))
-        .expect("test settings are valid");
+        let mut file = TestSettings::for_namespaces(&[name]);
+        file.archive = Some(ArchiveSection {
+            after_days: Some(u32::try_from(AFTER_DAYS).unwrap()),
+            batch_size: Some(batch_size),
+            ..ArchiveSection::default()
+        });
+        let settings = Settings::from_toml(&file.to_toml()).expect("test settings are valid");
         let store = Store::connect_lazy(&settings.database).unwrap();
         store.migrate().await.expect("migrating the test database");
         Self {
@@ -505,30 +496,18 @@ async fn two_replicas_archiving_at_once_archive_each_job_exactly_once() {
 async fn the_api_archives_old_finished_jobs_on_its_schedule() {
     // Arrange: an API with storage and a one-second archive interval.
     let s3 = services::s3_settings();
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        extra_toml: format!(
-            r#"
-[storage]
-endpoint_url = "{endpoint}"
-region = "{region}"
-access_key_id = "{access}"
-secret_access_key = "{secret}"
-bucket = "{bucket}"
-force_path_style = true
-[archive]
-after_days = {AFTER_DAYS}
-interval_secs = 1
-"#,
-            endpoint = s3.endpoint.as_deref().unwrap(),
-            region = s3.region,
-            access = s3.access_key_id.expose_secret(),
-            secret = s3.secret_access_key.expose_secret(),
-            bucket = s3.bucket,
-        ),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .settings(|s| {
+            s.use_test_storage();
+            s.archive = Some(ArchiveSection {
+                after_days: Some(u32::try_from(AFTER_DAYS).unwrap()),
+                interval_secs: Some(1),
+                ..ArchiveSection::default()
+            });
+        })
+        .start()
+        .await;
     let now = Utc::now();
     let mut old = Vec::new();
     for days in [AFTER_DAYS + 1, AFTER_DAYS + 2] {
@@ -569,19 +548,13 @@ interval_secs = 1
     .await;
 
     // Assert
-    let mut settings = Settings::from_toml(&format!(
-        "[database]\nurl = \"{}\"\n[amqp]\nurl = \"{}\"\n",
-        services::database_url(),
-        services::amqp_url()
-    ))
-    .unwrap();
-    settings.add_namespace(fleet.namespace.clone(), fleet.namespace.as_str());
+    let settings = fleet.settings();
     let objects = ObjectStore::new(&s3);
     let archived = read_archive(&objects, &settings.namespaces[0]).await;
     assert_eq!(id_counts(&archived), once_each(&old));
     assert!(
         fleet
-            .record_in(&fleet.namespace, &young.to_string())
+            .record_in(&fleet.namespace, JobId::from(young))
             .await
             .is_some()
     );

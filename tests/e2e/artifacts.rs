@@ -1,43 +1,35 @@
 //! Artifacts: `export.jobs_csv` writes the namespace's jobs as a CSV artifact; the API lists
 //! it with a presigned URL that downloads it from storage.
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde_json::json;
 
-use engine_shared::JobStatus;
-use engine_tests::fleet::{FleetOptions, TestFleet};
+use engine_jobs::kinds::export_jobs_csv::ExportJobsCsv;
+use engine_shared::{JobId, JobStatus};
+use engine_tests::test_kinds::FailsFatally;
+use engine_tests::{TestFleet, TestSettings};
 
 #[tokio::test]
 async fn an_export_round_trips_through_a_presigned_url() {
-    let fleet = TestFleet::start(FleetOptions::default().with_storage()).await;
+    let fleet = TestFleet::builder()
+        .settings(TestSettings::use_test_storage)
+        .start()
+        .await;
     let mut ids = fleet
         .client
         .submit_copies(25, &json!({ "kind": "noop" }))
         .await;
-    for id in &ids {
-        fleet
-            .wait_for_status(id, JobStatus::Succeeded, Duration::from_secs(20))
-            .await;
+    for &id in &ids {
+        fleet.wait_for(id, JobStatus::Succeeded).await;
     }
-    let tricky = fleet
-        .client
-        .submit(&json!({ "kind": "test.fatal" }))
-        .await
-        .id();
-    fleet
-        .wait_for_status(&tricky, JobStatus::Dead, Duration::from_secs(20))
-        .await;
+    let tricky = fleet.client.submit_args::<FailsFatally>(json!({})).await;
+    fleet.wait_for(tricky, JobStatus::Dead).await;
 
     let export = fleet
         .client
-        .submit(&json!({ "kind": "export.jobs_csv", "args": { "status": "succeeded" } }))
-        .await
-        .id();
-    let record = fleet
-        .wait_for_status(&export, JobStatus::Succeeded, Duration::from_secs(30))
+        .submit_args::<ExportJobsCsv>(json!({ "status": "succeeded" }))
         .await;
+    let record = fleet.wait_for(export, JobStatus::Succeeded).await;
     assert_eq!(record.result.as_ref().unwrap()["rows"], 25);
 
     let listing = fleet
@@ -56,8 +48,8 @@ async fn an_export_round_trips_through_a_presigned_url() {
 
     let mut lines = csv.lines();
     assert!(lines.next().unwrap().starts_with("id,kind,queue,status"));
-    let mut exported: Vec<String> = lines
-        .map(|line| line.split(',').next().unwrap().to_owned())
+    let mut exported: Vec<JobId> = lines
+        .map(|line| line.split(',').next().unwrap().parse().unwrap())
         .collect();
     exported.sort();
     ids.sort();
@@ -77,15 +69,9 @@ async fn an_export_round_trips_through_a_presigned_url() {
 
 #[tokio::test]
 async fn an_export_without_storage_fails_once_with_a_clear_reason() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
-    let export = fleet
-        .client
-        .submit(&json!({ "kind": "export.jobs_csv", "args": {} }))
-        .await
-        .id();
-    let record = fleet
-        .wait_for_status(&export, JobStatus::Dead, Duration::from_secs(20))
-        .await;
+    let fleet = TestFleet::builder().start().await;
+    let export = fleet.client.submit_args::<ExportJobsCsv>(json!({})).await;
+    let record = fleet.wait_for(export, JobStatus::Dead).await;
     assert_eq!(record.attempts, 1);
     assert!(
         record

@@ -16,8 +16,9 @@ use engine_shared::config::{BackupSettings, DatabaseSettings, Pooler};
 use engine_shared::objects::{ObjectKey, ObjectStore};
 use engine_shared::store::Store;
 use engine_shared::{JobId, Namespace};
-use engine_tests::{binary, services};
-use secrecy::{ExposeSecret, SecretString};
+use engine_tests::settings::BackupSection;
+use engine_tests::{TestSettings, binary, services};
+use secrecy::SecretString;
 use serde_json::json;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
@@ -775,22 +776,11 @@ async fn the_command_line_backs_up_lists_and_restores() {
     let target = ScratchDatabase::create().await;
     let storage = TestFolder::new();
     let config = std::env::temp_dir().join(format!("{}-backup.toml", storage.prefix));
-    let s3 = services::s3_settings();
-    std::fs::write(
-        &config,
-        format!(
-            "[database]\nurl = \"{}\"\n[amqp]\nurl = \"{}\"\n[storage]\nendpoint_url = \"{}\"\n\
-             access_key_id = \"{}\"\nsecret_access_key = \"{}\"\nbucket = \"{}\"\n\
-             force_path_style = true\n[backup]\nkeep = 2\n",
-            source.url,
-            services::amqp_url(),
-            s3.endpoint.as_deref().unwrap(),
-            s3.access_key_id.expose_secret(),
-            s3.secret_access_key.expose_secret(),
-            s3.bucket,
-        ),
-    )
-    .unwrap();
+    let mut settings = TestSettings::for_namespaces(&[]);
+    settings.database.url = source.url.clone();
+    settings.use_test_storage();
+    settings.backup = Some(BackupSection { keep: 2 });
+    std::fs::write(&config, settings.to_toml()).unwrap();
     let run = |args: &[&str]| {
         let mut command = Command::new(binary("engine-api"));
         command.arg("--config").arg(&config).args(args);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use engine_tests::client::{Answer, ApiClient};
-use engine_tests::{FleetOptions, TestFleet, wait_until};
+use engine_tests::{TestFleet, wait_until};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -69,12 +69,11 @@ async fn job_count(client: &ApiClient) -> usize {
 }
 
 async fn fleet(namespaces: usize) -> TestFleet {
-    TestFleet::start(FleetOptions {
-        worker: false,
-        namespaces,
-        ..FleetOptions::default()
-    })
-    .await
+    TestFleet::builder()
+        .without_worker()
+        .namespaces(namespaces)
+        .start()
+        .await
 }
 
 #[tokio::test]
@@ -83,7 +82,7 @@ async fn each_bad_submission_is_422_naming_its_path_and_stores_nothing() {
 
     let mut wrong = Vec::new();
     for (body, field) in poison() {
-        let answer = fleet.client.submit(&body).await;
+        let answer = fleet.client.submit_json(&body).await;
         wrong.extend(misnamed(&answer, field, &body));
     }
 
@@ -130,7 +129,7 @@ async fn submit_poison_until(
         if stop.load(Ordering::SeqCst) {
             return wrong;
         }
-        let answer = client.submit(body).await;
+        let answer = client.submit_json(body).await;
         wrong.extend(misnamed(&answer, field, body));
         answered.fetch_add(1, Ordering::SeqCst);
     }
@@ -140,6 +139,8 @@ async fn submit_poison_until(
 #[tokio::test]
 async fn one_namespaces_bad_submissions_fail_no_other_submission() {
     let fleet = fleet(2).await;
+    // No worker: what matters is which submissions are stored.
+    fleet.expect_unfinished();
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicUsize::new(0));
@@ -163,7 +164,7 @@ async fn one_namespaces_bad_submissions_fail_no_other_submission() {
             let client = b.client.clone();
             async move {
                 client
-                    .submit(&json!({ "kind": "noop", "args": { "i": i } }))
+                    .submit_json(&json!({ "kind": "noop", "args": { "i": i } }))
                     .await
                     .status
             }

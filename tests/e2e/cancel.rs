@@ -2,36 +2,30 @@
 
 use std::time::Duration;
 
+use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::sleep::Sleep;
 use engine_shared::JobStatus;
-use engine_tests::{FleetOptions, TestFleet};
+use engine_tests::{JobOptions, TestFleet, WAIT_DEADLINE};
 use reqwest::StatusCode;
 use serde_json::json;
 
-const DEADLINE: Duration = Duration::from_secs(20);
-
 #[tokio::test]
 async fn a_queued_job_cancelled_before_any_worker_runs_never_runs() {
-    let mut fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    engine_tests::wait_until("the job to be published", DEADLINE, || async {
-        fleet.record(&id).await.published_at.map(|_| ())
+    let mut fleet = TestFleet::builder().without_worker().start().await;
+    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    engine_tests::wait_until("the job to be published", WAIT_DEADLINE, || async {
+        fleet.record(id).await.published_at.map(|_| ())
     })
     .await;
 
-    let cancelled = fleet.client.cancel(&id).await;
+    let cancelled = fleet.client.cancel(id).await;
     fleet.start_worker(None).await;
-    let witness = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    fleet
-        .wait_for_status(&witness, JobStatus::Succeeded, DEADLINE)
-        .await;
+    let witness = fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.wait_for(witness, JobStatus::Succeeded).await;
 
     assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
     assert_eq!(cancelled.body["status"], "cancelled");
-    let record = fleet.record(&id).await;
+    let record = fleet.record(id).await;
     assert_eq!(record.status, JobStatus::Cancelled);
     assert_eq!(record.attempts, 0, "it never ran");
     assert!(record.started_at.is_none());
@@ -40,25 +34,27 @@ async fn a_queued_job_cancelled_before_any_worker_runs_never_runs() {
 
 #[tokio::test]
 async fn a_scheduled_job_cancelled_before_its_time_never_runs() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let fleet = TestFleet::builder().start().await;
     let id = fleet
         .client
-        .submit(&json!({ "kind": "noop", "delay": 1.0 }))
-        .await
-        .id();
-
-    let cancelled = fleet.client.cancel(&id).await;
-    let witness = fleet
-        .client
-        .submit(&json!({ "kind": "noop", "delay": 1.5 }))
-        .await
-        .id();
-    fleet
-        .wait_for_status(&witness, JobStatus::Succeeded, DEADLINE)
+        .submit_args_with::<Noop>(
+            json!({}),
+            JobOptions::default().delay(Duration::from_secs(1)),
+        )
         .await;
 
+    let cancelled = fleet.client.cancel(id).await;
+    let witness = fleet
+        .client
+        .submit_args_with::<Noop>(
+            json!({}),
+            JobOptions::default().delay(Duration::from_millis(1500)),
+        )
+        .await;
+    fleet.wait_for(witness, JobStatus::Succeeded).await;
+
     assert_eq!(cancelled.status, StatusCode::OK);
-    let record = fleet.record(&id).await;
+    let record = fleet.record(id).await;
     assert_eq!(record.status, JobStatus::Cancelled);
     assert!(
         record.published_at.is_none(),
@@ -69,22 +65,19 @@ async fn a_scheduled_job_cancelled_before_its_time_never_runs() {
 
 #[tokio::test]
 async fn a_running_job_sees_its_cancellation_token() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let fleet = TestFleet::builder().start().await;
     let id = fleet
         .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 60000 } }))
-        .await
-        .id();
-    fleet
-        .wait_for_status(&id, JobStatus::Running, DEADLINE)
+        .submit_args::<Sleep>(json!({ "ms": 60000 }))
         .await;
+    fleet.wait_for(id, JobStatus::Running).await;
 
-    let requested = fleet.client.cancel(&id).await;
+    let requested = fleet.client.cancel(id).await;
 
     assert_eq!(requested.status, StatusCode::ACCEPTED, "{requested:?}");
     assert_eq!(requested.body["cancel_requested"], true);
     let record = fleet
-        .wait_for_status(&id, JobStatus::Cancelled, Duration::from_secs(10))
+        .wait_for_within(id, JobStatus::Cancelled, Duration::from_secs(10))
         .await;
     assert_eq!(record.attempts, 1);
     fleet.stop().await;
@@ -92,13 +85,11 @@ async fn a_running_job_sees_its_cancellation_token() {
 
 #[tokio::test]
 async fn cancelling_a_finished_job_is_a_conflict() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    fleet
-        .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
-        .await;
+    let fleet = TestFleet::builder().start().await;
+    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.wait_for(id, JobStatus::Succeeded).await;
 
-    let answer = fleet.client.cancel(&id).await;
+    let answer = fleet.client.cancel(id).await;
 
     assert_eq!(answer.status, StatusCode::CONFLICT);
     assert!(
@@ -108,7 +99,7 @@ async fn cancelling_a_finished_job_is_a_conflict() {
             .contains("already finished as succeeded")
     );
     assert_eq!(
-        fleet.record(&id).await.status,
+        fleet.record(id).await.status,
         JobStatus::Succeeded,
         "nothing changed"
     );

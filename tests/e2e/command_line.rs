@@ -3,17 +3,15 @@
 
 use std::process::Command;
 
-use engine_tests::{FleetOptions, TestFleet, binary};
+use engine_tests::{TestFleet, binary};
 use reqwest::StatusCode;
 use serde_json::json;
 
 #[tokio::test]
 async fn keys_create_prints_a_working_key_once_and_revoke_disables_it() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().without_worker().start().await;
+    // No worker: the submissions only show which keys work.
+    fleet.expect_unfinished();
     let run = |args: &[&str]| {
         Command::new(binary("engine-api"))
             .arg("--config")
@@ -64,7 +62,7 @@ async fn keys_create_prints_a_working_key_once_and_revoke_disables_it() {
     );
     let client = fleet.client.with_key(Some(&key));
     assert_eq!(
-        client.submit(&json!({ "kind": "noop" })).await.status,
+        client.submit_json(&json!({ "kind": "noop" })).await.status,
         StatusCode::ACCEPTED
     );
 
@@ -83,7 +81,8 @@ async fn keys_create_prints_a_working_key_once_and_revoke_disables_it() {
         "the revocation to pass the key cache",
         std::time::Duration::from_secs(5),
         || async {
-            (client.submit(&json!({ "kind": "noop" })).await.status == StatusCode::UNAUTHORIZED)
+            (client.submit_json(&json!({ "kind": "noop" })).await.status
+                == StatusCode::UNAUTHORIZED)
                 .then_some(())
         },
     )

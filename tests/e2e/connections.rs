@@ -12,7 +12,7 @@ use serde_json::json;
 use engine_shared::JobStatus;
 use engine_tests::fleet::Tenant;
 use engine_tests::management::vhost_connections;
-use engine_tests::{FleetOptions, TestFleet, wait_until};
+use engine_tests::{TestFleet, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 /// Most connections one process may hold to one vhost (docs/DEPLOY.md).
@@ -137,12 +137,11 @@ async fn settled(fleet: &TestFleet) -> Vec<BTreeMap<String, Holdings>> {
 async fn a_worker_and_an_api_hold_at_most_two_broker_connections_per_namespace_and_keep_their_channels()
  {
     // Arrange: one API and one worker process serving 2 namespaces, 8 jobs at once.
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        namespaces: 2,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .namespaces(2)
+        .start()
+        .await;
     let _worker = fleet.spawn_test_worker_process(8);
 
     // Act: a round of jobs, then twice as many again.

@@ -5,53 +5,43 @@
 
 use std::time::{Duration, Instant};
 
-use engine_shared::JobStatus;
-use engine_tests::{FleetOptions, TestFleet, services, wait_until};
+use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::sleep::Sleep;
+use engine_shared::{JobId, JobStatus};
+use engine_tests::settings::RescueSection;
+use engine_tests::{FleetBuilder, JobOptions, LimitSection, TestFleet, services, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Submits `count` `noop` jobs `delay` seconds ahead in one batch; their ids.
-async fn delayed_batch(client: &engine_tests::ApiClient, count: usize, delay: f64) -> Vec<String> {
-    let delayed = json!({ "kind": "noop", "delay": delay });
-    let batch: Vec<_> = (0..count).map(|_| delayed.clone()).collect();
-    let answer = client
-        .post("/v1/jobs/batch", &json!({ "jobs": batch }))
-        .await;
-    assert!(answer.status.is_success(), "{answer:?}");
-    answer.body["jobs"]
-        .as_array()
-        .expect("the batch's jobs")
-        .iter()
-        .map(|job| job["id"].as_str().unwrap().to_owned())
-        .collect()
+async fn delayed_batch(client: &engine_tests::ApiClient, count: usize, delay: f64) -> Vec<JobId> {
+    client
+        .submit_copies(count, &json!({ "kind": "noop", "delay": delay }))
+        .await
 }
 
-fn without_worker() -> FleetOptions {
-    FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    }
+/// A fleet whose workers are the test's own processes.
+fn without_worker<'a>() -> FleetBuilder<'a> {
+    TestFleet::builder().without_worker()
 }
 
 #[tokio::test]
 async fn a_cancel_accepted_while_its_worker_is_dead_ends_the_job_cancelled_not_after_its_run() {
-    let fleet = TestFleet::start(without_worker()).await;
+    let fleet = without_worker().start().await;
     let mut doomed = fleet.spawn_worker_process(2, 10);
     let id = fleet
         .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": 60000 } }))
         .await;
     doomed.kill();
 
-    let requested = fleet.client.cancel(&id).await;
+    let requested = fleet.client.cancel(id).await;
     assert_eq!(requested.status, StatusCode::ACCEPTED, "{requested:?}");
     let asked = Instant::now();
     let survivor = fleet.spawn_worker_process(2, 10);
 
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Cancelled, Duration::from_secs(20))
-        .await;
+    let record = fleet.wait_for(id, JobStatus::Cancelled).await;
     assert!(
         asked.elapsed() < Duration::from_secs(20),
         "it ran its whole sleep first"
@@ -63,12 +53,11 @@ async fn a_cancel_accepted_while_its_worker_is_dead_ends_the_job_cancelled_not_a
 /// A fleet whose `sleep` kind may run one at a time, and a `sleep` job of `ms` whose
 /// worker process was SIGKILLed while it ran (its slot still leased in Redis); no worker
 /// is left. The job's id, and when the kill was.
-async fn sleep_killed_under_a_concurrency_limit(ms: u64) -> (TestFleet, String, Instant) {
-    let fleet = TestFleet::start(FleetOptions {
-        extra_toml: "[[limits]]\nkind = \"sleep\"\nconcurrency = 1\n".into(),
-        ..without_worker()
-    })
-    .await;
+async fn sleep_killed_under_a_concurrency_limit(ms: u64) -> (TestFleet, JobId, Instant) {
+    let fleet = without_worker()
+        .settings(|s| s.limits.push(LimitSection::concurrency("sleep", 1)))
+        .start()
+        .await;
     let mut doomed = fleet.spawn_worker_process(2, 10);
     let id = fleet
         .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": ms } }))
@@ -85,7 +74,7 @@ async fn a_job_whose_worker_died_under_a_concurrency_limit_is_taken_over_after_i
     let survivor = fleet.spawn_worker_process(2, 10);
 
     let record = fleet
-        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(90))
+        .wait_for_within(id, JobStatus::Succeeded, Duration::from_secs(90))
         .await;
     assert_eq!(
         record.attempts, 2,
@@ -100,12 +89,14 @@ async fn a_job_held_back_by_a_dead_workers_slot_starts_again_within_seconds() {
     // be looked at again when that lease ends (10 s at most), not after a whole backoff
     // parked in the 30 s tier: the tail of every crash's recovery.
     let (fleet, id, killed) = sleep_killed_under_a_concurrency_limit(20_000).await;
+    // It ends when the job has started again, not when its 20 s sleep is over.
+    fleet.expect_unfinished();
     let survivor = fleet.spawn_worker_process(2, 10);
 
     wait_until(
         "the job to start again",
         Duration::from_secs(90),
-        || async { (fleet.record(&id).await.starts >= 2).then_some(()) },
+        || async { (fleet.record(id).await.starts >= 2).then_some(()) },
     )
     .await;
     // A slot leased for 10 s frees itself by then; before, the 30 s lease and the 30 s
@@ -120,45 +111,41 @@ async fn a_job_held_back_by_a_dead_workers_slot_starts_again_within_seconds() {
 
 #[tokio::test]
 async fn a_publish_no_queue_takes_stays_in_the_outbox_until_the_queue_is_back() {
-    let mut fleet = TestFleet::start(without_worker()).await;
-    let warm = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let mut fleet = without_worker().start().await;
+    // The warm-up job's message goes with the deleted queue: it waits for the rescuer.
+    fleet.expect_unfinished();
+    let warm = fleet.client.submit_args::<Noop>(json!({})).await;
     wait_until("the relay to publish", DEADLINE, || async {
-        fleet.record(&warm).await.published_at.map(|_| ())
+        fleet.record(warm).await.published_at.map(|_| ())
     })
     .await;
     // The queue vanishes under the API's open channel (a person, a policy, a broker reset).
     services::delete_queue(fleet.namespace.as_str(), "jobs.default").await;
 
-    let lost = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    let later = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let lost = fleet.client.submit_args::<Noop>(json!({})).await;
+    let later = fleet.client.submit_args::<Noop>(json!({})).await;
     wait_until("the sweeper to have tried", DEADLINE, || async {
-        let record = fleet.record(&later).await;
+        let record = fleet.record(later).await;
         (chrono::Utc::now() - record.created_at > chrono::Duration::seconds(1)).then_some(())
     })
     .await;
     assert!(
-        fleet.record(&lost).await.published_at.is_none(),
+        fleet.record(lost).await.published_at.is_none(),
         "a publish that no queue took was stamped as published"
     );
 
     // A worker declares the queue again; the sweeper publishes what it held back.
     fleet.start_worker(None).await;
-    fleet
-        .wait_for_status(&lost, JobStatus::Succeeded, DEADLINE)
-        .await;
-    fleet
-        .wait_for_status(&later, JobStatus::Succeeded, DEADLINE)
-        .await;
+    fleet.wait_for(lost, JobStatus::Succeeded).await;
+    fleet.wait_for(later, JobStatus::Succeeded).await;
     fleet.stop().await;
 }
 
 #[tokio::test]
 async fn a_vhost_that_refuses_publishes_does_not_stop_another_namespaces_delayed_jobs() {
-    let fleet = TestFleet::start(FleetOptions {
-        namespaces: 2,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().namespaces(2).start().await;
+    // Only a few of A's 600 delayed jobs are followed to the end.
+    fleet.expect_unfinished();
     // A sorts first, so a claim holding rows of both namespaces reaches A's first.
     let (a, b) = match (&fleet.tenants[0], &fleet.tenants[1]) {
         (x, y) if x.namespace.as_str() < y.namespace.as_str() => (x, y),
@@ -170,19 +157,18 @@ async fn a_vhost_that_refuses_publishes_does_not_stop_another_namespaces_delayed
 
     // Delayed jobs are released by the scheduler, whose claims mix namespaces, oldest
     // first: more of A's than one claim holds (relay.batch_size, 500) come due first.
-    let of_a: Vec<String> = delayed_batch(&a.client, 600, 0.3)
+    let of_a: Vec<JobId> = delayed_batch(&a.client, 600, 0.3)
         .await
         .into_iter()
         .take(3)
         .collect();
-    let delayed = json!({ "kind": "noop", "delay": 0.5 });
-    let of_b: Vec<String> =
-        futures_util::future::join_all((0..3).map(|_| b.client.submit(&delayed)))
-            .await
-            .iter()
-            .map(|answer| answer.id())
-            .collect();
-    for id in &of_b {
+    let delayed = JobOptions::default().delay(Duration::from_millis(500));
+    let of_b: Vec<JobId> = futures_util::future::join_all((0..3).map(|_| {
+        b.client
+            .submit_args_with::<Noop>(json!({}), delayed.clone())
+    }))
+    .await;
+    for &id in &of_b {
         wait_until("namespace B's delayed job to run", DEADLINE, || async {
             let record = fleet.record_in(&b.namespace, id).await?;
             (record.status == JobStatus::Succeeded).then_some(())
@@ -199,7 +185,7 @@ async fn a_vhost_that_refuses_publishes_does_not_stop_another_namespaces_delayed
     );
 
     services::permit_guest(a.namespace.as_str(), true).await;
-    for id in &of_a {
+    for &id in &of_a {
         wait_until(
             "namespace A's delayed job to run once allowed",
             Duration::from_secs(60),
@@ -222,15 +208,15 @@ async fn a_delivery_that_waited_for_a_slot_is_not_timed_out_by_the_broker() {
     // when its attempt starts instead; its lease protects the attempt from there.
     let namespace = services::unique_namespace();
     let broker = engine_tests::PrivateBroker::start(&namespace, Duration::from_secs(10));
-    let fleet = TestFleet::start(FleetOptions {
-        namespace_name: Some(namespace),
-        api_amqp_url: Some(broker.amqp_url()),
-        worker_amqp_url: Some(broker.amqp_url()),
-        consumer_timeout_secs: 10,
-        worker_concurrency: 1,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .namespace_name(&namespace)
+        .settings(|s| {
+            s.amqp.url = broker.amqp_url();
+            s.amqp.consumer_timeout_secs = 10;
+            s.worker.concurrency = 1;
+        })
+        .start()
+        .await;
     let job = |queue: &str| json!({ "kind": "sleep", "args": { "ms": 6000 }, "queue": queue, "timeout": 7 });
     let submitted = fleet
         .client
@@ -240,16 +226,10 @@ async fn a_delivery_that_waited_for_a_slot_is_not_timed_out_by_the_broker() {
         )
         .await;
     assert_eq!(submitted.status, StatusCode::ACCEPTED, "{submitted:?}");
-    let ids: Vec<String> = submitted.body["jobs"]
-        .as_array()
-        .expect("a jobs array")
-        .iter()
-        .map(|job| job["id"].as_str().expect("an id").to_owned())
-        .collect();
 
-    for id in &ids {
+    for id in submitted.job_ids() {
         let record = fleet
-            .wait_for_status(id, JobStatus::Succeeded, Duration::from_secs(60))
+            .wait_for_within(id, JobStatus::Succeeded, Duration::from_secs(60))
             .await;
         assert_eq!(record.attempts, 1, "one attempt each: {record:?}");
         assert_eq!(record.starts, 1, "started once each: {record:?}");
@@ -269,18 +249,16 @@ async fn a_message_returned_often_without_an_attempt_never_reaches_the_dead_queu
     // every return: workers killed with the message prefetched, lost connections. Nine
     // returns without an attempt, then an attempt whose worker is SIGKILLed: the tenth
     // return would dead-letter a job PostgreSQL shows running.
-    let fleet = TestFleet::start(FleetOptions {
-        delivery_limit: 5,
-        ..without_worker()
-    })
-    .await;
+    let fleet = without_worker()
+        .settings(|s| s.retry.delivery_limit = 5)
+        .start()
+        .await;
     let id = fleet
         .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 3000 } }))
-        .await
-        .id();
+        .submit_args::<Sleep>(json!({ "ms": 3000 }))
+        .await;
     wait_until("the relay to publish", DEADLINE, || async {
-        fleet.record(&id).await.published_at.map(|_| ())
+        fleet.record(id).await.published_at.map(|_| ())
     })
     .await;
     let vhost = engine_tests::VhostClient::connect(fleet.namespace.as_str()).await;
@@ -288,15 +266,13 @@ async fn a_message_returned_often_without_an_attempt_never_reaches_the_dead_queu
 
     let mut doomed = fleet.spawn_worker_process(2, 10);
     wait_until("the job to run", DEADLINE, || async {
-        (fleet.record(&id).await.status == JobStatus::Running).then_some(())
+        (fleet.record(id).await.status == JobStatus::Running).then_some(())
     })
     .await;
     doomed.kill();
     let survivor = fleet.spawn_worker_process(2, 10);
 
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
-        .await;
+    let record = fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(
         record.attempts, 2,
         "the killed attempt and the one that ran"
@@ -313,17 +289,14 @@ async fn a_message_returned_often_without_an_attempt_never_reaches_the_dead_queu
 async fn a_namespace_whose_queue_vanished_does_not_hold_back_another_namespaces_outbox() {
     // Returned publishes are confirmed as "returned", not refused: the namespace must still
     // be left out of the next claims, or its oldest rows fill every claim for good.
-    let fleet = TestFleet::start(FleetOptions {
-        namespaces: 2,
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = without_worker().namespaces(2).start().await;
+    // No worker: what matters is what gets published.
+    fleet.expect_unfinished();
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
-    let warm = a.client.submit(&json!({ "kind": "noop" })).await.id();
+    let warm = a.client.submit_args::<Noop>(json!({})).await;
     wait_until("A's relay channel to be open", DEADLINE, || async {
         fleet
-            .record_in(&a.namespace, &warm)
+            .record_in(&a.namespace, warm)
             .await?
             .published_at
             .map(|_| ())
@@ -360,7 +333,7 @@ async fn a_namespace_whose_queue_vanished_does_not_hold_back_another_namespaces_
     fleet.store.insert_jobs(&[missed]).await.unwrap();
     wait_until("namespace B's job to be swept", DEADLINE, || async {
         fleet
-            .record_in(&b.namespace, &id.to_string())
+            .record_in(&b.namespace, id)
             .await?
             .published_at
             .map(|_| ())
@@ -372,12 +345,16 @@ async fn a_namespace_whose_queue_vanished_does_not_hold_back_another_namespaces_
 /// A fleet with a quick rescuer (3 s bound, 1 s leases) and no worker, and the id of a
 /// `job` whose attempt died: its worker was SIGKILLed mid-run and the redelivery the broker
 /// would make is lost too.
-async fn an_attempt_that_died(job: serde_json::Value) -> (TestFleet, String) {
-    let fleet = TestFleet::start(FleetOptions {
-        extra_toml: "[rescue]\nafter_secs = 3\nlease_secs = 1\n".into(),
-        ..without_worker()
-    })
-    .await;
+async fn an_attempt_that_died(job: serde_json::Value) -> (TestFleet, JobId) {
+    let fleet = without_worker()
+        .settings(|s| {
+            s.rescue = Some(RescueSection {
+                after_secs: 3,
+                lease_secs: 1,
+            })
+        })
+        .start()
+        .await;
     let mut doomed = fleet.spawn_worker_process(2, 10);
     let id = fleet.submit_until_running(&job).await;
     doomed.kill();
@@ -389,6 +366,8 @@ async fn an_attempt_that_died(job: serde_json::Value) -> (TestFleet, String) {
 async fn an_attempt_whose_worker_died_is_rescued_even_behind_a_backlog() {
     let (fleet, id) =
         an_attempt_that_died(json!({ "kind": "sleep", "args": { "ms": 60000 } })).await;
+    // No worker: the rescue is what is watched, and the backlog stays.
+    fleet.expect_unfinished();
     // Jobs nobody runs yet wait in the same queue: a backlog, not a lost message.
     fleet
         .client
@@ -396,11 +375,11 @@ async fn an_attempt_whose_worker_died_is_rescued_even_behind_a_backlog() {
         .await;
 
     wait_until("the dead attempt to be rescued", DEADLINE, || async {
-        let record = fleet.record(&id).await;
+        let record = fleet.record(id).await;
         (record.status == JobStatus::Retrying && record.published_at.is_some()).then_some(())
     })
     .await;
-    let errors = fleet.client.job(&id).await.body["errors"].clone();
+    let errors = fleet.client.job(id).await.body["errors"].clone();
     assert_eq!(errors[0]["kind"], "crashed", "{errors}");
     fleet.stop().await;
 }
@@ -411,12 +390,10 @@ async fn a_cancel_accepted_for_an_attempt_that_died_ends_cancelled_not_dead() {
         json!({ "kind": "sleep", "args": { "ms": 60000 }, "max_attempts": 1 }),
     )
     .await;
-    let requested = fleet.client.cancel(&id).await;
+    let requested = fleet.client.cancel(id).await;
     assert_eq!(requested.status, StatusCode::ACCEPTED, "{requested:?}");
 
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Cancelled, DEADLINE)
-        .await;
+    let record = fleet.wait_for(id, JobStatus::Cancelled).await;
     assert!(record.finished_at.is_some(), "{record:?}");
     fleet.stop().await;
 }

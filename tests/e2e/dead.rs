@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use engine_jobs::kinds::noop::Noop;
 use engine_shared::JobStatus;
-use engine_tests::test_kinds::heal;
-use engine_tests::{FleetOptions, TestFleet, VhostClient, wait_until};
+use engine_tests::test_kinds::{FailsFatally, heal};
+use engine_tests::{TestFleet, VhostClient, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -20,11 +21,10 @@ async fn count(fleet: &TestFleet, status: JobStatus) -> usize {
 
 #[tokio::test]
 async fn redriving_a_hundred_dead_jobs_runs_every_one_to_success() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker_concurrency: 32,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .settings(|s| s.worker.concurrency = 32)
+        .start()
+        .await;
     let ids = fleet
         .client
         .submit_copies(100, &json!({ "kind": "test.switch", "max_attempts": 1 }))
@@ -63,7 +63,7 @@ async fn redriving_a_hundred_dead_jobs_runs_every_one_to_success() {
         (count(&fleet, JobStatus::Succeeded).await == 100).then_some(())
     })
     .await;
-    let one = ids[0].as_str();
+    let one = ids[0];
     let record = fleet.record(one).await;
     assert_eq!(record.attempts, 1, "fresh attempts after the redrive");
     assert_eq!(record.redrives, 1);
@@ -79,21 +79,15 @@ async fn redriving_a_hundred_dead_jobs_runs_every_one_to_success() {
 
 #[tokio::test]
 async fn a_dead_job_is_found_by_its_error_retried_alone_and_parked_with_a_reason() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
-    let id = fleet
-        .client
-        .submit(&json!({ "kind": "test.fatal" }))
-        .await
-        .id();
-    fleet
-        .wait_for_status(&id, JobStatus::Dead, Duration::from_secs(20))
-        .await;
+    let fleet = TestFleet::builder().start().await;
+    let id = fleet.client.submit_args::<FailsFatally>(json!({})).await;
+    fleet.wait_for(id, JobStatus::Dead).await;
 
     let found = fleet
         .client
         .get("/v1/jobs?status=dead&error=Deliberate%20FATAL")
         .await;
-    assert_eq!(found.body["jobs"][0]["id"], json!(id), "{found:?}");
+    assert_eq!(found.job_ids()[0], id, "{found:?}");
     let none = fleet.client.get("/v1/jobs?status=dead&error=100%25").await;
     assert_eq!(none.body["jobs"], json!([]), "% is literal, not a wildcard");
 
@@ -104,7 +98,10 @@ async fn a_dead_job_is_found_by_its_error_retried_alone_and_parked_with_a_reason
     })
     .await;
     assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].message_id.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        letters[0].message_id.as_deref(),
+        Some(id.to_string().as_str())
+    );
     assert_eq!(
         letters[0].reason.as_deref(),
         Some("out of attempts after attempt 1")
@@ -120,12 +117,12 @@ async fn a_dead_job_is_found_by_its_error_retried_alone_and_parked_with_a_reason
         "the retried job to die again",
         Duration::from_secs(20),
         || async {
-            let record = fleet.record(&id).await;
+            let record = fleet.record(id).await;
             (record.status == JobStatus::Dead && record.redrives == 1).then_some(())
         },
     )
     .await;
-    let errors = fleet.client.job(&id).await.body["errors"].clone();
+    let errors = fleet.client.job(id).await.body["errors"].clone();
     assert_eq!(
         errors.as_array().unwrap().len(),
         2,
@@ -133,10 +130,8 @@ async fn a_dead_job_is_found_by_its_error_retried_alone_and_parked_with_a_reason
     );
     assert_eq!(errors[1]["redrive"], 1);
 
-    let alive = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    fleet
-        .wait_for_status(&alive, JobStatus::Succeeded, Duration::from_secs(20))
-        .await;
+    let alive = fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.wait_for(alive, JobStatus::Succeeded).await;
     let conflict = fleet
         .client
         .post(&format!("/v1/jobs/{alive}/retry"), &json!({}))

@@ -4,17 +4,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode as AxumStatus, header};
 use axum::routing::post;
 use engine_shared::JobStatus;
-use engine_tests::{FleetOptions, RECEIVER_HOST, TestFleet};
+use engine_tests::{RECEIVER_HOST, TestFleet};
 use reqwest::StatusCode;
 use serde_json::json;
 
 const SECRET: &str = "whsec_egress";
-const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A receiver on [`RECEIVER_HOST`] counting the requests that reach it, answering `status`
 /// (with `Location: location` if given).
@@ -51,11 +49,9 @@ fn webhook(url: &str) -> serde_json::Value {
 /// saying no more than that its host is not public: which internal range it hit, or that
 /// it is one of the fleet's services, is for the fleet's log only.
 async fn assert_refused(fleet: &TestFleet, url: &str) {
-    let answer = fleet.client.submit(&webhook(url)).await;
+    let answer = fleet.client.submit_json(&webhook(url)).await;
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{url}: {answer:?}");
-    let record = fleet
-        .wait_for_status(&answer.id(), JobStatus::Dead, DEADLINE)
-        .await;
+    let record = fleet.wait_for(answer.job_id(), JobStatus::Dead).await;
     let error = record.last_error.unwrap_or_default();
     assert_eq!(
         record.attempts, 1,
@@ -75,12 +71,11 @@ async fn assert_refused(fleet: &TestFleet, url: &str) {
 
 #[tokio::test]
 async fn by_default_a_webhook_reaches_no_internal_address() {
-    let fleet = TestFleet::start(FleetOptions {
-        webhook_secret: Some(SECRET.into()),
-        egress_allow: Vec::new(),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .settings(|s| s.sign_webhooks_with(SECRET))
+        .settings(|s| s.egress.allow = Vec::new())
+        .start()
+        .await;
     let (url, hits) = receiver(204, None).await;
     let port = url
         .split(':')
@@ -118,17 +113,16 @@ async fn by_default_a_webhook_reaches_no_internal_address() {
 
 #[tokio::test]
 async fn egress_allow_opens_a_receiver_but_never_the_fleets_own_services() {
-    let fleet = TestFleet::start(FleetOptions {
-        webhook_secret: Some(SECRET.into()),
-        egress_allow: vec!["127.0.0.0/8".into()],
-        ..FleetOptions::default()
-    })
-    .await;
-    let (url, hits) = receiver(204, None).await;
-    let id = fleet.client.submit(&webhook(&url)).await.id();
-    fleet
-        .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
+    let fleet = TestFleet::builder()
+        .settings(|s| {
+            s.sign_webhooks_with(SECRET);
+            s.egress.allow = vec!["127.0.0.0/8".into()];
+        })
+        .start()
         .await;
+    let (url, hits) = receiver(204, None).await;
+    let id = fleet.client.submit_json(&webhook(&url)).await.job_id();
+    fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 
     // 127.0.0.1 is where this fleet's database, broker, Redis and storage live: allowing
@@ -145,18 +139,17 @@ async fn egress_allow_opens_a_receiver_but_never_the_fleets_own_services() {
 
 #[tokio::test]
 async fn a_redirect_is_not_followed() {
-    let fleet = TestFleet::start(FleetOptions {
-        webhook_secret: Some(SECRET.into()),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .settings(|s| s.sign_webhooks_with(SECRET))
+        .start()
+        .await;
     let (target, target_hits) = receiver(204, None).await;
     let (url, hits) = receiver(307, Some(target)).await;
     let job = json!({
         "kind": "webhook.deliver", "args": { "url": url, "body": {} }, "max_attempts": 1
     });
-    let id = fleet.client.submit(&job).await.id();
-    let record = fleet.wait_for_status(&id, JobStatus::Dead, DEADLINE).await;
+    let id = fleet.client.submit_json(&job).await.job_id();
+    let record = fleet.wait_for(id, JobStatus::Dead).await;
     let error = record.last_error.unwrap_or_default();
     assert!(error.contains("redirects are not followed"), "{error:?}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
@@ -170,11 +163,7 @@ async fn a_redirect_is_not_followed() {
 
 #[tokio::test]
 async fn credentials_in_the_url_and_reserved_or_invalid_headers_are_refused_at_submit() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().without_worker().start().await;
     let with_headers = |name: &str, value: &str| {
         json!({ "kind": "webhook.deliver", "args": {
             "url": "http://127.0.0.2:9/hook", "body": {}, "headers": { name: value } } })
@@ -220,7 +209,7 @@ async fn credentials_in_the_url_and_reserved_or_invalid_headers_are_refused_at_s
         "name the same header".into(),
     ));
     for (job, field, message) in cases {
-        let answer = fleet.client.submit(&job).await;
+        let answer = fleet.client.submit_json(&job).await;
         assert_eq!(
             answer.status,
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -1,6 +1,7 @@
 //! Every HTTP error is problem JSON with a specific message, and changes nothing.
 
-use engine_tests::{FleetOptions, TcpProxy, TestFleet};
+use engine_shared::JobId;
+use engine_tests::{TcpProxy, TestFleet};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -29,11 +30,7 @@ async fn job_count(fleet: &TestFleet) -> usize {
 
 #[tokio::test]
 async fn malformed_json_is_400() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().without_worker().start().await;
     let answer = fleet
         .client
         .raw(Method::POST, "/v1/jobs", Some(b"{\"kind\": ".to_vec()))
@@ -45,18 +42,14 @@ async fn malformed_json_is_400() {
 
 #[tokio::test]
 async fn a_missing_or_unknown_key_is_401() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().without_worker().start().await;
     let job = json!({ "kind": "noop" });
 
-    let missing = fleet.client.with_key(None).submit(&job).await;
+    let missing = fleet.client.with_key(None).submit_json(&job).await;
     let unknown = fleet
         .client
         .with_key(Some("tle_not-a-real-key"))
-        .submit(&job)
+        .submit_json(&job)
         .await;
 
     assert_problem(&missing, StatusCode::UNAUTHORIZED, "missing Authorization");
@@ -71,14 +64,10 @@ async fn a_missing_or_unknown_key_is_401() {
 
 #[tokio::test]
 async fn an_unknown_job_is_404() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
-    let unknown = fleet.client.job(&uuid::Uuid::now_v7().to_string()).await;
-    let malformed = fleet.client.job("not-an-id").await;
-    let cancel = fleet.client.cancel(&uuid::Uuid::now_v7().to_string()).await;
+    let fleet = TestFleet::builder().without_worker().start().await;
+    let unknown = fleet.client.job(JobId::new()).await;
+    let malformed = fleet.client.get("/v1/jobs/not-an-id").await;
+    let cancel = fleet.client.cancel(JobId::new()).await;
     assert_problem(&unknown, StatusCode::NOT_FOUND, "job not found");
     assert_problem(&malformed, StatusCode::NOT_FOUND, "job not found");
     assert_problem(&cancel, StatusCode::NOT_FOUND, "job not found");
@@ -87,15 +76,11 @@ async fn an_unknown_job_is_404() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_413() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().without_worker().start().await;
     let big = "x".repeat(70_000);
     let answer = fleet
         .client
-        .submit(&json!({ "kind": "noop", "args": { "pad": big } }))
+        .submit_json(&json!({ "kind": "noop", "args": { "pad": big } }))
         .await;
     assert_problem(&answer, StatusCode::PAYLOAD_TOO_LARGE, "65536 bytes");
     assert_eq!(job_count(&fleet).await, 0);
@@ -104,11 +89,7 @@ async fn a_body_over_the_limit_is_413() {
 
 #[tokio::test]
 async fn invalid_fields_are_422_naming_the_field() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().without_worker().start().await;
     let cases = [
         (json!({ "kind": "no.such.kind" }), "kind", "unknown kind"),
         (
@@ -176,7 +157,7 @@ async fn invalid_fields_are_422_naming_the_field() {
         ),
     ];
     for (job, field, message) in cases {
-        let answer = fleet.client.submit(&job).await;
+        let answer = fleet.client.submit_json(&job).await;
         assert_problem(&answer, StatusCode::UNPROCESSABLE_ENTITY, message);
         assert_eq!(
             answer.body["errors"][0]["field"], field,
@@ -200,20 +181,25 @@ async fn invalid_fields_are_422_naming_the_field() {
 #[tokio::test]
 async fn an_unreachable_database_is_503() {
     let (proxy, proxied) = TcpProxy::database().await;
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        api_database_url: Some(proxied),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .api_settings(|s| s.database.url = proxied)
+        .start()
+        .await;
+    // No worker: the warm-up job is only accepted.
+    fleet.expect_unfinished();
     // Warm the key cache and show the path works while the database is reachable.
     assert_eq!(
-        fleet.client.submit(&json!({ "kind": "noop" })).await.status,
+        fleet
+            .client
+            .submit_json(&json!({ "kind": "noop" }))
+            .await
+            .status,
         StatusCode::ACCEPTED
     );
 
     proxy.cut();
-    let answer = fleet.client.submit(&json!({ "kind": "noop" })).await;
+    let answer = fleet.client.submit_json(&json!({ "kind": "noop" })).await;
     let read = fleet.client.get("/v1/jobs").await;
 
     assert_problem(&answer, StatusCode::SERVICE_UNAVAILABLE, "unreachable");

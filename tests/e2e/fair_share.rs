@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use engine_jobs::kinds::noop::Noop;
 use engine_shared::{JobStatus, Namespace};
-use engine_tests::{FleetOptions, TestFleet, wait_until};
+use engine_tests::{TestFleet, wait_until};
 use serde_json::json;
 
 /// The `p`-th percentile (0–100) of `values`, nearest rank.
@@ -25,12 +26,13 @@ async fn database_now(fleet: &TestFleet) -> DateTime<Utc> {
 
 #[tokio::test]
 async fn a_namespace_flooding_the_worker_does_not_hold_back_another_namespaces_jobs() {
-    let fleet = TestFleet::start(FleetOptions {
-        namespaces: 2,
-        worker_concurrency: 16,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .namespaces(2)
+        .settings(|s| s.worker.concurrency = 16)
+        .start()
+        .await;
+    // The flood is left unfinished: only B's jobs are followed through it.
+    fleet.expect_unfinished();
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
     let flood = json!({ "kind": "sleep", "args": { "ms": 2000 }, "queue": "critical" });
     for _ in 0..2 {
@@ -49,11 +51,11 @@ async fn a_namespace_flooding_the_worker_does_not_hold_back_another_namespaces_j
     // 100, so the p99 is the second-worst start, not the worst alone.
     for _ in 0..100 {
         pace.tick().await;
-        ids.push(b.client.submit(&json!({ "kind": "noop" })).await.id());
+        ids.push(b.client.submit_args::<Noop>(json!({})).await);
     }
     let records = wait_until("B's jobs to succeed", Duration::from_secs(60), || async {
         let mut records = Vec::new();
-        for id in &ids {
+        for &id in &ids {
             let record = fleet.record_in(&b.namespace, id).await?;
             (record.status == JobStatus::Succeeded).then_some(())?;
             records.push(record);
@@ -116,13 +118,17 @@ async fn job_seconds(
 
 #[tokio::test]
 async fn busy_namespaces_share_the_worker_by_their_weights() {
-    let fleet = TestFleet::start(FleetOptions {
-        namespaces: 2,
-        worker_concurrency: 12,
-        namespace_toml: vec!["weight = 2\n".to_owned(), "weight = 1\n".to_owned()],
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .namespaces(2)
+        .settings(|s| {
+            s.worker.concurrency = 12;
+            s.namespaces[0].weight = Some(2);
+            s.namespaces[1].weight = Some(1);
+        })
+        .start()
+        .await;
+    // The shares are measured while both are busy; the backlogs are left unfinished.
+    fleet.expect_unfinished();
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
     let job = json!({ "kind": "sleep", "args": { "ms": 1000 } });
     a.client.submit_copies(300, &job).await;

@@ -4,9 +4,12 @@
 
 use std::time::Duration;
 
+use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::sleep::Sleep;
 use engine_shared::JobStatus;
 use engine_shared::metrics::{NamespaceLabels, metrics};
-use engine_tests::{DeadLetter, FleetOptions, TestFleet, VhostClient, wait_until};
+use engine_tests::test_kinds::Flaky;
+use engine_tests::{DeadLetter, JobOptions, TestFleet, VhostClient, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -22,19 +25,11 @@ async fn next_dead_letter(broker: &VhostClient) -> DeadLetter {
 
 #[tokio::test]
 async fn a_forged_message_runs_only_its_rows_args_and_one_of_another_kind_is_refused() {
-    let mut fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let mut fleet = TestFleet::builder().without_worker().start().await;
     let broker = VhostClient::connect(fleet.namespace.as_str()).await;
-    let id = fleet
-        .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 7 } }))
-        .await
-        .id();
+    let id = fleet.client.submit_args::<Sleep>(json!({ "ms": 7 })).await;
     wait_until("the job to be published", DEADLINE, || async {
-        fleet.record(&id).await.published_at.map(|_| ())
+        fleet.record(id).await.published_at.map(|_| ())
     })
     .await;
     // The real message, held out of the queue so that the forgeries reach the worker first.
@@ -55,9 +50,7 @@ async fn a_forged_message_runs_only_its_rows_args_and_one_of_another_kind_is_ref
     fleet.start_worker(None).await;
     broker.publish_raw("default", &real).await;
 
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
-        .await;
+    let record = fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(
         record.result,
         Some(json!({ "slept_ms": 7 })),
@@ -79,15 +72,11 @@ async fn a_forged_message_runs_only_its_rows_args_and_one_of_another_kind_is_ref
 async fn messages_whose_args_postgresql_cannot_hold_stop_no_other_tenants_jobs() {
     // One worker serves both namespaces and batches their starts together. A body's args
     // never reach PostgreSQL, so a NUL (which jsonb refuses) in them cannot fail a batch.
-    let fleet = TestFleet::start(FleetOptions {
-        namespaces: 2,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().namespaces(2).start().await;
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
-    let a_witness = a.client.submit(&json!({ "kind": "noop" })).await.id();
+    let a_witness = a.client.submit_args::<Noop>(json!({})).await;
     wait_until("A's witness to succeed", DEADLINE, || async {
-        (fleet.record_in(&a.namespace, &a_witness).await?.status == JobStatus::Succeeded)
+        (fleet.record_in(&a.namespace, a_witness).await?.status == JobStatus::Succeeded)
             .then_some(())
     })
     .await; // A's topology is declared
@@ -107,22 +96,21 @@ async fn messages_whose_args_postgresql_cannot_hold_stop_no_other_tenants_jobs()
     let of_b = async {
         let mut ids = Vec::new();
         for _ in 0..20 {
-            ids.push(b.client.submit(&json!({ "kind": "noop" })).await.id());
+            ids.push(b.client.submit_args::<Noop>(json!({})).await);
         }
         ids
     };
     let ((), of_b) = tokio::join!(flood, of_b);
-    for id in &of_b {
+    for &id in &of_b {
         wait_until("B's job to succeed", DEADLINE, || async {
             (fleet.record_in(&b.namespace, id).await?.status == JobStatus::Succeeded).then_some(())
         })
         .await;
     }
     // And A's own jobs still run: the poisoned messages went to A's dead queue.
-    let a_after = a.client.submit(&json!({ "kind": "noop" })).await.id();
+    let a_after = a.client.submit_args::<Noop>(json!({})).await;
     wait_until("A's next job to succeed", DEADLINE, || async {
-        (fleet.record_in(&a.namespace, &a_after).await?.status == JobStatus::Succeeded)
-            .then_some(())
+        (fleet.record_in(&a.namespace, a_after).await?.status == JobStatus::Succeeded).then_some(())
     })
     .await;
     fleet.stop().await;
@@ -130,20 +118,20 @@ async fn messages_whose_args_postgresql_cannot_hold_stop_no_other_tenants_jobs()
 
 #[tokio::test]
 async fn a_message_naming_another_namespaces_job_touches_nothing() {
-    let fleet = TestFleet::start(FleetOptions {
-        namespaces: 2,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().namespaces(2).start().await;
+    // B's job waits an hour: only that nothing touched it matters.
+    fleet.expect_unfinished();
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
     let b_job = b
         .client
-        .submit(&json!({ "kind": "noop", "delay": 3600 }))
-        .await
-        .id();
-    let a_witness = a.client.submit(&json!({ "kind": "noop" })).await.id();
+        .submit_args_with::<Noop>(
+            json!({}),
+            JobOptions::default().delay(Duration::from_secs(3600)),
+        )
+        .await;
+    let a_witness = a.client.submit_args::<Noop>(json!({})).await;
     wait_until("A's witness to succeed", DEADLINE, || async {
-        (fleet.record_in(&a.namespace, &a_witness).await?.status == JobStatus::Succeeded)
+        (fleet.record_in(&a.namespace, a_witness).await?.status == JobStatus::Succeeded)
             .then_some(())
     })
     .await; // A's topology is declared
@@ -160,7 +148,7 @@ async fn a_message_naming_another_namespaces_job_touches_nothing() {
         reason,
         format!("no job {b_job} in namespace {}", a.namespace)
     );
-    let record = fleet.record_in(&b.namespace, &b_job).await.unwrap();
+    let record = fleet.record_in(&b.namespace, b_job).await.unwrap();
     assert_eq!(record.status, JobStatus::Scheduled, "B's job is untouched");
     assert_eq!(record.attempts, 0);
     fleet.stop().await;
@@ -170,22 +158,23 @@ async fn a_message_naming_another_namespaces_job_touches_nothing() {
 async fn a_forged_message_whose_args_do_not_fit_cannot_bury_a_real_job() {
     // One delivery at a time, so the witness after the forgery runs only once the forgery
     // has been settled.
-    let fleet = TestFleet::start(FleetOptions {
-        worker_concurrency: 1,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .settings(|s| s.worker.concurrency = 1)
+        .start()
+        .await;
+    // The real job waits an hour: only that the forgery did not bury it matters.
+    fleet.expect_unfinished();
     let broker = VhostClient::connect(fleet.namespace.as_str()).await;
     // A real job, held back by its delay so that only the forged message reaches a worker.
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 0 }, "delay": 3600 }))
-        .await
-        .id();
-    let witness = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    fleet
-        .wait_for_status(&witness, JobStatus::Succeeded, DEADLINE)
-        .await; // the topology is declared
+        .submit_args_with::<Flaky>(
+            json!({ "fail_times": 0 }),
+            JobOptions::default().delay(Duration::from_secs(3600)),
+        )
+        .await;
+    let witness = fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.wait_for(witness, JobStatus::Succeeded).await; // the topology is declared
     let forged = json!({
         "id": id, "kind": "test.flaky", "queue": "default", "args": { "fail_times": "many" }
     });
@@ -193,12 +182,10 @@ async fn a_forged_message_whose_args_do_not_fit_cannot_bury_a_real_job() {
     broker
         .publish_raw("default", forged.to_string().as_bytes())
         .await;
-    let after = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    fleet
-        .wait_for_status(&after, JobStatus::Succeeded, DEADLINE)
-        .await;
+    let after = fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.wait_for(after, JobStatus::Succeeded).await;
 
-    let record = fleet.record(&id).await;
+    let record = fleet.record(id).await;
     assert_eq!(record.status, JobStatus::Scheduled, "the row is untouched");
     assert_eq!(record.attempts, 0);
     assert!(record.last_error.is_none(), "{:?}", record.last_error);
@@ -208,23 +195,14 @@ async fn a_forged_message_whose_args_do_not_fit_cannot_bury_a_real_job() {
 #[tokio::test]
 async fn a_forged_cancel_on_another_namespaces_vhost_does_not_cancel_a_running_job() {
     // One worker serves both namespaces, so both cancel broadcasts reach the same process.
-    let fleet = TestFleet::start(FleetOptions {
-        namespaces: 2,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().namespaces(2).start().await;
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
     let a_job = a
         .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 5000 }, "max_attempts": 1 }))
-        .await
-        .id();
-    let b_witness = b
-        .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 60000 } }))
-        .await
-        .id();
-    for (namespace, id) in [(&a.namespace, &a_job), (&b.namespace, &b_witness)] {
+        .submit_args_with::<Sleep>(json!({ "ms": 5000 }), JobOptions::default().max_attempts(1))
+        .await;
+    let b_witness = b.client.submit_args::<Sleep>(json!({ "ms": 60000 })).await;
+    for (namespace, id) in [(&a.namespace, a_job), (&b.namespace, b_witness)] {
         wait_until("the job to run", DEADLINE, || async {
             (fleet.record_in(namespace, id).await?.status == JobStatus::Running).then_some(())
         })
@@ -237,16 +215,16 @@ async fn a_forged_cancel_on_another_namespaces_vhost_does_not_cancel_a_running_j
         .await;
     // B's own cancel follows the forged one on the same broadcast, to the same listener:
     // once it has stopped B's job, the forged one has been read.
-    let requested = b.client.cancel(&b_witness).await;
+    let requested = b.client.cancel(b_witness).await;
     assert_eq!(requested.status, StatusCode::ACCEPTED, "{requested:?}");
     let witness = wait_until("B's job to be cancelled", DEADLINE, || async {
-        let record = fleet.record_in(&b.namespace, &b_witness).await?;
+        let record = fleet.record_in(&b.namespace, b_witness).await?;
         (record.status == JobStatus::Cancelled).then_some(record)
     })
     .await;
 
     let a_record = wait_until("A's job to finish", DEADLINE, || async {
-        let record = fleet.record_in(&a.namespace, &a_job).await?;
+        let record = fleet.record_in(&a.namespace, a_job).await?;
         record.status.is_final().then_some(record)
     })
     .await;
@@ -268,12 +246,10 @@ async fn a_forged_cancel_on_another_namespaces_vhost_does_not_cancel_a_running_j
 async fn a_message_naming_a_queue_the_fleet_lacks_is_poison_and_labels_nothing() {
     // Queue names label the worker's metrics; one a publisher made up must never reach a
     // label, or forged messages could grow every shared worker's /metrics without bound.
-    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let fleet = TestFleet::builder().start().await;
     let broker = VhostClient::connect(fleet.namespace.as_str()).await;
-    let witness = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    fleet
-        .wait_for_status(&witness, JobStatus::Succeeded, DEADLINE)
-        .await; // the topology is declared
+    let witness = fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.wait_for(witness, JobStatus::Succeeded).await; // the topology is declared
     let made_up = "q-made-up-by-a-publisher";
     let message =
         json!({ "id": uuid::Uuid::now_v7(), "kind": "noop", "queue": made_up, "args": {} });

@@ -10,10 +10,10 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use engine_tests::fleet::{FleetOptions, TestFleet};
+use engine_jobs::kinds::noop::Noop;
 use engine_tests::proxy::TcpProxy;
-use engine_tests::services;
 use engine_tests::wait::wait_until;
+use engine_tests::{TestFleet, TestSettings, services};
 
 async fn probe(address: SocketAddr, path: &str) -> (StatusCode, Value) {
     let response = reqwest::get(format!("http://{address}{path}"))
@@ -39,11 +39,13 @@ async fn wait_for(address: SocketAddr, path: &str, status: StatusCode) -> Value 
 #[tokio::test]
 async fn the_api_is_ready_with_every_dependency_and_degraded_without_redis() {
     let redis = TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
-    let fleet = TestFleet::start(FleetOptions {
-        redis_url: Some(format!("redis://{}", redis.address())),
-        ..FleetOptions::default().with_storage()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .settings(|s| {
+            s.use_test_storage();
+            s.redis.url = format!("redis://{}", redis.address());
+        })
+        .start()
+        .await;
     let api = fleet.client.address();
 
     let ready = wait_for(api, "/readyz", StatusCode::OK).await;
@@ -77,12 +79,11 @@ async fn a_worker_cut_off_from_the_broker_is_not_ready_but_stays_alive_and_recov
     let broker = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let through_proxy =
         services::amqp_url().replace("127.0.0.1:5672", &broker.address().to_string());
-    let fleet = TestFleet::start(FleetOptions {
-        worker_amqp_url: Some(through_proxy),
-        worker_health: true,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .worker_settings(|s| s.amqp.url = through_proxy)
+        .settings(TestSettings::serve_worker_health)
+        .start()
+        .await;
     let worker = fleet.worker_health.expect("the worker serves health");
 
     let ready = wait_for(worker, "/readyz", StatusCode::OK).await;
@@ -107,15 +108,10 @@ async fn a_worker_cut_off_from_the_broker_is_not_ready_but_stays_alive_and_recov
     wait_for(worker, "/readyz", StatusCode::OK).await;
     let id = fleet
         .client
-        .submit(&serde_json::json!({ "kind": "noop" }))
-        .await
-        .id();
+        .submit_args::<Noop>(serde_json::json!({}))
+        .await;
     fleet
-        .wait_for_status(
-            &id,
-            engine_shared::JobStatus::Succeeded,
-            Duration::from_secs(20),
-        )
+        .wait_for(id, engine_shared::JobStatus::Succeeded)
         .await;
     fleet.stop().await;
 }
@@ -123,12 +119,11 @@ async fn a_worker_cut_off_from_the_broker_is_not_ready_but_stays_alive_and_recov
 #[tokio::test]
 async fn the_api_without_postgres_is_unhealthy_but_alive() {
     let (database, proxied) = TcpProxy::database().await;
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        api_database_url: Some(proxied),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .api_settings(|s| s.database.url = proxied)
+        .start()
+        .await;
     let api = fleet.client.address();
     wait_for(api, "/readyz", StatusCode::OK).await;
 
@@ -156,13 +151,15 @@ async fn the_api_without_postgres_is_unhealthy_but_alive() {
 #[tokio::test]
 async fn a_flood_of_readiness_calls_costs_one_check_and_reasons_stay_on_the_admin_port() {
     let redis = TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
-    let fleet = TestFleet::start(FleetOptions {
-        redis_url: Some(format!("redis://{}", redis.address())),
-        worker: false,
-        admin_listen: true,
-        ..FleetOptions::default().with_storage()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .settings(|s| {
+            s.use_test_storage();
+            s.redis.url = format!("redis://{}", redis.address());
+            s.serve_admin();
+        })
+        .start()
+        .await;
     let api = fleet.client.address();
     let admin = fleet.admin.as_ref().expect("an admin port").address();
     let public_metrics = reqwest::get(format!("http://{api}/metrics")).await.unwrap();

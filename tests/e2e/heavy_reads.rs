@@ -12,7 +12,7 @@ use serde_json::json;
 use engine_shared::Namespace;
 use engine_shared::store::Store;
 use engine_tests::client::Answer;
-use engine_tests::{FleetOptions, TcpProxy, TestFleet, wait_until};
+use engine_tests::{TcpProxy, TestFleet, wait_until};
 
 /// A well-formed key that no one created.
 fn random_key() -> String {
@@ -23,11 +23,7 @@ fn random_key() -> String {
 
 #[tokio::test]
 async fn a_flood_of_unknown_keys_costs_a_bounded_number_of_lookups_and_a_new_key_works_promptly() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().without_worker().start().await;
     let api = fleet.client.address();
     assert_eq!(
         fleet.client.get("/v1/jobs?limit=1").await.status,
@@ -88,12 +84,11 @@ async fn a_flood_of_unknown_keys_costs_a_bounded_number_of_lookups_and_a_new_key
 #[tokio::test]
 async fn a_valid_key_whose_lookup_the_database_answers_slowly_is_still_accepted() {
     let (proxy, proxied) = TcpProxy::database().await;
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        api_database_url: Some(proxied),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .api_settings(|s| s.database.url = proxied)
+        .start()
+        .await;
     // No request has been made, so the API holds no read of the live keys: this one's first
     // use must read them.
     let created = fleet
@@ -165,13 +160,14 @@ fn answered_or_cut_off(answer: &Answer) -> bool {
 
 #[tokio::test]
 async fn an_error_search_past_the_read_timeout_is_a_clear_503_and_other_tenants_submit_meanwhile() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        namespaces: 2,
-        read_timeout_ms: Some(100),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .namespaces(2)
+        .settings(|s| s.api.read_timeout_ms = Some(100))
+        .start()
+        .await;
+    // No worker: the other tenant's submissions only have to be accepted.
+    fleet.expect_unfinished();
     let (searcher, submitter) = (&fleet.tenants[0], &fleet.tenants[1]);
     fill_with_dead_jobs(&fleet.store, &searcher.namespace, 50_000).await;
     let search = format!("/v1/jobs?error={SLOW_NEEDLE}");
@@ -206,7 +202,12 @@ async fn an_error_search_past_the_read_timeout_is_a_clear_503_and_other_tenants_
     });
     let mut submissions = Vec::new();
     while !searches.is_finished() || submissions.is_empty() {
-        submissions.push(submitter.client.submit(&json!({ "kind": "noop" })).await);
+        submissions.push(
+            submitter
+                .client
+                .submit_json(&json!({ "kind": "noop" }))
+                .await,
+        );
     }
     let searches = searches.await.unwrap();
 
@@ -222,11 +223,7 @@ async fn an_error_search_past_the_read_timeout_is_a_clear_503_and_other_tenants_
 
 #[tokio::test]
 async fn an_error_search_shorter_than_three_characters_is_refused_naming_the_field() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().without_worker().start().await;
     let listed = fleet.client.get("/v1/jobs?error=ab").await;
     assert_eq!(
         listed.status,

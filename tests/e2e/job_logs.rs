@@ -8,14 +8,16 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use engine_shared::JobStatus;
-use engine_tests::fleet::{FleetOptions, TestFleet};
+use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::sleep::Sleep;
+use engine_shared::{JobId, JobStatus};
 use engine_tests::proxy::TcpProxy;
-use engine_tests::services;
+use engine_tests::test_kinds::Flaky;
 use engine_tests::wait::wait_until;
+use engine_tests::{JobOptions, TestFleet, TestSettings, services};
 
 /// The job's listed logs once `count` runs have one.
-async fn wait_for_logs(fleet: &TestFleet, id: &str, count: usize) -> Vec<Value> {
+async fn wait_for_logs(fleet: &TestFleet, id: JobId, count: usize) -> Vec<Value> {
     wait_until(
         &format!("{count} logs of job {id}"),
         Duration::from_secs(20),
@@ -28,7 +30,7 @@ async fn wait_for_logs(fleet: &TestFleet, id: &str, count: usize) -> Vec<Value> 
     .await
 }
 
-async fn log_text(fleet: &TestFleet, id: &str, run: &str) -> String {
+async fn log_text(fleet: &TestFleet, id: JobId, run: &str) -> String {
     let (status, headers, body) = fleet
         .client
         .get_raw(&format!("/v1/jobs/{id}/logs/{run}"), &[])
@@ -40,20 +42,20 @@ async fn log_text(fleet: &TestFleet, id: &str, run: &str) -> String {
 
 #[tokio::test]
 async fn a_job_failing_then_succeeding_has_the_log_of_each_attempt() {
-    let fleet = TestFleet::start(FleetOptions::default().with_storage()).await;
+    let fleet = TestFleet::builder()
+        .settings(TestSettings::use_test_storage)
+        .start()
+        .await;
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 1 } }))
-        .await
-        .id();
-    fleet
-        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
+        .submit_args::<Flaky>(json!({ "fail_times": 1 }))
         .await;
+    fleet.wait_for(id, JobStatus::Succeeded).await;
 
-    let logs = wait_for_logs(&fleet, &id, 2).await;
+    let logs = wait_for_logs(&fleet, id, 2).await;
     assert_eq!(logs[0]["run"], "1");
     assert_eq!(logs[1]["run"], "2");
-    let first = log_text(&fleet, &id, "1").await;
+    let first = log_text(&fleet, id, "1").await;
     assert!(first.contains("attempt 1/"), "{first}");
     assert!(
         first.contains("flaky handler on attempt 1, failing 1 times"),
@@ -62,7 +64,7 @@ async fn a_job_failing_then_succeeding_has_the_log_of_each_attempt() {
     assert!(first.contains("handler failed (error)"), "{first}");
     assert!(first.contains("flaky failure 1 of 1"), "{first}");
     assert!(first.contains("next attempt in"), "{first}");
-    let second = log_text(&fleet, &id, "2").await;
+    let second = log_text(&fleet, id, "2").await;
     assert!(second.contains("flaky handler on attempt 2"), "{second}");
     assert!(second.contains("handler succeeded"), "{second}");
     assert!(second.contains("job succeeded"), "{second}");
@@ -97,19 +99,22 @@ async fn a_job_failing_then_succeeding_has_the_log_of_each_attempt() {
 
 #[tokio::test]
 async fn an_attempt_that_times_out_keeps_its_handlers_lines_and_says_why_it_ended() {
-    let fleet = TestFleet::start(FleetOptions::default().with_storage()).await;
+    let fleet = TestFleet::builder()
+        .settings(TestSettings::use_test_storage)
+        .start()
+        .await;
     let id = fleet
         .client
-        .submit(
-            &json!({ "kind": "sleep", "args": { "ms": 10000 }, "timeout": 0.2, "max_attempts": 1 }),
+        .submit_args_with::<Sleep>(
+            json!({ "ms": 10000 }),
+            JobOptions::default()
+                .timeout(Duration::from_millis(200))
+                .max_attempts(1),
         )
-        .await
-        .id();
-    fleet
-        .wait_for_status(&id, JobStatus::Dead, Duration::from_secs(20))
         .await;
-    wait_for_logs(&fleet, &id, 1).await;
-    let text = log_text(&fleet, &id, "1").await;
+    fleet.wait_for(id, JobStatus::Dead).await;
+    wait_for_logs(&fleet, id, 1).await;
+    let text = log_text(&fleet, id, "1").await;
     assert!(text.contains("sleeping 10000 ms"), "{text}");
     assert!(text.contains("handler failed (timeout)"), "{text}");
     assert!(text.contains("no attempts left: the job is dead"), "{text}");
@@ -118,16 +123,14 @@ async fn an_attempt_that_times_out_keeps_its_handlers_lines_and_says_why_it_ende
 
 #[tokio::test]
 async fn logs_are_found_only_in_their_own_namespace() {
-    let fleet = TestFleet::start(FleetOptions {
-        namespaces: 2,
-        ..FleetOptions::default().with_storage()
-    })
-    .await;
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    fleet
-        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
+    let fleet = TestFleet::builder()
+        .settings(TestSettings::use_test_storage)
+        .namespaces(2)
+        .start()
         .await;
-    wait_for_logs(&fleet, &id, 1).await;
+    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.wait_for(id, JobStatus::Succeeded).await;
+    wait_for_logs(&fleet, id, 1).await;
 
     let other = &fleet.tenants[1].client;
     for path in [
@@ -160,20 +163,19 @@ async fn with_storage_cut_the_job_succeeds_and_its_log_arrives_when_storage_retu
         .parse()
         .unwrap();
     let s3 = TcpProxy::start(target).await;
-    let fleet = TestFleet::start(FleetOptions {
-        s3_endpoint: Some(format!("http://{}", s3.address())),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .settings(|s| {
+            s.use_test_storage();
+            s.storage_mut().endpoint_url = format!("http://{}", s3.address());
+        })
+        .start()
+        .await;
     s3.cut();
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 0 } }))
-        .await
-        .id();
-    fleet
-        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
+        .submit_args::<Flaky>(json!({ "fail_times": 0 }))
         .await;
+    fleet.wait_for(id, JobStatus::Succeeded).await;
     let answer = fleet.client.get(&format!("/v1/jobs/{id}/logs")).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{answer:?}");
     // The upload gave up and the log waits in the worker's spool.
@@ -189,9 +191,9 @@ async fn with_storage_cut_the_job_succeeds_and_its_log_arrives_when_storage_retu
     .await;
 
     s3.restore();
-    let logs = wait_for_logs(&fleet, &id, 1).await;
+    let logs = wait_for_logs(&fleet, id, 1).await;
     assert_eq!(logs[0]["run"], "1");
-    let text = log_text(&fleet, &id, "1").await;
+    let text = log_text(&fleet, id, "1").await;
     assert!(text.contains("flaky handler on attempt 1"), "{text}");
     wait_until("the spool to empty", Duration::from_secs(10), || async {
         (spooled(spool.clone()).await == 0).then_some(())
@@ -202,8 +204,10 @@ async fn with_storage_cut_the_job_succeeds_and_its_log_arrives_when_storage_retu
 
 #[tokio::test]
 async fn without_storage_the_endpoints_say_it_is_not_configured() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let fleet = TestFleet::builder().start().await;
+    // Only the endpoint's answer matters, not whether the job ran yet.
+    fleet.expect_unfinished();
+    let id = fleet.client.submit_args::<Noop>(json!({})).await;
     let answer = fleet.client.get(&format!("/v1/jobs/{id}/logs")).await;
     assert_eq!(answer.status, StatusCode::NOT_IMPLEMENTED);
     assert!(

@@ -5,29 +5,26 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use engine_shared::JobStatus;
+use engine_jobs::kinds::noop::Noop;
+use engine_shared::limits::RedisErrorPolicy;
+use engine_shared::{JobId, JobStatus};
 use engine_tests::services::{self, queue_depth};
 use engine_tests::test_kinds::most_tracked_at_once;
-use engine_tests::{FleetOptions, TcpProxy, TestFleet, wait_until};
+use engine_tests::{LimitSection, TcpProxy, TestFleet, wait_until};
 use redis::AsyncCommands;
 use reqwest::StatusCode;
 use serde_json::json;
 
-/// Settings that limit `kind` fleet-wide (TOML for `FleetOptions::extra_toml`).
-fn limit(kind: &str, rule: &str) -> String {
-    format!("[[limits]]\nkind = \"{kind}\"\n{rule}\n")
-}
-
 /// Waits until every job in `ids` succeeded; their rows.
 async fn all_succeeded(
     fleet: &TestFleet,
-    ids: &[String],
+    ids: &[JobId],
     deadline: Duration,
 ) -> Vec<engine_shared::store::JobRecord> {
     wait_until("every job to succeed", deadline, || async {
         let mut records = Vec::with_capacity(ids.len());
         for id in ids {
-            let record = fleet.record(id).await;
+            let record = fleet.record(*id).await;
             if record.status != JobStatus::Succeeded {
                 return None;
             }
@@ -40,12 +37,17 @@ async fn all_succeeded(
 
 #[tokio::test]
 async fn a_rate_of_20_per_second_paces_200_jobs_over_10_seconds_across_3_workers() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        extra_toml: limit("noop", "rate = 20\nperiod_ms = 1000\nburst = 1"),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .settings(|s| {
+            s.limits.push(LimitSection {
+                period_ms: Some(1000),
+                burst: Some(1),
+                ..LimitSection::rate("noop", 20)
+            })
+        })
+        .start()
+        .await;
     let _workers: Vec<_> = (0..3).map(|_| fleet.spawn_worker_process(64, 10)).collect();
 
     let ids = fleet
@@ -71,11 +73,10 @@ async fn a_rate_of_20_per_second_paces_200_jobs_over_10_seconds_across_3_workers
 
 #[tokio::test]
 async fn a_concurrency_limit_of_2_never_lets_3_run_at_once() {
-    let mut fleet = TestFleet::start(FleetOptions {
-        extra_toml: limit("test.track", "concurrency = 2"),
-        ..FleetOptions::default()
-    })
-    .await;
+    let mut fleet = TestFleet::builder()
+        .settings(|s| s.limits.push(LimitSection::concurrency("test.track", 2)))
+        .start()
+        .await;
     fleet.start_extra_worker().await;
 
     let ids = fleet
@@ -95,15 +96,20 @@ async fn a_concurrency_limit_of_2_never_lets_3_run_at_once() {
 
 #[tokio::test]
 async fn a_saturated_limit_defers_without_a_hot_loop() {
-    let fleet = TestFleet::start(FleetOptions {
-        extra_toml: limit("noop", "rate = 4\nperiod_ms = 1000"),
-        // A duplicate message asks Redis for a turn of its own. On a loaded machine the fast
-        // path's publish stamp can lag the usual 300 ms grace, and the sweeper's republish
-        // (at-least-once, harmless otherwise) would then be counted here as a second ask.
-        publish_grace_ms: 10_000,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .settings(|s| {
+            s.limits.push(LimitSection {
+                period_ms: Some(1000),
+                ..LimitSection::rate("noop", 4)
+            });
+            // A duplicate message asks Redis for a turn of its own. On a loaded machine the
+            // fast path's publish stamp can lag the usual 300 ms grace, and the sweeper's
+            // republish (at-least-once, harmless otherwise) would then be counted here as a
+            // second ask.
+            s.relay.publish_grace_ms = 10_000;
+        })
+        .start()
+        .await;
     let calls_before = engine_shared::limits::redis_calls();
     let cpu_before = cpu_time();
 
@@ -145,13 +151,17 @@ fn rusage(slot: &mut std::mem::MaybeUninit<libc::rusage>) -> libc::rusage {
 
 #[tokio::test]
 async fn two_namespaces_have_their_own_budgets_and_other_keys_are_untouched() {
-    let fleet = TestFleet::start(FleetOptions {
-        namespaces: 2,
-        // One job per minute: a shared budget would hold the second job back a minute.
-        extra_toml: limit("noop", "rate = 1\nperiod_ms = 60000"),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .namespaces(2)
+        .settings(|s| {
+            // One job per minute: a shared budget would hold the second job back a minute.
+            s.limits.push(LimitSection {
+                period_ms: Some(60_000),
+                ..LimitSection::rate("noop", 1)
+            })
+        })
+        .start()
+        .await;
     let (first, second) = (&fleet.tenants[0], &fleet.tenants[1]);
     let mut redis = services::redis().await;
     let foreign = [
@@ -163,8 +173,8 @@ async fn two_namespaces_have_their_own_budgets_and_other_keys_are_untouched() {
         let _: () = redis.set(key, "not yours").await.unwrap();
     }
 
-    let a = first.client.submit(&json!({ "kind": "noop" })).await.id();
-    let b = second.client.submit(&json!({ "kind": "noop" })).await.id();
+    let a = first.client.submit_args::<Noop>(json!({})).await;
+    let b = second.client.submit_args::<Noop>(json!({})).await;
     wait_until(
         "both namespaces' jobs to run",
         Duration::from_secs(10),
@@ -172,8 +182,8 @@ async fn two_namespaces_have_their_own_budgets_and_other_keys_are_untouched() {
             let done = |record: Option<engine_shared::store::JobRecord>| {
                 record.is_some_and(|r| r.status == JobStatus::Succeeded)
             };
-            (done(fleet.record_in(&first.namespace, &a).await)
-                && done(fleet.record_in(&second.namespace, &b).await))
+            (done(fleet.record_in(&first.namespace, a).await)
+                && done(fleet.record_in(&second.namespace, b).await))
             .then_some(())
         },
     )
@@ -196,15 +206,12 @@ async fn two_namespaces_have_their_own_budgets_and_other_keys_are_untouched() {
 
 #[tokio::test]
 async fn the_scripts_are_loaded_again_after_a_script_flush() {
-    let fleet = TestFleet::start(FleetOptions {
-        extra_toml: limit("noop", "rate = 100"),
-        ..FleetOptions::default()
-    })
-    .await;
-    let first = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    fleet
-        .wait_for_status(&first, JobStatus::Succeeded, Duration::from_secs(20))
+    let fleet = TestFleet::builder()
+        .settings(|s| s.limits.push(LimitSection::rate("noop", 100)))
+        .start()
         .await;
+    let first = fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.wait_for(first, JobStatus::Succeeded).await;
 
     let mut redis = services::redis().await;
     let _: () = redis::cmd("SCRIPT")
@@ -213,10 +220,8 @@ async fn the_scripts_are_loaded_again_after_a_script_flush() {
         .await
         .unwrap();
 
-    let second = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    let record = fleet
-        .wait_for_status(&second, JobStatus::Succeeded, Duration::from_secs(20))
-        .await;
+    let second = fleet.client.submit_args::<Noop>(json!({})).await;
+    let record = fleet.wait_for(second, JobStatus::Succeeded).await;
     assert_eq!(record.attempts, 1);
     let key = format!("engine:{}:rl:noop", fleet.namespace);
     let exists: bool = redis.exists(&key).await.unwrap();
@@ -228,20 +233,24 @@ async fn the_scripts_are_loaded_again_after_a_script_flush() {
 async fn with_redis_cut_an_allow_limit_runs_jobs_and_a_defer_limit_holds_them_until_it_returns() {
     let proxy = TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
     let through_proxy = format!("redis://{}", proxy.address());
-    let fleet = TestFleet::start(FleetOptions {
-        redis_url: Some(through_proxy),
-        extra_toml: format!(
-            "{}{}",
-            limit("noop", "rate = 100\non_redis_error = \"allow\""),
-            limit("test.flaky", "rate = 100\non_redis_error = \"defer\""),
-        ),
-        ..FleetOptions::default()
-    })
-    .await;
-    let warm = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    fleet
-        .wait_for_status(&warm, JobStatus::Succeeded, Duration::from_secs(20))
+    let fleet = TestFleet::builder()
+        .settings(|s| {
+            s.redis.url = through_proxy;
+            s.limits = vec![
+                LimitSection {
+                    on_redis_error: Some(RedisErrorPolicy::Allow),
+                    ..LimitSection::rate("noop", 100)
+                },
+                LimitSection {
+                    on_redis_error: Some(RedisErrorPolicy::Defer),
+                    ..LimitSection::rate("test.flaky", 100)
+                },
+            ];
+        })
+        .start()
         .await;
+    let warm = fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.wait_for(warm, JobStatus::Succeeded).await;
 
     proxy.cut();
     let open = fleet
@@ -263,7 +272,7 @@ async fn with_redis_cut_an_allow_limit_runs_jobs_and_a_defer_limit_holds_them_un
         || async { (queue_depth(&vhost, "jobs.delay.200ms").await? >= 1).then_some(()) },
     )
     .await;
-    for id in &held {
+    for &id in &held {
         assert_eq!(
             fleet.record(id).await.status,
             JobStatus::Queued,
@@ -282,18 +291,19 @@ async fn with_redis_cut_an_allow_limit_runs_jobs_and_a_defer_limit_holds_them_un
 
 #[tokio::test]
 async fn an_api_key_over_its_submission_rate_gets_429_and_nothing_is_stored() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        submit_rate: Some((1, 2)),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .settings(|s| s.limit_submissions(1, 2))
+        .start()
+        .await;
+    // No worker: only what is accepted and stored matters.
+    fleet.expect_unfinished();
     for _ in 0..2 {
-        let answer = fleet.client.submit(&json!({ "kind": "noop" })).await;
+        let answer = fleet.client.submit_json(&json!({ "kind": "noop" })).await;
         assert_eq!(answer.status, StatusCode::ACCEPTED);
     }
 
-    let refused = fleet.client.submit(&json!({ "kind": "noop" })).await;
+    let refused = fleet.client.submit_json(&json!({ "kind": "noop" })).await;
 
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{refused:?}");
     assert_eq!(refused.content_type, "application/problem+json");

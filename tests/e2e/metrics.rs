@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use engine_jobs::kinds::noop::Noop;
 use engine_shared::JobStatus;
-use engine_tests::fleet::{FleetOptions, TestFleet};
+use engine_tests::test_kinds::Flaky;
 use engine_tests::wait::wait_until;
+use engine_tests::{JobOptions, TestFleet, TestSettings};
 
 async fn scrape(address: std::net::SocketAddr) -> String {
     let response = reqwest::get(format!("http://{address}/metrics"))
@@ -34,31 +36,29 @@ fn value(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn submissions_outcomes_and_queues_are_counted_per_namespace_kind_and_queue() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker_health: true,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .settings(TestSettings::serve_worker_health)
+        .start()
+        .await;
     let ns = fleet.namespace.as_str();
-    let ok = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let ok = fleet.client.submit_args::<Noop>(json!({})).await;
     let flaky = fleet
         .client
-        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 1 } }))
-        .await
-        .id();
-    for id in [&ok, &flaky] {
-        fleet
-            .wait_for_status(id, JobStatus::Succeeded, Duration::from_secs(20))
-            .await;
+        .submit_args::<Flaky>(json!({ "fail_times": 1 }))
+        .await;
+    for id in [ok, flaky] {
+        fleet.wait_for(id, JobStatus::Succeeded).await;
     }
     // A waiting job cancelled by the API is counted there.
     let waiting = fleet
         .client
-        .submit(&json!({ "kind": "noop", "delay": 3600 }))
-        .await
-        .id();
+        .submit_args_with::<Noop>(
+            json!({}),
+            JobOptions::default().delay(Duration::from_secs(3600)),
+        )
+        .await;
     assert_eq!(
-        fleet.client.cancel(&waiting).await.status,
+        fleet.client.cancel(waiting).await.status,
         reqwest::StatusCode::OK
     );
 
@@ -138,13 +138,16 @@ async fn submissions_outcomes_and_queues_are_counted_per_namespace_kind_and_queu
 
 #[tokio::test]
 async fn a_worker_reports_each_namespaces_running_waiting_and_job_seconds() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker_health: true,
-        namespaces: 2,
-        worker_concurrency: 4,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .namespaces(2)
+        .settings(|s| {
+            s.serve_worker_health();
+            s.worker.concurrency = 4;
+        })
+        .start()
+        .await;
+    // A's backlog is left running and waiting: only the metrics are read.
+    fleet.expect_unfinished();
     let worker = fleet.worker_health.unwrap();
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
     let series = |name: &str, namespace: &engine_shared::Namespace| {
@@ -173,9 +176,9 @@ async fn a_worker_reports_each_namespaces_running_waiting_and_job_seconds() {
     );
 
     // Job-seconds count each slot's time when it is given back.
-    let b_job = b.client.submit(&json!({ "kind": "noop" })).await.id();
+    let b_job = b.client.submit_args::<Noop>(json!({})).await;
     wait_until("B's job to succeed", Duration::from_secs(20), || async {
-        let record = fleet.record_in(&b.namespace, &b_job).await?;
+        let record = fleet.record_in(&b.namespace, b_job).await?;
         (record.status == JobStatus::Succeeded).then_some(())
     })
     .await;

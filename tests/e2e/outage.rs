@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use engine_jobs::kinds::noop::Noop;
 use engine_shared::JobStatus;
-use engine_tests::{FleetOptions, TcpProxy, TestFleet, wait_until};
+use engine_tests::{TcpProxy, TestFleet, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -12,26 +13,23 @@ async fn jobs_submitted_while_the_broker_is_unreachable_are_delivered_when_it_re
     let broker = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
     let through_proxy =
         engine_tests::services::amqp_url().replace("127.0.0.1:5672", &broker.address().to_string());
-    let fleet = TestFleet::start(FleetOptions {
-        api_amqp_url: Some(through_proxy),
-        ..FleetOptions::default()
-    })
-    .await;
-    let before = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    fleet
-        .wait_for_status(&before, JobStatus::Succeeded, Duration::from_secs(20))
+    let fleet = TestFleet::builder()
+        .api_settings(|s| s.amqp.url = through_proxy)
+        .start()
         .await;
+    let before = fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.wait_for(before, JobStatus::Succeeded).await;
 
     broker.cut();
     let mut ids = Vec::new();
     for _ in 0..20 {
-        let answer = fleet.client.submit(&json!({ "kind": "noop" })).await;
+        let answer = fleet.client.submit_json(&json!({ "kind": "noop" })).await;
         assert_eq!(
             answer.status,
             StatusCode::ACCEPTED,
             "accepted despite the outage: {answer:?}"
         );
-        ids.push(answer.id());
+        ids.push(answer.job_id());
     }
     let batch = fleet
         .client
@@ -41,14 +39,8 @@ async fn jobs_submitted_while_the_broker_is_unreachable_are_delivered_when_it_re
         )
         .await;
     assert_eq!(batch.status, StatusCode::ACCEPTED);
-    ids.extend(
-        batch.body["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|j| j["id"].as_str().unwrap().to_owned()),
-    );
-    for id in &ids {
+    ids.extend(batch.job_ids());
+    for &id in &ids {
         let record = fleet.record(id).await;
         assert!(
             record.published_at.is_none(),
@@ -61,7 +53,7 @@ async fn jobs_submitted_while_the_broker_is_unreachable_are_delivered_when_it_re
         "every job accepted during the outage to succeed",
         Duration::from_secs(30),
         || async {
-            for id in &ids {
+            for &id in &ids {
                 if fleet.record(id).await.status != JobStatus::Succeeded {
                     return None;
                 }
@@ -70,7 +62,7 @@ async fn jobs_submitted_while_the_broker_is_unreachable_are_delivered_when_it_re
         },
     )
     .await;
-    for id in &ids {
+    for &id in &ids {
         assert_eq!(fleet.record(id).await.attempts, 1, "each ran once");
     }
     fleet.stop().await;

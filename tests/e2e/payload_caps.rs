@@ -4,9 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use engine_shared::JobStatus;
+use engine_jobs::kinds::noop::Noop;
+use engine_shared::{JobId, JobStatus};
 use engine_tests::client::ApiClient;
-use engine_tests::{ApiProcess, FleetOptions, TestFleet, wait_until};
+use engine_tests::test_kinds::BigResult;
+use engine_tests::{ApiProcess, JobOptions, TestFleet, wait_until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -28,25 +30,27 @@ async fn stored_jobs(fleet: &TestFleet) -> i64 {
 
 /// A fleet whose body limit lets a few jobs at the cap through in one request.
 async fn fleet(worker: bool) -> TestFleet {
-    TestFleet::start(FleetOptions {
-        worker,
-        body_limit_bytes: 5 * 1024 * 1024,
-        ..FleetOptions::default()
-    })
-    .await
+    let builder = TestFleet::builder().settings(|s| s.api.body_limit_bytes = 5 * 1024 * 1024);
+    if worker {
+        builder.start().await
+    } else {
+        builder.without_worker().start().await
+    }
 }
 
 #[tokio::test]
 async fn args_over_the_cap_are_refused_naming_args_and_nothing_is_stored() {
     let fleet = fleet(false).await;
+    // No worker: what matters is what is stored.
+    fleet.expect_unfinished();
 
     let over = fleet
         .client
-        .submit(&json!({ "kind": "noop", "args": args_of(CAP + 1) }))
+        .submit_json(&json!({ "kind": "noop", "args": args_of(CAP + 1) }))
         .await;
     let at_cap = fleet
         .client
-        .submit(&json!({ "kind": "noop", "args": args_of(CAP) }))
+        .submit_json(&json!({ "kind": "noop", "args": args_of(CAP) }))
         .await;
 
     assert_eq!(
@@ -108,20 +112,17 @@ async fn a_result_over_the_cap_fails_the_job_fatally_and_is_not_stored() {
 
     let over = fleet
         .client
-        .submit(
-            &json!({ "kind": "test.big_result", "args": { "bytes": CAP + 1 }, "max_attempts": 3 }),
+        .submit_args_with::<BigResult>(
+            json!({ "bytes": CAP + 1 }),
+            JobOptions::default().max_attempts(3),
         )
-        .await
-        .id();
+        .await;
     let at_cap = fleet
         .client
-        .submit(&json!({ "kind": "test.big_result", "args": { "bytes": CAP } }))
-        .await
-        .id();
-
-    let dead = fleet
-        .wait_for_status(&over, JobStatus::Dead, Duration::from_secs(30))
+        .submit_args::<BigResult>(json!({ "bytes": CAP }))
         .await;
+
+    let dead = fleet.wait_for(over, JobStatus::Dead).await;
     assert_eq!(
         dead.attempts, 1,
         "a result that is too big is fatal: no retry"
@@ -129,11 +130,9 @@ async fn a_result_over_the_cap_fails_the_job_fatally_and_is_not_stored() {
     assert_eq!(dead.result, None);
     let error = dead.last_error.unwrap_or_default();
     assert!(error.contains("worker.max_result_bytes"), "{error}");
-    let job = fleet.client.job(&over).await.body;
+    let job = fleet.client.job(over).await.body;
     assert_eq!(job["errors"][0]["kind"], "fatal", "{}", job["errors"]);
-    let succeeded = fleet
-        .wait_for_status(&at_cap, JobStatus::Succeeded, Duration::from_secs(30))
-        .await;
+    let succeeded = fleet.wait_for(at_cap, JobStatus::Succeeded).await;
     let stored = serde_json::to_vec(&succeeded.result.unwrap())
         .unwrap()
         .len();
@@ -147,7 +146,7 @@ async fn submit_at_cap(
     count: usize,
     per_batch: usize,
     extra: Value,
-) -> Vec<String> {
+) -> Vec<JobId> {
     let mut job = json!({ "kind": "noop", "args": args_of(CAP) });
     job.as_object_mut()
         .unwrap()
@@ -166,6 +165,8 @@ async fn submit_at_cap(
 #[tokio::test]
 async fn a_list_page_is_bounded_in_bytes_and_the_next_pages_hold_the_rest() {
     let fleet = fleet(false).await;
+    // They wait an hour: only the pages that list them matter.
+    fleet.expect_unfinished();
     // 40 jobs of 256 KiB: 10 MiB of args, more than a page may carry.
     let submitted = submit_at_cap(&fleet.client, 40, 16, json!({ "delay": 3600 })).await;
 
@@ -175,12 +176,8 @@ async fn a_list_page_is_bounded_in_bytes_and_the_next_pages_hold_the_rest() {
     loop {
         let page = fleet.client.get(&path).await;
         assert_eq!(page.status, StatusCode::OK, "{}", page.body);
-        let jobs = page.body["jobs"].as_array().unwrap();
         largest_page = largest_page.max(serde_json::to_vec(&page.body).unwrap().len());
-        seen.extend(
-            jobs.iter()
-                .map(|job| job["id"].as_str().unwrap().to_owned()),
-        );
+        seen.extend(page.job_ids());
         match page.body["next"].as_str() {
             Some(next) => path = format!("/v1/jobs?limit=200&before={next}"),
             None => break,
@@ -205,10 +202,8 @@ async fn a_redrive_answers_with_counts_and_every_job_runs_again() {
         .client
         .submit_copies(3, &json!({ "kind": "test.fatal", "args": {} }))
         .await;
-    for id in &ids {
-        fleet
-            .wait_for_status(id, JobStatus::Dead, Duration::from_secs(30))
-            .await;
+    for &id in &ids {
+        fleet.wait_for(id, JobStatus::Dead).await;
     }
 
     let answer = fleet
@@ -223,7 +218,7 @@ async fn a_redrive_answers_with_counts_and_every_job_runs_again() {
         Duration::from_secs(30),
         || async {
             let mut again = 0;
-            for id in &ids {
+            for &id in &ids {
                 let record = fleet.record(id).await;
                 again += usize::from(record.redrives == 1 && record.status == JobStatus::Dead);
             }
@@ -244,12 +239,11 @@ const RSS_GROWTH_BOUND: u64 = 64 * 1024 * 1024;
 async fn hundreds_of_mib_of_args_due_at_once_leave_the_api_memory_bounded() {
     // The in-process API stands down for a real `engine-api` process, whose memory the
     // test reads alone; the in-process worker runs both tenants' jobs.
-    let mut fleet = TestFleet::start(FleetOptions {
-        namespaces: 2,
-        worker_concurrency: 16,
-        ..FleetOptions::default()
-    })
-    .await;
+    let mut fleet = TestFleet::builder()
+        .namespaces(2)
+        .settings(|s| s.worker.concurrency = 16)
+        .start()
+        .await;
     fleet.stop_api().await;
     let mut api = ApiProcess::spawn(
         &fleet.config_path,
@@ -283,12 +277,12 @@ async fn hundreds_of_mib_of_args_due_at_once_leave_the_api_memory_bounded() {
     let mut light_done = 0;
     loop {
         assert!(!api.exited(), "the API process died: {}", api.log_text());
-        let id = light.submit(&json!({ "kind": "noop" })).await.id();
+        let id = light.submit_args::<Noop>(json!({})).await;
         wait_until(
             "a light job to succeed",
             Duration::from_secs(30),
             || async {
-                let record = fleet.record_in(light_namespace, &id).await?;
+                let record = fleet.record_in(light_namespace, id).await?;
                 (record.status == JobStatus::Succeeded).then_some(())
             },
         )

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use engine_jobs::kinds::noop::Noop;
 use engine_shared::JobStatus;
-use engine_tests::{DeadLetter, FleetOptions, TestFleet, VhostClient, wait_until};
+use engine_tests::test_kinds::{AbortsProcess, Flaky};
+use engine_tests::{DeadLetter, JobOptions, TestFleet, VhostClient, wait_until};
 use serde_json::json;
 
 /// Waits for the next dead letter of the fleet's vhost.
@@ -17,15 +19,13 @@ async fn next_dead_letter(broker: &VhostClient) -> DeadLetter {
 
 /// The worker is still healthy: a fresh job runs to success.
 async fn assert_worker_still_runs_jobs(fleet: &TestFleet) {
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    fleet
-        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
-        .await;
+    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.wait_for(id, JobStatus::Succeeded).await;
 }
 
 #[tokio::test]
 async fn a_message_that_is_not_json_goes_to_the_dead_queue_with_its_reason() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let fleet = TestFleet::builder().start().await;
     let broker = VhostClient::connect(fleet.namespace.as_str()).await;
     assert_worker_still_runs_jobs(&fleet).await; // the topology is declared
 
@@ -41,7 +41,7 @@ async fn a_message_that_is_not_json_goes_to_the_dead_queue_with_its_reason() {
 
 #[tokio::test]
 async fn a_message_for_a_job_that_does_not_exist_goes_to_the_dead_queue() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let fleet = TestFleet::builder().start().await;
     let broker = VhostClient::connect(fleet.namespace.as_str()).await;
     let ghost = engine_shared::JobId::new();
     assert_worker_still_runs_jobs(&fleet).await; // the topology is declared
@@ -63,18 +63,15 @@ async fn a_message_for_a_job_that_does_not_exist_goes_to_the_dead_queue() {
 #[tokio::test]
 async fn a_job_of_a_kind_this_worker_does_not_know_is_dead_at_once() {
     // The API knows `test.abort`; the in-process worker deliberately does not.
-    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let fleet = TestFleet::builder().start().await;
     let broker = VhostClient::connect(fleet.namespace.as_str()).await;
 
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.abort", "max_attempts": 5 }))
-        .await
-        .id();
-
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Dead, Duration::from_secs(20))
+        .submit_args_with::<AbortsProcess>(json!({}), JobOptions::default().max_attempts(5))
         .await;
+
+    let record = fleet.wait_for(id, JobStatus::Dead).await;
     assert_eq!(record.attempts, 0, "it never ran");
     let letter = next_dead_letter(&broker).await;
     assert!(
@@ -83,7 +80,7 @@ async fn a_job_of_a_kind_this_worker_does_not_know_is_dead_at_once() {
             .unwrap()
             .starts_with("unknown kind \"test.abort\"")
     );
-    let errors = fleet.client.job(&id).await.body["errors"].clone();
+    let errors = fleet.client.job(id).await.body["errors"].clone();
     assert_eq!(errors[0]["kind"], "poison", "{errors}");
     assert_worker_still_runs_jobs(&fleet).await;
     fleet.stop().await;
@@ -91,14 +88,16 @@ async fn a_job_of_a_kind_this_worker_does_not_know_is_dead_at_once() {
 
 #[tokio::test]
 async fn a_job_whose_args_no_longer_fit_its_kind_is_dead_at_once() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let fleet = TestFleet::builder().start().await;
     let broker = VhostClient::connect(fleet.namespace.as_str()).await;
     // A real job, held back by its delay so that only our forged message reaches a worker.
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 0 }, "delay": 3600 }))
-        .await
-        .id();
+        .submit_args_with::<Flaky>(
+            json!({ "fail_times": 0 }),
+            JobOptions::default().delay(Duration::from_secs(3600)),
+        )
+        .await;
 
     assert_worker_still_runs_jobs(&fleet).await; // the topology is declared
     // As a job submitted before its kind's args changed: its row (the truth) and its
@@ -107,7 +106,7 @@ async fn a_job_whose_args_no_longer_fit_its_kind_is_dead_at_once() {
     let old_args = json!({ "fail_times": "many" });
     // Due now, as such a job is when its time comes.
     sqlx::query("UPDATE jobs SET args = $2, status = 'queued', run_at = now() WHERE id = $1")
-        .bind(id.parse::<uuid::Uuid>().unwrap())
+        .bind(id.as_uuid())
         .bind(&old_args)
         .execute(fleet.store.pool())
         .await
@@ -117,9 +116,7 @@ async fn a_job_whose_args_no_longer_fit_its_kind_is_dead_at_once() {
         .publish_raw("default", message.to_string().as_bytes())
         .await;
 
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Dead, Duration::from_secs(20))
-        .await;
+    let record = fleet.wait_for(id, JobStatus::Dead).await;
     // The row's args are judged as the handler takes them: a fatal failure, at once.
     let error = record.last_error.unwrap();
     assert!(
@@ -134,31 +131,29 @@ async fn a_job_whose_args_no_longer_fit_its_kind_is_dead_at_once() {
 
 #[tokio::test]
 async fn a_job_that_aborts_its_worker_process_is_buried_after_the_delivery_limit() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        delivery_limit: 2,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .settings(|s| s.retry.delivery_limit = 2)
+        .start()
+        .await;
     let broker = VhostClient::connect(fleet.namespace.as_str()).await;
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.abort", "max_attempts": 10 }))
-        .await
-        .id();
+        .submit_args_with::<AbortsProcess>(json!({}), JobOptions::default().max_attempts(10))
+        .await;
 
     // Each delivery kills the process that takes it; a new worker takes the redelivery,
     // as a Kubernetes Deployment would restart a pod.
     let mut crashes = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while fleet.record(&id).await.status != JobStatus::Dead {
+    while fleet.record(id).await.status != JobStatus::Dead {
         assert!(
             std::time::Instant::now() < deadline,
             "the job was not buried after {crashes} crashes"
         );
         let mut worker = fleet.spawn_test_worker_process(1);
         loop {
-            if fleet.record(&id).await.status == JobStatus::Dead {
+            if fleet.record(id).await.status == JobStatus::Dead {
                 worker.terminate();
                 worker.wait(Duration::from_secs(20)).await;
                 break;
@@ -175,7 +170,7 @@ async fn a_job_that_aborts_its_worker_process_is_buried_after_the_delivery_limit
         "the delivery and one redelivery each killed a worker; the next delivery buried it"
     );
 
-    let errors = fleet.client.job(&id).await.body["errors"].clone();
+    let errors = fleet.client.job(id).await.body["errors"].clone();
     assert_eq!(errors[0]["kind"], "crashed", "{errors}");
     let reason = next_dead_letter(&broker).await.reason.unwrap();
     assert!(

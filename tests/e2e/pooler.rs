@@ -6,10 +6,12 @@
 
 use std::time::Duration;
 
+use engine_jobs::kinds::noop::Noop;
 use engine_shared::config::{DatabaseSettings, Pooler};
 use engine_shared::store::{JobFilter, Store};
 use engine_shared::{JobId, JobStatus, Namespace};
-use engine_tests::{FleetOptions, PgBouncer, PgBouncerOptions, TestFleet, wait_until};
+use engine_tests::test_kinds::{AlwaysFails, Flaky};
+use engine_tests::{JobOptions, PgBouncer, PgBouncerOptions, TestFleet, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -19,11 +21,10 @@ async fn submit_run_retry_schedule_cancel_and_redrive_work_through_a_transaction
         server_connections: 2,
         ignore_startup_parameters: false,
     });
-    let fleet = TestFleet::start(FleetOptions {
-        transaction_pooler: Some(bouncer.database_url()),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .settings(|s| s.use_transaction_pooler(bouncer.database_url()))
+        .start()
+        .await;
     let transactions_before = bouncer.stat("total_xact_count");
 
     // Submitted, published by the fast path, started and finished.
@@ -34,30 +35,33 @@ async fn submit_run_retry_schedule_cancel_and_redrive_work_through_a_transaction
     // A retry through a delay tier, a scheduled job the scheduler publishes, a cancellation.
     let flaky = fleet
         .client
-        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 1 }, "max_attempts": 3 }))
-        .await
-        .id();
+        .submit_args_with::<Flaky>(
+            json!({ "fail_times": 1 }),
+            JobOptions::default().max_attempts(3),
+        )
+        .await;
     let scheduled = fleet
         .client
-        .submit(&json!({ "kind": "noop", "delay": 1 }))
-        .await
-        .id();
+        .submit_args_with::<Noop>(
+            json!({}),
+            JobOptions::default().delay(Duration::from_secs(1)),
+        )
+        .await;
     let later = fleet
         .client
-        .submit(&json!({ "kind": "noop", "delay": 600 }))
-        .await
-        .id();
-    let cancelled = fleet.client.cancel(&later).await;
+        .submit_args_with::<Noop>(
+            json!({}),
+            JobOptions::default().delay(Duration::from_secs(600)),
+        )
+        .await;
+    let cancelled = fleet.client.cancel(later).await;
     assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
     // Buried after its one attempt, then redriven.
     let doomed = fleet
         .client
-        .submit(&json!({ "kind": "test.fail", "max_attempts": 1 }))
-        .await
-        .id();
-    fleet
-        .wait_for_status(&doomed, JobStatus::Dead, Duration::from_secs(30))
+        .submit_args_with::<AlwaysFails>(json!({}), JobOptions::default().max_attempts(1))
         .await;
+    fleet.wait_for(doomed, JobStatus::Dead).await;
     let redriven = fleet
         .client
         .post("/v1/jobs/redrive", &json!({ "kind": "test.fail" }))
@@ -70,17 +74,17 @@ async fn submit_run_retry_schedule_cancel_and_redrive_work_through_a_transaction
         || async { (fleet.count_in_status(JobStatus::Succeeded).await == 62).then_some(()) },
     )
     .await;
-    assert_eq!(fleet.record(&flaky).await.attempts, 2);
-    assert_eq!(fleet.record(&scheduled).await.status, JobStatus::Succeeded);
-    assert_eq!(fleet.record(&later).await.status, JobStatus::Cancelled);
-    buried_after_redrives(&fleet, &doomed, 1).await;
+    assert_eq!(fleet.record(flaky).await.attempts, 2);
+    assert_eq!(fleet.record(scheduled).await.status, JobStatus::Succeeded);
+    assert_eq!(fleet.record(later).await.status, JobStatus::Cancelled);
+    buried_after_redrives(&fleet, doomed, 1).await;
     // Retried one at a time, and buried once more.
     let retried = fleet
         .client
         .post(&format!("/v1/jobs/{doomed}/retry"), &json!({}))
         .await;
     assert_eq!(retried.status, StatusCode::OK, "{retried:?}");
-    buried_after_redrives(&fleet, &doomed, 2).await;
+    buried_after_redrives(&fleet, doomed, 2).await;
 
     let listed = fleet
         .client
@@ -107,7 +111,7 @@ async fn submit_run_retry_schedule_cancel_and_redrive_work_through_a_transaction
 }
 
 /// Waits until job `id` is dead again after its `redrives`-th revival.
-async fn buried_after_redrives(fleet: &TestFleet, id: &str, redrives: i32) {
+async fn buried_after_redrives(fleet: &TestFleet, id: JobId, redrives: i32) {
     wait_until(
         &format!("job {id} to be buried after {redrives} redrives"),
         Duration::from_secs(30),

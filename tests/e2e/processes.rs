@@ -2,77 +2,59 @@
 
 use std::time::Duration;
 
-use engine_shared::JobStatus;
-use engine_tests::{FleetOptions, TestFleet, wait_until};
+use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::sleep::Sleep;
+use engine_shared::{JobId, JobStatus};
+use engine_tests::{JobOptions, TestFleet, wait_until};
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn a_worker_killed_mid_job_leaves_it_to_another_that_completes_it_once() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().without_worker().start().await;
     let mut doomed = fleet.spawn_worker_process(4, 10);
     let id = fleet
         .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 1500 } }))
-        .await
-        .id();
-    fleet
-        .wait_for_status(&id, JobStatus::Running, DEADLINE)
+        .submit_args::<Sleep>(json!({ "ms": 1500 }))
         .await;
+    fleet.wait_for(id, JobStatus::Running).await;
 
     doomed.kill();
     let survivor = fleet.spawn_worker_process(4, 10);
 
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
-        .await;
+    let record = fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(
         record.attempts, 2,
         "the killed attempt and the one that completed"
     );
     assert_eq!(record.result, Some(json!({ "slept_ms": 1500 })));
     // Completed once: a later redelivery (there should be none) could not run it again.
-    let later = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    fleet
-        .wait_for_status(&later, JobStatus::Succeeded, DEADLINE)
-        .await;
-    let again = fleet.record(&id).await;
+    let later = fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.wait_for(later, JobStatus::Succeeded).await;
+    let again = fleet.record(id).await;
     assert_eq!((again.attempts, again.finished_at), (2, record.finished_at));
     drop(survivor);
 }
 
 #[tokio::test]
 async fn sigterm_lets_running_jobs_finish_returns_the_rest_and_exits_0() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().without_worker().start().await;
     let mut worker = fleet.spawn_worker_process(2, 20);
-    let slow = json!({ "kind": "sleep", "args": { "ms": 1500 } });
-    let running: Vec<String> =
-        futures_util::future::join_all((0..2).map(|_| fleet.client.submit(&slow)))
-            .await
-            .iter()
-            .map(|a| a.id())
-            .collect();
-    for id in &running {
-        fleet
-            .wait_for_status(id, JobStatus::Running, DEADLINE)
-            .await;
+    let running: Vec<JobId> = futures_util::future::join_all(
+        (0..2).map(|_| fleet.client.submit_args::<Sleep>(json!({ "ms": 1500 }))),
+    )
+    .await;
+    for &id in &running {
+        fleet.wait_for(id, JobStatus::Running).await;
     }
-    let quick = json!({ "kind": "noop", "queue": "bulk" });
-    let waiting: Vec<String> =
-        futures_util::future::join_all((0..3).map(|_| fleet.client.submit(&quick)))
-            .await
-            .iter()
-            .map(|a| a.id())
-            .collect();
+    let bulk = JobOptions::default().queue("bulk");
+    let waiting: Vec<JobId> = futures_util::future::join_all((0..3).map(|_| {
+        fleet
+            .client
+            .submit_args_with::<Noop>(json!({}), bulk.clone())
+    }))
+    .await;
 
     worker.terminate();
     let status = worker.wait(DEADLINE).await;
@@ -82,7 +64,7 @@ async fn sigterm_lets_running_jobs_finish_returns_the_rest_and_exits_0() {
         "exit 0 after a drain; log:\n{}",
         worker.log_text()
     );
-    for id in &running {
+    for &id in &running {
         let record = fleet.record(id).await;
         assert_eq!(
             record.status,
@@ -91,7 +73,7 @@ async fn sigterm_lets_running_jobs_finish_returns_the_rest_and_exits_0() {
         );
         assert_eq!(record.attempts, 1);
     }
-    for id in &waiting {
+    for &id in &waiting {
         assert_eq!(
             fleet.record(id).await.status,
             JobStatus::Queued,
@@ -103,7 +85,7 @@ async fn sigterm_lets_running_jobs_finish_returns_the_rest_and_exits_0() {
         "the returned jobs to run on the next worker",
         DEADLINE,
         || async {
-            for id in &waiting {
+            for &id in &waiting {
                 if fleet.record(id).await.status != JobStatus::Succeeded {
                     return None;
                 }
@@ -116,20 +98,13 @@ async fn sigterm_lets_running_jobs_finish_returns_the_rest_and_exits_0() {
 
 #[tokio::test]
 async fn jobs_still_running_when_the_grace_period_ends_go_back_to_the_queue() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().without_worker().start().await;
     let mut worker = fleet.spawn_worker_process(1, 1);
     let id = fleet
         .client
-        .submit(&json!({ "kind": "sleep", "args": { "ms": 4000 } }))
-        .await
-        .id();
-    fleet
-        .wait_for_status(&id, JobStatus::Running, DEADLINE)
+        .submit_args::<Sleep>(json!({ "ms": 4000 }))
         .await;
+    fleet.wait_for(id, JobStatus::Running).await;
 
     worker.terminate();
     let status = worker.wait(DEADLINE).await;
@@ -141,8 +116,6 @@ async fn jobs_still_running_when_the_grace_period_ends_go_back_to_the_queue() {
         "log:\n{}",
         worker.log_text()
     );
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
-        .await;
+    let record = fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(record.attempts, 2);
 }

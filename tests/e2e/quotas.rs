@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use engine_jobs::kinds::noop::Noop;
 use engine_shared::{JobStatus, Namespace};
-use engine_tests::{FleetOptions, TestFleet, services, wait_until};
+use engine_tests::{TestFleet, services, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -28,17 +29,18 @@ async fn unfinished(fleet: &TestFleet, namespace: &Namespace) -> i64 {
 
 #[tokio::test]
 async fn a_namespace_at_its_max_pending_is_refused_429_until_its_jobs_finish() {
-    let fleet = TestFleet::start(FleetOptions {
-        namespaces: 2,
-        worker: false,
-        namespace_toml: vec!["max_pending = 5\n".to_owned()],
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .namespaces(2)
+        .without_worker()
+        .settings(|s| s.namespaces[0].max_pending = Some(5))
+        .start()
+        .await;
+    // The jobs wait an hour: room is made by cancelling them.
+    fleet.expect_unfinished();
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
     let ids = a.client.submit_copies(5, &later()).await;
 
-    let refused = a.client.submit(&later()).await;
+    let refused = a.client.submit_json(&later()).await;
     assert_eq!(
         refused.status,
         StatusCode::TOO_MANY_REQUESTS,
@@ -95,22 +97,25 @@ async fn a_namespace_at_its_max_pending_is_refused_429_until_its_jobs_finish() {
     assert_eq!(b.client.submit_copies(8, &later()).await.len(), 8);
 
     // Finished jobs free their room: two cancelled, two more accepted, then refused again.
-    for id in &ids[..2] {
+    for &id in &ids[..2] {
         assert!(a.client.cancel(id).await.status.is_success());
     }
     let accepted = wait_until(
         "the namespace to have room again",
         Duration::from_secs(20),
         || async {
-            let answer = a.client.submit(&later()).await;
+            let answer = a.client.submit_json(&later()).await;
             (answer.status == StatusCode::ACCEPTED).then_some(answer)
         },
     )
     .await;
-    assert!(!accepted.id().is_empty());
-    assert_eq!(a.client.submit(&later()).await.status, StatusCode::ACCEPTED);
+    accepted.job_id();
     assert_eq!(
-        a.client.submit(&later()).await.status,
+        a.client.submit_json(&later()).await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        a.client.submit_json(&later()).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(unfinished(&fleet, &a.namespace).await, 5);
@@ -138,13 +143,12 @@ async fn published(fleet: &TestFleet, namespace: &Namespace) -> (i64, i64) {
 
 #[tokio::test]
 async fn a_namespace_at_its_max_queue_bytes_waits_in_postgresql_and_others_publish_on() {
-    let mut fleet = TestFleet::start(FleetOptions {
-        namespaces: 2,
-        worker: false,
-        namespace_toml: vec!["max_queue_bytes = 16384\n".to_owned()],
-        ..FleetOptions::default()
-    })
-    .await;
+    let mut fleet = TestFleet::builder()
+        .namespaces(2)
+        .without_worker()
+        .settings(|s| s.namespaces[0].max_queue_bytes = Some(16_384))
+        .start()
+        .await;
     let (a, b) = (
         fleet.tenants[0].namespace.clone(),
         fleet.tenants[1].namespace.clone(),
@@ -208,8 +212,8 @@ async fn a_namespace_at_its_max_queue_bytes_waits_in_postgresql_and_others_publi
 
     // Nothing is lost: once a worker drains the queue, every job of both runs.
     fleet.start_worker(None).await;
-    for id in a_ids.iter().chain(&b_ids) {
-        let namespace = if a_ids.contains(id) { &a } else { &b };
+    for &id in a_ids.iter().chain(&b_ids) {
+        let namespace = if a_ids.contains(&id) { &a } else { &b };
         wait_until("every job to succeed", Duration::from_secs(60), || async {
             let record = fleet.record_in(namespace, id).await?;
             (record.status == JobStatus::Succeeded).then_some(())
@@ -246,20 +250,21 @@ async fn most_at_once(fleet: &TestFleet, namespace: &Namespace) -> usize {
 
 #[tokio::test]
 async fn a_fleet_wide_cap_bounds_a_namespaces_running_jobs_across_workers() {
-    let mut fleet = TestFleet::start(FleetOptions {
-        worker_concurrency: 4,
-        namespace_toml: vec!["fleet_max_running = 2\n".to_owned()],
-        ..FleetOptions::default()
-    })
-    .await;
+    let mut fleet = TestFleet::builder()
+        .settings(|s| {
+            s.worker.concurrency = 4;
+            s.namespaces[0].fleet_max_running = Some(2);
+        })
+        .start()
+        .await;
     fleet.start_extra_worker().await;
     let ids = fleet
         .client
         .submit_copies(12, &json!({ "kind": "sleep", "args": { "ms": 300 } }))
         .await;
-    for id in &ids {
+    for &id in &ids {
         fleet
-            .wait_for_status(id, JobStatus::Succeeded, Duration::from_secs(60))
+            .wait_for_within(id, JobStatus::Succeeded, Duration::from_secs(60))
             .await;
     }
     let most = most_at_once(&fleet, &fleet.namespace).await;
@@ -305,14 +310,8 @@ async fn a_work_queue_declared_with_other_arguments_is_kept_and_its_jobs_run() {
     connection.close(200, "declared".into()).await.unwrap();
 
     // The fleet keeps that queue as it is (with a warning) and declares the rest.
-    let fleet = TestFleet::start(FleetOptions {
-        namespace_name: Some(name),
-        ..FleetOptions::default()
-    })
-    .await;
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
-    fleet
-        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(30))
-        .await;
+    let fleet = TestFleet::builder().namespace_name(&name).start().await;
+    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.wait_for(id, JobStatus::Succeeded).await;
     fleet.stop().await;
 }

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use engine_jobs::kinds::noop::Noop;
 use engine_shared::JobStatus;
 use engine_shared::metrics::{DependencyLabels, metrics};
-use engine_tests::fleet::{FleetOptions, TestFleet};
 use engine_tests::proxy::TcpProxy;
-use engine_tests::services;
 use engine_tests::wait::wait_until;
+use engine_tests::{JobOptions, TestFleet, services};
 
 const JOBS: usize = 40;
 
@@ -40,9 +40,9 @@ where
         "the cut came too late to matter"
     );
     proxy.restore();
-    for id in &ids {
+    for &id in &ids {
         fleet
-            .wait_for_status(id, JobStatus::Succeeded, Duration::from_secs(60))
+            .wait_for_within(id, JobStatus::Succeeded, Duration::from_secs(60))
             .await;
     }
 }
@@ -50,15 +50,17 @@ where
 #[tokio::test]
 async fn a_worker_cut_off_from_the_broker_mid_run_completes_every_job_once_it_returns() {
     let broker = TcpProxy::start("127.0.0.1:5672".parse().unwrap()).await;
-    let fleet = TestFleet::start(FleetOptions {
-        worker_amqp_url: Some(
-            services::amqp_url().replace("127.0.0.1:5672", &broker.address().to_string()),
-        ),
-        worker_concurrency: 4,
-        worker_health: true,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .settings(|s| {
+            s.worker.concurrency = 4;
+            s.serve_worker_health();
+        })
+        .worker_settings(|s| {
+            s.amqp.url =
+                services::amqp_url().replace("127.0.0.1:5672", &broker.address().to_string())
+        })
+        .start()
+        .await;
     let health = fleet.worker_health.unwrap();
     // Felt once the worker reports its consumers down.
     survive_a_cut(&fleet, &broker, || async move {
@@ -72,14 +74,14 @@ async fn a_worker_cut_off_from_the_broker_mid_run_completes_every_job_once_it_re
 #[tokio::test]
 async fn a_worker_cut_off_from_postgres_mid_run_completes_every_job_once_it_returns() {
     let database = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let fleet = TestFleet::start(FleetOptions {
-        worker_database_url: Some(
-            services::database_url().replace("127.0.0.1:5432", &database.address().to_string()),
-        ),
-        worker_concurrency: 4,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .settings(|s| s.worker.concurrency = 4)
+        .worker_settings(|s| {
+            s.database.url =
+                services::database_url().replace("127.0.0.1:5432", &database.address().to_string())
+        })
+        .start()
+        .await;
     // Felt once the worker has failed to record a transition (it retries, holding the
     // deliveries). The worker runs in this process, so its metrics are this process's.
     let postgres = DependencyLabels {
@@ -103,25 +105,26 @@ async fn a_start_whose_answer_is_lost_is_taken_over_not_skipped() {
     // Plain text, so the proxy can see the job's id go by.
     let url = services::database_url().replace("127.0.0.1:5432", &database.address().to_string());
     let separator = if url.contains('?') { '&' } else { '?' };
-    let fleet = TestFleet::start(FleetOptions {
-        worker_database_url: Some(format!("{url}{separator}sslmode=disable")),
-        worker_concurrency: 2,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .worker_settings(|s| s.database.url = format!("{url}{separator}sslmode=disable"))
+        .settings(|s| s.worker.concurrency = 2)
+        .start()
+        .await;
     // Due in a second, so the trigger is armed before any worker sees the job.
     let id = fleet
         .client
-        .submit(&json!({ "kind": "noop", "delay": 1 }))
-        .await
-        .id();
-    let uuid: uuid::Uuid = id.parse().unwrap();
+        .submit_args_with::<Noop>(
+            json!({}),
+            JobOptions::default().delay(Duration::from_secs(1)),
+        )
+        .await;
+    let uuid = id.as_uuid();
     // The start statement binds the job's id (binary, 16 bytes): its answer is lost.
     database.mute_answers_after(uuid.as_bytes());
     wait_until(
         "the start to commit without its answer",
         Duration::from_secs(20),
-        || async { (fleet.record(&id).await.status == JobStatus::Running).then_some(()) },
+        || async { (fleet.record(id).await.status == JobStatus::Running).then_some(()) },
     )
     .await;
     // The worker still waits for the answer; a broken connection ends the wait in an error,
@@ -129,9 +132,7 @@ async fn a_start_whose_answer_is_lost_is_taken_over_not_skipped() {
     database.mute_answers_after(&[0xff; 64]);
     database.cut();
     database.restore();
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(30))
-        .await;
+    let record = fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(
         record.attempts, 2,
         "the lost start counts as an attempt; the retry took the job over"

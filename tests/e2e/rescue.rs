@@ -4,25 +4,28 @@
 
 use std::time::Duration;
 
+use engine_jobs::kinds::noop::Noop;
 use engine_shared::JobStatus;
-use engine_tests::{FleetOptions, TestFleet, services, wait_until};
+use engine_tests::settings::RescueSection;
+use engine_tests::{TestFleet, TestSettings, services, wait_until};
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 /// A bound of 3 s (a pass every 0.6 s) and 1 s leases.
-const QUICK_RESCUE: &str = "[rescue]\nafter_secs = 3\nlease_secs = 1\n";
-
-fn quick(worker: bool) -> FleetOptions {
-    FleetOptions {
-        worker,
-        extra_toml: QUICK_RESCUE.into(),
-        ..FleetOptions::default()
-    }
+fn quick_rescue(settings: &mut TestSettings) {
+    settings.rescue = Some(RescueSection {
+        after_secs: 3,
+        lease_secs: 1,
+    });
 }
 
 #[tokio::test]
 async fn an_attempt_whose_worker_died_and_whose_message_was_lost_is_rescued_and_completed() {
-    let fleet = TestFleet::start(quick(false)).await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .settings(quick_rescue)
+        .start()
+        .await;
     let mut doomed = fleet.spawn_worker_process(2, 10);
     let id = fleet
         .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": 1500 } }))
@@ -32,11 +35,9 @@ async fn an_attempt_whose_worker_died_and_whose_message_was_lost_is_rescued_and_
     services::purge_returned(fleet.namespace.as_str(), "jobs.default").await;
     let survivor = fleet.spawn_worker_process(2, 10);
 
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
-        .await;
+    let record = fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(record.attempts, 2, "the dead attempt and the rescued one");
-    let errors = fleet.client.job(&id).await.body["errors"].clone();
+    let errors = fleet.client.job(id).await.body["errors"].clone();
     assert_eq!(errors[0]["kind"], "crashed", "{errors}");
     assert!(
         errors[0]["message"]
@@ -50,33 +51,41 @@ async fn an_attempt_whose_worker_died_and_whose_message_was_lost_is_rescued_and_
 
 #[tokio::test]
 async fn a_queued_job_whose_message_was_lost_is_republished_and_runs() {
-    let mut fleet = TestFleet::start(quick(false)).await;
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let mut fleet = TestFleet::builder()
+        .without_worker()
+        .settings(quick_rescue)
+        .start()
+        .await;
+    let id = fleet.client.submit_args::<Noop>(json!({})).await;
     wait_until("the job to be published", DEADLINE, || async {
-        fleet.record(&id).await.published_at.map(|_| ())
+        fleet.record(id).await.published_at.map(|_| ())
     })
     .await;
     services::purge_queue(fleet.namespace.as_str(), "jobs.default").await;
     fleet.start_worker(None).await;
 
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
-        .await;
+    let record = fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(record.attempts, 1);
     fleet.stop().await;
 }
 
 #[tokio::test]
 async fn a_backlog_of_50000_with_no_worker_gets_no_duplicates() {
-    let fleet = TestFleet::start(FleetOptions {
-        extra_toml: "[rescue]\nafter_secs = 2\nlease_secs = 1\n".into(),
-        // Only the fast path publishes: the sweeper's duplicates of late stamps are not
-        // what this test counts.
-        publish_grace_ms: 30_000,
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .settings(|s| {
+            s.rescue = Some(RescueSection {
+                after_secs: 2,
+                lease_secs: 1,
+            });
+            // Only the fast path publishes: the sweeper's duplicates of late stamps are not
+            // what this test counts.
+            s.relay.publish_grace_ms = 30_000;
+        })
+        .start()
+        .await;
+    // The backlog stays: no worker ever runs it.
+    fleet.expect_unfinished();
     const JOBS: usize = 50_000;
     let batch: Vec<_> = (0..1_000).map(|_| json!({ "kind": "noop" })).collect();
     for _ in 0..JOBS / 1_000 {

@@ -2,24 +2,22 @@
 
 use std::time::Duration;
 
-use engine_shared::JobStatus;
+use engine_shared::{JobId, JobStatus};
 use engine_tests::services::queue_depth;
-use engine_tests::{FleetOptions, TestFleet};
+use engine_tests::test_kinds::{AlwaysFails, FailsFatally, Flaky, Snoozes};
+use engine_tests::{JobOptions, TestFleet};
 use serde_json::json;
 
 #[tokio::test]
 async fn a_failing_job_is_retried_through_delay_tiers_then_dead_lettered() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let fleet = TestFleet::builder().start().await;
 
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.fail", "max_attempts": 3 }))
-        .await
-        .id();
-
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Dead, Duration::from_secs(20))
+        .submit_args_with::<AlwaysFails>(json!({}), JobOptions::default().max_attempts(3))
         .await;
+
+    let record = fleet.wait_for(id, JobStatus::Dead).await;
     assert_eq!(record.attempts, 3);
     assert!(
         record
@@ -39,7 +37,7 @@ async fn a_failing_job_is_retried_through_delay_tiers_then_dead_lettered() {
 }
 
 /// The errors recorded for job `id`, as `GET /v1/jobs/{id}` shows them.
-async fn errors_of(fleet: &TestFleet, id: &str) -> Vec<serde_json::Value> {
+async fn errors_of(fleet: &TestFleet, id: JobId) -> Vec<serde_json::Value> {
     let answer = fleet.client.job(id).await;
     answer.body["errors"]
         .as_array()
@@ -49,24 +47,24 @@ async fn errors_of(fleet: &TestFleet, id: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn a_job_failing_twice_then_succeeding_takes_three_attempts_through_the_tiers() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let fleet = TestFleet::builder().start().await;
 
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.flaky", "args": { "fail_times": 2 }, "max_attempts": 5 }))
-        .await
-        .id();
-
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
+        .submit_args_with::<Flaky>(
+            json!({ "fail_times": 2 }),
+            JobOptions::default().max_attempts(5),
+        )
         .await;
+
+    let record = fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(record.attempts, 3, "two failures, then the success");
     assert_eq!(
         record.result,
         Some(json!({ "succeeded_on_attempt": 3 })),
         "the handler saw attempt 3"
     );
-    let errors = errors_of(&fleet, &id).await;
+    let errors = errors_of(&fleet, id).await;
     assert_eq!(errors.len(), 2, "{errors:?}");
     for (index, error) in errors.iter().enumerate() {
         assert_eq!(error["attempt"], json!(index + 1));
@@ -95,19 +93,16 @@ async fn a_job_failing_twice_then_succeeding_takes_three_attempts_through_the_ti
 
 #[tokio::test]
 async fn a_fatal_error_kills_the_job_after_one_attempt() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let fleet = TestFleet::builder().start().await;
 
     let id = fleet
         .client
-        .submit(&json!({ "kind": "test.fatal", "max_attempts": 5 }))
-        .await
-        .id();
-
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Dead, Duration::from_secs(20))
+        .submit_args_with::<FailsFatally>(json!({}), JobOptions::default().max_attempts(5))
         .await;
+
+    let record = fleet.wait_for(id, JobStatus::Dead).await;
     assert_eq!(record.attempts, 1, "no retry after a fatal error");
-    let errors = errors_of(&fleet, &id).await;
+    let errors = errors_of(&fleet, id).await;
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0]["kind"], "fatal");
     assert!(errors[0]["retry_via"].is_null(), "no retry was scheduled");
@@ -116,26 +111,24 @@ async fn a_fatal_error_kills_the_job_after_one_attempt() {
 
 #[tokio::test]
 async fn a_snooze_runs_the_job_again_later_without_counting_an_attempt() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let fleet = TestFleet::builder().start().await;
 
     let id = fleet
         .client
-        .submit(
-            &json!({ "kind": "test.snooze", "args": { "times": 2, "ms": 100 }, "max_attempts": 1 }),
+        .submit_args_with::<Snoozes>(
+            json!({ "times": 2, "ms": 100 }),
+            JobOptions::default().max_attempts(1),
         )
-        .await
-        .id();
-
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
         .await;
+
+    let record = fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(
         record.attempts, 1,
         "snoozes are not attempts (max_attempts is 1)"
     );
     assert_eq!(record.snoozes, 2);
     assert!(
-        errors_of(&fleet, &id).await.is_empty(),
+        errors_of(&fleet, id).await.is_empty(),
         "a snooze is no error"
     );
     fleet.stop().await;
@@ -143,59 +136,51 @@ async fn a_snooze_runs_the_job_again_later_without_counting_an_attempt() {
 
 #[tokio::test]
 async fn a_delay_longer_than_every_tier_waits_in_postgres_for_the_scheduler() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let fleet = TestFleet::builder().start().await;
 
     // 1.5 s is longer than the largest test tier (500 ms).
     let id = fleet
         .client
-        .submit(&json!({
-            "kind": "test.flaky",
-            "args": { "fail_times": 1 },
-            "backoff": { "min": 1.5, "max": 1.5 },
-        }))
-        .await
-        .id();
-
-    let waiting = fleet
-        .wait_for_status(&id, JobStatus::Retrying, Duration::from_secs(20))
+        .submit_args_with::<Flaky>(
+            json!({ "fail_times": 1 }),
+            JobOptions::default().backoff(Duration::from_millis(1500), Duration::from_millis(1500)),
+        )
         .await;
+
+    let waiting = fleet.wait_for(id, JobStatus::Retrying).await;
     assert!(
         waiting.published_at.is_none(),
         "back in the outbox, not in a delay tier"
     );
     assert!(waiting.run_at > chrono::Utc::now(), "due in the future");
-    let errors = errors_of(&fleet, &id).await;
+    let errors = errors_of(&fleet, id).await;
     assert_eq!(errors[0]["retry_via"], "scheduler");
     assert_eq!(errors[0]["retry_delay_ms"], json!(1500));
 
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
-        .await;
+    let record = fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(record.attempts, 2);
     fleet.stop().await;
 }
 
 #[tokio::test]
 async fn a_job_cancelled_while_it_waits_in_a_delay_tier_never_runs_again() {
-    let fleet = TestFleet::start(FleetOptions::default()).await;
+    let fleet = TestFleet::builder().start().await;
     let vhost = fleet.namespace.to_string();
 
     let id = fleet
         .client
-        .submit(&json!({
-            "kind": "test.flaky",
-            "args": { "fail_times": 1 },
-            "backoff": { "min": 0.4, "max": 0.4 },
-        }))
-        .await
-        .id();
+        .submit_args_with::<Flaky>(
+            json!({ "fail_times": 1 }),
+            JobOptions::default().backoff(Duration::from_millis(400), Duration::from_millis(400)),
+        )
+        .await;
     engine_tests::wait_until(
         "the retry to be parked in the 500 ms tier",
         Duration::from_secs(20),
         || async { (queue_depth(&vhost, "jobs.delay.500ms").await == Some(1)).then_some(()) },
     )
     .await;
-    let cancelled = fleet.client.cancel(&id).await;
+    let cancelled = fleet.client.cancel(id).await;
     assert_eq!(cancelled.status, reqwest::StatusCode::OK, "{cancelled:?}");
 
     // The parked message comes back from the 500 ms tier and is skipped.
@@ -209,7 +194,7 @@ async fn a_job_cancelled_while_it_waits_in_a_delay_tier_never_runs_again() {
         },
     )
     .await;
-    let record = fleet.record(&id).await;
+    let record = fleet.record(id).await;
     assert_eq!(record.status, JobStatus::Cancelled);
     assert_eq!(record.attempts, 1, "the retry never ran");
     fleet.stop().await;

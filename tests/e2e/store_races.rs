@@ -5,23 +5,23 @@
 use std::time::Duration;
 
 use engine_shared::retry::RetryRoute;
+
 use engine_shared::store::{
     AttemptOutcome, ErrorKind, FinishRequest, NewJob, StartOutcome, StartRequest, StartedJob,
     Submitted,
 };
 use engine_shared::{JobId, JobStatus, Kind, QueueName};
-use engine_tests::{FleetOptions, TestFleet, services};
+use engine_tests::{TestFleet, services};
 use serde_json::json;
 
 const LEASE: Duration = Duration::from_secs(60);
 
-/// A fleet with no worker: the test plays the worker's part itself.
+/// A fleet with no worker: the test plays the worker's part itself, and leaves the jobs
+/// wherever its race left them.
 async fn fleet() -> TestFleet {
-    TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await
+    let fleet = TestFleet::builder().without_worker().start().await;
+    fleet.expect_unfinished();
+    fleet
 }
 
 async fn database() -> sqlx::PgPool {
@@ -118,7 +118,7 @@ async fn a_late_fast_path_stamp_does_not_hide_a_long_retry_from_the_scheduler() 
 
     fleet.store.mark_published(&[id.as_uuid()]).await.unwrap();
 
-    let record = fleet.record(&id.to_string()).await;
+    let record = fleet.record(id).await;
     assert_eq!(record.status, JobStatus::Retrying);
     assert!(
         record.published_at.is_none(),
@@ -144,7 +144,7 @@ async fn a_scheduled_job_is_never_stamped_by_the_fast_path_and_the_scheduler_rel
 
     // A fast path that took it for queued (an API clock ahead of PostgreSQL's) stamps it.
     fleet.store.mark_published(&[id.as_uuid()]).await.unwrap();
-    assert!(fleet.record(&id.to_string()).await.published_at.is_none());
+    assert!(fleet.record(id).await.published_at.is_none());
 
     sqlx::query("UPDATE jobs SET run_at = now() - interval '1 second' WHERE id = $1")
         .bind(id.as_uuid())
@@ -156,7 +156,7 @@ async fn a_scheduled_job_is_never_stamped_by_the_fast_path_and_the_scheduler_rel
         "the scheduler to release it",
         Duration::from_secs(10),
         || async {
-            let record = fleet.record(&id.to_string()).await;
+            let record = fleet.record(id).await;
             (record.status == JobStatus::Queued && record.published_at.is_some()).then_some(record)
         },
     )
@@ -199,7 +199,7 @@ async fn a_stale_attempt_from_an_earlier_life_cannot_finish_over_the_live_one() 
     let finished = fleet.store.finish_jobs(&[stale], "old").await.unwrap();
 
     assert_eq!(finished[0].status, None, "the stale outcome was recorded");
-    let record = fleet.record(&id.to_string()).await;
+    let record = fleet.record(id).await;
     assert_eq!(record.status, JobStatus::Running);
     assert_eq!(record.result, None);
     fleet.stop().await;
@@ -236,7 +236,7 @@ async fn an_outcome_whose_relaxed_start_postgresql_lost_is_recorded() {
         .unwrap();
 
     assert_eq!(finished[0].status, Some(JobStatus::Succeeded));
-    let record = fleet.record(&id.to_string()).await;
+    let record = fleet.record(id).await;
     assert_eq!((record.status, record.attempts), (JobStatus::Succeeded, 1));
     fleet.stop().await;
 }
@@ -262,7 +262,7 @@ async fn a_lease_renewal_restores_a_start_postgresql_lost() {
     let renewal = fleet.store.renew_leases(&[running], LEASE).await.unwrap();
 
     assert!(renewal.lost.is_empty(), "{renewal:?}");
-    let record = fleet.record(&id.to_string()).await;
+    let record = fleet.record(id).await;
     assert_eq!(record.status, JobStatus::Running);
     assert_eq!((record.attempts, record.starts), (1, attempt.token));
     assert_eq!(
@@ -290,7 +290,7 @@ async fn the_same_job_twice_in_one_start_batch_starts_once() {
         .filter(|outcome| matches!(outcome, StartOutcome::Started(_)))
         .count();
     assert_eq!(started, 1, "{outcomes:?}");
-    assert_eq!(fleet.record(&id.to_string()).await.attempts, 1);
+    assert_eq!(fleet.record(id).await.attempts, 1);
     fleet.stop().await;
 }
 
@@ -317,6 +317,6 @@ async fn a_forged_request_beside_its_jobs_real_one_in_a_start_batch_never_starts
         panic!("the real request did not start: {outcomes:?}");
     };
     assert_eq!((started.kind.as_str(), &started.args), ("noop", &json!({})));
-    assert_eq!(fleet.record(&id.to_string()).await.attempts, 1);
+    assert_eq!(fleet.record(id).await.attempts, 1);
     fleet.stop().await;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use engine_shared::retry::Backoff;
 use engine_shared::store::{NewJob, NotStored, Submitted};
 use engine_shared::{IdempotencyKey, JobId, JobStatus, Kind, QueueName};
-use engine_tests::{FleetOptions, TestFleet};
+use engine_tests::TestFleet;
 use serde_json::{Value, json};
 
 fn new_job(fleet: &TestFleet, args: Value) -> NewJob {
@@ -41,11 +41,9 @@ fn refused_code(outcome: &Result<Submitted, NotStored>) -> Option<&str> {
 
 #[tokio::test]
 async fn a_refused_job_fails_alone_and_the_rest_of_its_flush_is_stored() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().without_worker().start().await;
+    // The store alone is under test: no worker runs what it stores.
+    fleet.expect_unfinished();
     let earlier = keyed(new_job(&fleet, json!({})), "earlier");
     fleet
         .store

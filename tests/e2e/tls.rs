@@ -12,10 +12,11 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use engine_jobs::kinds::noop::Noop;
 use engine_shared::JobStatus;
 use engine_tests::services::{self, queue_depth};
 use engine_tests::worker_process::free_loopback_address;
-use engine_tests::{FleetOptions, TestCa, TestFleet, TlsProxy, WorkerProcess, wait_until};
+use engine_tests::{LimitSection, TestCa, TestFleet, TlsProxy, WorkerProcess, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -154,15 +155,22 @@ async fn a_worker_process_runs_jobs_over_tls_to_rabbitmq_redis_and_postgres() {
     let application_name = application_name();
     // Sleeps limited to 5 a second: the worker must ask Redis for their turns, and parks
     // those whose turn is 200 ms or more away in a delay tier (its publisher's connection).
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        worker_amqp_url: Some(through(&services::amqp_url(), "amqps", &broker)),
-        worker_redis_url: Some(through(&services::redis_url(), "rediss", &redis)),
-        worker_database_url: Some(database_url("require", &application_name)),
-        extra_toml: "[[limits]]\nkind = \"sleep\"\nrate = 5\nperiod_ms = 1000\nburst = 1\n".into(),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .settings(|s| {
+            s.limits.push(LimitSection {
+                period_ms: Some(1000),
+                burst: Some(1),
+                ..LimitSection::rate("sleep", 5)
+            })
+        })
+        .worker_settings(|s| {
+            s.amqp.url = through(&services::amqp_url(), "amqps", &broker);
+            s.redis.url = through(&services::redis_url(), "rediss", &redis);
+            s.database.url = database_url("require", &application_name);
+        })
+        .start()
+        .await;
     let (worker, health) = spawn_with_health(&fleet, 8, &trusting(ca.file()));
 
     // Act
@@ -176,9 +184,9 @@ async fn a_worker_process_runs_jobs_over_tls_to_rabbitmq_redis_and_postgres() {
             .submit_copies(8, &json!({ "kind": "sleep", "args": { "ms": 1 } }))
             .await,
     );
-    for id in &ids {
+    for &id in &ids {
         let record = fleet
-            .wait_for_status(id, JobStatus::Succeeded, DEADLINE)
+            .wait_for_within(id, JobStatus::Succeeded, DEADLINE)
             .await;
         assert_eq!(record.attempts, 1, "job {id}: {}", worker.log_text());
     }
@@ -232,16 +240,15 @@ async fn a_worker_that_does_not_trust_the_brokers_certificate_runs_nothing_and_s
     // system's), which do not hold the test CA.
     let ca = TestCa::new();
     let broker = TlsProxy::start(&ca, server_address(&services::amqp_url(), 5672)).await;
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        worker_amqp_url: Some(through(&services::amqp_url(), "amqps", &broker)),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .worker_settings(|s| s.amqp.url = through(&services::amqp_url(), "amqps", &broker))
+        .start()
+        .await;
     let (untrusting, health) = spawn_with_health(&fleet, 4, &[]);
 
     // Act
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let id = fleet.client.submit_args::<Noop>(json!({})).await;
 
     // Assert: not ready, because of the certificate, and saying so without the URL.
     let body = refusing_a_certificate(health, "rabbitmq").await;
@@ -273,7 +280,7 @@ async fn a_worker_that_does_not_trust_the_brokers_certificate_runs_nothing_and_s
     })
     .await;
     assert_eq!(broker.completed_handshakes(), 0, "a handshake completed");
-    let record = fleet.record(&id).await;
+    let record = fleet.record(id).await;
     assert_eq!(
         (record.status, record.attempts),
         (JobStatus::Queued, 0),
@@ -284,7 +291,7 @@ async fn a_worker_that_does_not_trust_the_brokers_certificate_runs_nothing_and_s
     // A worker trusting the CA takes the job: the certificate was all that was wrong.
     let trusting = fleet.spawn_worker_process_with_env(4, 10, &trusting(ca.file()));
     fleet
-        .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
+        .wait_for_within(id, JobStatus::Succeeded, DEADLINE)
         .await;
     assert!(broker.completed_handshakes() >= 1);
     assert_eq!(
@@ -302,12 +309,11 @@ async fn a_worker_verifying_postgres_certificate_accepts_it_only_from_its_roots(
     // Arrange: the worker checks PostgreSQL's certificate chain (`verify-ca`; not the host
     // name, since the server's certificate names whatever host it was made on).
     let application_name = application_name();
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        worker_database_url: Some(database_url("verify-ca", &application_name)),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .without_worker()
+        .worker_settings(|s| s.database.url = database_url("verify-ca", &application_name))
+        .start()
+        .await;
     // The server's own certificate (Debian's self-signed one here), read through SQL so
     // the test needs no access to the server's files; and an unrelated CA.
     let certificate: String =
@@ -321,7 +327,7 @@ async fn a_worker_verifying_postgres_certificate_accepts_it_only_from_its_roots(
     let (untrusting, health) = spawn_with_health(&fleet, 4, &trusting(unrelated.file()));
 
     // Act
-    let id = fleet.client.submit(&json!({ "kind": "noop" })).await.id();
+    let id = fleet.client.submit_args::<Noop>(json!({})).await;
 
     // Assert: the certificate is refused, PostgreSQL is unreachable, and nothing runs.
     let body = refusing_a_certificate(health, "postgres").await;
@@ -331,7 +337,7 @@ async fn a_worker_verifying_postgres_certificate_accepts_it_only_from_its_roots(
         0,
         "a session of the untrusting worker"
     );
-    let record = fleet.record(&id).await;
+    let record = fleet.record(id).await;
     assert_eq!((record.status, record.attempts), (JobStatus::Queued, 0));
 
     // With the server's certificate as its root, a worker runs the job over TLS. (The
@@ -340,7 +346,7 @@ async fn a_worker_verifying_postgres_certificate_accepts_it_only_from_its_roots(
     drop(untrusting);
     let trusting = fleet.spawn_worker_process_with_env(4, 10, &trusting(&server_roots));
     fleet
-        .wait_for_status(&id, JobStatus::Succeeded, DEADLINE)
+        .wait_for_within(id, JobStatus::Succeeded, DEADLINE)
         .await;
     let (total, encrypted) = sessions(&fleet, &application_name).await;
     assert!(

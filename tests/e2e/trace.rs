@@ -7,22 +7,18 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use engine_shared::JobStatus;
 use engine_shared::trace::TraceParent;
+use engine_shared::{JobId, JobStatus};
 use engine_tests::broker::VhostClient;
-use engine_tests::fleet::{FleetOptions, TestFleet};
 use engine_tests::wait::wait_until;
+use engine_tests::{TestFleet, TestSettings};
 
 const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 /// Submits `job` with a `traceparent` header (or none) and returns the answer's id and
 /// `traceparent`.
-async fn submit(
-    fleet: &TestFleet,
-    job: serde_json::Value,
-    trace: Option<&str>,
-) -> (String, String) {
+async fn submit(fleet: &TestFleet, job: serde_json::Value, trace: Option<&str>) -> (JobId, String) {
     let mut request = reqwest::Client::new()
         .post(format!("http://{}/v1/jobs", fleet.client.address()))
         .bearer_auth(&fleet.key)
@@ -37,20 +33,22 @@ async fn submit(
         .unwrap()
         .to_owned();
     let body: serde_json::Value = response.json().await.unwrap();
-    (body["id"].as_str().unwrap().to_owned(), trace)
+    (body["id"].as_str().unwrap().parse().unwrap(), trace)
 }
 
 #[tokio::test]
 async fn the_requests_trace_reaches_the_row_the_message_and_the_attempts_log() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default().with_storage()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .settings(TestSettings::use_test_storage)
+        .without_worker()
+        .start()
+        .await;
+    // No worker: the trace is followed into the row and the queued message.
+    fleet.expect_unfinished();
     let (id, echoed) = submit(&fleet, json!({ "kind": "noop" }), Some(INCOMING)).await;
     assert_eq!(echoed, INCOMING);
     assert_eq!(
-        fleet.record(&id).await.traceparent.as_deref(),
+        fleet.record(id).await.traceparent.as_deref(),
         Some(INCOMING)
     );
 
@@ -69,16 +67,14 @@ async fn the_requests_trace_reaches_the_row_the_message_and_the_attempts_log() {
     fleet.stop().await;
 
     // A job run by a worker shows the trace id in its log.
-    let mut fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default().with_storage()
-    })
-    .await;
+    let mut fleet = TestFleet::builder()
+        .settings(TestSettings::use_test_storage)
+        .without_worker()
+        .start()
+        .await;
     let (id, _) = submit(&fleet, json!({ "kind": "noop" }), Some(INCOMING)).await;
     fleet.start_worker(None).await;
-    fleet
-        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
-        .await;
+    fleet.wait_for(id, JobStatus::Succeeded).await;
     let text = wait_until("the attempt's log", Duration::from_secs(20), || async {
         let (status, _, body) = fleet
             .client
@@ -93,17 +89,15 @@ async fn the_requests_trace_reaches_the_row_the_message_and_the_attempts_log() {
 
 #[tokio::test]
 async fn a_request_without_a_valid_traceparent_starts_a_new_trace() {
-    let fleet = TestFleet::start(FleetOptions {
-        worker: false,
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder().without_worker().start().await;
+    // No worker: only the rows' trace matters.
+    fleet.expect_unfinished();
     for sent in [None, Some("not-a-traceparent")] {
         let (id, echoed) = submit(&fleet, json!({ "kind": "noop" }), sent).await;
         let fresh = TraceParent::parse(&echoed).expect("a valid new traceparent");
         assert_ne!(fresh.trace_id(), TRACE_ID);
         assert_eq!(
-            fleet.record(&id).await.traceparent.as_deref(),
+            fleet.record(id).await.traceparent.as_deref(),
             Some(echoed.as_str())
         );
     }

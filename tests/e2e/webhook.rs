@@ -1,12 +1,12 @@
 //! `webhook.deliver` against a real local HTTP receiver that checks the signature.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use axum::routing::post;
+use engine_jobs::kinds::webhook_deliver::WebhookDeliver;
 use engine_shared::JobStatus;
-use engine_tests::{FleetOptions, RECEIVER_HOST, TestFleet};
+use engine_tests::{JobOptions, RECEIVER_HOST, TestFleet};
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
@@ -61,24 +61,21 @@ async fn receiver(status: u16) -> (String, Arc<Mutex<Received>>) {
 
 #[tokio::test]
 async fn a_webhook_is_delivered_signed() {
-    let fleet = TestFleet::start(FleetOptions {
-        webhook_secret: Some(SECRET.into()),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .settings(|s| s.sign_webhooks_with(SECRET))
+        .start()
+        .await;
     let (url, received) = receiver(204).await;
 
     let id = fleet
         .client
-        .submit(
+        .submit_json(
             &json!({ "kind": "webhook.deliver", "args": { "url": url, "body": { "order": 42 } } }),
         )
         .await
-        .id();
+        .job_id();
 
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Succeeded, Duration::from_secs(20))
-        .await;
+    let record = fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(record.result.unwrap()["status"], 204);
     {
         let received = received.lock().unwrap();
@@ -90,22 +87,21 @@ async fn a_webhook_is_delivered_signed() {
 
 #[tokio::test]
 async fn a_non_2xx_answer_fails_the_attempt_and_is_retried() {
-    let fleet = TestFleet::start(FleetOptions {
-        webhook_secret: Some(SECRET.into()),
-        ..FleetOptions::default()
-    })
-    .await;
+    let fleet = TestFleet::builder()
+        .settings(|s| s.sign_webhooks_with(SECRET))
+        .start()
+        .await;
     let (url, received) = receiver(503).await;
 
     let id = fleet
         .client
-        .submit(&json!({ "kind": "webhook.deliver", "args": { "url": url, "body": {} }, "max_attempts": 2 }))
-        .await
-        .id();
-
-    let record = fleet
-        .wait_for_status(&id, JobStatus::Dead, Duration::from_secs(20))
+        .submit_args_with::<WebhookDeliver>(
+            json!({ "url": url, "body": {} }),
+            JobOptions::default().max_attempts(2),
+        )
         .await;
+
+    let record = fleet.wait_for(id, JobStatus::Dead).await;
     assert_eq!(record.attempts, 2);
     assert!(record.last_error.unwrap().contains("503"));
     assert_eq!(received.lock().unwrap().bodies.len(), 2);

@@ -1,9 +1,16 @@
-//! One typed client for the API: every call returns the status and the JSON body.
+//! One typed client for the API: `submit::<Kind>(args)` gives a [`JobId`], and every raw
+//! call returns the status and the JSON body.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};
+use serde::Serialize;
 use serde_json::Value;
+
+use engine_jobs::Job;
+use engine_shared::JobId;
 
 #[derive(Clone)]
 pub struct ApiClient {
@@ -24,12 +31,106 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The `id` field as a string (submit answers).
-    pub fn id(&self) -> String {
-        self.body["id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no id in {self:?}"))
-            .to_owned()
+    /// The `id` field (a submit answer, a job).
+    pub fn job_id(&self) -> JobId {
+        job_id_in(&self.body["id"]).unwrap_or_else(|| panic!("no job id in {self:?}"))
+    }
+
+    /// The ids of the jobs a batch answer or a listing holds, in order.
+    pub fn job_ids(&self) -> Vec<JobId> {
+        self.body["jobs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no jobs in {self:?}"))
+            .iter()
+            .map(|job| job_id_in(&job["id"]).unwrap_or_else(|| panic!("no job id in {job}")))
+            .collect()
+    }
+}
+
+fn job_id_in(id: &Value) -> Option<JobId> {
+    id.as_str()?.parse().ok()
+}
+
+/// What a submitter may set beside a job's kind and args; unset fields are left to the
+/// kind's (or the fleet's) defaults. `JobOptions::default().max_attempts(1)`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JobOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_attempts: Option<u32>,
+    /// Seconds one attempt may take.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout: Option<f64>,
+    /// Seconds from now before it may run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delay: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backoff: Option<BackoffOption>,
+}
+
+/// `backoff`: seconds after the first failure, doubling up to `max`.
+#[derive(Clone, Copy, Debug, Serialize)]
+struct BackoffOption {
+    min: f64,
+    max: f64,
+}
+
+impl JobOptions {
+    pub fn queue(self, queue: &str) -> Self {
+        Self {
+            queue: Some(queue.to_owned()),
+            ..self
+        }
+    }
+
+    pub fn max_attempts(self, attempts: u32) -> Self {
+        Self {
+            max_attempts: Some(attempts),
+            ..self
+        }
+    }
+
+    pub fn timeout(self, timeout: Duration) -> Self {
+        Self {
+            timeout: Some(timeout.as_secs_f64()),
+            ..self
+        }
+    }
+
+    pub fn delay(self, delay: Duration) -> Self {
+        Self {
+            delay: Some(delay.as_secs_f64()),
+            ..self
+        }
+    }
+
+    pub fn run_at(self, at: DateTime<Utc>) -> Self {
+        Self {
+            run_at: Some(at),
+            ..self
+        }
+    }
+
+    pub fn idempotency_key(self, key: &str) -> Self {
+        Self {
+            idempotency_key: Some(key.to_owned()),
+            ..self
+        }
+    }
+
+    pub fn backoff(self, min: Duration, max: Duration) -> Self {
+        Self {
+            backoff: Some(BackoffOption {
+                min: min.as_secs_f64(),
+                max: max.as_secs_f64(),
+            }),
+            ..self
+        }
     }
 }
 
@@ -120,31 +221,61 @@ impl ApiClient {
         self.raw(Method::GET, path, None).await
     }
 
-    pub async fn submit(&self, job: &Value) -> Answer {
+    /// Submits a job of kind `K`, asserts 202, and returns its id.
+    pub async fn submit<K: Job>(&self, args: K::Args) -> JobId
+    where
+        K::Args: Serialize,
+    {
+        self.submit_with::<K>(args, JobOptions::default()).await
+    }
+
+    /// Submits a job of kind `K` with `options`, asserts 202, and returns its id.
+    pub async fn submit_with<K: Job>(&self, args: K::Args, options: JobOptions) -> JobId
+    where
+        K::Args: Serialize,
+    {
+        let args = serde_json::to_value(args).expect("args serialize");
+        self.submit_args_with::<K>(args, options).await
+    }
+
+    /// [`ApiClient::submit`] with the args as JSON, for kinds whose `Args` cannot be
+    /// serialized (yet).
+    pub async fn submit_args<K: Job>(&self, args: Value) -> JobId {
+        self.submit_args_with::<K>(args, JobOptions::default())
+            .await
+    }
+
+    /// [`ApiClient::submit_with`] with the args as JSON.
+    pub async fn submit_args_with<K: Job>(&self, args: Value, options: JobOptions) -> JobId {
+        let mut job = serde_json::to_value(options).expect("options serialize");
+        job["kind"] = Value::from(K::KIND);
+        job["args"] = args;
+        let answer = self.submit_json(&job).await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
+        answer.job_id()
+    }
+
+    /// `POST /v1/jobs` with `job` as it is, for tests of what the API answers.
+    pub async fn submit_json(&self, job: &Value) -> Answer {
         self.post("/v1/jobs", job).await
     }
 
     /// Submits `count` copies of `job` in one batch, asserts 202, and returns their ids in
     /// order.
-    pub async fn submit_copies(&self, count: usize, job: &Value) -> Vec<String> {
+    pub async fn submit_copies(&self, count: usize, job: &Value) -> Vec<JobId> {
         let jobs: Vec<_> = (0..count).map(|_| job.clone()).collect();
         let answer = self
             .post("/v1/jobs/batch", &serde_json::json!({ "jobs": jobs }))
             .await;
         assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
-        answer.body["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|job| job["id"].as_str().unwrap().to_owned())
-            .collect()
+        answer.job_ids()
     }
 
-    pub async fn job(&self, id: &str) -> Answer {
+    pub async fn job(&self, id: JobId) -> Answer {
         self.get(&format!("/v1/jobs/{id}")).await
     }
 
-    pub async fn cancel(&self, id: &str) -> Answer {
+    pub async fn cancel(&self, id: JobId) -> Answer {
         self.raw(Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
             .await
     }

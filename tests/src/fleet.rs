@@ -1,8 +1,16 @@
 //! A test's own fleet: a fresh namespace (vhost, rows, key), the API in-process on port 0,
-//! a worker in-process or as real child processes — and teardown when it drops.
+//! a worker in-process or as real child processes — and teardown when it drops, which fails
+//! the test if it left jobs unfinished it did not say it expects.
+//!
+//! - [`builder`]: [`FleetBuilder`], how a test sets its fleet up (settings included).
+//! - [`unfinished`]: the look at the fleet's rows when it drops.
+
+mod builder;
+mod unfinished;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
@@ -17,6 +25,8 @@ use engine_shared::store::{JobRecord, Store};
 use engine_shared::{JobId, JobStatus, Namespace};
 use engine_worker::Worker;
 
+pub use builder::FleetBuilder;
+
 use crate::client::ApiClient;
 use crate::services;
 use crate::test_kinds::{
@@ -24,111 +34,6 @@ use crate::test_kinds::{
 };
 use crate::wait::wait_until;
 use crate::worker_process::WorkerProcess;
-
-/// How to set a fleet up; `Default` is an API and one in-process worker on the real servers.
-#[derive(Clone, Debug)]
-pub struct FleetOptions {
-    /// Replaces the broker URL (e.g. a proxy's) for the API only.
-    pub api_amqp_url: Option<String>,
-    /// Replaces the database URL (e.g. a proxy's) for the API only.
-    pub api_database_url: Option<String>,
-    /// Start an in-process worker.
-    pub worker: bool,
-    pub worker_concurrency: u16,
-    /// Extra TOML appended to the generated settings.
-    pub extra_toml: String,
-    pub webhook_secret: Option<String>,
-    /// How many namespaces (tenants) the one API and worker serve.
-    pub namespaces: usize,
-    /// `retry.delivery_limit`: deliveries after which a crash-looping job is buried.
-    pub delivery_limit: u32,
-    /// Replaces the Redis URL (e.g. a proxy's) for the whole fleet.
-    pub redis_url: Option<String>,
-    /// Replaces the Redis URL (e.g. a TLS proxy's) for the workers only, over `redis_url`.
-    pub worker_redis_url: Option<String>,
-    /// `api.submit_rate_per_sec` and `api.submit_burst`.
-    pub submit_rate: Option<(u32, u32)>,
-    /// Replaces the broker URL (e.g. a proxy's) for the workers only.
-    pub worker_amqp_url: Option<String>,
-    /// Replaces the database URL (e.g. a proxy's) for the workers only (the test's own
-    /// reads stay direct).
-    pub worker_database_url: Option<String>,
-    /// The in-process worker serves `/healthz` and `/readyz` on a free port
-    /// ([`TestFleet::worker_health`]).
-    pub worker_health: bool,
-    /// The URL of a transaction-mode pooler (a [`crate::PgBouncer`]) through which the API
-    /// and the workers reach PostgreSQL, with `database.pooler = "transaction"`. The test's
-    /// own reads stay direct.
-    pub transaction_pooler: Option<String>,
-    /// `relay.publish_grace_ms`: how long the sweeper leaves a queued job to the fast path
-    /// before publishing it itself (a duplicate if the fast path's stamp was merely late).
-    pub publish_grace_ms: u64,
-    /// Turns storage on with this S3 endpoint (the test server's, or a proxy's): attempt
-    /// logs and artifacts. Off by default.
-    pub s3_endpoint: Option<String>,
-    /// The first namespace's name (and vhost) instead of a fresh one: for a vhost prepared
-    /// elsewhere, e.g. on a [`crate::PrivateBroker`].
-    pub namespace_name: Option<String>,
-    /// `amqp.consumer_timeout_secs`: must match the broker's `consumer_timeout`.
-    pub consumer_timeout_secs: u64,
-    /// Serve `/metrics` and the detailed `/readyz` on a port of their own
-    /// (`api.admin_listen`), reached through [`TestFleet::admin`].
-    pub admin_listen: bool,
-    /// `egress.allow`. By default the test receivers' address, [`RECEIVER_HOST`]: they
-    /// never listen on 127.0.0.1, which the services use and the policy always refuses.
-    pub egress_allow: Vec<String>,
-    /// Extra TOML lines for each namespace's own `[namespaces.<name>]` table, by index
-    /// (e.g. `weight = 2`); namespaces past the end get none.
-    pub namespace_toml: Vec<String>,
-    /// `api.read_timeout_ms`: how long a tenant's search may run.
-    pub read_timeout_ms: Option<u64>,
-    /// `api.body_limit_bytes`: 64 KiB unless a test needs bodies near the args cap.
-    pub body_limit_bytes: usize,
-}
-
-/// Where the tests' webhook receivers listen: loopback, but not the services' address.
-pub const RECEIVER_HOST: &str = "127.0.0.2";
-
-impl FleetOptions {
-    /// Storage on, against the test S3 server.
-    pub fn with_storage(self) -> Self {
-        Self {
-            s3_endpoint: services::s3_settings().endpoint,
-            ..self
-        }
-    }
-}
-
-impl Default for FleetOptions {
-    fn default() -> Self {
-        Self {
-            api_amqp_url: None,
-            api_database_url: None,
-            worker: true,
-            worker_concurrency: 8,
-            extra_toml: String::new(),
-            webhook_secret: None,
-            namespaces: 1,
-            delivery_limit: 20,
-            redis_url: None,
-            worker_redis_url: None,
-            submit_rate: None,
-            s3_endpoint: None,
-            worker_amqp_url: None,
-            worker_database_url: None,
-            worker_health: false,
-            transaction_pooler: None,
-            publish_grace_ms: 300,
-            namespace_name: None,
-            consumer_timeout_secs: 1800,
-            admin_listen: false,
-            egress_allow: vec![RECEIVER_HOST.to_owned()],
-            namespace_toml: Vec::new(),
-            read_timeout_ms: None,
-            body_limit_bytes: 65_536,
-        }
-    }
-}
 
 /// One namespace of the fleet and a client holding its key.
 pub struct Tenant {
@@ -167,10 +72,29 @@ pub struct TestFleet {
     /// More API replicas (same namespaces and database), for tests of what replicas share.
     replicas: Vec<Running>,
     /// Where the in-process worker serves its health endpoints
-    /// ([`FleetOptions::worker_health`]).
+    /// ([`crate::TestSettings::serve_worker_health`]).
     pub worker_health: Option<std::net::SocketAddr>,
-    /// A client without a key for the API's admin endpoints ([`FleetOptions::admin_listen`]).
+    /// A client without a key for the API's admin endpoints
+    /// ([`crate::TestSettings::serve_admin`]).
     pub admin: Option<ApiClient>,
+    /// The test said it leaves jobs unfinished ([`TestFleet::expect_unfinished`]).
+    unfinished_expected: AtomicBool,
+}
+
+/// How long a test waits for a job's status unless it says otherwise: far above what any
+/// step takes, so only a stuck job reaches it.
+pub const WAIT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What [`TestFleet::launch`] starts: the namespaces, the settings files, and whether an
+/// in-process worker runs.
+struct Launch {
+    names: Vec<String>,
+    /// The settings of the workers (in-process and processes), and the base of the test's
+    /// own store.
+    worker_text: String,
+    api_text: String,
+    worker: bool,
+    webhook_secret: Option<String>,
 }
 
 /// Whether a registry may hold `test.abort`, which ends the process that runs it.
@@ -227,153 +151,32 @@ async fn deps_for(
     deps
 }
 
-fn settings_text(
-    namespaces: &[String],
-    database_url: &str,
-    amqp_url: &str,
-    redis_url: &str,
-    options: &FleetOptions,
-) -> String {
-    let secret = options
-        .webhook_secret
-        .as_ref()
-        .map(|s| format!("webhook_signing_secret = \"{s}\"\n"))
-        .unwrap_or_default();
-    let first_namespace = namespaces.first().cloned().unwrap_or_default();
-    let namespaces: String = namespaces
-        .iter()
-        .enumerate()
-        .map(|(index, name)| {
-            let own = options.namespace_toml.get(index).map_or("", String::as_str);
-            format!("[namespaces.{name}]\n{secret}{own}\n")
-        })
-        .collect();
-    let storage = options
-        .s3_endpoint
-        .as_ref()
-        .map(|endpoint| {
-            let s3 = services::s3_settings();
-            format!(
-                "[storage]\nendpoint_url = \"{endpoint}\"\naccess_key_id = \"{}\"\n\
-                 secret_access_key = \"{}\"\nbucket = \"{}\"\nforce_path_style = true\n\
-                 [logs]\nspool_dir = \"{}\"\nspool_retry_secs = 1\n",
-                s3.access_key_id.expose_secret(),
-                s3.secret_access_key.expose_secret(),
-                s3.bucket,
-                std::env::temp_dir()
-                    .join(format!("{first_namespace}-spool"))
-                    .display()
-            )
-        })
-        .unwrap_or_default();
-    format!(
-        r#"
-[database]
-url = "{database_url}"
-max_connections = 6
-acquire_timeout_ms = 1500
-{pooler}
-[amqp]
-url = "{amqp_url}"
-consumer_timeout_secs = {consumer_timeout_secs}
-[api]
-listen = "127.0.0.1:0"
-body_limit_bytes = {body_limit_bytes}
-key_cache_secs = 1
-max_batch = {max_batch}
-submit_rate_per_sec = {submit_rate}
-submit_burst = {submit_burst}
-{admin_listen}
-{read_timeout}
-[redis]
-url = "{redis_url}"
-timeout_ms = 300
-[worker]
-concurrency = {concurrency}
-grace_period_secs = 10
-{worker_health}
-[relay]
-sweep_interval_ms = 100
-publish_grace_ms = {publish_grace_ms}
-[retry]
-base_delay_ms = 100
-max_delay_ms = 500
-tiers_ms = [200, 500]
-delivery_limit = {delivery_limit}
-[egress]
-allow = {egress_allow:?}
-{storage}
-{namespaces}
-{extra}
-"#,
-        concurrency = options.worker_concurrency,
-        publish_grace_ms = options.publish_grace_ms,
-        pooler = if options.transaction_pooler.is_some() {
-            "pooler = \"transaction\""
-        } else {
-            ""
-        },
-        worker_health = if options.worker_health {
-            "health_listen = \"127.0.0.1:0\"\nliveness_grace_secs = 30"
-        } else {
-            ""
-        },
-        delivery_limit = options.delivery_limit,
-        body_limit_bytes = options.body_limit_bytes,
-        consumer_timeout_secs = options.consumer_timeout_secs,
-        submit_rate = options.submit_rate.map_or(0, |rate| rate.0),
-        submit_burst = options.submit_rate.map_or(1_000, |rate| rate.1),
-        max_batch = options.submit_rate.map_or(1_000, |rate| rate.1),
-        egress_allow = options.egress_allow,
-        admin_listen = if options.admin_listen {
-            "admin_listen = \"127.0.0.1:0\""
-        } else {
-            ""
-        },
-        read_timeout = options
-            .read_timeout_ms
-            .map(|ms| format!("read_timeout_ms = {ms}"))
-            .unwrap_or_default(),
-        extra = options.extra_toml,
-    )
-}
-
 static MIGRATED: OnceLock<()> = OnceLock::new();
 
 impl TestFleet {
-    pub async fn start(options: FleetOptions) -> Self {
+    /// A fleet for one test: [`FleetBuilder`]'s defaults are one namespace, an API and an
+    /// in-process worker against the test servers.
+    pub fn builder<'a>() -> FleetBuilder<'a> {
+        FleetBuilder::default()
+    }
+
+    /// Creates the namespaces' vhosts and keys, writes the workers' settings file, and
+    /// starts the API (and the worker) in-process.
+    async fn launch(launch: Launch) -> Self {
         engine_shared::tls::install_crypto_provider();
         engine_shared::telemetry::init(Default::default(), "warn,engine_worker=info");
-        let names: Vec<String> = (0..options.namespaces.max(1))
-            .map(|index| match (&options.namespace_name, index) {
-                (Some(name), 0) => name.clone(),
-                _ => services::unique_namespace(),
-            })
-            .collect();
+        let Launch {
+            names,
+            worker_text: base_text,
+            api_text,
+            worker,
+            webhook_secret,
+        } = launch;
         for name in &names {
             services::create_vhost(name).await;
         }
         let name = names[0].clone();
         let namespace = Namespace::parse(&name).unwrap();
-
-        let base_text = settings_text(
-            &names,
-            options
-                .worker_database_url
-                .as_deref()
-                .or(options.transaction_pooler.as_deref())
-                .unwrap_or(&services::database_url()),
-            options
-                .worker_amqp_url
-                .as_deref()
-                .unwrap_or(&services::amqp_url()),
-            options
-                .worker_redis_url
-                .as_deref()
-                .or(options.redis_url.as_deref())
-                .unwrap_or(&services::redis_url()),
-            &options,
-        );
         let mut settings = Settings::from_toml(&base_text).expect("test settings are valid");
         // The test reads rows directly, never through a worker's proxy.
         settings.database.url = secrecy::SecretString::from(services::database_url());
@@ -401,28 +204,11 @@ impl TestFleet {
         let config_path = std::env::temp_dir().join(format!("{name}.toml"));
         std::fs::write(&config_path, &base_text).unwrap();
 
-        let api_text = settings_text(
-            &names,
-            options
-                .api_database_url
-                .as_deref()
-                .or(options.transaction_pooler.as_deref())
-                .unwrap_or(&services::database_url()),
-            options
-                .api_amqp_url
-                .as_deref()
-                .unwrap_or(&services::amqp_url()),
-            options
-                .redis_url
-                .as_deref()
-                .unwrap_or(&services::redis_url()),
-            &options,
-        );
-        let api_settings = Settings::from_toml(&api_text).unwrap();
+        let api_settings = Settings::from_toml(&api_text).expect("API settings are valid");
         let application = Application::build(
             api_settings.clone(),
             test_registry(
-                deps_for(&api_settings, options.webhook_secret.as_deref(), &namespace).await,
+                deps_for(&api_settings, webhook_secret.as_deref(), &namespace).await,
                 AbortKind::Included,
             ),
         )
@@ -459,11 +245,24 @@ impl TestFleet {
             replicas: Vec::new(),
             worker_health: None,
             admin,
+            unfinished_expected: AtomicBool::new(false),
         };
-        if options.worker {
-            fleet.start_worker(options.webhook_secret.as_deref()).await;
+        if worker {
+            fleet.start_worker(webhook_secret.as_deref()).await;
         }
         fleet
+    }
+
+    /// Says the test means to leave jobs unfinished (scheduled far ahead, waiting for a
+    /// worker it never starts, running when it ends), so dropping the fleet does not fail
+    /// it for them.
+    pub fn expect_unfinished(&self) {
+        self.unfinished_expected.store(true, Ordering::Relaxed);
+    }
+
+    /// The fleet's settings as its workers read them.
+    pub fn settings(&self) -> Settings {
+        Settings::from_toml(&self.settings_text).expect("the fleet's settings are valid")
     }
 
     /// Starts (another) in-process worker for this namespace.
@@ -557,22 +356,26 @@ impl TestFleet {
     }
 
     /// The job's row, read directly from PostgreSQL.
-    pub async fn record(&self, id: &str) -> JobRecord {
+    pub async fn record(&self, id: JobId) -> JobRecord {
         self.record_in(&self.namespace, id)
             .await
             .expect("the job exists")
     }
 
     /// The job's row if it exists in `namespace`.
-    pub async fn record_in(&self, namespace: &Namespace, id: &str) -> Option<JobRecord> {
-        let id: JobId = id.parse().unwrap();
+    pub async fn record_in(&self, namespace: &Namespace, id: JobId) -> Option<JobRecord> {
         self.store.get_job(namespace, id).await.unwrap()
     }
 
-    /// Waits until job `id` has `status`, and returns its row.
-    pub async fn wait_for_status(
+    /// Waits until job `id` has `status` (within [`WAIT_DEADLINE`]), and returns its row.
+    pub async fn wait_for(&self, id: JobId, status: JobStatus) -> JobRecord {
+        self.wait_for_within(id, status, WAIT_DEADLINE).await
+    }
+
+    /// Waits until job `id` has `status`, failing after `deadline`; returns its row.
+    pub async fn wait_for_within(
         &self,
-        id: &str,
+        id: JobId,
         status: JobStatus,
         deadline: Duration,
     ) -> JobRecord {
@@ -588,10 +391,9 @@ impl TestFleet {
     }
 
     /// Submits `job` and waits until a worker runs it; returns its id.
-    pub async fn submit_until_running(&self, job: &serde_json::Value) -> String {
-        let id = self.client.submit(job).await.id();
-        self.wait_for_status(&id, JobStatus::Running, Duration::from_secs(30))
-            .await;
+    pub async fn submit_until_running(&self, job: &serde_json::Value) -> JobId {
+        let id = self.client.submit_json(job).await.job_id();
+        self.wait_for(id, JobStatus::Running).await;
         id
     }
 
@@ -645,6 +447,12 @@ impl Drop for TestFleet {
         }
         for tenant in &self.tenants {
             services::delete_vhost_later(tenant.namespace.as_str());
+        }
+        // A test that already fails needs no second failure; one that said it leaves jobs
+        // behind is not looked at.
+        if !self.unfinished_expected.load(Ordering::Relaxed) && !std::thread::panicking() {
+            let namespaces = self.tenants.iter().map(|t| t.namespace.clone()).collect();
+            unfinished::fail_if_any(namespaces);
         }
     }
 }

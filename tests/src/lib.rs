@@ -1,10 +1,14 @@
 //! Test harness for tl-engine's end-to-end tests and benchmark, against real servers.
 //!
 //! - [`services`]: where PostgreSQL and RabbitMQ are; per-test vhosts via the management API.
-//! - [`fleet`]: an API and worker in-process (port 0), and worker processes started for it.
+//! - [`fleet`]: an API and worker in-process (port 0), and worker processes started for it;
+//!   [`TestFleet::builder`] sets one up, and dropping it fails a test that left jobs
+//!   unfinished.
+//! - [`settings`]: the settings file a fleet runs with, typed, for a test to change.
 //! - [`api_process`]: the API as a real child process, its memory read from `/proc`.
 //! - [`worker_process`]: a worker as a real child process: signalled, killed, its log read.
-//! - [`client`]: one typed HTTP client for the API; [`scrape`]: a counter from `/metrics`.
+//! - [`client`]: one typed HTTP client for the API (`submit::<Kind>(args)` gives a
+//!   [`engine_shared::JobId`]); [`scrape`]: a counter from `/metrics`.
 //! - [`broker`]: a test's vhost seen directly: raw publishes, dead letters and their reasons.
 //! - [`pgbouncer`]: a PgBouncer of the test's own in transaction mode.
 //! - [`private_broker`]: a RabbitMQ node of the test's own, for a short consumer timeout.
@@ -27,6 +31,7 @@ pub mod private_broker;
 pub mod proxy;
 pub mod scrape;
 pub mod services;
+pub mod settings;
 pub mod test_kinds;
 pub mod tls_proxy;
 pub mod wait;
@@ -34,11 +39,12 @@ pub mod worker_process;
 
 pub use api_process::ApiProcess;
 pub use broker::{DeadLetter, VhostClient};
-pub use client::ApiClient;
-pub use fleet::{FleetOptions, RECEIVER_HOST, TestFleet};
+pub use client::{ApiClient, JobOptions};
+pub use fleet::{FleetBuilder, TestFleet, WAIT_DEADLINE};
 pub use pgbouncer::{PgBouncer, PgBouncerOptions};
 pub use private_broker::PrivateBroker;
 pub use proxy::TcpProxy;
+pub use settings::{LimitSection, RECEIVER_HOST, TestSettings};
 pub use tls_proxy::{TestCa, TlsProxy};
 pub use wait::wait_until;
 pub use worker_process::{WorkerProcess, binary};
