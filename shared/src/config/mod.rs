@@ -244,7 +244,8 @@ impl Settings {
                     format!("{RESERVED_NAMESPACE:?} is reserved for database backups in storage"),
                 ));
             }
-            let vhost = ns.vhost.unwrap_or_else(|| name.as_str().to_owned());
+            let spec = NamespaceSpec::new(name, &raw.app_prefix);
+            let vhost = ns.vhost.unwrap_or(spec.vhost);
             if vhost.is_empty() || vhost.len() > 200 {
                 return Err(invalid(
                     &format!("{setting}.vhost"),
@@ -260,14 +261,12 @@ impl Settings {
                 max_queue_bytes: quota::cap(ns.max_queue_bytes.unwrap_or(raw.amqp.max_queue_bytes)),
             };
             namespaces.push(NamespaceSpec {
-                redis_prefix: format!("{}{}:", raw.app_prefix, name),
-                s3_prefix: format!("{name}/"),
-                bucket: ns.bucket,
-                name,
                 vhost,
+                bucket: ns.bucket,
                 webhook_signing_secret: ns.webhook_signing_secret,
                 share,
                 quota,
+                ..spec
             });
         }
         check_url(
@@ -425,17 +424,12 @@ impl Settings {
     pub fn add_namespace(&mut self, name: Namespace, vhost: &str) {
         self.namespaces.retain(|spec| spec.name != name);
         self.namespaces.push(NamespaceSpec {
-            redis_prefix: format!("{}{}:", self.app_prefix, name),
-            s3_prefix: format!("{name}/"),
-            bucket: None,
-            name,
             vhost: vhost.to_owned(),
-            webhook_signing_secret: None,
-            share: FairShare::default(),
             quota: Quota {
                 max_pending: quota::cap(self.api.max_pending),
                 ..Quota::default()
             },
+            ..NamespaceSpec::new(name, &self.app_prefix)
         });
     }
 
