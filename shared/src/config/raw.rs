@@ -1,6 +1,6 @@
 //! The settings as read from the file and the environment, before validation: every field
-//! optional or defaulted, exactly the shape an operator writes. [`super::Settings::validate`]
-//! turns this into typed, checked settings.
+//! optional or defaulted, exactly the shape an operator writes. Each section checks itself
+//! on the way to its typed form (`super::validation`).
 
 use std::collections::BTreeMap;
 
@@ -73,8 +73,8 @@ pub(super) struct RawDatabase {
     pub(super) acquire_timeout_ms: u64,
     #[serde(default)]
     pub(super) migrate_on_start: bool,
-    /// `none` or `transaction` ([`super::Pooler`]); checked in validation, whose message
-    /// names the choices.
+    /// `none` or `transaction` ([`super::Pooler`]); checked in `RawDatabase::validate`,
+    /// whose message names the choices.
     pub(super) pooler: Option<String>,
 }
 
