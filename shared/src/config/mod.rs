@@ -298,6 +298,7 @@ mod tests {
             unknown.contains("transaction"),
             "names the choices: {unknown}"
         );
+        assert!(unknown.contains("database.pooler"), "{unknown}");
         let migrating = settings("pooler = \"transaction\"\nmigrate_on_start = true")
             .unwrap_err()
             .to_string();

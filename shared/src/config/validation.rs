@@ -29,8 +29,8 @@ use crate::quota::{self, Quota};
 const RESERVED_NAMESPACE: &str = "backups";
 
 impl RawDatabase {
-    /// `[database]`: the URL is set and a PostgreSQL one, the pooler one of the choices,
-    /// and migrations at start are not asked of a transaction pooler.
+    /// `[database]`: the URL is set and a PostgreSQL one, and migrations at start are not
+    /// asked of a transaction pooler.
     pub(super) fn validate(self) -> Result<DatabaseSettings, ConfigError> {
         let url = required(self.url, "DATABASE_URL (database.url)")?;
         check_url(
@@ -38,17 +38,7 @@ impl RawDatabase {
             "DATABASE_URL (database.url)",
             &["postgres", "postgresql"],
         )?;
-        let pooler = match self.pooler.as_deref() {
-            None | Some("none") => Pooler::None,
-            Some("transaction") => Pooler::Transaction,
-            Some(other) => {
-                return Err(invalid(
-                    "database.pooler",
-                    format!("must be \"none\" or \"transaction\", not {other:?}"),
-                ));
-            }
-        };
-        if self.migrate_on_start && pooler == Pooler::Transaction {
+        if self.migrate_on_start && self.pooler == Pooler::Transaction {
             return Err(invalid(
                 "database.migrate_on_start",
                 "cannot be used with database.pooler = \"transaction\": migrations hold a \
@@ -62,7 +52,7 @@ impl RawDatabase {
             max_connections: self.max_connections.max(2),
             acquire_timeout: Duration::from_millis(self.acquire_timeout_ms),
             migrate_on_start: self.migrate_on_start,
-            pooler,
+            pooler: self.pooler,
         })
     }
 }
