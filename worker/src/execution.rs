@@ -461,11 +461,7 @@ async fn recorded_before(
 
 /// The metric labels of `envelope`'s job.
 fn job_labels(spec: &NamespaceSpec, envelope: &Envelope) -> JobLabels {
-    JobLabels {
-        namespace: spec.name.as_str().to_owned(),
-        kind: envelope.kind.as_str().to_owned(),
-        queue: envelope.queue.as_str().to_owned(),
-    }
+    JobLabels::new(&spec.name, envelope.kind.as_str(), envelope.queue.as_str())
 }
 
 /// Counts where an attempt left its job.
