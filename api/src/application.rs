@@ -114,13 +114,7 @@ impl Application {
             store: self.state.store.clone(),
             relay: self.state.relay.clone(),
             settings: self.state.settings.rescue.clone(),
-            served: self
-                .state
-                .settings
-                .namespaces
-                .iter()
-                .map(|spec| spec.name.as_str().to_owned())
-                .collect(),
+            served: self.state.settings.namespace_names(),
             queues: self
                 .state
                 .settings

@@ -125,11 +125,7 @@ impl Relay {
         Ok(Self {
             store,
             settings: settings.relay.clone(),
-            served: settings
-                .namespaces
-                .iter()
-                .map(|s| s.name.to_string())
-                .collect(),
+            served: settings.namespace_names(),
             publishers,
             fast,
             blocked: Blocked::default(),
@@ -306,13 +302,7 @@ impl Relay {
                     continue;
                 }
             };
-            confirmed.extend(
-                envelopes
-                    .iter()
-                    .zip(acks)
-                    .filter(|(_, confirm)| confirm.acked())
-                    .map(|(envelope, _)| envelope.id.as_uuid()),
-            );
+            confirmed.extend(confirmed_ids(&envelopes, acks));
         }
         confirmed
     }
@@ -348,11 +338,15 @@ async fn publish_and_stamp(
     envelopes: &[Envelope],
 ) -> anyhow::Result<()> {
     let acks = publisher.publish_jobs(envelopes).await?;
-    let confirmed: Vec<Uuid> = envelopes
+    let confirmed: Vec<Uuid> = confirmed_ids(envelopes, acks).collect();
+    store.mark_published(&confirmed).await
+}
+
+/// The ids of the envelopes the broker acked, `acks` being their confirms in order.
+fn confirmed_ids(envelopes: &[Envelope], acks: Vec<Confirm>) -> impl Iterator<Item = Uuid> + '_ {
+    envelopes
         .iter()
         .zip(acks)
         .filter(|(_, confirm)| confirm.acked())
         .map(|(envelope, _)| envelope.id.as_uuid())
-        .collect();
-    store.mark_published(&confirmed).await
 }

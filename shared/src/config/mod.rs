@@ -231,6 +231,14 @@ impl Settings {
         self.namespaces.iter().find(|spec| &spec.name == name)
     }
 
+    /// The configured namespaces' names, as the store's filters by namespace take them.
+    pub fn namespace_names(&self) -> Vec<String> {
+        self.namespaces
+            .iter()
+            .map(|spec| spec.name.as_str().to_owned())
+            .collect()
+    }
+
     /// Adds (or replaces) a namespace; tests and tools build settings in code with this.
     pub fn add_namespace(&mut self, name: Namespace, vhost: &str) {
         self.namespaces.retain(|spec| spec.name != name);
