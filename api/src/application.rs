@@ -21,6 +21,7 @@ use crate::auth::KeyCache;
 use crate::relay::Relay;
 use crate::rescuer::Rescuer;
 use crate::routes;
+use crate::scheduler::Scheduler;
 use crate::state::AppState;
 
 /// The most single submissions one INSERT carries.
@@ -109,18 +110,18 @@ impl Application {
 
     /// Serves until `shutdown` fires, then finishes in-flight requests and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let sweeper = tokio::spawn(self.state.relay.clone().run_sweeper(shutdown.clone()));
+        let scheduler = Scheduler::new(self.state.store.clone(), &self.state.settings.relay);
+        let sweeper = tokio::spawn(
+            self.state
+                .relay
+                .clone()
+                .run_sweeper(scheduler, shutdown.clone()),
+        );
         let rescuer = Rescuer {
             store: self.state.store.clone(),
             relay: self.state.relay.clone(),
             settings: self.state.settings.rescue.clone(),
-            served: self
-                .state
-                .settings
-                .namespaces
-                .iter()
-                .map(|spec| spec.name.as_str().to_owned())
-                .collect(),
+            served: self.state.settings.namespace_names(),
             queues: self
                 .state
                 .settings

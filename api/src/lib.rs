@@ -10,6 +10,7 @@
 //!   [`problem`]: RFC 9457 errors;
 //!   [`json_body`]: JSON bodies with field-level errors.
 //! - [`relay`]: the outbox relay (fast path + sweeper) that publishes accepted jobs;
+//!   [`scheduler`]: releases due delayed jobs (and long retries) through it at each sweep;
 //!   [`blocked`]: namespaces whose vhost refuses publishes, left out for a while.
 //! - [`rescuer`]: hands back to work jobs nobody runs and no message will deliver.
 //! - [`archiver`]: moves old finished jobs from PostgreSQL to storage, crash-safely.
@@ -31,6 +32,7 @@ pub mod readiness;
 pub mod relay;
 pub mod rescuer;
 pub mod routes;
+pub mod scheduler;
 pub mod state;
 pub mod submission;
 pub mod submission_limit;

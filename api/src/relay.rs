@@ -4,11 +4,11 @@
 //! batcher that publishes them with confirms and stamps `published_at`. When the batcher
 //! is full the submission waits for room, up to `relay.fast_path_wait_ms` (back-pressure),
 //! so a fast client slows to the publish rate instead of leaving its jobs to the slower
-//! sweeper. Sweeper: every `relay.sweep_interval_ms`, any replica claims (`FOR UPDATE SKIP
-//! LOCKED`) queued rows the fast path did not stamp — a crash, a broker outage, a batcher
-//! still full after the wait — and scheduled rows that are due, and publishes those,
-//! claiming again while claims come back full. A broker outage therefore delays jobs, never
-//! refuses or loses them.
+//! sweeper. Sweeper: every `relay.sweep_interval_ms`, any replica first lets the
+//! [`Scheduler`] release due delayed jobs through it, then claims (`FOR UPDATE SKIP LOCKED`)
+//! queued rows the fast path did not stamp — a crash, a broker outage, a batcher still full
+//! after the wait — and publishes those, claiming again while claims come back full. A
+//! broker outage therefore delays jobs, never refuses or loses them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use engine_shared::store::{OutboxClaim, OutboxJob, Store};
 use engine_shared::{JobId, Namespace, QueueName};
 
 use crate::blocked::Blocked;
+use crate::scheduler::Scheduler;
 
 /// Jobs one fast-path publish carries at most.
 const FAST_BATCH: usize = 1_000;
@@ -125,11 +126,7 @@ impl Relay {
         Ok(Self {
             store,
             settings: settings.relay.clone(),
-            served: settings
-                .namespaces
-                .iter()
-                .map(|s| s.name.to_string())
-                .collect(),
+            served: settings.namespace_names(),
             publishers,
             fast,
             blocked: Blocked::default(),
@@ -168,15 +165,16 @@ impl Relay {
         publisher.publish_cancel(id).await
     }
 
-    /// Sweeps until `shutdown`; errors are logged and the next sweep tries again.
-    pub async fn run_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Sweeps until `shutdown`, each pass led by `scheduler`; errors are logged and the next
+    /// sweep tries again.
+    pub async fn run_sweeper(self: Arc<Self>, scheduler: Scheduler, shutdown: CancellationToken) {
         let mut failing = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(self.settings.sweep_interval()) => {}
             }
-            match self.sweep().await {
+            match self.sweep(&scheduler).await {
                 Ok(()) if failing => {
                     tracing::info!("outbox sweep recovered");
                     failing = false;
@@ -198,28 +196,19 @@ impl Relay {
 
     /// One pass: the scheduler (due scheduled jobs and long retries, one replica at a
     /// time), then the outbox (queued jobs the fast path missed).
-    pub async fn sweep(&self) -> anyhow::Result<()> {
-        while let Some(claim) = self
-            .store
-            .claim_due(
-                &self.blocked.sweepable(&self.served),
-                self.settings.batch_size,
-                self.settings.claim_max_bytes,
-            )
-            .await?
-        {
-            if !self
-                .publish_claim(claim, "scheduler released due jobs")
-                .await?
-            {
-                break;
-            }
-        }
+    pub async fn sweep(&self, scheduler: &Scheduler) -> anyhow::Result<()> {
+        scheduler.release_due(self).await?;
+        self.sweep_outbox().await
+    }
+
+    /// Publishes queued jobs the fast path missed, claiming again while claims come back
+    /// full and settled.
+    async fn sweep_outbox(&self) -> anyhow::Result<()> {
         loop {
             let claim = self
                 .store
                 .claim_unpublished(
-                    &self.blocked.sweepable(&self.served),
+                    &self.sweepable(),
                     self.settings.publish_grace(),
                     self.settings.batch_size,
                     self.settings.claim_max_bytes,
@@ -238,7 +227,11 @@ impl Relay {
     /// or of bytes) and every row was confirmed or belongs to a namespace now blocked, i.e.
     /// there may be more to claim right away; otherwise the pass ends, so a refusing broker
     /// cannot keep the sweeper looping.
-    async fn publish_claim(&self, claim: OutboxClaim, what: &'static str) -> anyhow::Result<bool> {
+    pub(crate) async fn publish_claim(
+        &self,
+        claim: OutboxClaim,
+        what: &'static str,
+    ) -> anyhow::Result<bool> {
         let full = claim.more;
         let published = self.publish_rows(&claim.jobs).await;
         if !published.is_empty() {
@@ -254,6 +247,11 @@ impl Relay {
             .all(|row| confirmed.contains(&row.id) || self.blocked.is_blocked(&row.namespace));
         claim.complete(&published).await?;
         Ok(full && settled)
+    }
+
+    /// The served namespaces whose rows a claim may take now: those not blocked.
+    pub(crate) fn sweepable(&self) -> Vec<String> {
+        self.blocked.sweepable(&self.served)
     }
 
     /// Publishes rows grouped by namespace; returns the ids the broker confirmed. A
@@ -306,13 +304,7 @@ impl Relay {
                     continue;
                 }
             };
-            confirmed.extend(
-                envelopes
-                    .iter()
-                    .zip(acks)
-                    .filter(|(_, confirm)| confirm.acked())
-                    .map(|(envelope, _)| envelope.id.as_uuid()),
-            );
+            confirmed.extend(confirmed_ids(&envelopes, acks));
         }
         confirmed
     }
@@ -348,11 +340,15 @@ async fn publish_and_stamp(
     envelopes: &[Envelope],
 ) -> anyhow::Result<()> {
     let acks = publisher.publish_jobs(envelopes).await?;
-    let confirmed: Vec<Uuid> = envelopes
+    let confirmed: Vec<Uuid> = confirmed_ids(envelopes, acks).collect();
+    store.mark_published(&confirmed).await
+}
+
+/// The ids of the envelopes the broker acked, `acks` being their confirms in order.
+fn confirmed_ids(envelopes: &[Envelope], acks: Vec<Confirm>) -> impl Iterator<Item = Uuid> + '_ {
+    envelopes
         .iter()
         .zip(acks)
         .filter(|(_, confirm)| confirm.acked())
         .map(|(envelope, _)| envelope.id.as_uuid())
-        .collect();
-    store.mark_published(&confirmed).await
 }

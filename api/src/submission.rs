@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use engine_jobs::Registry;
+use engine_jobs::{KindDefaults, Registry};
 use engine_shared::config::Settings;
 use engine_shared::retry::Backoff;
 use engine_shared::store::NewJob;
@@ -115,14 +115,87 @@ fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(serde_json::Map::new())
 }
 
-const MAX_TIMEOUT_SECS: f64 = 86_400.0;
-
 /// The kind only `backup.namespace` may submit.
 const DB_BACKUP: &str = <engine_jobs::kinds::db_backup::DbBackup as engine_jobs::Job>::KIND;
 const MAX_DELAY_SECS: f64 = 365.0 * 86_400.0;
 
+/// `priority`: only 0 (see [`PRIORITY_UNSUPPORTED`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Priority(u8);
+
+impl Priority {
+    /// An absent priority is 0.
+    fn parse(requested: Option<u8>) -> Result<Self, String> {
+        match requested.unwrap_or(0) {
+            0 => Ok(Self(0)),
+            _ => Err(PRIORITY_UNSUPPORTED.into()),
+        }
+    }
+}
+
+/// `max_attempts`: attempts including the first, 1 to 100.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MaxAttempts(u32);
+
+impl MaxAttempts {
+    fn parse(attempts: u32) -> Result<Self, String> {
+        if (1..=100).contains(&attempts) {
+            Ok(Self(attempts))
+        } else {
+            Err("must be between 1 and 100".into())
+        }
+    }
+}
+
+/// The most seconds `timeout` may ask for, whatever the broker allows.
+const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+
+/// `timeout`: how long one attempt may run, in whole milliseconds (rounded up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AttemptTimeout {
+    millis: u32,
+}
+
+impl AttemptTimeout {
+    /// The most seconds an attempt may be given. RabbitMQ closes the channel of a delivery
+    /// unacked past its consumer timeout, so an attempt may not be allowed to run that long.
+    fn ceiling_secs(settings: &Settings) -> f64 {
+        settings
+            .max_attempt_timeout()
+            .as_secs_f64()
+            .min(MAX_TIMEOUT_SECS)
+    }
+
+    /// A timeout the submitter asked for: more than 0 and at most the ceiling.
+    fn parse(secs: f64, settings: &Settings) -> Result<Self, String> {
+        let ceiling = Self::ceiling_secs(settings);
+        if secs > 0.0 && secs <= ceiling {
+            Ok(Self {
+                millis: (secs * 1000.0).ceil() as u32,
+            })
+        } else {
+            Err(format!(
+                "must be more than 0 and at most {ceiling} seconds (the broker's \
+                 consumer timeout, amqp.consumer_timeout_secs = {}, less {} s)",
+                settings.consumer_timeout.as_secs(),
+                settings.attempt_margin().as_secs_f64()
+            ))
+        }
+    }
+
+    /// A kind's default above the ceiling is lowered to it rather than refused: the
+    /// submitter did not ask for it.
+    fn of_kind(default: Duration, settings: &Settings) -> Self {
+        let ceiling_ms = (Self::ceiling_secs(settings) * 1000.0) as u128;
+        Self {
+            millis: default.as_millis().min(ceiling_ms) as u32,
+        }
+    }
+}
+
 impl SubmitJob {
-    /// Validates every field; `prefix` is prepended to field names (`jobs[3].`).
+    /// Validates every field; `prefix` is prepended to field names (`jobs[3].`). Where a
+    /// field is left out, the kind's [`KindDefaults`] fill it in.
     pub fn validate(
         self,
         namespace: &Namespace,
@@ -138,6 +211,86 @@ impl SubmitJob {
             })
         };
 
+        let kind = self.checked_kind(namespace, registry, settings, &mut fail);
+        self.check_args(kind.as_ref(), registry, settings, &mut fail);
+        let defaults = kind.as_ref().and_then(|kind| registry.defaults(kind));
+        let queue = self.checked_queue(defaults.as_ref(), settings, &mut fail);
+        let priority = Priority::parse(self.priority)
+            .map_err(|message| fail("priority", message))
+            .ok();
+        let run_at = run_at_of(self.run_at, self.delay).unwrap_or_else(|(field, message)| {
+            fail(field, message);
+            None
+        });
+        let max_attempts = self
+            .max_attempts
+            .or(defaults.as_ref().map(|d| d.max_attempts))
+            .and_then(|attempts| {
+                MaxAttempts::parse(attempts)
+                    .map_err(|message| fail("max_attempts", message))
+                    .ok()
+            });
+        let timeout = match self.timeout {
+            Some(secs) => AttemptTimeout::parse(secs, settings)
+                .map_err(|message| fail("timeout", message))
+                .ok(),
+            None => defaults
+                .as_ref()
+                .map(|d| AttemptTimeout::of_kind(d.timeout, settings)),
+        };
+        let backoff = match &self.backoff {
+            None => defaults.as_ref().and_then(|d| d.backoff),
+            Some(request) => request.to_backoff().map_or_else(
+                |message| {
+                    fail("backoff", message);
+                    None
+                },
+                Some,
+            ),
+        };
+        let idempotency_key = match self.idempotency_key.as_deref().map(IdempotencyKey::parse) {
+            None => None,
+            Some(Ok(key)) => Some(key),
+            Some(Err(error)) => {
+                fail("idempotency_key", error.to_string());
+                None
+            }
+        };
+
+        // Every field is either checked or, for a known kind, defaulted: a `None` left here
+        // has its error in `errors`.
+        match (kind, queue, priority, max_attempts, timeout) {
+            (Some(kind), Some(queue), Some(priority), Some(max_attempts), Some(timeout))
+                if errors.is_empty() =>
+            {
+                Ok(NewJob {
+                    id: JobId::new(),
+                    namespace: namespace.clone(),
+                    kind,
+                    queue,
+                    args: self.args,
+                    priority: priority.0,
+                    max_attempts: max_attempts.0,
+                    timeout_ms: timeout.millis,
+                    idempotency_key,
+                    run_at,
+                    backoff,
+                    // Set by the route from the request's `traceparent`.
+                    traceparent: None,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+
+    /// `kind`: registered, and allowed to this namespace.
+    fn checked_kind(
+        &self,
+        namespace: &Namespace,
+        registry: &Registry,
+        settings: &Settings,
+        fail: &mut impl FnMut(&str, String),
+    ) -> Option<Kind> {
         let kind = match Kind::parse(&self.kind) {
             Ok(kind) if registry.contains(&kind) => Some(kind),
             Ok(kind) => {
@@ -171,11 +324,22 @@ impl SubmitJob {
                 ),
             );
         }
+        kind
+    }
+
+    /// `args`: within `api.max_args_bytes`, of the kind's type, and free of the NUL
+    /// character.
+    fn check_args(
+        &self,
+        kind: Option<&Kind>,
+        registry: &Registry,
+        settings: &Settings,
+        fail: &mut impl FnMut(&str, String),
+    ) {
         // Measured as the JSON text the row, the message and the worker carry. Over the
         // cap, the args are not looked into further: the job is refused either way.
         let args_bytes = engine_shared::payload::json_len(&self.args);
-        let args_fit = args_bytes <= settings.api.max_args_bytes;
-        if !args_fit {
+        if args_bytes > settings.api.max_args_bytes {
             fail(
                 "args",
                 format!(
@@ -183,9 +347,9 @@ impl SubmitJob {
                     settings.api.max_args_bytes
                 ),
             );
+            return;
         }
-        if args_fit
-            && let Some(kind) = &kind
+        if let Some(kind) = kind
             && let Some(Err(error)) = registry.check_args(kind, &self.args)
         {
             let field = if error.path == "." {
@@ -197,13 +361,20 @@ impl SubmitJob {
         }
         // Valid JSON `jsonb` refuses; checked apart from the kind's type, which may not look
         // inside every value.
-        if args_fit && let Some(error) = crate::nul_character::first_nul(&self.args, "args") {
+        if let Some(error) = crate::nul_character::first_nul(&self.args, "args") {
             fail(&error.field, error.message);
         }
-        let defaults = kind.as_ref().and_then(|kind| registry.defaults(kind));
+    }
 
-        let queue = match self.queue.as_deref().map(QueueName::parse) {
-            None => defaults.as_ref().map(|d| d.queue.clone()),
+    /// `queue`: one the settings configure; the kind's when left out.
+    fn checked_queue(
+        &self,
+        defaults: Option<&KindDefaults>,
+        settings: &Settings,
+        fail: &mut impl FnMut(&str, String),
+    ) -> Option<QueueName> {
+        match self.queue.as_deref().map(QueueName::parse) {
+            None => defaults.map(|d| d.queue.clone()),
             Some(Ok(queue)) if settings.queues.iter().any(|q| q.name == queue) => Some(queue),
             Some(Ok(queue)) => {
                 let known: Vec<_> = settings.queues.iter().map(|q| q.name.as_str()).collect();
@@ -217,84 +388,6 @@ impl SubmitJob {
                 fail("queue", error.to_string());
                 None
             }
-        };
-        let priority = self.priority.unwrap_or(0);
-        if priority != 0 {
-            fail("priority", PRIORITY_UNSUPPORTED.into());
-        }
-        let run_at = run_at_of(self.run_at, self.delay).unwrap_or_else(|(field, message)| {
-            fail(field, message);
-            None
-        });
-        let max_attempts = self
-            .max_attempts
-            .or(defaults.as_ref().map(|d| d.max_attempts))
-            .unwrap_or(1);
-        if !(1..=100).contains(&max_attempts) {
-            fail("max_attempts", "must be between 1 and 100".into());
-        }
-        // RabbitMQ closes the channel of a delivery unacked past its consumer timeout, so an
-        // attempt may not be allowed to run that long.
-        let ceiling = settings
-            .max_attempt_timeout()
-            .as_secs_f64()
-            .min(MAX_TIMEOUT_SECS);
-        let timeout_ms = match self.timeout {
-            Some(secs) if secs > 0.0 && secs <= ceiling => (secs * 1000.0).ceil() as u32,
-            Some(_) => {
-                fail(
-                    "timeout",
-                    format!(
-                        "must be more than 0 and at most {ceiling} seconds (the broker's \
-                         consumer timeout, amqp.consumer_timeout_secs = {}, less {} s)",
-                        settings.consumer_timeout.as_secs(),
-                        settings.attempt_margin().as_secs_f64()
-                    ),
-                );
-                0
-            }
-            // A kind's default above the ceiling is lowered to it rather than refused: the
-            // submitter did not ask for it.
-            None => defaults.as_ref().map_or(60_000, |d| {
-                d.timeout.as_millis().min((ceiling * 1000.0) as u128) as u32
-            }),
-        };
-        let backoff = match &self.backoff {
-            None => defaults.as_ref().and_then(|d| d.backoff),
-            Some(request) => request.to_backoff().map_or_else(
-                |message| {
-                    fail("backoff", message);
-                    None
-                },
-                Some,
-            ),
-        };
-        let idempotency_key = match self.idempotency_key.as_deref().map(IdempotencyKey::parse) {
-            None => None,
-            Some(Ok(key)) => Some(key),
-            Some(Err(error)) => {
-                fail("idempotency_key", error.to_string());
-                None
-            }
-        };
-
-        match (kind, queue) {
-            (Some(kind), Some(queue)) if errors.is_empty() => Ok(NewJob {
-                id: JobId::new(),
-                namespace: namespace.clone(),
-                kind,
-                queue,
-                args: self.args,
-                priority,
-                max_attempts,
-                timeout_ms,
-                idempotency_key,
-                run_at,
-                backoff,
-                // Set by the route from the request's `traceparent`.
-                traceparent: None,
-            }),
-            _ => Err(errors),
         }
     }
 }

@@ -15,12 +15,25 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::Namespace;
+
 /// A job's labels: which tenant, what it does, where it waits.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
     pub namespace: String,
     pub kind: String,
     pub queue: String,
+}
+
+impl JobLabels {
+    /// The labels of a job of `kind` in `namespace`'s `queue`.
+    pub fn new(namespace: &Namespace, kind: &str, queue: &str) -> Self {
+        Self {
+            namespace: namespace.as_str().to_owned(),
+            kind: kind.to_owned(),
+            queue: queue.to_owned(),
+        }
+    }
 }
 
 /// One queue of one namespace (vhost).
@@ -100,6 +113,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Every family, then one registration per metric (name, help, family) in the order of
+    /// the fields. Longer than a screen on purpose: it is a table to read top to bottom, and
+    /// cutting it in parts would only scatter the metric names.
     fn new() -> Self {
         let buckets = || Family::new_with_constructor(Buckets(seconds_buckets));
         let mut metrics = Self {
@@ -277,11 +293,7 @@ mod tests {
     #[test]
     fn counters_and_histograms_encode_with_their_labels() {
         let metrics = Metrics::new();
-        let labels = JobLabels {
-            namespace: "acme".into(),
-            kind: "noop".into(),
-            queue: "default".into(),
-        };
+        let labels = JobLabels::new(&Namespace::parse("acme").unwrap(), "noop", "default");
         metrics.submitted.get_or_create(&labels).inc();
         Metrics::observe(&metrics.duration, &labels, Duration::from_millis(3));
         metrics.dependency_error("redis");

@@ -6,6 +6,8 @@ use secrecy::SecretString;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::fair_share::FairShare;
+use crate::limits::keys;
+use crate::objects::ObjectKey;
 use crate::quota::Quota;
 
 /// Why a string is not a valid namespace name.
@@ -72,21 +74,31 @@ pub struct NamespaceSpec {
     pub quota: Quota,
 }
 
-#[cfg(test)]
 impl NamespaceSpec {
-    /// `name` as the settings would configure it by default (app prefix `engine:`), for
-    /// unit tests.
-    pub(crate) fn example(name: &str) -> Self {
+    /// `name` with what a namespace has unless its settings say otherwise: the vhost of its
+    /// name, its Redis and S3 prefixes (the one place they are derived), the fleet's
+    /// bucket, no signing secret, the default share and quotas.
+    pub fn new(name: Namespace, app_prefix: &str) -> Self {
         Self {
-            name: Namespace::parse(name).expect("a valid example name"),
-            vhost: name.to_owned(),
-            redis_prefix: format!("engine:{name}:"),
-            s3_prefix: format!("{name}/"),
+            vhost: name.as_str().to_owned(),
+            redis_prefix: keys::namespace_prefix(app_prefix, &name),
+            s3_prefix: ObjectKey::namespace_prefix(&name),
             bucket: None,
             webhook_signing_secret: None,
             share: FairShare::default(),
             quota: Quota::default(),
+            name,
         }
+    }
+
+    /// `name` as the settings would configure it by default (app prefix `engine:`), for
+    /// unit tests.
+    #[cfg(test)]
+    pub(crate) fn example(name: &str) -> Self {
+        Self::new(
+            Namespace::parse(name).expect("a valid example name"),
+            "engine:",
+        )
     }
 }
 

@@ -73,11 +73,11 @@ async fn publish_created(
     {
         metrics
             .submitted
-            .get_or_create(&JobLabels {
-                namespace: namespace.as_str().to_owned(),
-                kind: job.kind.as_str().to_owned(),
-                queue: job.queue.as_str().to_owned(),
-            })
+            .get_or_create(&JobLabels::new(
+                namespace,
+                job.kind.as_str(),
+                job.queue.as_str(),
+            ))
             .inc();
     }
     state.relay.publish_soon(namespace, queued).await;
@@ -344,11 +344,7 @@ pub async fn cancel(
             // worker that stops it.
             metrics()
                 .cancelled
-                .get_or_create(&JobLabels {
-                    namespace: caller.namespace.as_str().to_owned(),
-                    kind,
-                    queue,
-                })
+                .get_or_create(&JobLabels::new(&caller.namespace, &kind, &queue))
                 .inc();
             Ok((
                 StatusCode::OK,

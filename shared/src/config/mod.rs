@@ -3,14 +3,15 @@
 //! Environment: `ENGINE__SECTION__KEY` (e.g. `ENGINE__WORKER__CONCURRENCY=64`), plus the
 //! seed's unprefixed names `DATABASE_URL`, `AMQP_URL` and `REDIS_URL`. URLs carry
 //! passwords, so they are held as [`SecretString`] and errors name the setting, never its value.
-
 //!
 //! - [`raw`]: the shape read from file and environment, every field optional or defaulted.
 //! - [`sections`]: the typed sections binaries read (API, relay, database, worker).
-//! - this module: [`Settings`], loading, and the validation between the two.
+//! - [`validation`]: how each section checks itself on the way from the one to the other.
+//! - this module: [`Settings`], loading, and the order the sections are checked in.
 
 mod raw;
 mod sections;
+mod validation;
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,8 +19,6 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::egress::AllowRule;
-use crate::fair_share::FairShare;
-use crate::kind::Kind;
 use crate::limits::{LimitRule, RedisSettings};
 use crate::namespace::{Namespace, NamespaceSpec};
 use crate::objects::StorageSettings;
@@ -32,6 +31,7 @@ pub use sections::{
     ApiSettings, ArchiveSettings, BackupSettings, DEFAULT_READ_TIMEOUT_MS, DatabaseSettings,
     LogSettings, Pooler, RelaySettings, RescueSettings, WorkerSettings,
 };
+use validation::NamespaceDefaults;
 
 /// A configuration problem found at start-up. Messages name the setting, never a secret.
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +43,6 @@ pub enum ConfigError {
     #[error("setting {setting} is invalid: {reason}")]
     Invalid { setting: String, reason: String },
 }
-
-/// A name no namespace may take: the folder of the fleet's own objects in storage.
-const RESERVED_NAMESPACE: &str = "backups";
 
 /// Every setting of the fleet, validated.
 #[derive(Clone, Debug)]
@@ -140,235 +137,48 @@ impl Settings {
         Self::validate(raw)
     }
 
+    /// Each section checks itself (see [`validation`]), in this order; the first problem
+    /// found is the error.
     fn validate(raw: RawSettings) -> Result<Self, ConfigError> {
-        let database_url = raw.database.url.ok_or(ConfigError::Missing {
-            setting: "DATABASE_URL (database.url)",
-        })?;
-        check_url(
-            &database_url,
-            "DATABASE_URL (database.url)",
-            &["postgres", "postgresql"],
-        )?;
-        let amqp_url = raw.amqp.url.ok_or(ConfigError::Missing {
-            setting: "AMQP_URL (amqp.url)",
-        })?;
-        check_url(&amqp_url, "AMQP_URL (amqp.url)", &["amqp", "amqps"])?;
-
-        let invalid = |setting: &str, reason: String| ConfigError::Invalid {
-            setting: setting.to_owned(),
-            reason,
-        };
-        if raw.worker.concurrency == 0 {
-            return Err(invalid("worker.concurrency", "must be at least 1".into()));
-        }
-        if raw.rescue.lease_secs < 1 {
-            return Err(invalid("rescue.lease_secs", "must be at least 1".into()));
-        }
-        if raw.rescue.lease_secs >= raw.rescue.after_secs {
-            return Err(invalid(
-                "rescue.after_secs",
-                format!(
-                    "must be longer than rescue.lease_secs ({}): a dead attempt is only seen \
-                     once its lease has expired",
-                    raw.rescue.lease_secs
-                ),
-            ));
-        }
-        let pooler = match raw.database.pooler.as_deref() {
-            None | Some("none") => Pooler::None,
-            Some("transaction") => Pooler::Transaction,
-            Some(other) => {
-                return Err(invalid(
-                    "database.pooler",
-                    format!("must be \"none\" or \"transaction\", not {other:?}"),
-                ));
-            }
-        };
-        if raw.database.migrate_on_start && pooler == Pooler::Transaction {
-            return Err(invalid(
-                "database.migrate_on_start",
-                "cannot be used with database.pooler = \"transaction\": migrations hold a \
-                 session lock a transaction pooler does not keep; run `engine-api migrate` \
-                 with DATABASE_URL set to the direct endpoint"
-                    .into(),
-            ));
-        }
-        if raw.amqp.consumer_timeout_secs < 5 {
-            return Err(invalid(
-                "amqp.consumer_timeout_secs",
-                "must be at least 5 (RabbitMQ's default is 1800)".into(),
-            ));
-        }
-        for (name, bytes) in [
-            ("api.max_args_bytes", raw.api.max_args_bytes as i64),
-            ("api.page_max_bytes", raw.api.page_max_bytes),
-            (
-                "worker.max_result_bytes",
-                raw.worker.max_result_bytes as i64,
-            ),
-            ("relay.claim_max_bytes", raw.relay.claim_max_bytes),
-            ("archive.batch_max_bytes", raw.archive.batch_max_bytes),
-        ] {
-            if bytes < 1 {
-                return Err(invalid(name, "must be at least 1 byte".into()));
-            }
-        }
-        if raw.api.max_batch == 0 {
-            return Err(invalid("api.max_batch", "must be at least 1".into()));
-        }
-        if raw.queues.is_empty() {
-            return Err(invalid("queues", "at least one queue is needed".into()));
-        }
-        if !raw.queues.iter().any(|q| q.name.as_str() == "default") {
-            return Err(invalid(
-                "queues",
-                "a queue named \"default\" is required".into(),
-            ));
-        }
-        if raw.queues.iter().any(|q| q.weight == 0) {
-            return Err(invalid("queues", "every weight must be at least 1".into()));
-        }
+        let database = raw.database.validate()?;
+        let amqp = raw.amqp.validate()?;
+        let api = raw.api.validate()?;
+        let relay = raw.relay.validate()?;
+        let rescue = raw.rescue.validate()?;
+        let archive = raw.archive.validate()?;
+        validation::check_queues(&raw.queues)?;
         raw.retry
             .validate()
-            .map_err(|reason| invalid("retry", reason))?;
-
-        let mut namespaces = Vec::with_capacity(raw.namespaces.len());
-        for (name, ns) in raw.namespaces {
-            let setting = format!("namespaces.{name}");
-            let name = Namespace::parse(&name).map_err(|e| invalid(&setting, e.to_string()))?;
-            // Fleet objects (database backups) live under `backups/` in the fleet's bucket,
-            // beside the namespaces' `<ns>/` folders.
-            if name.as_str() == RESERVED_NAMESPACE {
-                return Err(invalid(
-                    &setting,
-                    format!("{RESERVED_NAMESPACE:?} is reserved for database backups in storage"),
-                ));
-            }
-            let vhost = ns.vhost.unwrap_or_else(|| name.as_str().to_owned());
-            if vhost.is_empty() || vhost.len() > 200 {
-                return Err(invalid(
-                    &format!("{setting}.vhost"),
-                    "1 to 200 characters".into(),
-                ));
-            }
-            if let Some(bucket) = &ns.bucket {
-                check_bucket(bucket, &format!("{setting}.bucket"))?;
-            }
-            let share = fair_share(&setting, ns.weight, ns.max_running, ns.fleet_max_running)?;
-            let quota = Quota {
-                max_pending: quota::cap(ns.max_pending.unwrap_or(raw.api.max_pending)),
-                max_queue_bytes: quota::cap(ns.max_queue_bytes.unwrap_or(raw.amqp.max_queue_bytes)),
-            };
-            namespaces.push(NamespaceSpec {
-                redis_prefix: format!("{}{}:", raw.app_prefix, name),
-                s3_prefix: format!("{name}/"),
-                bucket: ns.bucket,
-                name,
-                vhost,
-                webhook_signing_secret: ns.webhook_signing_secret,
-                share,
-                quota,
-            });
-        }
-        check_url(
-            &raw.redis.url,
-            "REDIS_URL (redis.url)",
-            &["redis", "rediss"],
-        )?;
-        for (index, rule) in raw.limits.iter().enumerate() {
-            let setting = format!("limits[{index}]");
-            Kind::parse(&rule.kind)
-                .map_err(|e| invalid(&format!("{setting}.kind"), e.to_string()))?;
-            rule.limit().map_err(|reason| invalid(&setting, reason))?;
-            if let Some(name) = &rule.namespace
-                && !namespaces.iter().any(|spec| spec.name.as_str() == name)
-            {
-                return Err(invalid(
-                    &format!("{setting}.namespace"),
-                    format!("namespace {name} is not configured under [namespaces]"),
-                ));
-            }
-        }
-        // A batch is charged one unit per job, all at once: a burst smaller than the largest
-        // batch would refuse such batches forever.
-        if raw.api.submit_rate_per_sec > 0 && raw.api.submit_burst < raw.api.max_batch as u32 {
-            return Err(invalid(
-                "api.submit_burst",
-                format!(
-                    "must be at least api.max_batch ({}) when api.submit_rate_per_sec is set",
-                    raw.api.max_batch
-                ),
-            ));
-        }
-
-        let storage = storage_settings(raw.storage)?;
-        let egress_allow = raw
-            .egress
-            .allow
-            .iter()
-            .filter(|rule| !rule.trim().is_empty())
-            .map(|rule| {
-                rule.parse()
-                    .map_err(|reason| invalid("egress.allow", reason))
-            })
-            .collect::<Result<Vec<AllowRule>, _>>()?;
-
-        let mut worker_namespaces = Vec::new();
-        for name in raw.worker.namespaces.iter().filter(|n| !n.is_empty()) {
-            let ns =
-                Namespace::parse(name).map_err(|e| invalid("worker.namespaces", e.to_string()))?;
-            if !namespaces.iter().any(|spec| spec.name == ns) {
-                return Err(invalid(
-                    "worker.namespaces",
-                    format!("namespace {ns} is not configured under [namespaces]"),
-                ));
-            }
-            worker_namespaces.push(ns);
-        }
-
-        Ok(Self {
-            database: DatabaseSettings {
-                url: database_url,
-                max_connections: raw.database.max_connections.max(2),
-                acquire_timeout: Duration::from_millis(raw.database.acquire_timeout_ms),
-                migrate_on_start: raw.database.migrate_on_start,
-                pooler,
+            .map_err(|reason| validation::invalid("retry", reason))?;
+        let namespaces = validation::namespaces(
+            raw.namespaces,
+            &NamespaceDefaults {
+                app_prefix: &raw.app_prefix,
+                max_pending: api.max_pending,
+                max_queue_bytes: amqp.max_queue_bytes,
             },
-            amqp_url,
-            consumer_timeout: Duration::from_secs(raw.amqp.consumer_timeout_secs),
+        )?;
+        let redis = raw.redis.validate()?;
+        validation::check_limits(&raw.limits, &namespaces)?;
+        let storage = raw.storage.validate()?;
+        let egress_allow = raw.egress.validate()?;
+        let worker = raw.worker.validate(&namespaces)?;
+        Ok(Self {
+            database,
+            amqp_url: amqp.url,
+            consumer_timeout: amqp.consumer_timeout,
             app_prefix: raw.app_prefix,
             log_format: raw.log_format,
-            api: ApiSettings {
-                // An empty ENGINE__API__ADMIN_LISTEN means not set.
-                admin_listen: raw
-                    .api
-                    .admin_listen
-                    .clone()
-                    .filter(|a| !a.trim().is_empty()),
-                // 0 would mean no timeout at all in PostgreSQL.
-                read_timeout_ms: raw.api.read_timeout_ms.max(1),
-                ..raw.api
-            },
-            worker: WorkerSettings {
-                concurrency: raw.worker.concurrency,
-                grace_period: Duration::from_secs(raw.worker.grace_period_secs),
-                namespaces: worker_namespaces,
-                id: raw.worker.id.unwrap_or_else(default_worker_id),
-                health_listen: raw.worker.health_listen.filter(|listen| !listen.is_empty()),
-                liveness_grace: Duration::from_secs(raw.worker.liveness_grace_secs),
-                max_result_bytes: raw.worker.max_result_bytes,
-            },
-            relay: raw.relay,
-            rescue: raw.rescue,
+            api,
+            worker,
+            relay,
+            rescue,
             retry: raw.retry,
-            redis: RedisSettings {
-                url: raw.redis.url,
-                timeout: Duration::from_millis(raw.redis.timeout_ms.max(1)),
-            },
+            redis,
             limits: raw.limits,
             storage,
             logs: raw.logs,
-            archive: raw.archive,
+            archive,
             backup: raw.backup,
             queues: raw.queues,
             namespaces,
@@ -421,21 +231,24 @@ impl Settings {
         self.namespaces.iter().find(|spec| &spec.name == name)
     }
 
+    /// The configured namespaces' names, as the store's filters by namespace take them.
+    pub fn namespace_names(&self) -> Vec<String> {
+        self.namespaces
+            .iter()
+            .map(|spec| spec.name.as_str().to_owned())
+            .collect()
+    }
+
     /// Adds (or replaces) a namespace; tests and tools build settings in code with this.
     pub fn add_namespace(&mut self, name: Namespace, vhost: &str) {
         self.namespaces.retain(|spec| spec.name != name);
         self.namespaces.push(NamespaceSpec {
-            redis_prefix: format!("{}{}:", self.app_prefix, name),
-            s3_prefix: format!("{name}/"),
-            bucket: None,
-            name,
             vhost: vhost.to_owned(),
-            webhook_signing_secret: None,
-            share: FairShare::default(),
             quota: Quota {
                 max_pending: quota::cap(self.api.max_pending),
                 ..Quota::default()
             },
+            ..NamespaceSpec::new(name, &self.app_prefix)
         });
     }
 
@@ -451,106 +264,10 @@ impl Settings {
     }
 }
 
-/// `[storage]` checked: with a bucket, both keys are required and the endpoint (if any)
-/// must be an http(s) URL; without one, storage is off.
-fn storage_settings(raw: raw::RawStorage) -> Result<Option<StorageSettings>, ConfigError> {
-    let Some(bucket) = raw.bucket.filter(|bucket| !bucket.is_empty()) else {
-        return Ok(None);
-    };
-    check_bucket(&bucket, "AWS_S3_BUCKET_NAME (storage.bucket)")?;
-    let access_key_id = raw.access_key_id.ok_or(ConfigError::Missing {
-        setting: "AWS_ACCESS_KEY_ID (storage.access_key_id)",
-    })?;
-    let secret_access_key = raw.secret_access_key.ok_or(ConfigError::Missing {
-        setting: "AWS_SECRET_ACCESS_KEY (storage.secret_access_key)",
-    })?;
-    if let Some(endpoint) = &raw.endpoint_url {
-        check_url(
-            &SecretString::from(endpoint.clone()),
-            "AWS_S3_ENDPOINT_URL (storage.endpoint_url)",
-            &["http", "https"],
-        )?;
-    }
-    Ok(Some(StorageSettings {
-        endpoint: raw.endpoint_url,
-        region: raw.region.unwrap_or_else(|| "us-east-1".to_owned()),
-        access_key_id,
-        secret_access_key,
-        bucket,
-        force_path_style: raw.force_path_style,
-    }))
-}
-
-/// `namespaces.<ns>.weight`, `.max_running` and `.fleet_max_running`: at least 1 where set.
-fn fair_share(
-    setting: &str,
-    weight: Option<u32>,
-    max_running: Option<u32>,
-    fleet_max_running: Option<u32>,
-) -> Result<FairShare, ConfigError> {
-    let at_least_one = |name: &str| ConfigError::Invalid {
-        setting: format!("{setting}.{name}"),
-        reason: "must be at least 1".into(),
-    };
-    if weight == Some(0) {
-        return Err(at_least_one("weight"));
-    }
-    if max_running == Some(0) {
-        return Err(at_least_one("max_running"));
-    }
-    if fleet_max_running == Some(0) {
-        return Err(at_least_one("fleet_max_running"));
-    }
-    Ok(FairShare {
-        weight: weight.unwrap_or(1),
-        max_running,
-        fleet_max_running,
-    })
-}
-
-/// S3's bucket naming rules, which B2 shares: 3-63 of [a-z0-9.-], alphanumeric ends.
-fn check_bucket(bucket: &str, setting: &str) -> Result<(), ConfigError> {
-    let valid = (3..=63).contains(&bucket.len())
-        && bucket
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'))
-        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if valid {
-        Ok(())
-    } else {
-        Err(ConfigError::Invalid {
-            setting: setting.to_owned(),
-            reason: "3 to 63 lowercase letters, digits, dots or dashes, starting and ending \
-                     with a letter or digit"
-                .into(),
-        })
-    }
-}
-
-fn check_url(url: &SecretString, setting: &str, schemes: &[&str]) -> Result<(), ConfigError> {
-    // The url crate's errors describe the defect, never the input, so they are safe to show.
-    let parsed = url::Url::parse(url.expose_secret()).map_err(|e| ConfigError::Invalid {
-        setting: setting.to_owned(),
-        reason: format!("not a URL ({e})"),
-    })?;
-    if !schemes.contains(&parsed.scheme()) {
-        return Err(ConfigError::Invalid {
-            setting: setting.to_owned(),
-            reason: format!("the scheme must be one of {}", schemes.join(", ")),
-        });
-    }
-    Ok(())
-}
-
-fn default_worker_id() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
-    format!("{host}-{}", std::process::id())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fair_share::FairShare;
 
     fn raw(database_url: &str) -> RawSettings {
         let mut raw: RawSettings = serde_json::from_str("{}").unwrap();
@@ -589,6 +306,7 @@ mod tests {
             unknown.contains("transaction"),
             "names the choices: {unknown}"
         );
+        assert!(unknown.contains("database.pooler"), "{unknown}");
         let migrating = settings("pooler = \"transaction\"\nmigrate_on_start = true")
             .unwrap_err()
             .to_string();

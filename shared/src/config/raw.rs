@@ -1,6 +1,6 @@
 //! The settings as read from the file and the environment, before validation: every field
-//! optional or defaulted, exactly the shape an operator writes. [`super::Settings::validate`]
-//! turns this into typed, checked settings.
+//! optional or defaulted, exactly the shape an operator writes. Each section checks itself
+//! on the way to its typed form (`super::validation`).
 
 use std::collections::BTreeMap;
 
@@ -8,7 +8,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::sections::{
-    ApiSettings, ArchiveSettings, BackupSettings, LogSettings, RelaySettings, RescueSettings,
+    ApiSettings, ArchiveSettings, BackupSettings, LogSettings, Pooler, RelaySettings,
+    RescueSettings,
 };
 use crate::limits::LimitRule;
 use crate::queue::{WeightedQueue, standard_queues};
@@ -73,9 +74,10 @@ pub(super) struct RawDatabase {
     pub(super) acquire_timeout_ms: u64,
     #[serde(default)]
     pub(super) migrate_on_start: bool,
-    /// `none` or `transaction` ([`super::Pooler`]); checked in validation, whose message
-    /// names the choices.
-    pub(super) pooler: Option<String>,
+    /// `none` (the default) or `transaction`; anything else is refused as the file is
+    /// read, naming the choices.
+    #[serde(default)]
+    pub(super) pooler: Pooler,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,7 +163,7 @@ impl Default for RawDatabase {
             max_connections: default_max_connections(),
             acquire_timeout_ms: default_acquire_timeout_ms(),
             migrate_on_start: false,
-            pooler: None,
+            pooler: Pooler::None,
         }
     }
 }

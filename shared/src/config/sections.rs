@@ -151,8 +151,9 @@ pub struct DatabaseSettings {
     pub pooler: Pooler,
 }
 
-/// `database.pooler`: what `DATABASE_URL` points at.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// `database.pooler`: what `DATABASE_URL` points at, written `"none"` or `"transaction"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum Pooler {
     /// PostgreSQL itself (or a session-mode pooler): statements are prepared once per
     /// connection and cached by name, and the relaxed pool sets `synchronous_commit` at
@@ -164,6 +165,22 @@ pub enum Pooler {
     /// of work runs in a transaction with unnamed statements, and connections send no
     /// start-up parameter a pooler may refuse. Migrations need a direct connection.
     Transaction,
+}
+
+impl TryFrom<String> for Pooler {
+    type Error = String;
+
+    /// The setting's text; the error names the choices. By hand rather than serde's
+    /// `rename_all`, because the config crate's message for an unknown variant names none.
+    fn try_from(setting: String) -> Result<Self, Self::Error> {
+        match setting.as_str() {
+            "none" => Ok(Self::None),
+            "transaction" => Ok(Self::Transaction),
+            other => Err(format!(
+                "must be \"none\" or \"transaction\", not {other:?}"
+            )),
+        }
+    }
 }
 
 /// Worker settings.

@@ -4,7 +4,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::namespace::NamespaceSpec;
+use crate::namespace::{Namespace, NamespaceSpec};
 
 /// What a key holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +29,12 @@ impl KeyClass {
             Self::Running => "run",
         }
     }
+}
+
+/// What every Redis key of `namespace` starts with, `<app prefix><namespace>:`: kept as
+/// [`NamespaceSpec::redis_prefix`], which [`redis_key`] builds on.
+pub fn namespace_prefix(app_prefix: &str, namespace: &Namespace) -> String {
+    format!("{app_prefix}{namespace}:")
 }
 
 /// The key of `class` for `name` (a kind, or an API key's id) in `namespace`, narrowed by

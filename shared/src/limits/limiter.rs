@@ -34,6 +34,13 @@ const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 #[error("redis: {0}")]
 pub struct LimiterError(String);
 
+impl From<redis::RedisError> for LimiterError {
+    /// Keeps only what cannot quote the URL: see [`redacted`].
+    fn from(error: redis::RedisError) -> Self {
+        Self(redacted(&error))
+    }
+}
+
 /// The outcome of a rate check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RateOutcome {
@@ -110,10 +117,8 @@ impl Limiter {
 
     /// One `PING`: Redis answers (readiness).
     pub async fn ping(&self) -> anyhow::Result<()> {
-        let mut connection = self
-            .connection()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Not counted in `redis_calls`: readiness is not a limit check.
+        let mut connection = self.connection.clone();
         redis::cmd("PING")
             .query_async::<String>(&mut connection)
             .await
@@ -121,9 +126,11 @@ impl Limiter {
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// A handle to the shared connection (cheap: the manager is a multiplexed handle).
-    async fn connection(&self) -> Result<ConnectionManager, LimiterError> {
-        Ok(self.connection.clone())
+    /// A handle to the shared connection for one limit command, counted in
+    /// [`redis_calls`] (cheap: the manager is a multiplexed handle).
+    fn counted_connection(&self) -> ConnectionManager {
+        REDIS_CALLS.fetch_add(1, Ordering::Relaxed);
+        self.connection.clone()
     }
 
     /// Takes a rate slot for one job at `key`. With `reserve`, the next free slot is always
@@ -136,8 +143,7 @@ impl Limiter {
         cost: u32,
         reserve: bool,
     ) -> Result<RateOutcome, LimiterError> {
-        let mut connection = self.connection().await?;
-        REDIS_CALLS.fetch_add(1, Ordering::Relaxed);
+        let mut connection = self.counted_connection();
         let (taken, wait_micros): (i64, i64) = self
             .gcra
             .key(key)
@@ -148,7 +154,7 @@ impl Limiter {
             .arg(RESERVATION_HORIZON.as_millis() as u64)
             .invoke_async(&mut connection)
             .await
-            .map_err(|e| LimiterError(redacted(&e)))?;
+            .map_err(LimiterError::from)?;
         let wait = Duration::from_micros(u64::try_from(wait_micros).unwrap_or(0));
         Ok(if taken == 1 {
             RateOutcome::Reserved(wait)
@@ -166,8 +172,7 @@ impl Limiter {
         holder: &str,
         lease: Duration,
     ) -> Result<Option<Duration>, LimiterError> {
-        let mut connection = self.connection().await?;
-        REDIS_CALLS.fetch_add(1, Ordering::Relaxed);
+        let mut connection = self.counted_connection();
         let (taken, wait_ms): (i64, i64) = self
             .acquire
             .key(key)
@@ -176,21 +181,20 @@ impl Limiter {
             .arg(lease.as_millis() as u64)
             .invoke_async(&mut connection)
             .await
-            .map_err(|e| LimiterError(redacted(&e)))?;
+            .map_err(LimiterError::from)?;
         Ok((taken != 1).then(|| Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0))))
     }
 
     /// Gives `holder`'s slot at `key` back.
     pub async fn release_slot(&self, key: &str, holder: &str) -> Result<(), LimiterError> {
-        let mut connection = self.connection().await?;
-        REDIS_CALLS.fetch_add(1, Ordering::Relaxed);
+        let mut connection = self.counted_connection();
         redis::cmd("ZREM")
             .arg(key)
             .arg(holder)
             .query_async::<i64>(&mut connection)
             .await
             .map(drop)
-            .map_err(|e| LimiterError(redacted(&e)))
+            .map_err(LimiterError::from)
     }
 
     /// Counts a failed check and logs it, once per interval while the outage lasts.

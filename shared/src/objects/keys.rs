@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::JobId;
-use crate::namespace::NamespaceSpec;
+use crate::namespace::{Namespace, NamespaceSpec};
 
 /// A key, and the bucket it lives in (`None`: the fleet's `storage.bucket`). Also used as a
 /// prefix to list under.
@@ -16,6 +16,12 @@ pub struct ObjectKey {
 }
 
 impl ObjectKey {
+    /// The folder every object of `namespace` lies under, `<ns>/`: kept as
+    /// [`NamespaceSpec::s3_prefix`], which every key below builds on.
+    pub fn namespace_prefix(namespace: &Namespace) -> String {
+        format!("{namespace}/")
+    }
+
     /// One attempt's log: `<ns>/logs/YYYY/MM/DD/<job_id>/<attempt>.log.gz`.
     ///
     /// The day is the job's creation day, read from its UUIDv7 id, so every attempt of a job

@@ -38,11 +38,11 @@ impl Message<'_> {
 
     /// The metric labels of the message's job.
     pub fn labels(&self) -> JobLabels {
-        JobLabels {
-            namespace: self.namespace.spec.name.as_str().to_owned(),
-            kind: self.envelope.kind.as_str().to_owned(),
-            queue: self.envelope.queue.as_str().to_owned(),
-        }
+        JobLabels::new(
+            &self.namespace.spec.name,
+            self.envelope.kind.as_str(),
+            self.envelope.queue.as_str(),
+        )
     }
 
     pub async fn ack(&self) {
