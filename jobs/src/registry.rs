@@ -1,25 +1,22 @@
 //! The registry: every kind the fleet knows, registered in one place, looked up by name.
 
-use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine_shared::config::BackupSettings;
 use engine_shared::kind::InvalidKind;
 use engine_shared::limits::Limit;
-use engine_shared::objects::ObjectStore;
 use engine_shared::retry::Backoff;
-use engine_shared::store::Store;
-use engine_shared::{Kind, Namespace, QueueName};
+use engine_shared::{Kind, QueueName};
 use futures_util::future::BoxFuture;
-use secrecy::SecretString;
 
-use crate::egress::EgressClient;
-use crate::job::{Job, JobContext, JobError};
-use crate::kinds::db_backup::DbBackup;
+use crate::context::JobContext;
+use crate::deps::JobDeps;
+use crate::error::JobError;
+use crate::job::Job;
 use crate::kinds::{
-    export_jobs_csv::ExportJobsCsv, noop::Noop, sleep::Sleep, webhook_deliver::WebhookDeliver,
+    db_backup::DbBackup, export_jobs_csv::ExportJobsCsv, noop::Noop, sleep::Sleep,
+    webhook_deliver::WebhookDeliver,
 };
 
 /// Why the registry could not be built; start-up stops on it.
@@ -50,22 +47,7 @@ pub struct KindDefaults {
     pub backoff: Option<Backoff>,
 }
 
-/// What built-in handlers need from outside.
-#[derive(Clone, Debug, Default)]
-pub struct JobDeps {
-    /// The egress client every outbound request of a job goes through (one pool).
-    pub egress: EgressClient,
-    /// Per-namespace webhook signing secrets.
-    pub webhook_secrets: BTreeMap<Namespace, SecretString>,
-    /// The state database, for kinds that read it (`export.jobs_csv`, `db.backup`); `None`
-    /// in processes that have none (unit tests).
-    pub store: Option<Store>,
-    /// Object storage, for kinds that write to it beyond artifacts (`db.backup`).
-    pub objects: Option<ObjectStore>,
-    /// How many backups `db.backup` keeps, and which namespace may run it.
-    pub backup: BackupSettings,
-}
-
+/// A [`Job`] with its args and output as JSON, so kinds of different types share one map.
 trait ErasedJob: Send + Sync {
     fn defaults(&self) -> KindDefaults;
     fn limit(&self) -> Option<Limit>;
@@ -85,6 +67,22 @@ fn parse_args<J: Job>(args: serde_json::Value) -> Result<J::Args, ArgsError> {
         path: error.path().to_string(),
         message: error.inner().to_string(),
     })
+}
+
+/// One attempt the way the worker runs it: the stored args parsed into `J::Args`, the
+/// handler run, its output encoded as the JSON result stored on the job. [`crate::testing`]
+/// runs kinds through this same path.
+pub(crate) async fn run_from_json<J: Job>(
+    job: &J,
+    context: JobContext,
+    args: serde_json::Value,
+) -> Result<serde_json::Value, JobError> {
+    let args = parse_args::<J>(args)
+        .map_err(|e| JobError::fatal(format_args!("args no longer fit the kind: {e}")))?;
+    let output = job.run(context, args).await?;
+    // A retry would encode the same value the same way: fatal.
+    serde_json::to_value(output)
+        .map_err(|e| JobError::fatal(format_args!("the result is not valid JSON: {e}")))
 }
 
 impl<J: Job> ErasedJob for Erased<J> {
@@ -115,12 +113,7 @@ impl<J: Job> ErasedJob for Erased<J> {
         args: serde_json::Value,
     ) -> BoxFuture<'static, Result<serde_json::Value, JobError>> {
         let job = self.0.clone();
-        Box::pin(async move {
-            let args = parse_args::<J>(args).map_err(|e| {
-                JobError::Fatal(anyhow::anyhow!("args no longer fit the kind: {e}"))
-            })?;
-            job.run(context, args).await
-        })
+        Box::pin(async move { run_from_json(&*job, context, args).await })
     }
 }
 
@@ -203,7 +196,15 @@ pub fn register_all(deps: JobDeps) -> Result<Registry, RegistryError> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+    use crate::kinds::sleep::SleepArgs;
+    use crate::testing::run_once;
+
+    fn kind(name: &str) -> Kind {
+        Kind::parse(name).unwrap()
+    }
 
     #[test]
     fn duplicate_kinds_are_refused() {
@@ -217,17 +218,65 @@ mod tests {
     fn args_errors_name_the_field() {
         engine_shared::tls::install_crypto_provider();
         let registry = register_all(JobDeps::default()).unwrap();
-        let kind = Kind::parse("sleep").unwrap();
         let error = registry
-            .check_args(&kind, &serde_json::json!({ "ms": "soon" }))
+            .check_args(&kind("sleep"), &json!({ "ms": "soon" }))
             .unwrap()
             .unwrap_err();
         assert_eq!(error.path, "ms");
-        let webhook = Kind::parse("webhook.deliver").unwrap();
         let error = registry
-            .check_args(&webhook, &serde_json::json!({ "body": {} }))
+            .check_args(&kind("webhook.deliver"), &json!({ "body": {} }))
             .unwrap()
             .unwrap_err();
         assert!(error.message.contains("url"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn bad_args_fail_the_attempt_fatally_naming_the_field() {
+        let error = run_once(&Sleep, json!({ "ms": "soon" })).await.unwrap_err();
+        match error {
+            JobError::Fatal(error) => assert!(
+                error
+                    .to_string()
+                    .starts_with("args no longer fit the kind: args.ms: invalid type"),
+                "{error}"
+            ),
+            other => panic!("expected a fatal error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn typed_outputs_store_the_json_they_serialize_to() {
+        assert_eq!(
+            run_once(&Noop, json!({})).await.unwrap(),
+            serde_json::Value::Null,
+            "a unit output stores null, as noop always has"
+        );
+        assert_eq!(
+            run_once(&Sleep, SleepArgs { ms: 0 }).await.unwrap(),
+            json!({ "slept_ms": 0 })
+        );
+    }
+
+    #[tokio::test]
+    async fn an_output_that_is_not_json_fails_fatally() {
+        struct BadOutput;
+        impl Job for BadOutput {
+            const KIND: &'static str = "bad.output";
+            type Args = crate::kinds::noop::NoopArgs;
+            /// JSON object keys must be strings.
+            type Output = std::collections::BTreeMap<(u8, u8), u8>;
+            async fn run(
+                &self,
+                _context: JobContext,
+                _args: Self::Args,
+            ) -> Result<Self::Output, JobError> {
+                Ok([((1, 2), 3)].into())
+            }
+        }
+        let error = run_once(&BadOutput, json!({})).await.unwrap_err();
+        assert!(
+            matches!(&error, JobError::Fatal(e) if e.to_string().starts_with("the result is not valid JSON")),
+            "{error:?}"
+        );
     }
 }

@@ -19,9 +19,7 @@ use engine_worker::Worker;
 
 use crate::client::ApiClient;
 use crate::services;
-use crate::test_kinds::{
-    AbortsProcess, AlwaysFails, BigResult, FailsFatally, Flaky, Panics, Snoozes, Switch, Tracked,
-};
+use crate::test_kinds::register_test_kinds;
 use crate::wait::wait_until;
 use crate::worker_process::WorkerProcess;
 
@@ -186,21 +184,7 @@ pub enum AbortKind {
 /// The registry tests run with: the built-in kinds plus [`crate::test_kinds`].
 pub fn test_registry(deps: JobDeps, abort: AbortKind) -> Registry {
     let mut registry = register_all(deps).expect("built-in kinds register");
-    registry
-        .register(Panics)
-        .and_then(|r| r.register(AlwaysFails))
-        .and_then(|r| r.register(Flaky))
-        .and_then(|r| r.register(FailsFatally))
-        .and_then(|r| r.register(Snoozes))
-        .and_then(|r| r.register(Switch))
-        .and_then(|r| r.register(Tracked))
-        .and_then(|r| r.register(BigResult))
-        .expect("test kinds register");
-    if abort == AbortKind::Included {
-        registry
-            .register(AbortsProcess)
-            .expect("test.abort registers");
-    }
+    register_test_kinds(&mut registry, abort == AbortKind::Included).expect("test kinds register");
     registry
 }
 
