@@ -4,9 +4,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use engine_shared::QueueName;
+use engine_shared::config::Settings;
 use engine_shared::limits::Limit;
 use engine_shared::retry::Backoff;
+use engine_shared::{Namespace, QueueName};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -17,10 +18,15 @@ use crate::error::JobError;
 /// a secret), built once at start-up and shared by every run.
 ///
 /// Invariant: `KIND` never changes once jobs of it exist — it is stored in rows and
-/// messages. Rename the Rust type freely; keep the string.
+/// messages. Rename the Rust type freely; to rename the kind itself, move the old name to
+/// [`Job::ALIASES`].
 pub trait Job: Send + Sync + 'static {
     /// The wire name, e.g. `webhook.deliver`.
     const KIND: &'static str;
+
+    /// Earlier names of this kind (River's `KindAliases`). Rows and messages still holding
+    /// one run this kind's handler; a submission under one is stored under [`Job::KIND`].
+    const ALIASES: &'static [&'static str] = &[];
 
     /// The arguments, checked at submit time (a mismatch is a 422 naming the field).
     /// `Serialize` too, so Rust code and tests build them typed
@@ -61,6 +67,13 @@ pub trait Job: Send + Sync + 'static {
     /// shares one budget across the kind.
     fn limit_key(&self, _args: &Self::Args) -> Option<String> {
         None
+    }
+
+    /// Who may submit this kind: `Err` refuses `namespace`'s submission with a 422 naming
+    /// the `kind` field, saying why. Asked by the API with the fleet's settings (the API
+    /// builds its registry without the clients handlers use). Every namespace by default.
+    fn check_submitter(&self, _namespace: &Namespace, _settings: &Settings) -> Result<(), String> {
+        Ok(())
     }
 
     /// Runs one attempt. `Ok` carries the result stored on the job.

@@ -1,11 +1,12 @@
 //! tl-engine's job kinds.
 //!
-//! - [`job`]: the [`Job`] trait every kind implements (name, typed args and output,
-//!   defaults, the handler).
+//! - [`job`]: the [`Job`] trait every kind implements (name, aliases, typed args and
+//!   output, defaults, who may submit it, the handler).
 //! - [`context`]: the [`JobContext`] a handler gets for one attempt.
 //! - [`error`]: [`JobError`], how a handler says an attempt failed, and [`ResultExt`]
 //!   (`.retryable()?`, `.fatal()?`).
-//! - [`registry`]: the one place kinds are registered; refuses duplicates and bad names.
+//! - [`registry`]: the one place kinds are registered; refuses duplicates and bad names,
+//!   resolves aliases.
 //! - [`deps`]: [`JobDeps`], the clients kinds use.
 //! - [`testing`]: [`JobContext::for_test`] and [`testing::run_once`], for a kind's unit
 //!   tests without servers.

@@ -1,13 +1,15 @@
-//! The registry: every kind the fleet knows, registered in one place, looked up by name.
+//! The registry: every kind the fleet knows, registered in one place, looked up by name
+//! or by an old name (an alias).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine_shared::config::Settings;
 use engine_shared::kind::InvalidKind;
 use engine_shared::limits::Limit;
 use engine_shared::retry::Backoff;
-use engine_shared::{Kind, QueueName};
+use engine_shared::{Kind, Namespace, QueueName};
 use futures_util::future::BoxFuture;
 
 use crate::context::JobContext;
@@ -22,6 +24,7 @@ use crate::kinds::{
 /// Why the registry could not be built; start-up stops on it.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// A kind's name or alias is already another kind's name or alias.
     #[error("job kind {0:?} is registered twice")]
     Duplicate(String),
     #[error(transparent)]
@@ -53,6 +56,7 @@ trait ErasedJob: Send + Sync {
     fn limit(&self) -> Option<Limit>;
     fn limit_key(&self, args: &serde_json::Value) -> Option<String>;
     fn check_args(&self, args: &serde_json::Value) -> Result<(), ArgsError>;
+    fn check_submitter(&self, namespace: &Namespace, settings: &Settings) -> Result<(), String>;
     fn run(
         &self,
         context: JobContext,
@@ -99,6 +103,10 @@ impl<J: Job> ErasedJob for Erased<J> {
         parse_args::<J>(args.clone()).map(drop)
     }
 
+    fn check_submitter(&self, namespace: &Namespace, settings: &Settings) -> Result<(), String> {
+        self.0.check_submitter(namespace, settings)
+    }
+
     fn limit(&self) -> Option<Limit> {
         self.0.limit()
     }
@@ -117,39 +125,74 @@ impl<J: Job> ErasedJob for Erased<J> {
     }
 }
 
-/// Every registered kind. Built once at start-up, then shared read-only.
+/// Every registered kind. Built once at start-up, then shared read-only. Every lookup
+/// takes a kind's name or one of its aliases.
 #[derive(Clone, Default)]
 pub struct Registry {
     kinds: HashMap<Kind, Arc<dyn ErasedJob>>,
+    /// Old name → current name ([`Job::ALIASES`]), for rows and messages from before a
+    /// rename.
+    aliases: HashMap<Kind, Kind>,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.kinds.keys()).finish()
+        f.debug_struct("Registry")
+            .field("kinds", &self.kinds.keys())
+            .field("aliases", &self.aliases)
+            .finish()
     }
 }
 
 impl Registry {
-    /// Adds `job` under `J::KIND`; a second kind with the same name is an error.
+    /// Adds `job` under `J::KIND` and its aliases; a name another kind already holds (as
+    /// its name or an alias) is an error.
     pub fn register<J: Job>(&mut self, job: J) -> Result<&mut Self, RegistryError> {
-        let kind = Kind::parse(J::KIND)?;
-        if self.kinds.contains_key(&kind) {
-            return Err(RegistryError::Duplicate(J::KIND.to_owned()));
+        // The kind's own name first, then its aliases: each must be new to the registry
+        // and to this kind (an alias repeating the name or another alias is a typo).
+        let names = std::iter::once(J::KIND)
+            .chain(J::ALIASES.iter().copied())
+            .map(Kind::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        for (index, name) in names.iter().enumerate() {
+            if self.resolve(name).is_some() || names[..index].contains(name) {
+                return Err(RegistryError::Duplicate(name.as_str().to_owned()));
+            }
+        }
+        let mut names = names.into_iter();
+        let kind = names.next().expect("the kind's own name comes first");
+        for alias in names {
+            self.aliases.insert(alias, kind.clone());
         }
         self.kinds.insert(kind, Arc::new(Erased(Arc::new(job))));
         Ok(self)
     }
 
-    pub fn contains(&self, kind: &Kind) -> bool {
-        self.kinds.contains_key(kind)
+    /// The current name of `kind`: itself if registered under that name, the kind it
+    /// names if it is an alias, `None` if unknown. Compare kinds by what this returns.
+    pub fn resolve(&self, kind: &Kind) -> Option<&Kind> {
+        match self.kinds.get_key_value(kind) {
+            Some((name, _)) => Some(name),
+            None => self.aliases.get(kind),
+        }
     }
 
+    fn job(&self, kind: &Kind) -> Option<&Arc<dyn ErasedJob>> {
+        self.kinds.get(self.resolve(kind)?)
+    }
+
+    /// Whether `kind` names a registered kind (by its name or an alias).
+    pub fn contains(&self, kind: &Kind) -> bool {
+        self.resolve(kind).is_some()
+    }
+
+    /// The registered kinds' current names (aliases not included).
     pub fn kinds(&self) -> impl Iterator<Item = &Kind> {
         self.kinds.keys()
     }
 
     pub fn defaults(&self, kind: &Kind) -> Option<KindDefaults> {
-        self.kinds.get(kind).map(|job| job.defaults())
+        self.job(kind).map(|job| job.defaults())
     }
 
     /// Checks `args` against `kind`'s `Args` type. `None` if the kind is unknown.
@@ -158,17 +201,29 @@ impl Registry {
         kind: &Kind,
         args: &serde_json::Value,
     ) -> Option<Result<(), ArgsError>> {
-        self.kinds.get(kind).map(|job| job.check_args(args))
+        self.job(kind).map(|job| job.check_args(args))
+    }
+
+    /// Whether `namespace` may submit `kind` ([`Job::check_submitter`]); `Err` says why
+    /// not. An unknown kind refuses nobody here: it is refused as unknown.
+    pub fn check_submitter(
+        &self,
+        kind: &Kind,
+        namespace: &Namespace,
+        settings: &Settings,
+    ) -> Result<(), String> {
+        self.job(kind)
+            .map_or(Ok(()), |job| job.check_submitter(namespace, settings))
     }
 
     /// The limit `kind` declares in code, if any.
     pub fn limit(&self, kind: &Kind) -> Option<Limit> {
-        self.kinds.get(kind).and_then(|job| job.limit())
+        self.job(kind).and_then(|job| job.limit())
     }
 
     /// The key `kind` keeps per-key limits by, for these args.
     pub fn limit_key(&self, kind: &Kind, args: &serde_json::Value) -> Option<String> {
-        self.kinds.get(kind).and_then(|job| job.limit_key(args))
+        self.job(kind).and_then(|job| job.limit_key(args))
     }
 
     /// The handler future for one attempt. `None` if the kind is unknown.
@@ -178,7 +233,7 @@ impl Registry {
         context: JobContext,
         args: serde_json::Value,
     ) -> Option<BoxFuture<'static, Result<serde_json::Value, JobError>>> {
-        self.kinds.get(kind).map(|job| job.run(context, args))
+        self.job(kind).map(|job| job.run(context, args))
     }
 }
 
@@ -196,11 +251,31 @@ pub fn register_all(deps: JobDeps) -> Result<Registry, RegistryError> {
 
 #[cfg(test)]
 mod tests {
+    use serde::{Deserialize, Serialize};
     use serde_json::json;
 
     use super::*;
     use crate::kinds::sleep::SleepArgs;
-    use crate::testing::run_once;
+    use crate::testing::{run_once, test_namespace};
+
+    /// A kind renamed from `old.greet` (and before that `older.greet`) to `greet`.
+    struct Greet;
+
+    #[derive(Deserialize, Serialize)]
+    struct GreetArgs {
+        name: String,
+    }
+
+    impl Job for Greet {
+        const KIND: &'static str = "greet";
+        const ALIASES: &'static [&'static str] = &["old.greet", "older.greet"];
+        type Args = GreetArgs;
+        type Output = String;
+
+        async fn run(&self, _context: JobContext, args: GreetArgs) -> Result<String, JobError> {
+            Ok(format!("hello {}", args.name))
+        }
+    }
 
     fn kind(name: &str) -> Kind {
         Kind::parse(name).unwrap()
@@ -228,6 +303,81 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(error.message.contains("url"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_row_under_an_old_name_runs_the_renamed_kind() {
+        // Arrange
+        let mut registry = Registry::default();
+        registry.register(Greet).unwrap();
+        let old = kind("old.greet");
+
+        // Act: what the worker does with a message and row still named `old.greet`.
+        let known = registry.contains(&old);
+        let checked = registry.check_args(&old, &json!({ "name": "ada" }));
+        let result = registry
+            .run(
+                &old,
+                JobContext::for_test(test_namespace()),
+                json!({ "name": "ada" }),
+            )
+            .expect("the alias finds the handler")
+            .await
+            .unwrap();
+
+        // Assert
+        assert!(known, "an old-name message is not poison");
+        assert_eq!(checked, Some(Ok(())));
+        assert_eq!(result, json!("hello ada"));
+        assert_eq!(registry.resolve(&old), Some(&kind("greet")));
+        assert_eq!(registry.resolve(&kind("older.greet")), Some(&kind("greet")));
+        assert_eq!(registry.resolve(&kind("greet")), Some(&kind("greet")));
+        assert_eq!(registry.resolve(&kind("hello")), None);
+        assert_eq!(
+            registry.kinds().collect::<Vec<_>>(),
+            [&kind("greet")],
+            "aliases are not listed as kinds"
+        );
+    }
+
+    #[test]
+    fn an_alias_may_not_take_a_name_already_used() {
+        struct Clash;
+        impl Job for Clash {
+            const KIND: &'static str = "clash";
+            const ALIASES: &'static [&'static str] = &["noop"];
+            type Args = GreetArgs;
+            type Output = ();
+            async fn run(&self, _context: JobContext, _args: GreetArgs) -> Result<(), JobError> {
+                Ok(())
+            }
+        }
+        let mut registry = Registry::default();
+        registry.register(Noop).unwrap();
+        let error = registry.register(Clash).unwrap_err();
+        assert!(
+            matches!(&error, RegistryError::Duplicate(name) if name == "noop"),
+            "{error}"
+        );
+        assert!(
+            !registry.contains(&kind("clash")),
+            "a refused kind leaves no trace"
+        );
+
+        // And a kind whose name is an alias already taken.
+        let mut registry = Registry::default();
+        registry.register(Greet).unwrap();
+        struct OldGreet;
+        impl Job for OldGreet {
+            const KIND: &'static str = "old.greet";
+            type Args = GreetArgs;
+            type Output = ();
+            async fn run(&self, _context: JobContext, _args: GreetArgs) -> Result<(), JobError> {
+                Ok(())
+            }
+        }
+        let error = registry.register(OldGreet).unwrap_err();
+        assert!(matches!(&error, RegistryError::Duplicate(name) if name == "old.greet"));
     }
 
     #[tokio::test]

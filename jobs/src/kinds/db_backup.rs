@@ -1,14 +1,15 @@
 //! `db.backup`: writes a consistent backup of the whole state database to
 //! `backups/<timestamp>.dump.gz` and keeps the last `backup.keep` (the same code as
-//! `engine-api backup`). It reads every namespace's rows, so it runs only in the namespace
-//! `backup.namespace` names; any other namespace's job fails at once.
+//! `engine-api backup`). It reads every namespace's rows, so only the namespace
+//! `backup.namespace` names may submit it (the API asks [`Job::check_submitter`]), and a
+//! job of any other namespace (a row written before the setting changed) fails at once.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use engine_shared::Namespace;
 use engine_shared::backup::{self, BackupFolder};
-use engine_shared::config::BackupSettings;
+use engine_shared::config::{BackupSettings, Settings};
 use engine_shared::objects::ObjectStore;
 use engine_shared::store::Store;
 use serde::{Deserialize, Serialize};
@@ -92,6 +93,21 @@ impl Job for DbBackup {
     /// the worker keeps), so the default fits a broker left at its defaults.
     fn timeout(&self) -> Duration {
         Duration::from_secs(25 * 60)
+    }
+
+    fn check_submitter(&self, namespace: &Namespace, settings: &Settings) -> Result<(), String> {
+        if may_back_up(&settings.backup, namespace) {
+            return Ok(());
+        }
+        Err(format!(
+            "{} may only be submitted by the namespace named in backup.namespace ({})",
+            Self::KIND,
+            settings
+                .backup
+                .namespace
+                .as_ref()
+                .map_or("none is set", |ns| ns.as_str())
+        ))
     }
 
     async fn run(
@@ -178,8 +194,11 @@ fn mebibytes(bytes: u64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use engine_shared::Kind;
+
     use super::*;
     use crate::testing::run_in;
+    use crate::{JobDeps, register_all};
 
     fn settings(namespace: Option<&str>) -> BackupSettings {
         BackupSettings {
@@ -214,6 +233,39 @@ mod tests {
             message.contains("until backup.namespace is set"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn only_the_backup_namespace_may_submit_it() {
+        // Arrange: the API's registry, built without clients, asked with the settings.
+        engine_shared::tls::install_crypto_provider();
+        let registry = register_all(JobDeps::default()).unwrap();
+        let kind = Kind::parse(DbBackup::KIND).unwrap();
+        let fleet = |backup: Option<&str>| {
+            let mut text = "[database]\nurl = \"postgres://localhost/x\"\n\
+                            [amqp]\nurl = \"amqp://localhost\"\n"
+                .to_owned();
+            if let Some(name) = backup {
+                text.push_str(&format!("[backup]\nnamespace = \"{name}\"\n"));
+            }
+            Settings::from_toml(&text).unwrap()
+        };
+
+        // Act
+        let from_ops = registry.check_submitter(&kind, &namespace("ops"), &fleet(Some("ops")));
+        let from_acme = registry.check_submitter(&kind, &namespace("acme"), &fleet(Some("ops")));
+        let unset = registry.check_submitter(&kind, &namespace("ops"), &fleet(None));
+        let noop = Kind::parse("noop").unwrap();
+        let other_kind = registry.check_submitter(&noop, &namespace("acme"), &fleet(Some("ops")));
+
+        // Assert
+        assert_eq!(from_ops, Ok(()));
+        assert_eq!(
+            from_acme.unwrap_err(),
+            "db.backup may only be submitted by the namespace named in backup.namespace (ops)"
+        );
+        assert!(unset.unwrap_err().ends_with("(none is set)"));
+        assert_eq!(other_kind, Ok(()), "other kinds have no submit rule");
     }
 
     #[tokio::test]
