@@ -7,7 +7,7 @@
 //!   (`.retryable()?`, `.fatal()?`).
 //! - [`registry`]: the one place kinds are registered; refuses duplicates and bad names,
 //!   resolves aliases.
-//! - [`deps`]: [`JobDeps`], the clients kinds use.
+//! - [`deps`]: [`JobDeps`], the clients kinds use, built in one place from the settings.
 //! - [`testing`]: [`JobContext::for_test`] and [`testing::run_once`], for a kind's unit
 //!   tests without servers.
 //! - [`egress`]: the one HTTP client jobs' outbound requests go through (the SSRF policy).

@@ -10,9 +10,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use engine_api::Application;
-use engine_jobs::{EgressClient, JobDeps, Registry, register_all};
+use engine_jobs::{JobDeps, Registry, register_all};
 use engine_shared::config::{Pooler, Settings};
-use engine_shared::objects::ObjectStore;
 use engine_shared::store::{JobRecord, Store};
 use engine_shared::{JobId, JobStatus, Namespace};
 use engine_worker::Worker;
@@ -188,20 +187,14 @@ pub fn test_registry(deps: JobDeps, abort: AbortKind) -> Registry {
     registry
 }
 
-/// What the built-in kinds need, from `settings` (database, storage, the egress policy)
-/// and the test's webhook secret for `namespace`, if any.
+/// What the built-in kinds need, built from `settings` as a worker builds it, with the
+/// test's webhook secret for `namespace`, if any, over the settings' own.
 async fn deps_for(
     settings: &Settings,
     webhook_secret: Option<&str>,
     namespace: &Namespace,
 ) -> JobDeps {
-    let mut deps = JobDeps {
-        egress: EgressClient::for_fleet(settings).await.unwrap(),
-        store: Some(Store::connect_lazy(&settings.database).unwrap()),
-        objects: settings.storage.as_ref().map(ObjectStore::new),
-        backup: settings.backup.clone(),
-        ..JobDeps::default()
-    };
+    let mut deps = JobDeps::for_fleet(settings).await.unwrap();
     if let Some(secret) = webhook_secret {
         deps.webhook_secrets.insert(
             namespace.clone(),
