@@ -16,8 +16,7 @@
 //! - [`kinds`]: one module per built-in kind (`webhook.deliver`, `noop`, `sleep`,
 //!   `export.jobs_csv`, `db.backup`).
 //!
-//! Adding a kind: write `kinds/<name>.rs` with an `Args` struct and a `Job` impl, then add
-//! one line to [`register_all`].
+//! Adding a kind: the README's "Adding a job kind", checked here as a doc test.
 
 pub mod artifacts;
 pub mod context;
@@ -38,3 +37,8 @@ pub use error::{JobError, ResultExt};
 pub use job::Job;
 pub use log::{JobLog, LogLevel};
 pub use registry::{ArgsError, KindDefaults, Registry, RegistryError, register_all};
+
+/// The README, whose "Adding a job kind" example compiles and runs as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
