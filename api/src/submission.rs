@@ -115,8 +115,6 @@ fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(serde_json::Map::new())
 }
 
-/// The kind only `backup.namespace` may submit.
-const DB_BACKUP: &str = <engine_jobs::kinds::db_backup::DbBackup as engine_jobs::Job>::KIND;
 const MAX_DELAY_SECS: f64 = 365.0 * 86_400.0;
 
 /// `priority`: only 0 (see [`PRIORITY_UNSUPPORTED`]).
@@ -292,7 +290,8 @@ impl SubmitJob {
         fail: &mut impl FnMut(&str, String),
     ) -> Option<Kind> {
         let kind = match Kind::parse(&self.kind) {
-            Ok(kind) if registry.contains(&kind) => Some(kind),
+            // An old name (an alias) is stored as the kind's current name.
+            Ok(kind) if registry.contains(&kind) => registry.resolve(&kind).cloned(),
             Ok(kind) => {
                 let mut known: Vec<_> = registry.kinds().map(Kind::as_str).collect();
                 known.sort_unstable();
@@ -307,22 +306,11 @@ impl SubmitJob {
                 None
             }
         };
-        // A backup reads every namespace's rows: only the namespace named for it may ask.
+        // Some kinds say who may submit them (a backup: only the namespace named for it).
         if let Some(kind) = &kind
-            && kind.as_str() == DB_BACKUP
-            && settings.backup.namespace.as_ref() != Some(namespace)
+            && let Err(message) = registry.check_submitter(kind, namespace, settings)
         {
-            fail(
-                "kind",
-                format!(
-                    "{DB_BACKUP} may only be submitted by the namespace named in backup.namespace ({})",
-                    settings
-                        .backup
-                        .namespace
-                        .as_ref()
-                        .map_or("none is set", |ns| ns.as_str())
-                ),
-            );
+            fail("kind", message);
         }
         kind
     }

@@ -1,13 +1,12 @@
 //! `Artifacts`: named outputs a handler stores for its job, under
 //! `<ns>/artifacts/<job_id>/<name>`, listed by `GET /v1/jobs/{id}/artifacts`.
 
-use anyhow::anyhow;
 use engine_shared::JobId;
 use engine_shared::namespace::NamespaceSpec;
 use engine_shared::objects::{ObjectKey, ObjectStore};
 use tokio::io::AsyncRead;
 
-use crate::job::JobError;
+use crate::{JobError, ResultExt};
 
 /// Where one job's artifacts go. Storage may be off (no bucket configured): storing then
 /// fails the attempt with a fatal error saying so.
@@ -33,10 +32,7 @@ impl Artifacts {
     /// Stores `body` as `name` in one request.
     pub async fn put(&self, name: &str, body: Vec<u8>, content_type: &str) -> Result<(), JobError> {
         let (objects, key) = self.locate(name)?;
-        objects
-            .put(&key, body, content_type)
-            .await
-            .map_err(JobError::Retryable)
+        objects.put(&key, body, content_type).await.retryable()
     }
 
     /// Streams `reader` to `name` (multipart past 8 MiB, one part in memory at a time) and
@@ -51,23 +47,23 @@ impl Artifacts {
         objects
             .upload(&key, reader, content_type, |_| {})
             .await
-            .map_err(JobError::Retryable)
+            .retryable()
     }
 
     /// Removes `name` (an upload the handler decided not to keep).
     pub async fn delete(&self, name: &str) -> Result<(), JobError> {
         let (objects, key) = self.locate(name)?;
-        objects.delete(&key).await.map_err(JobError::Retryable)
+        objects.delete(&key).await.retryable()
     }
 
     fn locate(&self, name: &str) -> Result<(&ObjectStore, ObjectKey), JobError> {
         let Some((objects, namespace)) = &self.target else {
-            return Err(JobError::Fatal(anyhow!(
+            return Err(JobError::fatal(format_args!(
                 "cannot store artifact {name:?}: storage is not configured (AWS_S3_BUCKET_NAME)"
             )));
         };
         if !ObjectKey::is_plain_name(name) {
-            return Err(JobError::Fatal(anyhow!(
+            return Err(JobError::fatal(format_args!(
                 "artifact name {name:?} is not 1-200 characters of letters, digits, '.', '_' \
                  and '-' (not starting with '.')"
             )));

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
+use engine_jobs::JobContext;
 use engine_jobs::kinds::db_backup::{DbBackup, DbBackupArgs};
-use engine_jobs::{Artifacts, Job, JobContext, JobLog};
+use engine_jobs::testing::run_in;
 use engine_shared::backup::format::{BackupWriter, Header};
 use engine_shared::backup::{
     self, BackupFolder, RestoreRefused, StoredBackup, restore_backup, schema,
@@ -652,21 +653,12 @@ async fn the_db_backup_job_keeps_the_last_n_and_deletes_only_the_oldest() {
         },
         storage.folder.clone(),
     );
-    let id = JobId::new_at(chrono::Utc::now());
-    let context = JobContext {
-        id,
-        namespace: ops,
-        attempt: 1,
-        max_attempts: 3,
-        snoozes: 0,
-        cancellation: CancellationToken::new(),
-        log: JobLog::new(id, 64 * 1024),
-        artifacts: Artifacts::disabled(id),
-        traceparent: None,
-    };
+    let context = JobContext::for_test(ops);
 
     // Act
-    let result = job.run(context.clone(), DbBackupArgs {}).await.unwrap();
+    let result = run_in(&job, context.clone(), DbBackupArgs {})
+        .await
+        .unwrap();
 
     // Assert
     let kept: Vec<StoredBackup> = storage.folder.list(&storage.objects).await.unwrap();

@@ -18,9 +18,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use engine_api::Application;
-use engine_jobs::{EgressClient, JobDeps, Registry, register_all};
+use engine_jobs::{JobDeps, Registry, register_all};
 use engine_shared::config::{Pooler, Settings};
-use engine_shared::objects::ObjectStore;
 use engine_shared::store::{JobRecord, Store};
 use engine_shared::{JobId, JobStatus, Namespace};
 use engine_worker::Worker;
@@ -29,9 +28,7 @@ pub use builder::FleetBuilder;
 
 use crate::client::ApiClient;
 use crate::services;
-use crate::test_kinds::{
-    AbortsProcess, AlwaysFails, BigResult, FailsFatally, Flaky, Panics, Snoozes, Switch, Tracked,
-};
+use crate::test_kinds::register_test_kinds;
 use crate::wait::wait_until;
 use crate::worker_process::WorkerProcess;
 
@@ -110,38 +107,18 @@ pub enum AbortKind {
 /// The registry tests run with: the built-in kinds plus [`crate::test_kinds`].
 pub fn test_registry(deps: JobDeps, abort: AbortKind) -> Registry {
     let mut registry = register_all(deps).expect("built-in kinds register");
-    registry
-        .register(Panics)
-        .and_then(|r| r.register(AlwaysFails))
-        .and_then(|r| r.register(Flaky))
-        .and_then(|r| r.register(FailsFatally))
-        .and_then(|r| r.register(Snoozes))
-        .and_then(|r| r.register(Switch))
-        .and_then(|r| r.register(Tracked))
-        .and_then(|r| r.register(BigResult))
-        .expect("test kinds register");
-    if abort == AbortKind::Included {
-        registry
-            .register(AbortsProcess)
-            .expect("test.abort registers");
-    }
+    register_test_kinds(&mut registry, abort == AbortKind::Included).expect("test kinds register");
     registry
 }
 
-/// What the built-in kinds need, from `settings` (database, storage, the egress policy)
-/// and the test's webhook secret for `namespace`, if any.
+/// What the built-in kinds need, built from `settings` as a worker builds it, with the
+/// test's webhook secret for `namespace`, if any, over the settings' own.
 async fn deps_for(
     settings: &Settings,
     webhook_secret: Option<&str>,
     namespace: &Namespace,
 ) -> JobDeps {
-    let mut deps = JobDeps {
-        egress: EgressClient::for_fleet(settings).await.unwrap(),
-        store: Some(Store::connect_lazy(&settings.database).unwrap()),
-        objects: settings.storage.as_ref().map(ObjectStore::new),
-        backup: settings.backup.clone(),
-        ..JobDeps::default()
-    };
+    let mut deps = JobDeps::for_fleet(settings).await.unwrap();
     if let Some(secret) = webhook_secret {
         deps.webhook_secrets.insert(
             namespace.clone(),

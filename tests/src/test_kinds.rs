@@ -1,9 +1,32 @@
-//! Job kinds that exist only in tests: a handler that panics, one that always fails.
+//! Job kinds that exist only in tests (a handler that panics, one that always fails, …),
+//! all of them here, and [`register_test_kinds`], which adds them to a registry.
 
-use engine_jobs::{Job, JobContext, JobError};
-use serde::Deserialize;
+use engine_jobs::{Job, JobContext, JobError, Registry, RegistryError};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Deserialize)]
+/// Adds every test kind to `registry`; `test.abort` only when `with_abort` (it ends the
+/// process that runs it).
+pub fn register_test_kinds(
+    registry: &mut Registry,
+    with_abort: bool,
+) -> Result<&mut Registry, RegistryError> {
+    registry
+        .register(Panics)?
+        .register(AlwaysFails)?
+        .register(Flaky)?
+        .register(FailsFatally)?
+        .register(Snoozes)?
+        .register(Switch)?
+        .register(Tracked)?
+        .register(BigResult)?;
+    if with_abort {
+        registry.register(AbortsProcess)?;
+    }
+    Ok(registry)
+}
+
+/// The args of the test kinds that take none.
+#[derive(Debug, Deserialize, Serialize)]
 pub struct NoArgs {}
 
 /// Panics on every attempt: the worker must survive and count a failed attempt.
@@ -12,12 +35,9 @@ pub struct Panics;
 impl Job for Panics {
     const KIND: &'static str = "test.panic";
     type Args = NoArgs;
+    type Output = ();
 
-    async fn run(
-        &self,
-        _context: JobContext,
-        _args: NoArgs,
-    ) -> Result<serde_json::Value, JobError> {
+    async fn run(&self, _context: JobContext, _args: NoArgs) -> Result<(), JobError> {
         panic!("deliberate test panic")
     }
 }
@@ -28,9 +48,10 @@ pub struct AlwaysFails;
 impl Job for AlwaysFails {
     const KIND: &'static str = "test.fail";
     type Args = NoArgs;
+    type Output = ();
 
-    async fn run(&self, context: JobContext, _args: NoArgs) -> Result<serde_json::Value, JobError> {
-        Err(JobError::Retryable(anyhow::anyhow!(
+    async fn run(&self, context: JobContext, _args: NoArgs) -> Result<(), JobError> {
+        Err(JobError::retryable(format_args!(
             "deliberate failure on attempt {}",
             context.attempt
         )))
@@ -40,32 +61,35 @@ impl Job for AlwaysFails {
 /// Fails its first `fail_times` attempts (retryable), then succeeds.
 pub struct Flaky;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct FlakyArgs {
     pub fail_times: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FlakyOutput {
+    pub succeeded_on_attempt: u32,
 }
 
 impl Job for Flaky {
     const KIND: &'static str = "test.flaky";
     type Args = FlakyArgs;
+    type Output = FlakyOutput;
 
-    async fn run(
-        &self,
-        context: JobContext,
-        args: FlakyArgs,
-    ) -> Result<serde_json::Value, JobError> {
+    async fn run(&self, context: JobContext, args: FlakyArgs) -> Result<FlakyOutput, JobError> {
         context.log.info(format_args!(
             "flaky handler on attempt {}, failing {} times",
             context.attempt, args.fail_times
         ));
         if context.attempt <= args.fail_times {
-            return Err(JobError::Retryable(anyhow::anyhow!(
+            return Err(JobError::retryable(format_args!(
                 "flaky failure {} of {}",
-                context.attempt,
-                args.fail_times
+                context.attempt, args.fail_times
             )));
         }
-        Ok(serde_json::json!({ "succeeded_on_attempt": context.attempt }))
+        Ok(FlakyOutput {
+            succeeded_on_attempt: context.attempt,
+        })
     }
 }
 
@@ -75,38 +99,41 @@ pub struct FailsFatally;
 impl Job for FailsFatally {
     const KIND: &'static str = "test.fatal";
     type Args = NoArgs;
+    type Output = ();
 
-    async fn run(
-        &self,
-        _context: JobContext,
-        _args: NoArgs,
-    ) -> Result<serde_json::Value, JobError> {
-        Err(JobError::Fatal(anyhow::anyhow!("deliberate fatal error")))
+    async fn run(&self, _context: JobContext, _args: NoArgs) -> Result<(), JobError> {
+        Err(JobError::fatal("deliberate fatal error"))
     }
 }
 
 /// Snoozes `times` times for `ms` milliseconds, then succeeds.
 pub struct Snoozes;
 
-#[derive(Debug, Deserialize)]
-pub struct SnoozeArgs {
+#[derive(Debug, Deserialize, Serialize)]
+pub struct SnoozesArgs {
     pub times: u32,
     pub ms: u64,
 }
 
+#[derive(Debug, Serialize)]
+pub struct SnoozesOutput {
+    pub attempt: u32,
+    pub snoozes: u32,
+}
+
 impl Job for Snoozes {
     const KIND: &'static str = "test.snooze";
-    type Args = SnoozeArgs;
+    type Args = SnoozesArgs;
+    type Output = SnoozesOutput;
 
-    async fn run(
-        &self,
-        context: JobContext,
-        args: SnoozeArgs,
-    ) -> Result<serde_json::Value, JobError> {
+    async fn run(&self, context: JobContext, args: SnoozesArgs) -> Result<SnoozesOutput, JobError> {
         if context.snoozes < args.times {
             return Err(JobError::Snooze(std::time::Duration::from_millis(args.ms)));
         }
-        Ok(serde_json::json!({ "attempt": context.attempt, "snoozes": context.snoozes }))
+        Ok(SnoozesOutput {
+            attempt: context.attempt,
+            snoozes: context.snoozes,
+        })
     }
 }
 
@@ -125,16 +152,17 @@ pub struct Switch;
 impl Job for Switch {
     const KIND: &'static str = "test.switch";
     type Args = NoArgs;
+    type Output = ();
 
-    async fn run(&self, context: JobContext, _args: NoArgs) -> Result<serde_json::Value, JobError> {
+    async fn run(&self, context: JobContext, _args: NoArgs) -> Result<(), JobError> {
         if HEALED
             .lock()
             .unwrap()
             .contains(&context.namespace.to_string())
         {
-            Ok(serde_json::Value::Null)
+            Ok(())
         } else {
-            Err(JobError::Fatal(anyhow::anyhow!("switch is off")))
+            Err(JobError::fatal("switch is off"))
         }
     }
 }
@@ -146,12 +174,9 @@ pub struct AbortsProcess;
 impl Job for AbortsProcess {
     const KIND: &'static str = "test.abort";
     type Args = NoArgs;
+    type Output = ();
 
-    async fn run(
-        &self,
-        _context: JobContext,
-        _args: NoArgs,
-    ) -> Result<serde_json::Value, JobError> {
+    async fn run(&self, _context: JobContext, _args: NoArgs) -> Result<(), JobError> {
         std::process::abort()
     }
 }
@@ -187,7 +212,7 @@ fn track(namespace: &str, delta: i32) {
 /// Runs for `ms`, recording how many of its namespace's `test.track` jobs run at once.
 pub struct Tracked;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct TrackedArgs {
     pub ms: u64,
 }
@@ -195,17 +220,14 @@ pub struct TrackedArgs {
 impl Job for Tracked {
     const KIND: &'static str = "test.track";
     type Args = TrackedArgs;
+    type Output = ();
 
-    async fn run(
-        &self,
-        context: JobContext,
-        args: TrackedArgs,
-    ) -> Result<serde_json::Value, JobError> {
+    async fn run(&self, context: JobContext, args: TrackedArgs) -> Result<(), JobError> {
         let namespace = context.namespace.to_string();
         track(&namespace, 1);
         tokio::time::sleep(std::time::Duration::from_millis(args.ms)).await;
         track(&namespace, -1);
-        Ok(serde_json::Value::Null)
+        Ok(())
     }
 }
 
@@ -213,7 +235,7 @@ impl Job for Tracked {
 /// less its quotes): a handler whose output is larger than the fleet stores.
 pub struct BigResult;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct BigResultArgs {
     pub bytes: usize,
 }
@@ -221,14 +243,9 @@ pub struct BigResultArgs {
 impl Job for BigResult {
     const KIND: &'static str = "test.big_result";
     type Args = BigResultArgs;
+    type Output = String;
 
-    async fn run(
-        &self,
-        _context: JobContext,
-        args: BigResultArgs,
-    ) -> Result<serde_json::Value, JobError> {
-        Ok(serde_json::Value::String(
-            "r".repeat(args.bytes.saturating_sub(2)),
-        ))
+    async fn run(&self, _context: JobContext, args: BigResultArgs) -> Result<String, JobError> {
+        Ok("r".repeat(args.bytes.saturating_sub(2)))
     }
 }

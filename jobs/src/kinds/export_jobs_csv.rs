@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 
 use engine_shared::store::{JobFilter, JobRecord, Store};
 use engine_shared::{JobStatus, Kind, QueueName};
 
-use crate::job::{Job, JobContext, JobError};
+use crate::{Job, JobContext, JobError, ResultExt};
 
 /// The artifact's name.
 pub const ARTIFACT: &str = "jobs.csv";
@@ -39,9 +39,9 @@ impl ExportJobsCsv {
 }
 
 /// Which jobs to export; every field narrows the set. Newest first.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExportArgs {
+pub struct ExportJobsCsvArgs {
     pub status: Option<JobStatus>,
     pub kind: Option<Kind>,
     pub queue: Option<QueueName>,
@@ -50,6 +50,15 @@ pub struct ExportArgs {
     /// At most this many rows (default and maximum 1,000,000).
     #[serde(default = "max_rows", deserialize_with = "at_most_max_rows")]
     pub limit: u64,
+}
+
+/// The result: the artifact written, with its rows and size.
+#[derive(Debug, Serialize)]
+pub struct ExportJobsCsvOutput {
+    /// Always [`ARTIFACT`].
+    pub artifact: String,
+    pub rows: u64,
+    pub bytes: u64,
 }
 
 fn max_rows() -> u64 {
@@ -71,7 +80,8 @@ finished_at,last_error,args,result\n";
 
 impl Job for ExportJobsCsv {
     const KIND: &'static str = "export.jobs_csv";
-    type Args = ExportArgs;
+    type Args = ExportJobsCsvArgs;
+    type Output = ExportJobsCsvOutput;
 
     fn timeout(&self) -> Duration {
         Duration::from_secs(20 * 60)
@@ -80,12 +90,12 @@ impl Job for ExportJobsCsv {
     async fn run(
         &self,
         context: JobContext,
-        args: ExportArgs,
-    ) -> Result<serde_json::Value, JobError> {
+        args: ExportJobsCsvArgs,
+    ) -> Result<ExportJobsCsvOutput, JobError> {
         let store = self
             .store
             .clone()
-            .ok_or_else(|| JobError::Fatal(anyhow!("this worker has no database handle")))?;
+            .ok_or_else(|| JobError::fatal("this worker has no database handle"))?;
         // Rows flow through a small channel into the upload: memory holds a page of rows and
         // a few encoded ones, whatever the export's size. A failure is sent down the channel
         // as a read error, so the upload fails (and aborts) instead of storing a cut-off file.
@@ -112,13 +122,15 @@ impl Job for ExportJobsCsv {
         // refused the upload (the writer then only saw the reader go away); a failed read
         // of the jobs fails the upload too, with the reason inside.
         let size = size?;
-        let rows = rows
-            .context("reading jobs for the export")
-            .map_err(JobError::Retryable)?;
+        let rows = rows.context("reading jobs for the export").retryable()?;
         context.log.info(format_args!(
             "exported {rows} jobs to {ARTIFACT} ({size} bytes)"
         ));
-        Ok(serde_json::json!({ "artifact": ARTIFACT, "rows": rows, "bytes": size }))
+        Ok(ExportJobsCsvOutput {
+            artifact: ARTIFACT.to_owned(),
+            rows,
+            bytes: size,
+        })
     }
 }
 
@@ -130,7 +142,7 @@ const CHANNEL_ROWS: usize = 64;
 async fn write_rows(
     store: &Store,
     namespace: &engine_shared::Namespace,
-    args: ExportArgs,
+    args: ExportJobsCsvArgs,
     sender: &mpsc::Sender<io::Result<Bytes>>,
     cancellation: &tokio_util::sync::CancellationToken,
     log: &crate::JobLog,
@@ -248,8 +260,21 @@ mod tests {
     }
 
     #[test]
+    fn the_output_is_the_json_the_fleet_stored_before_it_was_typed() {
+        let output = ExportJobsCsvOutput {
+            artifact: ARTIFACT.to_owned(),
+            rows: 3,
+            bytes: 120,
+        };
+        assert_eq!(
+            serde_json::to_value(output).unwrap(),
+            serde_json::json!({ "artifact": "jobs.csv", "rows": 3, "bytes": 120 })
+        );
+    }
+
+    #[test]
     fn the_limit_is_checked() {
-        let parse = |v| serde_json::from_value::<ExportArgs>(v);
+        let parse = |v| serde_json::from_value::<ExportJobsCsvArgs>(v);
         assert_eq!(parse(serde_json::json!({})).unwrap().limit, MAX_ROWS);
         assert!(parse(serde_json::json!({ "limit": 0 })).is_err());
         assert!(parse(serde_json::json!({ "limit": 2_000_000 })).is_err());

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::job::{Job, JobContext, JobError};
+use crate::{Job, JobContext, JobError};
 
 pub struct Sleep;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SleepArgs {
     /// How long to sleep, at most 20 minutes.
@@ -31,23 +31,26 @@ fn at_most_20_minutes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Resu
     Ok(ms)
 }
 
+/// The result: how long it slept.
+#[derive(Debug, Serialize)]
+pub struct SleepOutput {
+    pub slept_ms: u64,
+}
+
 impl Job for Sleep {
     const KIND: &'static str = "sleep";
     type Args = SleepArgs;
+    type Output = SleepOutput;
 
     fn timeout(&self) -> Duration {
         Duration::from_millis(MAX_SLEEP_MS) + Duration::from_secs(60)
     }
 
-    async fn run(
-        &self,
-        context: JobContext,
-        args: SleepArgs,
-    ) -> Result<serde_json::Value, JobError> {
+    async fn run(&self, context: JobContext, args: SleepArgs) -> Result<SleepOutput, JobError> {
         context.log.info(format_args!("sleeping {} ms", args.ms));
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(args.ms)) => {
-                Ok(serde_json::json!({ "slept_ms": args.ms }))
+                Ok(SleepOutput { slept_ms: args.ms })
             }
             _ = context.cancellation.cancelled() => Err(JobError::Cancelled),
         }

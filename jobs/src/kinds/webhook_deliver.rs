@@ -13,16 +13,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::anyhow;
 use engine_shared::Namespace;
 use hmac::{Hmac, Mac};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::egress::{EgressClient, Refused};
-use crate::job::{Job, JobContext, JobError};
+use crate::{Job, JobContext, JobError, ResultExt};
 
 /// Headers a tenant may not set: they would reframe the request (`Content-Length`,
 /// `Transfer-Encoding`, hop-by-hop ones), redirect it (`Host`, `Proxy-*`), contradict the
@@ -54,9 +53,9 @@ impl WebhookDeliver {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct WebhookArgs {
+pub struct WebhookDeliverArgs {
     /// Where to POST; `http` or `https`.
     #[serde(deserialize_with = "http_url")]
     pub url: url::Url,
@@ -68,6 +67,14 @@ pub struct WebhookArgs {
     /// Per-request timeout, 1 ms to 60 s (default 10 s).
     #[serde(default = "default_timeout_ms", deserialize_with = "timeout_ms")]
     pub timeout_ms: u64,
+}
+
+/// The result: the receiver's answer and how long it took.
+#[derive(Debug, Serialize)]
+pub struct WebhookDeliverOutput {
+    /// The HTTP status the receiver answered (always a 2xx: other answers fail the attempt).
+    pub status: u16,
+    pub duration_ms: u64,
 }
 
 fn http_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<url::Url, D::Error> {
@@ -149,7 +156,8 @@ pub fn signature(secret: &SecretString, timestamp: i64, body: &[u8]) -> String {
 
 impl Job for WebhookDeliver {
     const KIND: &'static str = "webhook.deliver";
-    type Args = WebhookArgs;
+    type Args = WebhookDeliverArgs;
+    type Output = WebhookDeliverOutput;
 
     fn max_attempts(&self) -> u32 {
         8
@@ -161,22 +169,22 @@ impl Job for WebhookDeliver {
 
     /// Per destination host, so one slow receiver's limit never holds back the others
     /// (`per_key = true` in a `[[limits]]` rule for `webhook.deliver`).
-    fn limit_key(&self, args: &WebhookArgs) -> Option<String> {
+    fn limit_key(&self, args: &WebhookDeliverArgs) -> Option<String> {
         args.url.host_str().map(str::to_owned)
     }
 
     async fn run(
         &self,
         context: JobContext,
-        args: WebhookArgs,
-    ) -> Result<serde_json::Value, JobError> {
+        args: WebhookDeliverArgs,
+    ) -> Result<WebhookDeliverOutput, JobError> {
         let secret = self.secrets.get(&context.namespace).ok_or_else(|| {
-            JobError::Fatal(anyhow!(
+            JobError::fatal(format_args!(
                 "namespace {} has no webhook_signing_secret configured",
                 context.namespace
             ))
         })?;
-        let body = serde_json::to_vec(&args.body).map_err(|e| JobError::Fatal(e.into()))?;
+        let body = serde_json::to_vec(&args.body).fatal()?;
         let signed = signature(secret, chrono::Utc::now().timestamp(), &body);
         let request = self
             .http
@@ -203,7 +211,7 @@ impl Job for WebhookDeliver {
         let response = response.map_err(|error| match EgressClient::refusal(&error) {
             Some(refused) => refusal(&context, refused),
             // reqwest's errors include the URL, which may carry a token in its query.
-            None => JobError::Retryable(anyhow!("request failed: {}", error.without_url())),
+            None => JobError::retryable(format_args!("request failed: {}", error.without_url())),
         })?;
         let status = response.status();
         context.log.info(format_args!(
@@ -211,19 +219,19 @@ impl Job for WebhookDeliver {
             started.elapsed().as_millis()
         ));
         if status.is_redirection() {
-            return Err(JobError::Retryable(anyhow!(
+            return Err(JobError::retryable(format_args!(
                 "the receiver answered {status}; redirects are not followed"
             )));
         }
         if !status.is_success() {
-            return Err(JobError::Retryable(anyhow!(
+            return Err(JobError::retryable(format_args!(
                 "the receiver answered {status}"
             )));
         }
-        Ok(serde_json::json!({
-            "status": status.as_u16(),
-            "duration_ms": started.elapsed().as_millis() as u64,
-        }))
+        Ok(WebhookDeliverOutput {
+            status: status.as_u16(),
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
     }
 }
 
@@ -238,9 +246,9 @@ fn headers(
     for (name, value) in extra {
         // Checked at submit; a row edited by hand could still hold a bad one.
         let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| JobError::Fatal(anyhow!("{name:?} is not a valid header name")))?;
+            .map_err(|_| JobError::fatal(format_args!("{name:?} is not a valid header name")))?;
         let value = HeaderValue::from_str(value)
-            .map_err(|_| JobError::Fatal(anyhow!("the value of {name} is not valid")))?;
+            .map_err(|_| JobError::fatal(format_args!("the value of {name} is not valid")))?;
         headers.append(name, value);
     }
     let fleet = [
@@ -256,7 +264,7 @@ fn headers(
         .map(|trace| ("traceparent", trace.child().to_string()));
     for (name, value) in fleet.into_iter().chain(trace) {
         let value = HeaderValue::from_str(&value)
-            .map_err(|_| JobError::Fatal(anyhow!("the fleet's {name} header is not valid")))?;
+            .map_err(|_| JobError::fatal(format_args!("the fleet's {name} header is not valid")))?;
         headers.insert(HeaderName::from_static(name), value);
     }
     Ok(headers)
@@ -272,7 +280,7 @@ fn refusal(context: &JobContext, refused: &Refused) -> JobError {
         reason = %refused.reason,
         "egress refused a webhook's destination"
     );
-    JobError::Fatal(anyhow!("{refused}"))
+    JobError::fatal(refused)
 }
 
 #[cfg(test)]
@@ -293,7 +301,7 @@ mod tests {
     #[test]
     fn credentials_in_the_url_are_refused() {
         let bad = serde_json::json!({ "url": "http://guest:guest@example.com/", "body": {} });
-        let error = serde_json::from_value::<WebhookArgs>(bad).unwrap_err();
+        let error = serde_json::from_value::<WebhookDeliverArgs>(bad).unwrap_err();
         assert!(
             error.to_string().contains("user name or password"),
             "{error}"
@@ -335,7 +343,7 @@ mod tests {
     fn two_spellings_of_one_header_are_refused() {
         let args = serde_json::json!({
             "url": "http://127.0.0.2:9/", "body": {}, "headers": { "X-A": "1", "x_a": "2" } });
-        let error = serde_json::from_value::<WebhookArgs>(args).unwrap_err();
+        let error = serde_json::from_value::<WebhookDeliverArgs>(args).unwrap_err();
         assert!(
             error.to_string().contains("name the same header"),
             "{error}"
@@ -343,9 +351,21 @@ mod tests {
     }
 
     #[test]
+    fn the_output_is_the_json_the_fleet_stored_before_it_was_typed() {
+        let output = WebhookDeliverOutput {
+            status: 204,
+            duration_ms: 12,
+        };
+        assert_eq!(
+            serde_json::to_value(output).unwrap(),
+            serde_json::json!({ "status": 204, "duration_ms": 12 })
+        );
+    }
+
+    #[test]
     fn only_http_urls_are_accepted() {
         let bad = serde_json::json!({ "url": "file:///etc/passwd", "body": {} });
-        let error = serde_json::from_value::<WebhookArgs>(bad).unwrap_err();
+        let error = serde_json::from_value::<WebhookDeliverArgs>(bad).unwrap_err();
         assert!(error.to_string().contains("http or https"), "{error}");
     }
 }
