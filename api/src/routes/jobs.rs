@@ -260,11 +260,9 @@ pub async fn list(
         })
     };
     let status = params.status.as_deref().and_then(|raw| {
-        let parsed = serde_json::from_value::<JobStatus>(json!(raw)).ok();
-        if parsed.is_none() {
-            invalid("status", format!("unknown status {raw:?}; one of scheduled, queued, running, retrying, succeeded, dead, cancelled"));
-        }
-        parsed
+        raw.parse::<JobStatus>()
+            .map_err(|e| invalid("status", e.to_string()))
+            .ok()
     });
     let kind = params.kind.as_deref().and_then(|raw| {
         Kind::parse(raw)
