@@ -344,8 +344,8 @@ pub async fn cancel(
                 .cancelled
                 .get_or_create(&JobLabels {
                     namespace: caller.namespace.as_str().to_owned(),
-                    kind,
-                    queue,
+                    kind: kind.as_str().to_owned(),
+                    queue: queue.as_str().to_owned(),
                 })
                 .inc();
             Ok((

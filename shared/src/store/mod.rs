@@ -10,6 +10,7 @@
 mod api_keys;
 mod archive;
 mod cancel;
+mod columns;
 mod dead;
 mod execution;
 mod lease;

@@ -3,25 +3,24 @@
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::{Commit, Store, count_round_trips, search};
-use crate::{JobId, JobStatus, Kind, Namespace, QueueName};
+use crate::{IdempotencyKey, JobId, JobStatus, Kind, Namespace, QueueName};
 
 /// A job as a person querying the API sees it.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct JobRecord {
-    pub id: Uuid,
-    pub namespace: String,
-    pub kind: String,
-    pub queue: String,
+    pub id: JobId,
+    pub namespace: Namespace,
+    pub kind: Kind,
+    pub queue: QueueName,
     pub status: JobStatus,
     pub args: serde_json::Value,
     pub priority: i16,
     pub attempts: i32,
     pub max_attempts: i32,
     pub timeout_ms: i32,
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
     pub run_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub published_at: Option<DateTime<Utc>>,
