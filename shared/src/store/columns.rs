@@ -1,6 +1,6 @@
 //! How the typed values are stored: `JobId` as a `uuid` column, and `Namespace`, `Kind`,
-//! `QueueName` and `IdempotencyKey` as `text` columns that are read back through their
-//! parsers.
+//! `QueueName`, `IdempotencyKey`, `ErrorKind` and `RetryVia` as `text` columns that are
+//! read back through their parsers.
 //!
 //! Written by hand rather than with `#[derive(sqlx::Type)] #[sqlx(type_name = "text")]`:
 //! the derive declares the type by name, and sqlx looks a named type up with a query of
@@ -17,6 +17,8 @@ use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueRef};
 use sqlx::{Decode, Encode, Postgres, Type};
 use uuid::Uuid;
 
+use super::ErrorKind;
+use crate::retry::RetryVia;
 use crate::{IdempotencyKey, JobId, Kind, Namespace, QueueName};
 
 /// Maps `$type` to a `text` column: written as `$text(&value)`, read back with `$parse`.
@@ -66,6 +68,12 @@ text_column!(
     IdempotencyKey::as_str,
     IdempotencyKey::parse
 );
+text_column!(
+    ErrorKind,
+    |kind: &ErrorKind| kind.as_str(),
+    str::parse::<ErrorKind>
+);
+text_column!(RetryVia, RetryVia::to_string, str::parse::<RetryVia>);
 
 impl Type<Postgres> for JobId {
     fn type_info() -> PgTypeInfo {

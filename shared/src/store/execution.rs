@@ -7,40 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use uuid::Uuid;
 
-use super::{Commit, Store, count_round_trips};
-use crate::retry::RetryRoute;
+use super::{Commit, ErrorKind, Store, count_round_trips};
+use crate::retry::{RetryRoute, RetryVia};
 use crate::{JobId, JobStatus};
-
-/// Why an attempt failed, as recorded in `job_errors.kind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The handler returned a retryable error.
-    Error,
-    /// The handler returned a fatal error: no more attempts.
-    Fatal,
-    /// The attempt ran past its timeout.
-    Timeout,
-    /// The handler panicked.
-    Panic,
-    /// The message could not be run at all (unknown kind, args that no longer fit).
-    Poison,
-    /// The job was delivered `retry.delivery_limit` times without finishing: it kills or
-    /// outlives the workers that take it.
-    Crashed,
-}
-
-impl ErrorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Error => "error",
-            Self::Fatal => "fatal",
-            Self::Timeout => "timeout",
-            Self::Panic => "panic",
-            Self::Poison => "poison",
-            Self::Crashed => "crashed",
-        }
-    }
-}
 
 /// How an attempt ended, as the worker reports it.
 #[derive(Clone, Debug)]
@@ -191,7 +160,7 @@ impl Store {
             let (result, error, kind) = match &request.outcome {
                 AttemptOutcome::Succeeded(value) => (Some(value.clone()), None, None),
                 AttemptOutcome::Failed { kind, message } => {
-                    (None, Some(message.as_str()), Some(kind.as_str()))
+                    (None, Some(message.as_str()), Some(*kind))
                 }
                 AttemptOutcome::Snoozed | AttemptOutcome::Cancelled => (None, None, None),
             };
@@ -207,7 +176,7 @@ impl Store {
             .iter()
             .map(|r| i64::try_from(r.retry.delay().as_millis()).unwrap_or(i64::MAX))
             .collect();
-        let retry_via: Vec<String> = requests.iter().map(|r| r.retry.via()).collect();
+        let retry_via: Vec<RetryVia> = requests.iter().map(|r| r.retry.via()).collect();
         let attempts: Vec<i32> = requests
             .iter()
             .map(|r| i32::try_from(r.attempt).unwrap_or(i32::MAX))
