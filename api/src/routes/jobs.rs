@@ -167,11 +167,7 @@ pub async fn submit_batch(
     }
     submission_limit::check(&state, &caller, jobs.len()).await?;
     pending_quota::check(&state, &caller.namespace, jobs.len()).await?;
-    let outcomes = state
-        .store
-        .insert_jobs(&jobs)
-        .await
-        .map_err(ApiError::from_insert)?;
+    let outcomes = state.store.insert_jobs(&jobs).await?;
     publish_created(&state, &caller.namespace, &jobs, &outcomes).await;
     let any_created = outcomes
         .iter()
@@ -213,16 +209,11 @@ pub async fn get(
     let job = state
         .store
         .get_job(&caller.namespace, id)
-        .await
-        .map_err(ApiError::from_store)?
+        .await?
         .ok_or(ApiError::NotFound)?;
     // Only jobs that ever failed have errors: spare the second query for the rest.
     let errors = if job.last_error.is_some() {
-        state
-            .store
-            .attempt_errors(id)
-            .await
-            .map_err(ApiError::from_store)?
+        state.store.attempt_errors(id).await?
     } else {
         Vec::new()
     };
@@ -311,11 +302,7 @@ pub async fn list(
         limit,
         max_bytes: state.settings.api.page_max_bytes,
     };
-    let page = state
-        .store
-        .list_jobs(&caller.namespace, &filter)
-        .await
-        .map_err(ApiError::from_store)?;
+    let page = state.store.list_jobs(&caller.namespace, &filter).await?;
     let next = page
         .more
         .then(|| page.jobs.last().map(|job| job.id))
@@ -331,11 +318,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let outcome = state
-        .store
-        .cancel_job(&caller.namespace, id)
-        .await
-        .map_err(ApiError::from_store)?;
+    let outcome = state.store.cancel_job(&caller.namespace, id).await?;
     match outcome {
         CancelOutcome::Cancelled { kind, queue } => {
             // Cancelled while waiting, here; a running job's cancellation is counted by the

@@ -1,8 +1,6 @@
 //! Cancelling a job: waiting jobs stop at once; a running job's handler is asked to stop.
 
-use anyhow::Context;
-
-use super::{Commit, Store, count_round_trips};
+use super::{Commit, SqlContext, Store, StoreError, count_round_trips};
 use crate::{JobId, JobStatus, Kind, Namespace, QueueName};
 
 /// The result of a cancel request.
@@ -24,7 +22,7 @@ impl Store {
         &self,
         namespace: &Namespace,
         id: JobId,
-    ) -> anyhow::Result<CancelOutcome> {
+    ) -> Result<CancelOutcome, StoreError> {
         count_round_trips(1);
         // In SET, `status` is the row's old value: a running job keeps running until its
         // handler stops; every other cancellable job is cancelled here.
@@ -45,7 +43,7 @@ impl Store {
                 .await
             })
             .await
-            .with_context(|| format!("cancelling job {id}"))?;
+            .with_sql_context(|| format!("cancelling job {id}"))?;
         match updated {
             Some((JobStatus::Running, _, _)) => Ok(CancelOutcome::Requested),
             Some((_, kind, queue)) => Ok(CancelOutcome::Cancelled { kind, queue }),

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::ErrorKind;
 use super::outbox::{OUTBOX_COLUMNS, OutboxJob};
-use super::{Commit, Store, count_round_trips, search};
+use super::{Commit, SqlContext, Store, StoreError, count_round_trips, search};
 use crate::envelope::Envelope;
 use crate::{JobId, JobStatus, Kind, Namespace, QueueName};
 
@@ -123,13 +123,12 @@ impl Store {
         })
     }
 
-    /// Sends one `dead` or `cancelled` job back to work with fresh attempts. `Err(status)`
-    /// when the job exists in another state; `Ok(None)` when there is no such job.
+    /// Sends one `dead` or `cancelled` job back to work with fresh attempts.
     pub async fn retry_job(
         &self,
         namespace: &Namespace,
         id: JobId,
-    ) -> anyhow::Result<Result<Option<OutboxJob>, JobStatus>> {
+    ) -> Result<RetryOutcome, StoreError> {
         count_round_trips(1);
         let row: Option<OutboxJob> = self
             .one(Commit::Durable, async |statements| {
@@ -144,12 +143,12 @@ impl Store {
                 .await
             })
             .await
-            .with_context(|| format!("retrying job {id}"))?;
+            .with_sql_context(|| format!("retrying job {id}"))?;
         if let Some(row) = row {
-            return Ok(Ok(Some(row)));
+            return Ok(RetryOutcome::Queued(row));
         }
         let current = self.job_status(namespace, id).await?;
-        Ok(current.map_or(Ok(None), Err))
+        Ok(current.map_or(RetryOutcome::NotFound, RetryOutcome::NotRetryable))
     }
 
     /// How many of `namespace`'s dead jobs match `filter` (a redrive's dry run): a search.
@@ -157,11 +156,11 @@ impl Store {
         &self,
         namespace: &Namespace,
         filter: &DeadFilter,
-    ) -> anyhow::Result<i64> {
+    ) -> Result<i64, StoreError> {
         let error = filter.error.as_deref();
         let error_clause = search::error_clause(error, 4);
         count_round_trips(1);
-        self.search(async |statements| {
+        self.search("counting dead jobs", async |statements| {
             let query = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT count(*) FROM jobs
                  WHERE namespace = $1 AND status = 'dead'
@@ -180,7 +179,6 @@ impl Store {
             .await
         })
         .await
-        .context("counting dead jobs")
     }
 
     /// Sends up to `limit` of `namespace`'s dead jobs matching `filter` back to work, oldest
@@ -195,14 +193,14 @@ impl Store {
         filter: &DeadFilter,
         limit: i64,
         max_bytes: i64,
-    ) -> anyhow::Result<Redriven> {
+    ) -> Result<Redriven, StoreError> {
         let error = filter.error.as_deref();
         let error_clause = search::error_clause(error, 6);
         count_round_trips(1);
         // The final SELECT sees the rows as they were before the UPDATE of its own statement;
         // the columns it reads are ones the UPDATE does not change.
         let rows: Vec<RedrivenRow> = self
-            .search(async |statements| {
+            .search("redriving dead jobs", async |statements| {
                 let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "WITH target AS (
                          SELECT id FROM jobs
@@ -238,8 +236,7 @@ impl Store {
                 .fetch_all(statements)
                 .await
             })
-            .await
-            .context("redriving dead jobs")?;
+            .await?;
         Ok(Redriven {
             count: rows
                 .first()
@@ -247,6 +244,18 @@ impl Store {
             to_publish: rows.into_iter().map(|row| row.job).collect(),
         })
     }
+}
+
+/// What [`Store::retry_job`] did.
+#[derive(Debug)]
+pub enum RetryOutcome {
+    /// It was `dead` or `cancelled` and is back in the outbox, `queued`: this row, for the
+    /// fast path.
+    Queued(OutboxJob),
+    /// It is in this state, which is not retried; nothing changed.
+    NotRetryable(JobStatus),
+    /// No such job in this namespace.
+    NotFound,
 }
 
 /// What [`Store::redrive`] did.

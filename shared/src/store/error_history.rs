@@ -4,11 +4,10 @@
 
 use std::str::FromStr;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Commit, Store, count_round_trips};
+use super::{Commit, SqlContext, Store, StoreError, count_round_trips};
 use crate::JobId;
 use crate::retry::RetryVia;
 
@@ -95,7 +94,7 @@ pub struct AttemptError {
 impl Store {
     /// Every recorded error of job `id` (already checked to be in the caller's namespace),
     /// oldest first.
-    pub async fn attempt_errors(&self, id: JobId) -> anyhow::Result<Vec<AttemptError>> {
+    pub async fn attempt_errors(&self, id: JobId) -> Result<Vec<AttemptError>, StoreError> {
         count_round_trips(1);
         self.one(Commit::Durable, async |statements| {
             sqlx::query_as(
@@ -108,7 +107,7 @@ impl Store {
             .await
         })
         .await
-        .with_context(|| format!("reading the errors of job {id}"))
+        .with_sql_context(|| format!("reading the errors of job {id}"))
     }
 }
 

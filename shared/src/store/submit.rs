@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 
-use super::{Commit, Store, count_round_trips};
+use super::refusal::insert_error;
+use super::{Commit, Store, StoreError, count_round_trips};
 use crate::retry::Backoff;
 use crate::trace::TraceParent;
 use crate::{IdempotencyKey, JobId, JobStatus, Kind, Namespace, QueueName};
@@ -157,7 +157,9 @@ struct KeyOwner {
 impl Store {
     /// Inserts `jobs` in one statement (one transaction, one WAL flush) and reports, in
     /// input order, which were created and which matched an earlier idempotency key.
-    pub async fn insert_jobs(&self, jobs: &[NewJob]) -> anyhow::Result<Vec<Submitted>> {
+    /// A job PostgreSQL refuses for its data fails the whole statement:
+    /// [`StoreError::Refused`].
+    pub async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Submitted>, StoreError> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
@@ -192,7 +194,12 @@ impl Store {
                     owner.namespace == job.namespace
                         && Some(&owner.idempotency_key) == job.idempotency_key.as_ref()
                 })
-                .with_context(|| format!("job {} was neither inserted nor found", job.id))?;
+                .ok_or_else(|| {
+                    StoreError::Other(anyhow::anyhow!(
+                        "job {} was neither inserted nor found",
+                        job.id
+                    ))
+                })?;
             *outcome = Some(Submitted::Existing {
                 id: owner.id,
                 status: owner.status,
@@ -202,7 +209,7 @@ impl Store {
     }
 
     /// Runs [`INSERT`] for `jobs`: the status of each job it created.
-    async fn insert_new(&self, jobs: &[NewJob]) -> anyhow::Result<HashMap<JobId, JobStatus>> {
+    async fn insert_new(&self, jobs: &[NewJob]) -> Result<HashMap<JobId, JobStatus>, StoreError> {
         let columns = Columns::of(jobs);
         count_round_trips(1);
         let created: Vec<(JobId, JobStatus)> = self
@@ -225,7 +232,7 @@ impl Store {
                     .await
             })
             .await
-            .context("inserting jobs")?;
+            .map_err(|error| insert_error(error, "inserting jobs"))?;
         Ok(created.into_iter().collect())
     }
 
@@ -233,7 +240,7 @@ impl Store {
     async fn key_owners(
         &self,
         jobs: impl Iterator<Item = &NewJob>,
-    ) -> anyhow::Result<Vec<KeyOwner>> {
+    ) -> Result<Vec<KeyOwner>, StoreError> {
         let (namespaces, keys): (Vec<&Namespace>, Vec<&IdempotencyKey>) = jobs
             .filter_map(|job| Some((&job.namespace, job.idempotency_key.as_ref()?)))
             .unzip();
@@ -246,6 +253,6 @@ impl Store {
                 .await
         })
         .await
-        .context("looking up jobs by idempotency key")
+        .map_err(|error| insert_error(error, "looking up jobs by idempotency key"))
     }
 }
