@@ -76,10 +76,7 @@ impl KnownKeys {
     async fn read(&self, store: &Store, hash: &[u8; 32]) -> Result<Option<Namespace>, ApiError> {
         metrics().key_lookups.inc();
         let read_at = Instant::now();
-        let keys = store
-            .live_keys(&self.served)
-            .await
-            .map_err(ApiError::from_store)?;
+        let keys = store.live_keys(&self.served).await?;
         let namespaces: HashMap<[u8; 32], Namespace> = keys
             .into_iter()
             .filter_map(|key| {

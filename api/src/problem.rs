@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use engine_shared::group_commit::GroupCommitError;
-use engine_shared::store::{NotStored, Refused, SearchRefused};
+use engine_shared::store::{NotStored, Refused, SearchRefused, StoreError};
 
 /// One field-level defect in a request.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -90,32 +90,6 @@ impl ApiError {
         }])
     }
 
-    /// Classifies a store error: unreachable database → 503, anything else → 500.
-    /// A search the store refused (too slow, too many at once) → 503 saying which.
-    pub fn from_store(error: anyhow::Error) -> Self {
-        if let Some(refused) = SearchRefused::in_chain(&error) {
-            return Self::Search(refused.clone());
-        }
-        if engine_shared::store::chain_is_unavailable(&error) {
-            engine_shared::metrics::metrics().dependency_error("postgres");
-            Self::Unavailable
-        } else {
-            Self::Internal(error)
-        }
-    }
-
-    /// Classifies an error inserting a batch of jobs (all or none): as [`Self::from_store`],
-    /// but a job refused for its data is the request's fault (422), not the server's.
-    pub fn from_insert(error: anyhow::Error) -> Self {
-        match Refused::in_chain(&error) {
-            Some(refused) => Self::Unstorable {
-                what: "a job of this batch, so none was stored",
-                refused,
-            },
-            None => Self::from_store(error),
-        }
-    }
-
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             Self::MalformedJson(_) => (
@@ -192,6 +166,29 @@ impl ApiError {
                 "/problems/internal",
                 "Internal error",
             ),
+        }
+    }
+}
+
+/// A store error as an answer: unreachable database → 503; a search the store refused (too
+/// slow, too many at once) → 503 saying which; a job refused for its data → 422 (the
+/// request's fault, not the server's); anything else → 500.
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => {
+                engine_shared::metrics::metrics().dependency_error("postgres");
+                Self::Unavailable
+            }
+            StoreError::Search(refused) => Self::Search(refused),
+            // Only `insert_jobs` refuses, and the API calls it only for a batch (all or
+            // none); a single submission's refusal comes through the group commit as a
+            // `NotStored`.
+            StoreError::Refused(refused) => Self::Unstorable {
+                what: "a job of this batch, so none was stored",
+                refused,
+            },
+            StoreError::Other(error) => Self::Internal(error),
         }
     }
 }
@@ -298,5 +295,30 @@ mod tests {
         assert_eq!(status(refused), StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(status(failed(true)), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(status(failed(false)), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn each_store_error_has_its_answer() {
+        let status = |error: StoreError| ApiError::from(error).into_response().status();
+        let refused = Refused {
+            code: "23514".into(),
+            message: "check constraint".into(),
+        };
+        assert_eq!(
+            status(StoreError::Unavailable(anyhow::anyhow!("pool timed out"))),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(StoreError::Search(SearchRefused::Busy)),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(StoreError::Refused(refused)),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            status(StoreError::Other(anyhow::anyhow!("syntax error"))),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::Namespace;
+use crate::{Kind, Namespace, QueueName};
 
 /// A job's labels: which tenant, what it does, where it waits.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -27,11 +27,11 @@ pub struct JobLabels {
 
 impl JobLabels {
     /// The labels of a job of `kind` in `namespace`'s `queue`.
-    pub fn new(namespace: &Namespace, kind: &str, queue: &str) -> Self {
+    pub fn new(namespace: &Namespace, kind: &Kind, queue: &QueueName) -> Self {
         Self {
             namespace: namespace.as_str().to_owned(),
-            kind: kind.to_owned(),
-            queue: queue.to_owned(),
+            kind: kind.as_str().to_owned(),
+            queue: queue.as_str().to_owned(),
         }
     }
 }
@@ -293,7 +293,11 @@ mod tests {
     #[test]
     fn counters_and_histograms_encode_with_their_labels() {
         let metrics = Metrics::new();
-        let labels = JobLabels::new(&Namespace::parse("acme").unwrap(), "noop", "default");
+        let labels = JobLabels::new(
+            &Namespace::parse("acme").unwrap(),
+            &Kind::parse("noop").unwrap(),
+            &QueueName::parse("default").unwrap(),
+        );
         metrics.submitted.get_or_create(&labels).inc();
         Metrics::observe(&metrics.duration, &labels, Duration::from_millis(3));
         metrics.dependency_error("redis");

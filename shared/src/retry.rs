@@ -3,10 +3,12 @@
 //! Delays are never held in worker memory: a retry is a message parked in the delay-tier
 //! queue whose fixed TTL is at least the computed delay (see [`crate::broker::topology`]).
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use rand::Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The longest any retry or snooze waits (the API's cap on a job's `backoff` too).
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(7 * 86_400);
@@ -40,6 +42,9 @@ impl Default for RetryPolicy {
     }
 }
 
+/// What every delay-tier queue's name starts with.
+const DELAY_QUEUE_PREFIX: &str = "jobs.delay.";
+
 /// One delay-tier queue: `jobs.delay.<label>` with `x-message-ttl = ttl`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DelayTier {
@@ -49,7 +54,7 @@ pub struct DelayTier {
 }
 
 impl DelayTier {
-    fn new(ttl_ms: u64) -> Self {
+    pub(crate) fn new(ttl_ms: u64) -> Self {
         let label = if ttl_ms.is_multiple_of(3_600_000) {
             format!("{}h", ttl_ms / 3_600_000)
         } else if ttl_ms.is_multiple_of(60_000) {
@@ -65,9 +70,20 @@ impl DelayTier {
         }
     }
 
+    /// The tier a label names (`1s`, `2m`, `1h`, `250ms`): the inverse of the label
+    /// [`DelayTier::new`] gives, so a queue name read back names the same tier.
+    fn from_label(label: &str) -> Option<Self> {
+        let (number, unit_ms) = [("ms", 1), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)]
+            .into_iter()
+            .find_map(|(unit, ms)| Some((label.strip_suffix(unit)?, ms)))?;
+        let ttl_ms = number.parse::<u64>().ok()?.checked_mul(unit_ms)?;
+        let tier = Self::new(ttl_ms);
+        (tier.label == label).then_some(tier)
+    }
+
     /// The AMQP queue holding messages of this tier.
     pub fn queue_name(&self) -> String {
-        format!("jobs.delay.{}", self.label)
+        format!("{DELAY_QUEUE_PREFIX}{}", self.label)
     }
 
     /// The routing key that reaches this tier's queue on the `jobs.delay` exchange.
@@ -193,12 +209,56 @@ impl RetryRoute {
         }
     }
 
-    /// The name recorded with the attempt's error: the tier's queue, or `scheduler`.
-    pub fn via(&self) -> String {
+    /// Where the retry waits, as the attempt's error records it.
+    pub fn via(&self) -> RetryVia {
         match self {
-            Self::Tier(tier) => tier.queue_name(),
-            Self::Scheduler(_) => "scheduler".to_owned(),
+            Self::Tier(tier) => RetryVia::Tier(tier.clone()),
+            Self::Scheduler(_) => RetryVia::Scheduler,
         }
+    }
+}
+
+/// Where a retry waited, as `job_errors.retry_via` records it and `GET /v1/jobs/{id}`
+/// shows it: the delay tier's queue name (`jobs.delay.5s`), or `scheduler`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RetryVia {
+    /// A delay-tier queue.
+    Tier(DelayTier),
+    /// PostgreSQL, until the scheduler released it.
+    Scheduler,
+}
+
+impl fmt::Display for RetryVia {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tier(tier) => f.write_str(&tier.queue_name()),
+            Self::Scheduler => f.write_str("scheduler"),
+        }
+    }
+}
+
+/// Why a recorded `retry_via` names neither a delay tier nor the scheduler.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither a delay-tier queue (jobs.delay.<ttl>) nor \"scheduler\"")]
+pub struct UnknownRetryVia(pub String);
+
+impl FromStr for RetryVia {
+    type Err = UnknownRetryVia;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "scheduler" {
+            return Ok(Self::Scheduler);
+        }
+        text.strip_prefix(DELAY_QUEUE_PREFIX)
+            .and_then(DelayTier::from_label)
+            .map(Self::Tier)
+            .ok_or_else(|| UnknownRetryVia(text.to_owned()))
+    }
+}
+
+impl Serialize for RetryVia {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
@@ -264,12 +324,34 @@ mod tests {
             RetryRoute::Tier(DelayTier::new(5_000))
         );
         assert_eq!(
-            policy.route_for(Duration::from_secs(3_600)).via(),
+            policy
+                .route_for(Duration::from_secs(3_600))
+                .via()
+                .to_string(),
             "jobs.delay.1h"
         );
         let long = Duration::from_secs(7_200);
         assert_eq!(policy.route_for(long), RetryRoute::Scheduler(long));
-        assert_eq!(policy.route_for(long).via(), "scheduler");
+        assert_eq!(policy.route_for(long).via().to_string(), "scheduler");
+    }
+
+    #[test]
+    fn a_recorded_via_reads_back_as_the_tier_or_the_scheduler_it_names() {
+        for ms in [250, 1_000, 5_000, 90_000, 120_000, 3_600_000, 7_200_000] {
+            let via = RetryRoute::Tier(DelayTier::new(ms)).via();
+            assert_eq!(via.to_string().parse(), Ok(via.clone()), "{via}");
+            assert_eq!(serde_json::to_value(&via).unwrap(), via.to_string());
+        }
+        assert_eq!("scheduler".parse(), Ok(RetryVia::Scheduler));
+        for bad in [
+            "jobs.delay.",
+            "jobs.delay.60s",
+            "jobs.delay.1d",
+            "jobs.default",
+            "",
+        ] {
+            assert!(bad.parse::<RetryVia>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

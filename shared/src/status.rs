@@ -1,5 +1,8 @@
 //! `JobStatus`: the states of a job, mapped to the PostgreSQL enum `job_status`.
 
+use std::fmt;
+use std::str::FromStr;
+
 use serde::{Deserialize, Serialize};
 
 /// Where a job is in its life. Transitions are guarded UPDATEs in [`crate::store`].
@@ -29,6 +32,17 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Every state, in the order of a job's life (the order error messages list them in).
+    pub const ALL: [Self; 7] = [
+        Self::Scheduled,
+        Self::Queued,
+        Self::Running,
+        Self::Retrying,
+        Self::Succeeded,
+        Self::Dead,
+        Self::Cancelled,
+    ];
+
     /// No further transition can happen from here (except an explicit redrive of `dead`).
     pub fn is_final(self) -> bool {
         matches!(self, Self::Succeeded | Self::Dead | Self::Cancelled)
@@ -44,5 +58,52 @@ impl JobStatus {
             Self::Dead => "dead",
             Self::Cancelled => "cancelled",
         }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a string names no state (a listing's `status` filter).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown status {0:?}; one of {list}", list = JobStatus::ALL.map(JobStatus::as_str).join(", "))]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for JobStatus {
+    type Err = UnknownStatus;
+
+    /// The state named as the API and the database spell it (`as_str`).
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == name)
+            .ok_or_else(|| UnknownStatus(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_wire_names_and_parse_back() {
+        for status in JobStatus::ALL {
+            let wire = serde_json::to_value(status).unwrap();
+            assert_eq!(wire, status.as_str(), "serde and as_str agree");
+            assert_eq!(status.as_str().parse(), Ok(status));
+        }
+    }
+
+    #[test]
+    fn an_unknown_name_lists_the_known_ones() {
+        assert_eq!(
+            "done".parse::<JobStatus>().unwrap_err().to_string(),
+            "unknown status \"done\"; one of scheduled, queued, running, retrying, succeeded, \
+             dead, cancelled"
+        );
+        assert!("Queued".parse::<JobStatus>().is_err(), "names are exact");
     }
 }

@@ -16,7 +16,7 @@ use engine_api::archiver::{ArchiveReport, BatchOutcome, Finish, archive_batch, a
 use engine_shared::config::{ArchiveSettings, Settings};
 use engine_shared::namespace::NamespaceSpec;
 use engine_shared::objects::{ObjectKey, ObjectStore};
-use engine_shared::store::Store;
+use engine_shared::store::{RetryOutcome, Store};
 use engine_shared::{JobId, JobStatus};
 use engine_tests::settings::ArchiveSection;
 use engine_tests::{TestFleet, TestSettings, services, wait_until};
@@ -417,7 +417,7 @@ async fn a_job_redriven_after_a_crash_stays_in_postgres_and_out_of_the_archive()
         .await
         .unwrap();
     assert!(
-        matches!(retried, Ok(Some(_))),
+        matches!(retried, RetryOutcome::Queued(_)),
         "the dead job is sent back to work"
     );
 

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use engine_shared::store::{DeadFilter, OutboxJob};
+use engine_shared::store::{DeadFilter, OutboxJob, RetryOutcome};
 use engine_shared::{JobStatus, Kind, Namespace, QueueName};
 
 use super::jobs::parse_id;
@@ -38,13 +38,8 @@ pub async fn retry(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    match state
-        .store
-        .retry_job(&caller.namespace, id)
-        .await
-        .map_err(ApiError::from_store)?
-    {
-        Ok(Some(row)) => {
+    match state.store.retry_job(&caller.namespace, id).await? {
+        RetryOutcome::Queued(row) => {
             publish(&state, &caller.namespace, std::slice::from_ref(&row)).await;
             Ok((
                 StatusCode::OK,
@@ -52,8 +47,8 @@ pub async fn retry(
             )
                 .into_response())
         }
-        Ok(None) => Err(ApiError::NotFound),
-        Err(status) => Err(ApiError::Conflict(format!(
+        RetryOutcome::NotFound => Err(ApiError::NotFound),
+        RetryOutcome::NotRetryable(status) => Err(ApiError::Conflict(format!(
             "job {id} is {}; only dead or cancelled jobs can be retried",
             status.as_str()
         ))),
@@ -113,11 +108,7 @@ pub async fn redrive(
     }
     let filter = DeadFilter { kind, queue, error };
     if request.dry_run {
-        let matched = state
-            .store
-            .count_dead(&caller.namespace, &filter)
-            .await
-            .map_err(ApiError::from_store)?;
+        let matched = state.store.count_dead(&caller.namespace, &filter).await?;
         return Ok(Json(json!({ "dry_run": true, "matched": matched })).into_response());
     }
     let redriven = state
@@ -128,8 +119,7 @@ pub async fn redrive(
             limit,
             state.settings.relay.claim_max_bytes,
         )
-        .await
-        .map_err(ApiError::from_store)?;
+        .await?;
     publish(&state, &caller.namespace, &redriven.to_publish).await;
     tracing::info!(namespace = %caller.namespace, count = redriven.count, "redrove dead jobs");
     Ok(Json(json!({

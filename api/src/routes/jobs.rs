@@ -73,11 +73,7 @@ async fn publish_created(
     {
         metrics
             .submitted
-            .get_or_create(&JobLabels::new(
-                namespace,
-                job.kind.as_str(),
-                job.queue.as_str(),
-            ))
+            .get_or_create(&JobLabels::new(namespace, &job.kind, &job.queue))
             .inc();
     }
     state.relay.publish_soon(namespace, queued).await;
@@ -167,11 +163,7 @@ pub async fn submit_batch(
     }
     submission_limit::check(&state, &caller, jobs.len()).await?;
     pending_quota::check(&state, &caller.namespace, jobs.len()).await?;
-    let outcomes = state
-        .store
-        .insert_jobs(&jobs)
-        .await
-        .map_err(ApiError::from_insert)?;
+    let outcomes = state.store.insert_jobs(&jobs).await?;
     publish_created(&state, &caller.namespace, &jobs, &outcomes).await;
     let any_created = outcomes
         .iter()
@@ -213,16 +205,11 @@ pub async fn get(
     let job = state
         .store
         .get_job(&caller.namespace, id)
-        .await
-        .map_err(ApiError::from_store)?
+        .await?
         .ok_or(ApiError::NotFound)?;
     // Only jobs that ever failed have errors: spare the second query for the rest.
     let errors = if job.last_error.is_some() {
-        state
-            .store
-            .attempt_errors(id)
-            .await
-            .map_err(ApiError::from_store)?
+        state.store.attempt_errors(id).await?
     } else {
         Vec::new()
     };
@@ -260,11 +247,9 @@ pub async fn list(
         })
     };
     let status = params.status.as_deref().and_then(|raw| {
-        let parsed = serde_json::from_value::<JobStatus>(json!(raw)).ok();
-        if parsed.is_none() {
-            invalid("status", format!("unknown status {raw:?}; one of scheduled, queued, running, retrying, succeeded, dead, cancelled"));
-        }
-        parsed
+        raw.parse::<JobStatus>()
+            .map_err(|e| invalid("status", e.to_string()))
+            .ok()
     });
     let kind = params.kind.as_deref().and_then(|raw| {
         Kind::parse(raw)
@@ -313,11 +298,7 @@ pub async fn list(
         limit,
         max_bytes: state.settings.api.page_max_bytes,
     };
-    let page = state
-        .store
-        .list_jobs(&caller.namespace, &filter)
-        .await
-        .map_err(ApiError::from_store)?;
+    let page = state.store.list_jobs(&caller.namespace, &filter).await?;
     let next = page
         .more
         .then(|| page.jobs.last().map(|job| job.id))
@@ -333,11 +314,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let outcome = state
-        .store
-        .cancel_job(&caller.namespace, id)
-        .await
-        .map_err(ApiError::from_store)?;
+    let outcome = state.store.cancel_job(&caller.namespace, id).await?;
     match outcome {
         CancelOutcome::Cancelled { kind, queue } => {
             // Cancelled while waiting, here; a running job's cancellation is counted by the

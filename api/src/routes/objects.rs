@@ -198,8 +198,7 @@ async fn listed(
         state
             .store
             .job_status(&caller.namespace, id)
-            .await
-            .map_err(ApiError::from_store)?
+            .await?
             .ok_or(ApiError::NotFound)?;
     }
     Ok(listed)

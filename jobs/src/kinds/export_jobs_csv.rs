@@ -171,7 +171,7 @@ async fn write_rows(
         filter.limit = u32::try_from((args.limit - rows).min(u64::from(PAGE))).unwrap_or(PAGE);
         let page = store.list_jobs(namespace, &filter).await?;
         let Some(last) = page.jobs.last() else { break };
-        filter.before = Some(last.id.into());
+        filter.before = Some(last.id);
         let full = page.more;
         for job in page.jobs {
             let mut row = String::new();
@@ -210,8 +210,8 @@ fn push_row(out: &mut String, job: &JobRecord) {
     };
     let fields = [
         job.id.to_string(),
-        job.kind.clone(),
-        job.queue.clone(),
+        job.kind.to_string(),
+        job.queue.to_string(),
         job.status.as_str().to_owned(),
         job.attempts.to_string(),
         job.max_attempts.to_string(),

@@ -6,7 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{Commit, Store, count_round_trips};
+use super::{Commit, SqlContext, Store, StoreError, count_round_trips};
 use crate::Namespace;
 
 /// Every key starts with this, so a leaked key is recognisable by secret scanners.
@@ -80,7 +80,7 @@ impl Store {
 
     /// Every live (not revoked) key of `namespaces`: its hash and namespace. One read of a
     /// table that holds a row per key an operator created, however many tokens callers try.
-    pub async fn live_keys(&self, namespaces: &[Namespace]) -> anyhow::Result<Vec<LiveKey>> {
+    pub async fn live_keys(&self, namespaces: &[Namespace]) -> Result<Vec<LiveKey>, StoreError> {
         let names: Vec<&str> = namespaces.iter().map(Namespace::as_str).collect();
         count_round_trips(1);
         self.one(Commit::Durable, async |statements| {
@@ -93,7 +93,7 @@ impl Store {
             .await
         })
         .await
-        .context("reading the live API keys")
+        .sql_context("reading the live API keys")
     }
 
     /// Revokes a key by id; returns whether one was revoked.

@@ -1,16 +1,14 @@
 //! Cancelling a job: waiting jobs stop at once; a running job's handler is asked to stop.
 
-use anyhow::Context;
-
-use super::{Commit, Store, count_round_trips};
-use crate::{JobId, JobStatus, Namespace};
+use super::{Commit, SqlContext, Store, StoreError, count_round_trips};
+use crate::{JobId, JobStatus, Kind, Namespace, QueueName};
 
 /// The result of a cancel request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CancelOutcome {
     /// It was waiting (scheduled, queued, retrying) and is now `cancelled`; it never runs
     /// again. Its kind and queue label the cancellation in the metrics.
-    Cancelled { kind: String, queue: String },
+    Cancelled { kind: Kind, queue: QueueName },
     /// It is running: the request is recorded and its worker must be told.
     Requested,
     /// It had already finished with this status; nothing changed.
@@ -24,11 +22,11 @@ impl Store {
         &self,
         namespace: &Namespace,
         id: JobId,
-    ) -> anyhow::Result<CancelOutcome> {
+    ) -> Result<CancelOutcome, StoreError> {
         count_round_trips(1);
         // In SET, `status` is the row's old value: a running job keeps running until its
         // handler stops; every other cancellable job is cancelled here.
-        let updated: Option<(JobStatus, String, String)> = self
+        let updated: Option<(JobStatus, Kind, QueueName)> = self
             .one(Commit::Durable, async |statements| {
                 sqlx::query_as(
                     "UPDATE jobs
@@ -45,7 +43,7 @@ impl Store {
                 .await
             })
             .await
-            .with_context(|| format!("cancelling job {id}"))?;
+            .with_sql_context(|| format!("cancelling job {id}"))?;
         match updated {
             Some((JobStatus::Running, _, _)) => Ok(CancelOutcome::Requested),
             Some((_, kind, queue)) => Ok(CancelOutcome::Cancelled { kind, queue }),

@@ -1,15 +1,13 @@
-//! Dead jobs: burying a poison or crash-looping job, the error history of a job, and
-//! sending dead jobs back to work (one by id, or many by filter).
+//! Dead jobs: burying a poison or crash-looping job, and sending dead jobs back to work
+//! (one by id, or many by filter).
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use uuid::Uuid;
 
+use super::ErrorKind;
 use super::outbox::{OUTBOX_COLUMNS, OutboxJob};
-use super::{Commit, Store, count_round_trips, search};
+use super::{Commit, SqlContext, Store, StoreError, count_round_trips, search};
 use crate::envelope::Envelope;
-use crate::store::execution::ErrorKind;
 use crate::{JobId, JobStatus, Kind, Namespace, QueueName};
 
 /// What [`Store::bury`] did.
@@ -25,23 +23,6 @@ pub enum Burial {
     /// The job exists, but its row's kind or queue is not the message's: the
     /// message is forged (or corrupted) and says nothing about the job; nothing changed.
     Mismatched,
-}
-
-/// One failed attempt (or poison/crash verdict) of a job, as `GET /v1/jobs/{id}` shows it.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
-pub struct AttemptError {
-    pub attempt: i32,
-    /// How many redrives preceded it (0 for the job's first life).
-    pub redrive: i32,
-    pub kind: String,
-    pub message: String,
-    pub at: DateTime<Utc>,
-    pub duration_ms: Option<i32>,
-    pub worker_id: Option<String>,
-    /// The wait before the next attempt, when one followed.
-    pub retry_delay_ms: Option<i64>,
-    /// The delay-tier queue that held the retry, or `scheduler`.
-    pub retry_via: Option<String>,
 }
 
 /// Which dead jobs a redrive takes. Every field narrows it.
@@ -84,7 +65,7 @@ impl Store {
                          WHERE id = $1 AND namespace = $2
                            AND kind = $6 AND queue = $7
                            AND (status = 'running'
-                                OR ($3 <> 'crashed' AND status IN ('scheduled', 'queued', 'retrying')))
+                                OR (NOT $8 AND status IN ('scheduled', 'queued', 'retrying')))
                          FOR UPDATE),
                      recorded AS (
                          INSERT INTO job_errors (job_id, attempt, redrive, kind, message, worker_id)
@@ -95,11 +76,12 @@ impl Store {
                 )
                 .bind(id.as_uuid())
                 .bind(namespace.as_str())
-                .bind(kind.as_str())
+                .bind(kind)
                 .bind(reason)
                 .bind(worker_id)
                 .bind(message.kind.as_str())
                 .bind(message.queue.as_str())
+                .bind(kind == ErrorKind::Crashed)
                 .fetch_optional(statements)
                 .await
             })
@@ -141,31 +123,12 @@ impl Store {
         })
     }
 
-    /// Every recorded error of job `id` (already checked to be in the caller's namespace),
-    /// oldest first.
-    pub async fn attempt_errors(&self, id: JobId) -> anyhow::Result<Vec<AttemptError>> {
-        count_round_trips(1);
-        self.one(Commit::Durable, async |statements| {
-            sqlx::query_as(
-                "SELECT attempt, redrive, kind, message, at, duration_ms, worker_id,
-                        retry_delay_ms, retry_via
-                 FROM job_errors WHERE job_id = $1 ORDER BY at, attempt",
-            )
-            .bind(id.as_uuid())
-            .fetch_all(statements)
-            .await
-        })
-        .await
-        .with_context(|| format!("reading the errors of job {id}"))
-    }
-
-    /// Sends one `dead` or `cancelled` job back to work with fresh attempts. `Err(status)`
-    /// when the job exists in another state; `Ok(None)` when there is no such job.
+    /// Sends one `dead` or `cancelled` job back to work with fresh attempts.
     pub async fn retry_job(
         &self,
         namespace: &Namespace,
         id: JobId,
-    ) -> anyhow::Result<Result<Option<OutboxJob>, JobStatus>> {
+    ) -> Result<RetryOutcome, StoreError> {
         count_round_trips(1);
         let row: Option<OutboxJob> = self
             .one(Commit::Durable, async |statements| {
@@ -180,12 +143,12 @@ impl Store {
                 .await
             })
             .await
-            .with_context(|| format!("retrying job {id}"))?;
+            .with_sql_context(|| format!("retrying job {id}"))?;
         if let Some(row) = row {
-            return Ok(Ok(Some(row)));
+            return Ok(RetryOutcome::Queued(row));
         }
         let current = self.job_status(namespace, id).await?;
-        Ok(current.map_or(Ok(None), Err))
+        Ok(current.map_or(RetryOutcome::NotFound, RetryOutcome::NotRetryable))
     }
 
     /// How many of `namespace`'s dead jobs match `filter` (a redrive's dry run): a search.
@@ -193,11 +156,11 @@ impl Store {
         &self,
         namespace: &Namespace,
         filter: &DeadFilter,
-    ) -> anyhow::Result<i64> {
+    ) -> Result<i64, StoreError> {
         let error = filter.error.as_deref();
         let error_clause = search::error_clause(error, 4);
         count_round_trips(1);
-        self.search(async |statements| {
+        self.search("counting dead jobs", async |statements| {
             let query = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT count(*) FROM jobs
                  WHERE namespace = $1 AND status = 'dead'
@@ -216,7 +179,6 @@ impl Store {
             .await
         })
         .await
-        .context("counting dead jobs")
     }
 
     /// Sends up to `limit` of `namespace`'s dead jobs matching `filter` back to work, oldest
@@ -231,14 +193,14 @@ impl Store {
         filter: &DeadFilter,
         limit: i64,
         max_bytes: i64,
-    ) -> anyhow::Result<Redriven> {
+    ) -> Result<Redriven, StoreError> {
         let error = filter.error.as_deref();
         let error_clause = search::error_clause(error, 6);
         count_round_trips(1);
         // The final SELECT sees the rows as they were before the UPDATE of its own statement;
         // the columns it reads are ones the UPDATE does not change.
         let rows: Vec<RedrivenRow> = self
-            .search(async |statements| {
+            .search("redriving dead jobs", async |statements| {
                 let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "WITH target AS (
                          SELECT id FROM jobs
@@ -274,8 +236,7 @@ impl Store {
                 .fetch_all(statements)
                 .await
             })
-            .await
-            .context("redriving dead jobs")?;
+            .await?;
         Ok(Redriven {
             count: rows
                 .first()
@@ -283,6 +244,18 @@ impl Store {
             to_publish: rows.into_iter().map(|row| row.job).collect(),
         })
     }
+}
+
+/// What [`Store::retry_job`] did.
+#[derive(Debug)]
+pub enum RetryOutcome {
+    /// It was `dead` or `cancelled` and is back in the outbox, `queued`: this row, for the
+    /// fast path.
+    Queued(OutboxJob),
+    /// It is in this state, which is not retried; nothing changed.
+    NotRetryable(JobStatus),
+    /// No such job in this namespace.
+    NotFound,
 }
 
 /// What [`Store::redrive`] did.

@@ -5,69 +5,51 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use uuid::Uuid;
 
-use super::{Commit, Store, count_round_trips};
-use crate::retry::RetryRoute;
+use super::{Commit, ErrorKind, Store, count_round_trips};
+use crate::retry::{RetryRoute, RetryVia};
 use crate::{JobId, JobStatus};
 
-/// Why an attempt failed, as recorded in `job_errors.kind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The handler returned a retryable error.
-    Error,
-    /// The handler returned a fatal error: no more attempts.
-    Fatal,
-    /// The attempt ran past its timeout.
-    Timeout,
-    /// The handler panicked.
-    Panic,
-    /// The message could not be run at all (unknown kind, args that no longer fit).
-    Poison,
-    /// The job was delivered `retry.delivery_limit` times without finishing: it kills or
-    /// outlives the workers that take it.
-    Crashed,
-}
-
-impl ErrorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Error => "error",
-            Self::Fatal => "fatal",
-            Self::Timeout => "timeout",
-            Self::Panic => "panic",
-            Self::Poison => "poison",
-            Self::Crashed => "crashed",
-        }
-    }
-}
-
-/// How an attempt ended, as the worker reports it.
+/// How an attempt ended, as the worker reports it. (A handler stopped because a person
+/// cancelled its job reports how it stopped, usually `Failed`; the statement sees the
+/// cancel on the row and ends the job `cancelled` whatever the outcome.)
 #[derive(Clone, Debug)]
 pub enum AttemptOutcome {
     Succeeded(serde_json::Value),
-    /// May be tried again if attempts remain and nobody asked to cancel.
+    /// May be tried again if attempts remain, the kind is not fatal and nobody asked to
+    /// cancel.
     Failed {
         kind: ErrorKind,
         message: String,
     },
     /// Run again later without counting this attempt.
     Snoozed,
-    /// The handler stopped because cancellation was requested.
-    Cancelled,
+}
+
+/// Where an outcome takes its job, by whether the attempt was the job's last. The
+/// statement picks one from the row (`attempts < max_attempts`), unless a cancel a person
+/// asked for overrides both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NextStatus {
+    attempts_left: JobStatus,
+    last_attempt: JobStatus,
 }
 
 impl AttemptOutcome {
-    fn code(&self) -> &'static str {
+    fn next_status(&self) -> NextStatus {
+        let always = |status| NextStatus {
+            attempts_left: status,
+            last_attempt: status,
+        };
         match self {
-            Self::Succeeded(_) => "succeeded",
-            Self::Failed {
-                kind: ErrorKind::Fatal | ErrorKind::Poison | ErrorKind::Crashed,
-                ..
-            } => "fatal",
-            Self::Failed { .. } => "failed",
-            Self::Snoozed => "snoozed",
-            Self::Cancelled => "cancelled",
+            Self::Succeeded(_) => always(JobStatus::Succeeded),
+            // A snooze gives its attempt back, so it is never the last.
+            Self::Snoozed => always(JobStatus::Retrying),
+            Self::Failed { kind, .. } if kind.is_fatal() => always(JobStatus::Dead),
+            Self::Failed { .. } => NextStatus {
+                attempts_left: JobStatus::Retrying,
+                last_attempt: JobStatus::Dead,
+            },
         }
     }
 }
@@ -120,25 +102,26 @@ pub struct FinishedJob {
 /// attempt's token (`running`, `starts` = token) — or is exactly one start behind it and
 /// runnable, which is a relaxed start PostgreSQL lost in a crash after answering it: the
 /// attempt did run, so its outcome is recorded as if the start had stuck. A cancel a person
-/// asked for wins over every outcome (the result is kept). A retry waits until `run_at`:
-/// for a tier that is when its message comes back; for the scheduler, the row goes back to
-/// the outbox (`published_at` NULL).
+/// asked for wins over every outcome (the result is kept); otherwise the outcome's
+/// [`NextStatus`] for its last attempt or not. A retry waits until `run_at`: for a tier
+/// that is when its message comes back; for the scheduler, the row goes back to the outbox
+/// (`published_at` NULL).
 const FINISH: &str = "
     WITH input AS (
-        SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[],
-                             $6::int4[], $7::int8[], $8::text[], $10::int4[], $11::int8[])
-               AS i(id, outcome, result, error, error_kind, duration_ms,
-                    retry_delay_ms, retry_via, attempt, token)),
+        SELECT * FROM unnest($1::uuid[], $2::job_status[], $3::job_status[], $4::bool[],
+                             $5::jsonb[], $6::text[], $7::text[], $8::int4[], $9::int8[],
+                             $10::text[], $11::bool[], $12::int4[], $13::int8[])
+               AS i(id, next_with_attempts_left, next_after_last_attempt, snoozed,
+                    result, error, error_kind, duration_ms,
+                    retry_delay_ms, retry_via, retry_via_scheduler, attempt, token)),
     decided AS (
-        SELECT i.id, i.outcome, i.result, i.error, i.error_kind, i.duration_ms,
-               i.retry_delay_ms, i.retry_via, i.attempt, i.token, j.redrives,
+        SELECT i.id, i.snoozed, i.result, i.error, i.error_kind, i.duration_ms,
+               i.retry_delay_ms, i.retry_via, i.retry_via_scheduler, i.attempt, i.token,
+               j.redrives,
                CASE
-                   WHEN i.outcome = 'cancelled' OR j.cancel_requested_at IS NOT NULL
-                       THEN 'cancelled'
-                   WHEN i.outcome = 'succeeded' THEN 'succeeded'
-                   WHEN i.outcome = 'snoozed' THEN 'retrying'
-                   WHEN i.outcome = 'failed' AND i.attempt < j.max_attempts THEN 'retrying'
-                   ELSE 'dead'
+                   WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                   WHEN i.attempt < j.max_attempts THEN i.next_with_attempts_left
+                   ELSE i.next_after_last_attempt
                END::job_status AS next
         FROM jobs j JOIN input i ON i.id = j.id
         WHERE (j.status = 'running' AND j.starts = i.token)
@@ -149,7 +132,7 @@ const FINISH: &str = "
     recorded AS (
         INSERT INTO job_errors (job_id, attempt, redrive, kind, message, duration_ms,
                                 worker_id, retry_delay_ms, retry_via)
-        SELECT id, attempt, redrives, error_kind, error, duration_ms, $9,
+        SELECT id, attempt, redrives, error_kind, error, duration_ms, $14,
                CASE WHEN next = 'retrying' THEN retry_delay_ms END,
                CASE WHEN next = 'retrying' THEN retry_via END
         FROM decided WHERE error IS NOT NULL)
@@ -158,17 +141,88 @@ const FINISH: &str = "
         finished_at = CASE WHEN d.next = 'retrying' THEN NULL ELSE now() END,
         result = d.result,
         last_error = COALESCE(d.error, jobs.last_error),
-        attempts = d.attempt - (d.outcome = 'snoozed')::int,
+        attempts = d.attempt - d.snoozed::int,
         starts = d.token,
-        snoozes = jobs.snoozes + (d.outcome = 'snoozed')::int,
+        snoozes = jobs.snoozes + d.snoozed::int,
         lease_until = NULL,
-        published_at = CASE WHEN d.next = 'retrying' AND d.retry_via = 'scheduler'
+        published_at = CASE WHEN d.next = 'retrying' AND d.retry_via_scheduler
                             THEN NULL ELSE COALESCE(jobs.published_at, now()) END,
         run_at = CASE WHEN d.next = 'retrying'
                       THEN now() + make_interval(secs => (d.retry_delay_ms / 1000.0)::float8)
                       ELSE jobs.run_at END
     FROM decided d WHERE jobs.id = d.id
     RETURNING jobs.id, jobs.status";
+
+/// A batch's outcomes as [`FINISH`]'s parallel arrays, in its parameters' order.
+struct Columns<'a> {
+    ids: Vec<JobId>,
+    next_with_attempts_left: Vec<JobStatus>,
+    next_after_last_attempt: Vec<JobStatus>,
+    snoozed: Vec<bool>,
+    results: Vec<Option<serde_json::Value>>,
+    errors: Vec<Option<&'a str>>,
+    error_kinds: Vec<Option<ErrorKind>>,
+    durations_ms: Vec<i32>,
+    retry_delays_ms: Vec<i64>,
+    retry_via: Vec<RetryVia>,
+    retry_via_scheduler: Vec<bool>,
+    attempts: Vec<i32>,
+    tokens: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(requests: &'a [FinishRequest]) -> Self {
+        let n = requests.len();
+        let mut columns = Self {
+            ids: Vec::with_capacity(n),
+            next_with_attempts_left: Vec::with_capacity(n),
+            next_after_last_attempt: Vec::with_capacity(n),
+            snoozed: Vec::with_capacity(n),
+            results: Vec::with_capacity(n),
+            errors: Vec::with_capacity(n),
+            error_kinds: Vec::with_capacity(n),
+            durations_ms: Vec::with_capacity(n),
+            retry_delays_ms: Vec::with_capacity(n),
+            retry_via: Vec::with_capacity(n),
+            retry_via_scheduler: Vec::with_capacity(n),
+            attempts: Vec::with_capacity(n),
+            tokens: Vec::with_capacity(n),
+        };
+        for request in requests {
+            let next = request.outcome.next_status();
+            let (result, error, kind) = match &request.outcome {
+                AttemptOutcome::Succeeded(value) => (Some(value.clone()), None, None),
+                AttemptOutcome::Failed { kind, message } => {
+                    (None, Some(message.as_str()), Some(*kind))
+                }
+                AttemptOutcome::Snoozed => (None, None, None),
+            };
+            let via = request.retry.via();
+            columns.ids.push(request.id);
+            columns.next_with_attempts_left.push(next.attempts_left);
+            columns.next_after_last_attempt.push(next.last_attempt);
+            columns
+                .snoozed
+                .push(matches!(request.outcome, AttemptOutcome::Snoozed));
+            columns.results.push(result);
+            columns.errors.push(error);
+            columns.error_kinds.push(kind);
+            columns
+                .durations_ms
+                .push(i32::try_from(request.duration.as_millis()).unwrap_or(i32::MAX));
+            columns
+                .retry_delays_ms
+                .push(i64::try_from(request.retry.delay().as_millis()).unwrap_or(i64::MAX));
+            columns.retry_via_scheduler.push(via == RetryVia::Scheduler);
+            columns.retry_via.push(via);
+            columns
+                .attempts
+                .push(i32::try_from(request.attempt).unwrap_or(i32::MAX));
+            columns.tokens.push(request.token);
+        }
+        columns
+    }
+}
 
 impl Store {
     /// Records how each attempt ended and decides the job's next state in the same
@@ -182,58 +236,32 @@ impl Store {
         requests: &[FinishRequest],
         worker_id: &str,
     ) -> anyhow::Result<Vec<FinishedJob>> {
-        let ids: Vec<Uuid> = requests.iter().map(|r| r.id.as_uuid()).collect();
-        let codes: Vec<&str> = requests.iter().map(|r| r.outcome.code()).collect();
-        let mut results = Vec::with_capacity(requests.len());
-        let mut errors = Vec::with_capacity(requests.len());
-        let mut error_kinds = Vec::with_capacity(requests.len());
-        for request in requests {
-            let (result, error, kind) = match &request.outcome {
-                AttemptOutcome::Succeeded(value) => (Some(value.clone()), None, None),
-                AttemptOutcome::Failed { kind, message } => {
-                    (None, Some(message.as_str()), Some(kind.as_str()))
-                }
-                AttemptOutcome::Snoozed | AttemptOutcome::Cancelled => (None, None, None),
-            };
-            results.push(result);
-            errors.push(error);
-            error_kinds.push(kind);
-        }
-        let durations: Vec<i32> = requests
-            .iter()
-            .map(|r| i32::try_from(r.duration.as_millis()).unwrap_or(i32::MAX))
-            .collect();
-        let retry_delays: Vec<i64> = requests
-            .iter()
-            .map(|r| i64::try_from(r.retry.delay().as_millis()).unwrap_or(i64::MAX))
-            .collect();
-        let retry_via: Vec<String> = requests.iter().map(|r| r.retry.via()).collect();
-        let attempts: Vec<i32> = requests
-            .iter()
-            .map(|r| i32::try_from(r.attempt).unwrap_or(i32::MAX))
-            .collect();
-        let tokens: Vec<i64> = requests.iter().map(|r| r.token).collect();
+        let columns = Columns::of(requests);
         count_round_trips(1);
-        let rows: Vec<(Uuid, JobStatus)> = self
+        let rows: Vec<(JobId, JobStatus)> = self
             .one(Commit::Durable, async |statements| {
                 sqlx::query_as(FINISH)
-                    .bind(&ids)
-                    .bind(&codes)
-                    .bind(&results)
-                    .bind(&errors)
-                    .bind(&error_kinds)
-                    .bind(&durations)
-                    .bind(&retry_delays)
-                    .bind(&retry_via)
+                    .bind(&columns.ids)
+                    .bind(&columns.next_with_attempts_left)
+                    .bind(&columns.next_after_last_attempt)
+                    .bind(&columns.snoozed)
+                    .bind(&columns.results)
+                    .bind(&columns.errors)
+                    .bind(&columns.error_kinds)
+                    .bind(&columns.durations_ms)
+                    .bind(&columns.retry_delays_ms)
+                    .bind(&columns.retry_via)
+                    .bind(&columns.retry_via_scheduler)
+                    .bind(&columns.attempts)
+                    .bind(&columns.tokens)
                     .bind(worker_id)
-                    .bind(&attempts)
-                    .bind(&tokens)
                     .fetch_all(statements)
                     .await
             })
             .await
             .context("recording attempt outcomes")?;
-        Ok(ids
+        Ok(columns
+            .ids
             .iter()
             .map(|id| FinishedJob {
                 status: rows.iter().find(|row| row.0 == *id).map(|row| row.1),
@@ -254,6 +282,30 @@ mod tests {
             duration: Duration::from_millis(5),
             retry: RetryRoute::Scheduler(Duration::from_secs(1)),
             attempt,
+        }
+    }
+
+    #[test]
+    fn an_outcome_decides_the_next_status_by_whether_attempts_are_left() {
+        let failed = |kind| AttemptOutcome::Failed {
+            kind,
+            message: "boom".into(),
+        };
+        let next = |outcome: AttemptOutcome| {
+            let next = outcome.next_status();
+            (next.attempts_left, next.last_attempt)
+        };
+        use JobStatus::{Dead, Retrying, Succeeded};
+        assert_eq!(
+            next(AttemptOutcome::Succeeded(serde_json::json!(1))),
+            (Succeeded, Succeeded)
+        );
+        assert_eq!(next(AttemptOutcome::Snoozed), (Retrying, Retrying));
+        for retryable in [ErrorKind::Error, ErrorKind::Timeout, ErrorKind::Panic] {
+            assert_eq!(next(failed(retryable)), (Retrying, Dead), "{retryable:?}");
+        }
+        for fatal in [ErrorKind::Fatal, ErrorKind::Poison, ErrorKind::Crashed] {
+            assert_eq!(next(failed(fatal)), (Dead, Dead), "{fatal:?}");
         }
     }
 

@@ -6,11 +6,18 @@
 //! `published_at` stamp (the sweeper republishes, the worker skips the duplicate);
 //! `searches` carries the scans a tenant steers, bounded in time and number (see
 //! [`search`]).
+//!
+//! The calls the API answers for return a [`StoreError`], which sorts an unreachable
+//! database from a refused job, a refused search and the rest; calls whose callers only
+//! log their failures return `anyhow`.
 
 mod api_keys;
 mod archive;
 mod cancel;
+mod columns;
 mod dead;
+mod error;
+mod error_history;
 mod execution;
 mod lease;
 mod outbox;
@@ -33,8 +40,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub use api_keys::{ApiKey, LiveKey, NewApiKey};
 pub use archive::{ArchiveBatch, ArchivePass, ArchivedJob, Chosen};
 pub use cancel::CancelOutcome;
-pub use dead::{AttemptError, Burial, DeadFilter, Redriven};
-pub use execution::{AttemptOutcome, ErrorKind, FinishRequest, FinishedJob};
+pub use dead::{Burial, DeadFilter, Redriven, RetryOutcome};
+pub use error::{StoreError, chain_is_unavailable, is_unavailable};
+pub use error_history::{AttemptError, ErrorKind, UnknownErrorKind};
+pub use execution::{AttemptOutcome, FinishRequest, FinishedJob};
 pub use lease::{LeaseRenewal, RunningAttempt};
 pub use outbox::{OutboxClaim, OutboxJob};
 pub use query::{JobFilter, JobPage, JobRecord};
@@ -45,6 +54,7 @@ pub use start::{StartOutcome, StartRequest, StartedJob};
 pub use submit::{NewJob, Submitted};
 
 use crate::config::{DEFAULT_READ_TIMEOUT_MS, DatabaseSettings, Pooler};
+use error::SqlContext;
 use unit::{Commit, Statements, Unit};
 
 /// Round trips to PostgreSQL made by this process, for the benchmark's per-job figure.
@@ -216,30 +226,4 @@ impl Store {
         self.relaxed.close().await;
         self.searches.close().await;
     }
-}
-
-/// True when the error means "PostgreSQL cannot be reached", as opposed to a bad statement:
-/// no connection, a broken one (a protocol error is what a half-open connection or a dying
-/// proxy produces), or the server refusing connections (SQLSTATE class 08, 57P01-03, 53300).
-pub fn is_unavailable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
-            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
-        }),
-        _ => false,
-    }
-}
-
-/// Walks an error chain for a sqlx error that means the database is unreachable.
-pub fn chain_is_unavailable(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
-        .any(is_unavailable)
 }

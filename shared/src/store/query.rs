@@ -1,27 +1,25 @@
 //! Reading jobs back: one job, or a filtered page of a namespace's jobs (keyset pagination).
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use uuid::Uuid;
 
-use super::{Commit, Store, count_round_trips, search};
-use crate::{JobId, JobStatus, Kind, Namespace, QueueName};
+use super::{Commit, SqlContext, Store, StoreError, count_round_trips, search};
+use crate::{IdempotencyKey, JobId, JobStatus, Kind, Namespace, QueueName};
 
 /// A job as a person querying the API sees it.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct JobRecord {
-    pub id: Uuid,
-    pub namespace: String,
-    pub kind: String,
-    pub queue: String,
+    pub id: JobId,
+    pub namespace: Namespace,
+    pub kind: Kind,
+    pub queue: QueueName,
     pub status: JobStatus,
     pub args: serde_json::Value,
     pub priority: i16,
     pub attempts: i32,
     pub max_attempts: i32,
     pub timeout_ms: i32,
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
     pub run_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub published_at: Option<DateTime<Utc>>,
@@ -85,7 +83,7 @@ impl Store {
         &self,
         namespace: &Namespace,
         id: JobId,
-    ) -> anyhow::Result<Option<JobRecord>> {
+    ) -> Result<Option<JobRecord>, StoreError> {
         count_round_trips(1);
         self.one(Commit::Durable, async |statements| {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -97,7 +95,7 @@ impl Store {
             .await
         })
         .await
-        .with_context(|| format!("reading job {id}"))
+        .with_sql_context(|| format!("reading job {id}"))
     }
 
     /// Just the status of job `id` in `namespace` (`None`: no such job there). Used after a
@@ -106,7 +104,7 @@ impl Store {
         &self,
         namespace: &Namespace,
         id: JobId,
-    ) -> anyhow::Result<Option<JobStatus>> {
+    ) -> Result<Option<JobStatus>, StoreError> {
         count_round_trips(1);
         self.one(Commit::Durable, async |statements| {
             sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 AND namespace = $2")
@@ -116,7 +114,7 @@ impl Store {
                 .await
         })
         .await
-        .with_context(|| format!("reading the status of job {id}"))
+        .with_sql_context(|| format!("reading the status of job {id}"))
     }
 
     /// A page of `namespace`'s jobs, newest first: up to `filter.limit` of them, and only
@@ -127,12 +125,12 @@ impl Store {
         &self,
         namespace: &Namespace,
         filter: &JobFilter,
-    ) -> anyhow::Result<JobPage> {
+    ) -> Result<JobPage, StoreError> {
         let error = filter.error.as_deref();
         let error_clause = search::error_clause(error, 8);
         count_round_trips(1);
         let rows: Vec<ListedRow> = self
-            .search(async |statements| {
+            .search("listing jobs", async |statements| {
                 let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "WITH page AS (
                          SELECT id, args_bytes + coalesce(octet_length(result::text), 0) AS bytes
@@ -167,8 +165,7 @@ impl Store {
                 .fetch_all(statements)
                 .await
             })
-            .await
-            .context("listing jobs")?;
+            .await?;
         let candidates = rows.first().map_or(0, |row| row.candidates);
         let jobs: Vec<JobRecord> = rows.into_iter().map(|row| row.job).collect();
         Ok(JobPage {

@@ -10,7 +10,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{NewJob, Store, Submitted, chain_is_unavailable};
+use super::{NewJob, Store, StoreError, Submitted};
 
 /// PostgreSQL refused a row for its data: SQLSTATE class 22 (data exception, e.g. a NUL
 /// in `jsonb`) or 23 (integrity constraint violation, e.g. a CHECK), not a fault of its own.
@@ -22,19 +22,23 @@ pub struct Refused {
 }
 
 impl Refused {
-    /// The refusal in `error`'s cause chain, if that is what the error is.
-    pub fn in_chain(error: &anyhow::Error) -> Option<Self> {
-        error
-            .chain()
-            .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
-            .find_map(|error| {
-                let database = error.as_database_error()?;
-                let code = database.code()?;
-                (code.starts_with("22") || code.starts_with("23")).then(|| Self {
-                    code: code.into_owned(),
-                    message: database.message().to_owned(),
-                })
-            })
+    /// The refusal `error` is, if that is what it is.
+    pub(super) fn of(error: &sqlx::Error) -> Option<Self> {
+        let database = error.as_database_error()?;
+        let code = database.code()?;
+        (code.starts_with("22") || code.starts_with("23")).then(|| Self {
+            code: code.into_owned(),
+            message: database.message().to_owned(),
+        })
+    }
+}
+
+/// `error`, met while inserting jobs (`doing`): a refusal of a job's data, or as
+/// [`StoreError::sql`] sorts it.
+pub(super) fn insert_error(error: sqlx::Error, doing: &str) -> StoreError {
+    match Refused::of(&error) {
+        Some(refused) => StoreError::Refused(refused),
+        None => StoreError::sql(error, doing.to_owned()),
     }
 }
 
@@ -60,14 +64,15 @@ impl Store {
     /// The group commit's flush: inserts `jobs` in one statement like
     /// [`Store::insert_jobs`], but a job refused for its data fails alone and the others
     /// are stored. `Err` only when the database failed before any job was known to be bad.
+    ///
+    /// Its error is an `anyhow::Error`, as the group commit takes it; the cause chain
+    /// still holds the sqlx error that tells an unreachable database.
     pub async fn insert_jobs_each(&self, jobs: &[NewJob]) -> anyhow::Result<EachOutcome> {
         match self.insert_jobs(jobs).await {
             Ok(submitted) => Ok(submitted.into_iter().map(Ok).collect()),
-            Err(error) => match Refused::in_chain(&error) {
-                // Nothing of a refused statement was committed: every job can be retried.
-                Some(refused) => Ok(self.isolate(jobs, refused).await),
-                None => Err(error),
-            },
+            // Nothing of a refused statement was committed: every job can be retried.
+            Err(StoreError::Refused(refused)) => Ok(self.isolate(jobs, refused).await),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -88,21 +93,19 @@ impl Store {
                         *slot = Some(Ok(outcome));
                     }
                 }
-                Err(error) => match Refused::in_chain(&error) {
-                    Some(refused) if range.len() == 1 => {
-                        outcomes[range.start] = Some(Err(NotStored::Refused(refused)));
+                Err(StoreError::Refused(refused)) if range.len() == 1 => {
+                    outcomes[range.start] = Some(Err(NotStored::Refused(refused)));
+                }
+                Err(StoreError::Refused(_)) => pending.extend(halves(range)),
+                Err(error) => {
+                    let failed = NotStored::Failed {
+                        message: format!("{error:#}").into(),
+                        unavailable: error.is_unavailable(),
+                    };
+                    for slot in &mut outcomes[range] {
+                        *slot = Some(Err(failed.clone()));
                     }
-                    Some(_) => pending.extend(halves(range)),
-                    None => {
-                        let failed = NotStored::Failed {
-                            message: format!("{error:#}").into(),
-                            unavailable: chain_is_unavailable(&error),
-                        };
-                        for slot in &mut outcomes[range] {
-                            *slot = Some(Err(failed.clone()));
-                        }
-                    }
-                },
+                }
             }
         }
         outcomes

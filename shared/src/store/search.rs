@@ -8,8 +8,8 @@
 //! transaction pooler; neither costs a round trip). Error text is matched with a trigram
 //! index (`jobs_last_error_trgm`), which needs at least three characters to narrow a search.
 
-use super::Store;
 use super::unit::{Commit, Statements, Unit};
+use super::{SqlContext, Store, StoreError};
 
 /// Fewest characters an error filter may have: shorter text has no trigram to look up, so
 /// its search would read every row of the namespace.
@@ -49,50 +49,43 @@ pub enum SearchRefused {
     Busy,
 }
 
-impl SearchRefused {
-    /// The refusal in `error`'s cause chain, if that is what the error is.
-    pub fn in_chain(error: &anyhow::Error) -> Option<&Self> {
-        error.chain().find_map(|cause| cause.downcast_ref::<Self>())
-    }
-}
-
 impl Store {
-    /// Runs one search statement on the searches pool; a statement past the timeout or a
-    /// pool with no connection free within `database.acquire_timeout_ms` is a
-    /// [`SearchRefused`].
+    /// Runs one search statement (`doing` something, as errors say) on the searches pool;
+    /// a statement past the timeout or a pool with no connection free within
+    /// `database.acquire_timeout_ms` is a [`StoreError::Search`].
     pub(super) async fn search<T>(
         &self,
+        doing: &str,
         statement: impl AsyncFnOnce(Statements<'_>) -> Result<T, sqlx::Error>,
-    ) -> anyhow::Result<T> {
+    ) -> Result<T, StoreError> {
         let commit = Commit::Search {
             timeout_ms: self.search_timeout_ms,
         };
         let mut unit = Unit::autocommit(&self.searches, self.pooler, commit)
             .await
-            .map_err(|error| self.refusal(error))?;
+            .map_err(|error| self.refusal(error, doing))?;
         match statement(unit.statements()).await {
             Ok(output) => {
-                unit.commit().await?;
+                unit.commit().await.sql_context(doing)?;
                 Ok(output)
             }
             Err(error) => {
                 // Behind a pooler the unit is a transaction: ending it keeps the connection.
                 let _ = unit.rollback().await;
-                Err(self.refusal(error))
+                Err(self.refusal(error, doing))
             }
         }
     }
 
-    fn refusal(&self, error: sqlx::Error) -> anyhow::Error {
+    fn refusal(&self, error: sqlx::Error, doing: &str) -> StoreError {
         let code = error.as_database_error().and_then(|e| e.code());
         match (&error, code.as_deref()) {
-            (sqlx::Error::PoolTimedOut, _) => SearchRefused::Busy.into(),
+            (sqlx::Error::PoolTimedOut, _) => StoreError::Search(SearchRefused::Busy),
             // query_canceled: what statement_timeout raises.
-            (_, Some("57014")) => SearchRefused::TimedOut {
+            (_, Some("57014")) => StoreError::Search(SearchRefused::TimedOut {
                 timeout_ms: self.search_timeout_ms,
-            }
-            .into(),
-            _ => error.into(),
+            }),
+            _ => StoreError::sql(error, doing.to_owned()),
         }
     }
 }

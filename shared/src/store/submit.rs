@@ -1,10 +1,12 @@
 //! Accepting jobs: one INSERT for a whole batch; the row is also the job's outbox entry.
 
-use anyhow::Context;
-use chrono::{DateTime, Utc};
-use uuid::Uuid;
+use std::collections::HashMap;
+use std::time::Duration;
 
-use super::{Commit, Store, count_round_trips};
+use chrono::{DateTime, Utc};
+
+use super::refusal::insert_error;
+use super::{Commit, Store, StoreError, count_round_trips};
 use crate::retry::Backoff;
 use crate::trace::TraceParent;
 use crate::{IdempotencyKey, JobId, JobStatus, Kind, Namespace, QueueName};
@@ -49,90 +51,124 @@ impl Submitted {
     }
 }
 
+/// The insert: every job of a batch in one statement, `scheduled` when its `run_at` is
+/// still ahead by PostgreSQL's clock, else `queued`. A job whose idempotency key is taken
+/// in its namespace is left out (`DO NOTHING`) and missing from the answer.
+const INSERT: &str = "
+    INSERT INTO jobs (id, namespace, kind, queue, args, status, priority, max_attempts,
+                      timeout_ms, idempotency_key, run_at, backoff_min_ms, backoff_max_ms,
+                      traceparent)
+    SELECT u.id, u.namespace, u.kind, u.queue, u.args,
+           CASE WHEN u.run_at > now() THEN 'scheduled' ELSE 'queued' END::job_status,
+           u.priority,
+           u.max_attempts, u.timeout_ms, u.idempotency_key, COALESCE(u.run_at, now()),
+           u.backoff_min_ms, u.backoff_max_ms, u.traceparent
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
+                $6::int2[], $7::int4[], $8::int4[], $9::text[], $10::timestamptz[],
+                $11::int4[], $12::int4[], $13::text[])
+         AS u(id, namespace, kind, queue, args, priority, max_attempts,
+              timeout_ms, idempotency_key, run_at, backoff_min_ms, backoff_max_ms,
+              traceparent)
+    ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL
+    DO NOTHING
+    RETURNING id, status";
+
+/// The jobs that own some idempotency keys: `(namespace, key)` pairs.
+const KEY_OWNERS: &str = "
+    SELECT j.namespace, j.idempotency_key, j.id, j.status
+    FROM jobs j
+    JOIN unnest($1::text[], $2::text[]) AS k(namespace, idempotency_key)
+      ON j.namespace = k.namespace AND j.idempotency_key = k.idempotency_key";
+
+/// A batch's jobs as [`INSERT`]'s parallel arrays, in its parameters' order.
+struct Columns<'a> {
+    ids: Vec<JobId>,
+    namespaces: Vec<&'a Namespace>,
+    kinds: Vec<&'a Kind>,
+    queues: Vec<&'a QueueName>,
+    args: Vec<&'a serde_json::Value>,
+    priorities: Vec<i16>,
+    max_attempts: Vec<i32>,
+    timeouts_ms: Vec<i32>,
+    keys: Vec<Option<&'a IdempotencyKey>>,
+    run_ats: Vec<Option<DateTime<Utc>>>,
+    backoff_min_ms: Vec<Option<i32>>,
+    backoff_max_ms: Vec<Option<i32>>,
+    traceparents: Vec<Option<String>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(jobs: &'a [NewJob]) -> Self {
+        let n = jobs.len();
+        let mut columns = Self {
+            ids: Vec::with_capacity(n),
+            namespaces: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            queues: Vec::with_capacity(n),
+            args: Vec::with_capacity(n),
+            priorities: Vec::with_capacity(n),
+            max_attempts: Vec::with_capacity(n),
+            timeouts_ms: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            run_ats: Vec::with_capacity(n),
+            backoff_min_ms: Vec::with_capacity(n),
+            backoff_max_ms: Vec::with_capacity(n),
+            traceparents: Vec::with_capacity(n),
+        };
+        let millis = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+        for job in jobs {
+            columns.ids.push(job.id);
+            columns.namespaces.push(&job.namespace);
+            columns.kinds.push(&job.kind);
+            columns.queues.push(&job.queue);
+            columns.args.push(&job.args);
+            columns.priorities.push(i16::from(job.priority));
+            columns
+                .max_attempts
+                .push(i32::try_from(job.max_attempts).unwrap_or(i32::MAX));
+            columns
+                .timeouts_ms
+                .push(i32::try_from(job.timeout_ms).unwrap_or(i32::MAX));
+            columns.keys.push(job.idempotency_key.as_ref());
+            columns.run_ats.push(job.run_at);
+            columns
+                .backoff_min_ms
+                .push(job.backoff.map(|b| millis(b.min)));
+            columns
+                .backoff_max_ms
+                .push(job.backoff.map(|b| millis(b.max)));
+            columns
+                .traceparents
+                .push(job.traceparent.as_ref().map(ToString::to_string));
+        }
+        columns
+    }
+}
+
+/// A job that already holds an idempotency key.
+#[derive(sqlx::FromRow)]
+struct KeyOwner {
+    namespace: Namespace,
+    idempotency_key: IdempotencyKey,
+    id: JobId,
+    status: JobStatus,
+}
+
 impl Store {
     /// Inserts `jobs` in one statement (one transaction, one WAL flush) and reports, in
     /// input order, which were created and which matched an earlier idempotency key.
-    pub async fn insert_jobs(&self, jobs: &[NewJob]) -> anyhow::Result<Vec<Submitted>> {
+    /// A job PostgreSQL refuses for its data fails the whole statement:
+    /// [`StoreError::Refused`].
+    pub async fn insert_jobs(&self, jobs: &[NewJob]) -> Result<Vec<Submitted>, StoreError> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let n = jobs.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut namespaces = Vec::with_capacity(n);
-        let mut kinds = Vec::with_capacity(n);
-        let mut queues = Vec::with_capacity(n);
-        let mut args = Vec::with_capacity(n);
-        let mut priorities = Vec::with_capacity(n);
-        let mut max_attempts = Vec::with_capacity(n);
-        let mut timeouts = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
-        let mut run_ats = Vec::with_capacity(n);
-        let mut backoff_min = Vec::with_capacity(n);
-        let mut backoff_max = Vec::with_capacity(n);
-        let mut traceparents = Vec::with_capacity(n);
-        for job in jobs {
-            ids.push(job.id.as_uuid());
-            namespaces.push(job.namespace.as_str().to_owned());
-            kinds.push(job.kind.as_str().to_owned());
-            queues.push(job.queue.as_str().to_owned());
-            args.push(job.args.clone());
-            priorities.push(i16::from(job.priority));
-            max_attempts.push(i32::try_from(job.max_attempts).unwrap_or(i32::MAX));
-            timeouts.push(i32::try_from(job.timeout_ms).unwrap_or(i32::MAX));
-            keys.push(job.idempotency_key.as_ref().map(|k| k.as_str().to_owned()));
-            run_ats.push(job.run_at);
-            let millis = |d: std::time::Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
-            backoff_min.push(job.backoff.map(|b| millis(b.min)));
-            backoff_max.push(job.backoff.map(|b| millis(b.max)));
-            traceparents.push(job.traceparent.as_ref().map(ToString::to_string));
-        }
-
-        count_round_trips(1);
-        let created: Vec<(Uuid, JobStatus)> = self
-            .one(Commit::Durable, async |statements| {
-                sqlx::query_as(
-            "INSERT INTO jobs (id, namespace, kind, queue, args, status, priority, max_attempts,
-                               timeout_ms, idempotency_key, run_at, backoff_min_ms, backoff_max_ms,
-                               traceparent)
-             SELECT u.id, u.namespace, u.kind, u.queue, u.args,
-                    CASE WHEN u.run_at > now() THEN 'scheduled' ELSE 'queued' END::job_status,
-                    u.priority,
-                    u.max_attempts, u.timeout_ms, u.idempotency_key, COALESCE(u.run_at, now()),
-                    u.backoff_min_ms, u.backoff_max_ms, u.traceparent
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
-                         $6::int2[], $7::int4[], $8::int4[], $9::text[], $10::timestamptz[],
-                         $11::int4[], $12::int4[], $13::text[])
-                  AS u(id, namespace, kind, queue, args, priority, max_attempts,
-                       timeout_ms, idempotency_key, run_at, backoff_min_ms, backoff_max_ms,
-                       traceparent)
-             ON CONFLICT (namespace, idempotency_key) WHERE idempotency_key IS NOT NULL
-             DO NOTHING
-             RETURNING id, status",
-        )
-        .bind(&ids)
-        .bind(&namespaces)
-        .bind(&kinds)
-        .bind(&queues)
-        .bind(&args)
-        .bind(&priorities)
-        .bind(&max_attempts)
-        .bind(&timeouts)
-        .bind(&keys)
-        .bind(&run_ats)
-        .bind(&backoff_min)
-        .bind(&backoff_max)
-        .bind(&traceparents)
-        .fetch_all(statements).await
-            })
-            .await
-            .context("inserting jobs")?;
-
-        let created: std::collections::HashMap<Uuid, JobStatus> = created.into_iter().collect();
+        let created = self.insert_new(jobs).await?;
         let mut outcomes: Vec<Option<Submitted>> = jobs
             .iter()
             .map(|job| {
                 created
-                    .get(&job.id.as_uuid())
+                    .get(&job.id)
                     .map(|&status| Submitted::Created { id: job.id, status })
             })
             .collect();
@@ -142,46 +178,81 @@ impl Store {
 
         // Some keys were taken: look up the jobs that own them (second round trip, only
         // when a duplicate was submitted).
-        let (conflict_namespaces, conflict_keys): (Vec<String>, Vec<String>) = jobs
+        let not_created = jobs
             .iter()
             .zip(&outcomes)
             .filter(|(_, outcome)| outcome.is_none())
-            .filter_map(|(job, _)| {
-                let key = job.idempotency_key.as_ref()?;
-                Some((job.namespace.as_str().to_owned(), key.as_str().to_owned()))
-            })
-            .unzip();
-        count_round_trips(1);
-        let existing: Vec<(String, String, Uuid, JobStatus)> = self
-            .one(Commit::Durable, async |statements| {
-                sqlx::query_as(
-                    "SELECT j.namespace, j.idempotency_key, j.id, j.status
-                     FROM jobs j
-                     JOIN unnest($1::text[], $2::text[]) AS k(namespace, idempotency_key)
-                       ON j.namespace = k.namespace AND j.idempotency_key = k.idempotency_key",
-                )
-                .bind(&conflict_namespaces)
-                .bind(&conflict_keys)
-                .fetch_all(statements)
-                .await
-            })
-            .await
-            .context("looking up jobs by idempotency key")?;
-
+            .map(|(job, _)| job);
+        let owners = self.key_owners(not_created).await?;
         for (job, outcome) in jobs.iter().zip(outcomes.iter_mut()) {
             if outcome.is_some() {
                 continue;
             }
-            let key = job.idempotency_key.as_ref().map(IdempotencyKey::as_str);
-            let found = existing
+            let owner = owners
                 .iter()
-                .find(|(ns, k, _, _)| ns == job.namespace.as_str() && Some(k.as_str()) == key)
-                .with_context(|| format!("job {} was neither inserted nor found", job.id))?;
+                .find(|owner| {
+                    owner.namespace == job.namespace
+                        && Some(&owner.idempotency_key) == job.idempotency_key.as_ref()
+                })
+                .ok_or_else(|| {
+                    StoreError::Other(anyhow::anyhow!(
+                        "job {} was neither inserted nor found",
+                        job.id
+                    ))
+                })?;
             *outcome = Some(Submitted::Existing {
-                id: found.2.into(),
-                status: found.3,
+                id: owner.id,
+                status: owner.status,
             });
         }
         Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// Runs [`INSERT`] for `jobs`: the status of each job it created.
+    async fn insert_new(&self, jobs: &[NewJob]) -> Result<HashMap<JobId, JobStatus>, StoreError> {
+        let columns = Columns::of(jobs);
+        count_round_trips(1);
+        let created: Vec<(JobId, JobStatus)> = self
+            .one(Commit::Durable, async |statements| {
+                sqlx::query_as(INSERT)
+                    .bind(&columns.ids)
+                    .bind(&columns.namespaces)
+                    .bind(&columns.kinds)
+                    .bind(&columns.queues)
+                    .bind(&columns.args)
+                    .bind(&columns.priorities)
+                    .bind(&columns.max_attempts)
+                    .bind(&columns.timeouts_ms)
+                    .bind(&columns.keys)
+                    .bind(&columns.run_ats)
+                    .bind(&columns.backoff_min_ms)
+                    .bind(&columns.backoff_max_ms)
+                    .bind(&columns.traceparents)
+                    .fetch_all(statements)
+                    .await
+            })
+            .await
+            .map_err(|error| insert_error(error, "inserting jobs"))?;
+        Ok(created.into_iter().collect())
+    }
+
+    /// The jobs that own the idempotency keys of `jobs` (those without a key own none).
+    async fn key_owners(
+        &self,
+        jobs: impl Iterator<Item = &NewJob>,
+    ) -> Result<Vec<KeyOwner>, StoreError> {
+        let (namespaces, keys): (Vec<&Namespace>, Vec<&IdempotencyKey>) = jobs
+            .filter_map(|job| Some((&job.namespace, job.idempotency_key.as_ref()?)))
+            .unzip();
+        count_round_trips(1);
+        self.one(Commit::Durable, async |statements| {
+            sqlx::query_as(KEY_OWNERS)
+                .bind(&namespaces)
+                .bind(&keys)
+                .fetch_all(statements)
+                .await
+        })
+        .await
+        .map_err(|error| insert_error(error, "looking up jobs by idempotency key"))
     }
 }

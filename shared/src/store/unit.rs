@@ -150,13 +150,15 @@ impl Drop for Unit {
     }
 }
 
-/// Makes a new connection look up the store's custom types, so no later statement needs a
-/// lookup between its Parse and its Bind. A bound parameter's type is looked up before the
-/// Parse, where a simple query harms nothing; its result then has a known type.
+/// Makes a new connection look up the store's custom types (`job_status`, and its array,
+/// which the outcome statement binds), so no later statement needs a lookup between its
+/// Parse and its Bind. A bound parameter's type is looked up before the Parse, where a
+/// simple query harms nothing; its result then has a known type.
 pub(super) async fn learn_custom_types(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
     let mut transaction = connection.begin().await?;
-    sqlx::query("SELECT $1::job_status")
+    sqlx::query("SELECT $1::job_status, $2::job_status[]")
         .bind(JobStatus::Queued)
+        .bind(vec![JobStatus::Queued])
         .persistent(false)
         .execute(&mut *transaction)
         .await?;

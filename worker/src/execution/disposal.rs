@@ -40,8 +40,8 @@ impl Message<'_> {
     pub fn labels(&self) -> JobLabels {
         JobLabels::new(
             &self.namespace.spec.name,
-            self.envelope.kind.as_str(),
-            self.envelope.queue.as_str(),
+            &self.envelope.kind,
+            &self.envelope.queue,
         )
     }
 
