@@ -183,11 +183,15 @@ async fn admit_kind(
     envelope: &Envelope,
     marks: Marks,
 ) -> Admission {
+    // A job under a kind's old name (an alias) is held to the kind's limits and shares its
+    // budget: `[[limits]]` rules and Redis keys name the current kind.
+    let kind = worker
+        .registry
+        .resolve(&envelope.kind)
+        .unwrap_or(&envelope.kind)
+        .as_str();
     let declared = worker.registry.limit(&envelope.kind);
-    let Some(limit) = worker
-        .limiter
-        .limit_for(&spec.name, envelope.kind.as_str(), declared)
-    else {
+    let Some(limit) = worker.limiter.limit_for(&spec.name, kind, declared) else {
         return Admission::Run(Vec::new());
     };
     let key = if limit.per_key {
@@ -195,7 +199,6 @@ async fn admit_kind(
     } else {
         None
     };
-    let kind = envelope.kind.as_str();
     let backoff = deferral_backoff(worker, marks.deferrals);
 
     // The job's rate turn once it has one: kept through concurrency deferrals, so waiting
