@@ -127,7 +127,7 @@ impl Application {
                 .settings
                 .queues
                 .iter()
-                .map(|queue| queue.name.as_str().to_owned())
+                .map(|queue| queue.name.clone())
                 .collect(),
         };
         let rescuer = tokio::spawn(rescuer.run_until_stopped(shutdown.clone()));

@@ -91,12 +91,12 @@ impl Blocked {
     }
 
     /// Of `served`, the namespaces a sweep may claim for now.
-    pub fn sweepable(&self, served: &[String]) -> Vec<String> {
+    pub fn sweepable(&self, served: &[Namespace]) -> Vec<Namespace> {
         let namespaces = self.lock();
         let now = Instant::now();
         served
             .iter()
-            .filter(|name| !left_out(&namespaces, name, now))
+            .filter(|name| !left_out(&namespaces, name.as_str(), now))
             .cloned()
             .collect()
     }

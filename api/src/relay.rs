@@ -40,7 +40,7 @@ pub struct Relay {
     /// The fast path per namespace.
     fast: HashMap<Namespace, GroupCommit<Envelope, ()>>,
     /// Namespace names the sweeper covers (those this process serves).
-    served: Vec<String>,
+    served: Vec<Namespace>,
     /// Namespaces whose vhost refuses publishes: left out of claims for a while.
     blocked: Blocked,
 }
@@ -250,7 +250,7 @@ impl Relay {
     }
 
     /// The served namespaces whose rows a claim may take now: those not blocked.
-    pub(crate) fn sweepable(&self) -> Vec<String> {
+    pub(crate) fn sweepable(&self) -> Vec<Namespace> {
         self.blocked.sweepable(&self.served)
     }
 

@@ -45,9 +45,9 @@ pub struct Rescuer {
     pub relay: Arc<Relay>,
     pub settings: RescueSettings,
     /// The namespaces this replica serves.
-    pub served: Vec<String>,
+    pub served: Vec<Namespace>,
     /// The queues every namespace has.
-    pub queues: Vec<String>,
+    pub queues: Vec<QueueName>,
 }
 
 impl Rescuer {
@@ -86,18 +86,13 @@ impl Rescuer {
         // Delay tiers are per vhost, not per queue: looked at once per namespace and pass.
         let mut parked: HashMap<Namespace, bool> = HashMap::new();
         for count in stale {
-            let (Ok(namespace), Ok(queue)) = (
-                Namespace::parse(&count.namespace),
-                QueueName::parse(&count.queue),
-            ) else {
-                continue;
-            };
+            let (namespace, queue) = (&count.namespace, &count.queue);
             let scope = RescueScope {
                 // A lease is renewed by a live attempt only: an expired one is an attempt
                 // that died, whatever waits in the queue.
                 expired_leases: judge_leases && count.expired_leases,
                 unstarted: count.unstarted
-                    && !self.has_backlog(&namespace, &queue, &mut parked).await,
+                    && !self.has_backlog(namespace, queue, &mut parked).await,
             };
             if !scope.expired_leases && !scope.unstarted {
                 continue;
@@ -105,15 +100,15 @@ impl Rescuer {
             match self
                 .store
                 .rescue(
-                    &namespace,
-                    &queue,
+                    namespace,
+                    queue,
                     self.settings.unstarted_after(),
                     scope,
                     MOST_PER_PASS,
                 )
                 .await
             {
-                Ok(rescued) => report(&namespace, &rescued),
+                Ok(rescued) => report(namespace, &rescued),
                 Err(error) => {
                     tracing::warn!(%namespace, %queue, error = format!("{error:#}"), "could not rescue this queue's jobs; the next pass tries again");
                 }

@@ -232,10 +232,10 @@ impl Settings {
     }
 
     /// The configured namespaces' names, as the store's filters by namespace take them.
-    pub fn namespace_names(&self) -> Vec<String> {
+    pub fn namespace_names(&self) -> Vec<Namespace> {
         self.namespaces
             .iter()
-            .map(|spec| spec.name.as_str().to_owned())
+            .map(|spec| spec.name.clone())
             .collect()
     }
 

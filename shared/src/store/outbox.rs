@@ -101,7 +101,7 @@ impl Store {
     /// matches due `scheduled` rows for exactly this), then sees it `queued` and runs it.
     pub async fn claim_due(
         &self,
-        namespaces: &[String],
+        namespaces: &[Namespace],
         limit: i64,
         max_bytes: i64,
     ) -> anyhow::Result<Option<OutboxClaim>> {
@@ -157,7 +157,7 @@ impl Store {
     /// add up to less than `max_bytes` (as [`Store::claim_due`]).
     pub async fn claim_unpublished(
         &self,
-        namespaces: &[String],
+        namespaces: &[Namespace],
         grace: Duration,
         limit: i64,
         max_bytes: i64,

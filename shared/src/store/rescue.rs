@@ -31,8 +31,8 @@ impl RescueReason {
 /// A queue with abandoned-looking jobs, and of which kinds.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct StaleQueue {
-    pub namespace: String,
-    pub queue: String,
+    pub namespace: Namespace,
+    pub queue: QueueName,
     pub expired_leases: bool,
     pub unstarted: bool,
 }
@@ -82,8 +82,8 @@ impl Store {
     /// two index probes per queue (`jobs_running`, `jobs_unstarted`) however many rows wait.
     pub async fn count_stale(
         &self,
-        namespaces: &[String],
-        queues: &[String],
+        namespaces: &[Namespace],
+        queues: &[QueueName],
         unstarted_after: Duration,
     ) -> anyhow::Result<Vec<StaleQueue>> {
         count_round_trips(1);
