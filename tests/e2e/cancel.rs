@@ -19,7 +19,7 @@ async fn a_queued_job_cancelled_before_any_worker_runs_never_runs() {
     .await;
 
     let cancelled = fleet.client.cancel(id).await;
-    fleet.start_worker(None).await;
+    fleet.start_worker().await;
     let witness = fleet.client.submit_args::<Noop>(json!({})).await;
     fleet.wait_for(witness, JobStatus::Succeeded).await;
 

@@ -135,7 +135,7 @@ async fn a_publish_no_queue_takes_stays_in_the_outbox_until_the_queue_is_back() 
     );
 
     // A worker declares the queue again; the sweeper publishes what it held back.
-    fleet.start_worker(None).await;
+    fleet.start_worker().await;
     fleet.wait_for(lost, JobStatus::Succeeded).await;
     fleet.wait_for(later, JobStatus::Succeeded).await;
     fleet.stop().await;

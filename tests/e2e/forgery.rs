@@ -47,7 +47,7 @@ async fn a_forged_message_runs_only_its_rows_args_and_one_of_another_kind_is_ref
             .publish_raw("default", forged.to_string().as_bytes())
             .await;
     }
-    fleet.start_worker(None).await;
+    fleet.start_worker().await;
     broker.publish_raw("default", &real).await;
 
     let record = fleet.wait_for(id, JobStatus::Succeeded).await;

@@ -211,7 +211,7 @@ async fn a_namespace_at_its_max_queue_bytes_waits_in_postgresql_and_others_publi
     );
 
     // Nothing is lost: once a worker drains the queue, every job of both runs.
-    fleet.start_worker(None).await;
+    fleet.start_worker().await;
     for &id in a_ids.iter().chain(&b_ids) {
         let namespace = if a_ids.contains(&id) { &a } else { &b };
         wait_until("every job to succeed", Duration::from_secs(60), || async {

@@ -62,7 +62,7 @@ async fn a_queued_job_whose_message_was_lost_is_republished_and_runs() {
     })
     .await;
     services::purge_queue(fleet.namespace.as_str(), "jobs.default").await;
-    fleet.start_worker(None).await;
+    fleet.start_worker().await;
 
     let record = fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(record.attempts, 1);

@@ -91,7 +91,6 @@ struct Launch {
     worker_text: String,
     api_text: String,
     worker: bool,
-    webhook_secret: Option<String>,
 }
 
 /// Whether a registry may hold `test.abort`, which ends the process that runs it.
@@ -111,21 +110,12 @@ pub fn test_registry(deps: JobDeps, abort: AbortKind) -> Registry {
     registry
 }
 
-/// What the built-in kinds need, built from `settings` as a worker builds it, with the
-/// test's webhook secret for `namespace`, if any, over the settings' own.
-async fn deps_for(
-    settings: &Settings,
-    webhook_secret: Option<&str>,
-    namespace: &Namespace,
-) -> JobDeps {
-    let mut deps = JobDeps::for_fleet(settings).await.unwrap();
-    if let Some(secret) = webhook_secret {
-        deps.webhook_secrets.insert(
-            namespace.clone(),
-            secrecy::SecretString::from(secret.to_owned()),
-        );
-    }
-    deps
+/// What the built-in kinds need, built from `settings` as a worker builds it (each
+/// namespace's webhook secret included).
+async fn deps_for(settings: &Settings) -> JobDeps {
+    JobDeps::for_fleet(settings)
+        .await
+        .expect("the kinds' dependencies build")
 }
 
 static MIGRATED: OnceLock<()> = OnceLock::new();
@@ -147,7 +137,6 @@ impl TestFleet {
             worker_text: base_text,
             api_text,
             worker,
-            webhook_secret,
         } = launch;
         for name in &names {
             services::create_vhost(name).await;
@@ -184,10 +173,7 @@ impl TestFleet {
         let api_settings = Settings::from_toml(&api_text).expect("API settings are valid");
         let application = Application::build(
             api_settings.clone(),
-            test_registry(
-                deps_for(&api_settings, webhook_secret.as_deref(), &namespace).await,
-                AbortKind::Included,
-            ),
+            test_registry(deps_for(&api_settings).await, AbortKind::Included),
         )
         .await
         .expect("the API builds");
@@ -225,7 +211,7 @@ impl TestFleet {
             unfinished_expected: AtomicBool::new(false),
         };
         if worker {
-            fleet.start_worker(webhook_secret.as_deref()).await;
+            fleet.start_worker().await;
         }
         fleet
     }
@@ -242,13 +228,10 @@ impl TestFleet {
         Settings::from_toml(&self.settings_text).expect("the fleet's settings are valid")
     }
 
-    /// Starts (another) in-process worker for this namespace.
-    pub async fn start_worker(&mut self, webhook_secret: Option<&str>) {
+    /// Starts (another) in-process worker for the fleet's namespaces.
+    pub async fn start_worker(&mut self) {
         let settings = Settings::from_toml(&self.settings_text).unwrap();
-        let registry = test_registry(
-            deps_for(&settings, webhook_secret, &self.namespace).await,
-            AbortKind::Excluded,
-        );
+        let registry = test_registry(deps_for(&settings).await, AbortKind::Excluded);
         let worker = Worker::build(settings, registry)
             .await
             .expect("the worker builds");
