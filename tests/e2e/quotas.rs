@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
 use engine_shared::{JobStatus, Namespace};
 use engine_tests::{TestFleet, services, wait_until};
 use reqwest::StatusCode;
@@ -311,7 +311,7 @@ async fn a_work_queue_declared_with_other_arguments_is_kept_and_its_jobs_run() {
 
     // The fleet keeps that queue as it is (with a warning) and declares the rest.
     let fleet = TestFleet::builder().namespace_name(&name).start().await;
-    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    let id = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet.wait_for(id, JobStatus::Succeeded).await;
     fleet.stop().await;
 }

@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
+use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use engine_api::Application;
-use engine_jobs::{JobDeps, Registry, register_all};
+use engine_jobs::{Job, JobDeps, Registry, register_all};
 use engine_shared::config::{Pooler, Settings};
 use engine_shared::store::{JobRecord, Store};
 use engine_shared::{JobId, JobStatus, Namespace};
@@ -26,7 +27,7 @@ use engine_worker::Worker;
 
 pub use builder::FleetBuilder;
 
-use crate::client::ApiClient;
+use crate::client::{ApiClient, JobOptions};
 use crate::services;
 use crate::test_kinds::register_test_kinds;
 use crate::wait::wait_until;
@@ -350,9 +351,13 @@ impl TestFleet {
         .await
     }
 
-    /// Submits `job` and waits until a worker runs it; returns its id.
-    pub async fn submit_until_running(&self, job: &serde_json::Value) -> JobId {
-        let id = self.client.submit_json(job).await.job_id();
+    /// Submits a job of kind `K` with `options` and waits until a worker runs it; returns
+    /// its id.
+    pub async fn submit_until_running<K: Job>(&self, args: K::Args, options: JobOptions) -> JobId
+    where
+        K::Args: Serialize,
+    {
+        let id = self.client.submit_with::<K>(args, options).await;
         self.wait_for(id, JobStatus::Running).await;
         id
     }
