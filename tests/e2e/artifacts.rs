@@ -6,7 +6,7 @@ use serde_json::json;
 
 use engine_jobs::kinds::export_jobs_csv::ExportJobsCsv;
 use engine_shared::{JobId, JobStatus};
-use engine_tests::test_kinds::FailsFatally;
+use engine_tests::test_kinds::{FailsFatally, NoArgs};
 use engine_tests::{TestFleet, TestSettings};
 
 #[tokio::test]
@@ -22,7 +22,7 @@ async fn an_export_round_trips_through_a_presigned_url() {
     for &id in &ids {
         fleet.wait_for(id, JobStatus::Succeeded).await;
     }
-    let tricky = fleet.client.submit_args::<FailsFatally>(json!({})).await;
+    let tricky = fleet.client.submit::<FailsFatally>(NoArgs {}).await;
     fleet.wait_for(tricky, JobStatus::Dead).await;
 
     let export = fleet

@@ -2,25 +2,24 @@
 
 use std::time::Duration;
 
-use engine_jobs::kinds::noop::Noop;
-use engine_jobs::kinds::sleep::Sleep;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
+use engine_jobs::kinds::sleep::{Sleep, SleepArgs};
 use engine_shared::JobStatus;
 use engine_tests::{JobOptions, TestFleet, WAIT_DEADLINE};
 use reqwest::StatusCode;
-use serde_json::json;
 
 #[tokio::test]
 async fn a_queued_job_cancelled_before_any_worker_runs_never_runs() {
     let mut fleet = TestFleet::builder().without_worker().start().await;
-    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    let id = fleet.client.submit::<Noop>(NoopArgs {}).await;
     engine_tests::wait_until("the job to be published", WAIT_DEADLINE, || async {
         fleet.record(id).await.published_at.map(|_| ())
     })
     .await;
 
     let cancelled = fleet.client.cancel(id).await;
-    fleet.start_worker(None).await;
-    let witness = fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.start_worker().await;
+    let witness = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet.wait_for(witness, JobStatus::Succeeded).await;
 
     assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
@@ -37,8 +36,8 @@ async fn a_scheduled_job_cancelled_before_its_time_never_runs() {
     let fleet = TestFleet::builder().start().await;
     let id = fleet
         .client
-        .submit_args_with::<Noop>(
-            json!({}),
+        .submit_with::<Noop>(
+            NoopArgs {},
             JobOptions::default().delay(Duration::from_secs(1)),
         )
         .await;
@@ -46,8 +45,8 @@ async fn a_scheduled_job_cancelled_before_its_time_never_runs() {
     let cancelled = fleet.client.cancel(id).await;
     let witness = fleet
         .client
-        .submit_args_with::<Noop>(
-            json!({}),
+        .submit_with::<Noop>(
+            NoopArgs {},
             JobOptions::default().delay(Duration::from_millis(1500)),
         )
         .await;
@@ -66,10 +65,7 @@ async fn a_scheduled_job_cancelled_before_its_time_never_runs() {
 #[tokio::test]
 async fn a_running_job_sees_its_cancellation_token() {
     let fleet = TestFleet::builder().start().await;
-    let id = fleet
-        .client
-        .submit_args::<Sleep>(json!({ "ms": 60000 }))
-        .await;
+    let id = fleet.client.submit::<Sleep>(SleepArgs { ms: 60000 }).await;
     fleet.wait_for(id, JobStatus::Running).await;
 
     let requested = fleet.client.cancel(id).await;
@@ -86,7 +82,7 @@ async fn a_running_job_sees_its_cancellation_token() {
 #[tokio::test]
 async fn cancelling_a_finished_job_is_a_conflict() {
     let fleet = TestFleet::builder().start().await;
-    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    let id = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet.wait_for(id, JobStatus::Succeeded).await;
 
     let answer = fleet.client.cancel(id).await;

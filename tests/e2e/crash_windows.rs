@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use engine_jobs::kinds::noop::Noop;
-use engine_jobs::kinds::sleep::Sleep;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
+use engine_jobs::kinds::sleep::{Sleep, SleepArgs};
 use engine_shared::{JobId, JobStatus};
 use engine_tests::settings::RescueSection;
 use engine_tests::{FleetBuilder, JobOptions, LimitSection, TestFleet, services, wait_until};
@@ -32,7 +32,7 @@ async fn a_cancel_accepted_while_its_worker_is_dead_ends_the_job_cancelled_not_a
     let fleet = without_worker().start().await;
     let mut doomed = fleet.spawn_worker_process(2, 10);
     let id = fleet
-        .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": 60000 } }))
+        .submit_until_running::<Sleep>(SleepArgs { ms: 60000 }, JobOptions::default())
         .await;
     doomed.kill();
 
@@ -60,7 +60,7 @@ async fn sleep_killed_under_a_concurrency_limit(ms: u64) -> (TestFleet, JobId, I
         .await;
     let mut doomed = fleet.spawn_worker_process(2, 10);
     let id = fleet
-        .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": ms } }))
+        .submit_until_running::<Sleep>(SleepArgs { ms }, JobOptions::default())
         .await;
     doomed.kill();
     (fleet, id, Instant::now())
@@ -114,7 +114,7 @@ async fn a_publish_no_queue_takes_stays_in_the_outbox_until_the_queue_is_back() 
     let mut fleet = without_worker().start().await;
     // The warm-up job's message goes with the deleted queue: it waits for the rescuer.
     fleet.expect_unfinished();
-    let warm = fleet.client.submit_args::<Noop>(json!({})).await;
+    let warm = fleet.client.submit::<Noop>(NoopArgs {}).await;
     wait_until("the relay to publish", DEADLINE, || async {
         fleet.record(warm).await.published_at.map(|_| ())
     })
@@ -122,8 +122,8 @@ async fn a_publish_no_queue_takes_stays_in_the_outbox_until_the_queue_is_back() 
     // The queue vanishes under the API's open channel (a person, a policy, a broker reset).
     services::delete_queue(fleet.namespace.as_str(), "jobs.default").await;
 
-    let lost = fleet.client.submit_args::<Noop>(json!({})).await;
-    let later = fleet.client.submit_args::<Noop>(json!({})).await;
+    let lost = fleet.client.submit::<Noop>(NoopArgs {}).await;
+    let later = fleet.client.submit::<Noop>(NoopArgs {}).await;
     wait_until("the sweeper to have tried", DEADLINE, || async {
         let record = fleet.record(later).await;
         (chrono::Utc::now() - record.created_at > chrono::Duration::seconds(1)).then_some(())
@@ -135,7 +135,7 @@ async fn a_publish_no_queue_takes_stays_in_the_outbox_until_the_queue_is_back() 
     );
 
     // A worker declares the queue again; the sweeper publishes what it held back.
-    fleet.start_worker(None).await;
+    fleet.start_worker().await;
     fleet.wait_for(lost, JobStatus::Succeeded).await;
     fleet.wait_for(later, JobStatus::Succeeded).await;
     fleet.stop().await;
@@ -163,10 +163,9 @@ async fn a_vhost_that_refuses_publishes_does_not_stop_another_namespaces_delayed
         .take(3)
         .collect();
     let delayed = JobOptions::default().delay(Duration::from_millis(500));
-    let of_b: Vec<JobId> = futures_util::future::join_all((0..3).map(|_| {
-        b.client
-            .submit_args_with::<Noop>(json!({}), delayed.clone())
-    }))
+    let of_b: Vec<JobId> = futures_util::future::join_all(
+        (0..3).map(|_| b.client.submit_with::<Noop>(NoopArgs {}, delayed.clone())),
+    )
     .await;
     for &id in &of_b {
         wait_until("namespace B's delayed job to run", DEADLINE, || async {
@@ -253,10 +252,7 @@ async fn a_message_returned_often_without_an_attempt_never_reaches_the_dead_queu
         .settings(|s| s.retry.delivery_limit = 5)
         .start()
         .await;
-    let id = fleet
-        .client
-        .submit_args::<Sleep>(json!({ "ms": 3000 }))
-        .await;
+    let id = fleet.client.submit::<Sleep>(SleepArgs { ms: 3000 }).await;
     wait_until("the relay to publish", DEADLINE, || async {
         fleet.record(id).await.published_at.map(|_| ())
     })
@@ -293,7 +289,7 @@ async fn a_namespace_whose_queue_vanished_does_not_hold_back_another_namespaces_
     // No worker: what matters is what gets published.
     fleet.expect_unfinished();
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
-    let warm = a.client.submit_args::<Noop>(json!({})).await;
+    let warm = a.client.submit::<Noop>(NoopArgs {}).await;
     wait_until("A's relay channel to be open", DEADLINE, || async {
         fleet
             .record_in(&a.namespace, warm)
@@ -343,9 +339,9 @@ async fn a_namespace_whose_queue_vanished_does_not_hold_back_another_namespaces_
 }
 
 /// A fleet with a quick rescuer (3 s bound, 1 s leases) and no worker, and the id of a
-/// `job` whose attempt died: its worker was SIGKILLed mid-run and the redelivery the broker
-/// would make is lost too.
-async fn an_attempt_that_died(job: serde_json::Value) -> (TestFleet, JobId) {
+/// minute-long `sleep` submitted with `options` whose attempt died: its worker was
+/// SIGKILLed mid-run and the redelivery the broker would make is lost too.
+async fn an_attempt_that_died(options: JobOptions) -> (TestFleet, JobId) {
     let fleet = without_worker()
         .settings(|s| {
             s.rescue = Some(RescueSection {
@@ -356,7 +352,9 @@ async fn an_attempt_that_died(job: serde_json::Value) -> (TestFleet, JobId) {
         .start()
         .await;
     let mut doomed = fleet.spawn_worker_process(2, 10);
-    let id = fleet.submit_until_running(&job).await;
+    let id = fleet
+        .submit_until_running::<Sleep>(SleepArgs { ms: 60000 }, options)
+        .await;
     doomed.kill();
     services::purge_returned(fleet.namespace.as_str(), "jobs.default").await;
     (fleet, id)
@@ -364,8 +362,7 @@ async fn an_attempt_that_died(job: serde_json::Value) -> (TestFleet, JobId) {
 
 #[tokio::test]
 async fn an_attempt_whose_worker_died_is_rescued_even_behind_a_backlog() {
-    let (fleet, id) =
-        an_attempt_that_died(json!({ "kind": "sleep", "args": { "ms": 60000 } })).await;
+    let (fleet, id) = an_attempt_that_died(JobOptions::default()).await;
     // No worker: the rescue is what is watched, and the backlog stays.
     fleet.expect_unfinished();
     // Jobs nobody runs yet wait in the same queue: a backlog, not a lost message.
@@ -386,10 +383,7 @@ async fn an_attempt_whose_worker_died_is_rescued_even_behind_a_backlog() {
 
 #[tokio::test]
 async fn a_cancel_accepted_for_an_attempt_that_died_ends_cancelled_not_dead() {
-    let (fleet, id) = an_attempt_that_died(
-        json!({ "kind": "sleep", "args": { "ms": 60000 }, "max_attempts": 1 }),
-    )
-    .await;
+    let (fleet, id) = an_attempt_that_died(JobOptions::default().max_attempts(1)).await;
     let requested = fleet.client.cancel(id).await;
     assert_eq!(requested.status, StatusCode::ACCEPTED, "{requested:?}");
 

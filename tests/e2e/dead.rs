@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
 use engine_shared::JobStatus;
-use engine_tests::test_kinds::{FailsFatally, heal};
+use engine_tests::test_kinds::{FailsFatally, NoArgs, heal};
 use engine_tests::{TestFleet, VhostClient, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -80,7 +80,7 @@ async fn redriving_a_hundred_dead_jobs_runs_every_one_to_success() {
 #[tokio::test]
 async fn a_dead_job_is_found_by_its_error_retried_alone_and_parked_with_a_reason() {
     let fleet = TestFleet::builder().start().await;
-    let id = fleet.client.submit_args::<FailsFatally>(json!({})).await;
+    let id = fleet.client.submit::<FailsFatally>(NoArgs {}).await;
     fleet.wait_for(id, JobStatus::Dead).await;
 
     let found = fleet
@@ -130,7 +130,7 @@ async fn a_dead_job_is_found_by_its_error_retried_alone_and_parked_with_a_reason
     );
     assert_eq!(errors[1]["redrive"], 1);
 
-    let alive = fleet.client.submit_args::<Noop>(json!({})).await;
+    let alive = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet.wait_for(alive, JobStatus::Succeeded).await;
     let conflict = fleet
         .client

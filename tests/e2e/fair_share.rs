@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
 use engine_shared::{JobStatus, Namespace};
 use engine_tests::{TestFleet, wait_until};
 use serde_json::json;
@@ -51,7 +51,7 @@ async fn a_namespace_flooding_the_worker_does_not_hold_back_another_namespaces_j
     // 100, so the p99 is the second-worst start, not the worst alone.
     for _ in 0..100 {
         pace.tick().await;
-        ids.push(b.client.submit_args::<Noop>(json!({})).await);
+        ids.push(b.client.submit::<Noop>(NoopArgs {}).await);
     }
     let records = wait_until("B's jobs to succeed", Duration::from_secs(60), || async {
         let mut records = Vec::new();

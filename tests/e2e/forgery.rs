@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use engine_jobs::kinds::noop::Noop;
-use engine_jobs::kinds::sleep::Sleep;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
+use engine_jobs::kinds::sleep::{Sleep, SleepArgs};
 use engine_shared::JobStatus;
 use engine_shared::metrics::{NamespaceLabels, metrics};
-use engine_tests::test_kinds::Flaky;
+use engine_tests::test_kinds::{Flaky, FlakyArgs};
 use engine_tests::{DeadLetter, JobOptions, TestFleet, VhostClient, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -27,7 +27,7 @@ async fn next_dead_letter(broker: &VhostClient) -> DeadLetter {
 async fn a_forged_message_runs_only_its_rows_args_and_one_of_another_kind_is_refused() {
     let mut fleet = TestFleet::builder().without_worker().start().await;
     let broker = VhostClient::connect(fleet.namespace.as_str()).await;
-    let id = fleet.client.submit_args::<Sleep>(json!({ "ms": 7 })).await;
+    let id = fleet.client.submit::<Sleep>(SleepArgs { ms: 7 }).await;
     wait_until("the job to be published", DEADLINE, || async {
         fleet.record(id).await.published_at.map(|_| ())
     })
@@ -47,7 +47,7 @@ async fn a_forged_message_runs_only_its_rows_args_and_one_of_another_kind_is_ref
             .publish_raw("default", forged.to_string().as_bytes())
             .await;
     }
-    fleet.start_worker(None).await;
+    fleet.start_worker().await;
     broker.publish_raw("default", &real).await;
 
     let record = fleet.wait_for(id, JobStatus::Succeeded).await;
@@ -74,7 +74,7 @@ async fn messages_whose_args_postgresql_cannot_hold_stop_no_other_tenants_jobs()
     // never reach PostgreSQL, so a NUL (which jsonb refuses) in them cannot fail a batch.
     let fleet = TestFleet::builder().namespaces(2).start().await;
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
-    let a_witness = a.client.submit_args::<Noop>(json!({})).await;
+    let a_witness = a.client.submit::<Noop>(NoopArgs {}).await;
     wait_until("A's witness to succeed", DEADLINE, || async {
         (fleet.record_in(&a.namespace, a_witness).await?.status == JobStatus::Succeeded)
             .then_some(())
@@ -96,7 +96,7 @@ async fn messages_whose_args_postgresql_cannot_hold_stop_no_other_tenants_jobs()
     let of_b = async {
         let mut ids = Vec::new();
         for _ in 0..20 {
-            ids.push(b.client.submit_args::<Noop>(json!({})).await);
+            ids.push(b.client.submit::<Noop>(NoopArgs {}).await);
         }
         ids
     };
@@ -108,7 +108,7 @@ async fn messages_whose_args_postgresql_cannot_hold_stop_no_other_tenants_jobs()
         .await;
     }
     // And A's own jobs still run: the poisoned messages went to A's dead queue.
-    let a_after = a.client.submit_args::<Noop>(json!({})).await;
+    let a_after = a.client.submit::<Noop>(NoopArgs {}).await;
     wait_until("A's next job to succeed", DEADLINE, || async {
         (fleet.record_in(&a.namespace, a_after).await?.status == JobStatus::Succeeded).then_some(())
     })
@@ -124,12 +124,12 @@ async fn a_message_naming_another_namespaces_job_touches_nothing() {
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
     let b_job = b
         .client
-        .submit_args_with::<Noop>(
-            json!({}),
+        .submit_with::<Noop>(
+            NoopArgs {},
             JobOptions::default().delay(Duration::from_secs(3600)),
         )
         .await;
-    let a_witness = a.client.submit_args::<Noop>(json!({})).await;
+    let a_witness = a.client.submit::<Noop>(NoopArgs {}).await;
     wait_until("A's witness to succeed", DEADLINE, || async {
         (fleet.record_in(&a.namespace, a_witness).await?.status == JobStatus::Succeeded)
             .then_some(())
@@ -168,12 +168,12 @@ async fn a_forged_message_whose_args_do_not_fit_cannot_bury_a_real_job() {
     // A real job, held back by its delay so that only the forged message reaches a worker.
     let id = fleet
         .client
-        .submit_args_with::<Flaky>(
-            json!({ "fail_times": 0 }),
+        .submit_with::<Flaky>(
+            FlakyArgs { fail_times: 0 },
             JobOptions::default().delay(Duration::from_secs(3600)),
         )
         .await;
-    let witness = fleet.client.submit_args::<Noop>(json!({})).await;
+    let witness = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet.wait_for(witness, JobStatus::Succeeded).await; // the topology is declared
     let forged = json!({
         "id": id, "kind": "test.flaky", "queue": "default", "args": { "fail_times": "many" }
@@ -182,7 +182,7 @@ async fn a_forged_message_whose_args_do_not_fit_cannot_bury_a_real_job() {
     broker
         .publish_raw("default", forged.to_string().as_bytes())
         .await;
-    let after = fleet.client.submit_args::<Noop>(json!({})).await;
+    let after = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet.wait_for(after, JobStatus::Succeeded).await;
 
     let record = fleet.record(id).await;
@@ -199,9 +199,12 @@ async fn a_forged_cancel_on_another_namespaces_vhost_does_not_cancel_a_running_j
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
     let a_job = a
         .client
-        .submit_args_with::<Sleep>(json!({ "ms": 5000 }), JobOptions::default().max_attempts(1))
+        .submit_with::<Sleep>(
+            SleepArgs { ms: 5000 },
+            JobOptions::default().max_attempts(1),
+        )
         .await;
-    let b_witness = b.client.submit_args::<Sleep>(json!({ "ms": 60000 })).await;
+    let b_witness = b.client.submit::<Sleep>(SleepArgs { ms: 60000 }).await;
     for (namespace, id) in [(&a.namespace, a_job), (&b.namespace, b_witness)] {
         wait_until("the job to run", DEADLINE, || async {
             (fleet.record_in(namespace, id).await?.status == JobStatus::Running).then_some(())
@@ -248,7 +251,7 @@ async fn a_message_naming_a_queue_the_fleet_lacks_is_poison_and_labels_nothing()
     // label, or forged messages could grow every shared worker's /metrics without bound.
     let fleet = TestFleet::builder().start().await;
     let broker = VhostClient::connect(fleet.namespace.as_str()).await;
-    let witness = fleet.client.submit_args::<Noop>(json!({})).await;
+    let witness = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet.wait_for(witness, JobStatus::Succeeded).await; // the topology is declared
     let made_up = "q-made-up-by-a-publisher";
     let message =

@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
 use engine_tests::proxy::TcpProxy;
 use engine_tests::wait::wait_until;
 use engine_tests::{TestFleet, TestSettings, services};
@@ -106,10 +106,7 @@ async fn a_worker_cut_off_from_the_broker_is_not_ready_but_stays_alive_and_recov
 
     broker.restore();
     wait_for(worker, "/readyz", StatusCode::OK).await;
-    let id = fleet
-        .client
-        .submit_args::<Noop>(serde_json::json!({}))
-        .await;
+    let id = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet
         .wait_for(id, engine_shared::JobStatus::Succeeded)
         .await;

@@ -1,6 +1,6 @@
 //! Namespaces: one namespace's key can neither see nor touch another's jobs.
 
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
 use engine_shared::JobStatus;
 use engine_tests::{JobOptions, TestFleet};
 use reqwest::StatusCode;
@@ -18,8 +18,8 @@ async fn a_key_of_one_namespace_cannot_read_cancel_or_list_another_namespaces_jo
     fleet.expect_unfinished();
     let b_job = b
         .client
-        .submit_args_with::<Noop>(
-            json!({}),
+        .submit_with::<Noop>(
+            NoopArgs {},
             JobOptions::default().idempotency_key("shared-key"),
         )
         .await;
@@ -58,8 +58,8 @@ async fn each_namespace_has_its_own_vhost_and_its_jobs_run_there() {
     let fleet = TestFleet::builder().namespaces(2).start().await;
     let (a, b) = (&fleet.tenants[0], &fleet.tenants[1]);
 
-    let a_job = a.client.submit_args::<Noop>(json!({})).await;
-    let b_job = b.client.submit_args::<Noop>(json!({})).await;
+    let a_job = a.client.submit::<Noop>(NoopArgs {}).await;
+    let b_job = b.client.submit::<Noop>(NoopArgs {}).await;
 
     engine_tests::wait_until(
         "both jobs to succeed",

@@ -6,13 +6,13 @@ use std::io::Read;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use engine_jobs::kinds::noop::Noop;
-use engine_jobs::kinds::sleep::Sleep;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
+use engine_jobs::kinds::sleep::{Sleep, SleepArgs};
 use engine_shared::{JobId, JobStatus};
 use engine_tests::proxy::TcpProxy;
-use engine_tests::test_kinds::Flaky;
+use engine_tests::test_kinds::{Flaky, FlakyArgs};
 use engine_tests::wait::wait_until;
 use engine_tests::{JobOptions, TestFleet, TestSettings, services};
 
@@ -48,7 +48,7 @@ async fn a_job_failing_then_succeeding_has_the_log_of_each_attempt() {
         .await;
     let id = fleet
         .client
-        .submit_args::<Flaky>(json!({ "fail_times": 1 }))
+        .submit::<Flaky>(FlakyArgs { fail_times: 1 })
         .await;
     fleet.wait_for(id, JobStatus::Succeeded).await;
 
@@ -105,8 +105,8 @@ async fn an_attempt_that_times_out_keeps_its_handlers_lines_and_says_why_it_ende
         .await;
     let id = fleet
         .client
-        .submit_args_with::<Sleep>(
-            json!({ "ms": 10000 }),
+        .submit_with::<Sleep>(
+            SleepArgs { ms: 10000 },
             JobOptions::default()
                 .timeout(Duration::from_millis(200))
                 .max_attempts(1),
@@ -128,7 +128,7 @@ async fn logs_are_found_only_in_their_own_namespace() {
         .namespaces(2)
         .start()
         .await;
-    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    let id = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet.wait_for(id, JobStatus::Succeeded).await;
     wait_for_logs(&fleet, id, 1).await;
 
@@ -173,7 +173,7 @@ async fn with_storage_cut_the_job_succeeds_and_its_log_arrives_when_storage_retu
     s3.cut();
     let id = fleet
         .client
-        .submit_args::<Flaky>(json!({ "fail_times": 0 }))
+        .submit::<Flaky>(FlakyArgs { fail_times: 0 })
         .await;
     fleet.wait_for(id, JobStatus::Succeeded).await;
     let answer = fleet.client.get(&format!("/v1/jobs/{id}/logs")).await;
@@ -207,7 +207,7 @@ async fn without_storage_the_endpoints_say_it_is_not_configured() {
     let fleet = TestFleet::builder().start().await;
     // Only the endpoint's answer matters, not whether the job ran yet.
     fleet.expect_unfinished();
-    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    let id = fleet.client.submit::<Noop>(NoopArgs {}).await;
     let answer = fleet.client.get(&format!("/v1/jobs/{id}/logs")).await;
     assert_eq!(answer.status, StatusCode::NOT_IMPLEMENTED);
     assert!(

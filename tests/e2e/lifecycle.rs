@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use engine_jobs::kinds::noop::Noop;
-use engine_jobs::kinds::sleep::Sleep;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
+use engine_jobs::kinds::sleep::{Sleep, SleepArgs};
 use engine_shared::{JobId, JobStatus};
-use engine_tests::test_kinds::Panics;
+use engine_tests::test_kinds::{NoArgs, Panics};
 use engine_tests::{JobOptions, TestFleet, WAIT_DEADLINE, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -161,11 +161,11 @@ async fn listing_pages_newest_first_with_filters() {
         ids.push(
             fleet
                 .client
-                .submit_args_with::<Noop>(json!({}), JobOptions::default().queue("bulk"))
+                .submit_with::<Noop>(NoopArgs {}, JobOptions::default().queue("bulk"))
                 .await,
         );
     }
-    fleet.client.submit_args::<Noop>(json!({})).await;
+    fleet.client.submit::<Noop>(NoopArgs {}).await;
     // Nothing runs them: the test reads only the listing.
     fleet.expect_unfinished();
 
@@ -189,10 +189,10 @@ async fn a_panicking_handler_is_a_failed_attempt_and_the_worker_lives_on() {
 
     let panicking = fleet
         .client
-        .submit_args_with::<Panics>(json!({}), JobOptions::default().max_attempts(1))
+        .submit_with::<Panics>(NoArgs {}, JobOptions::default().max_attempts(1))
         .await;
     let record = fleet.wait_for(panicking, JobStatus::Dead).await;
-    let after = fleet.client.submit_args::<Noop>(json!({})).await;
+    let after = fleet.client.submit::<Noop>(NoopArgs {}).await;
 
     assert!(record.last_error.unwrap().contains("deliberate test panic"));
     fleet.wait_for(after, JobStatus::Succeeded).await;
@@ -205,8 +205,8 @@ async fn a_job_over_its_timeout_fails_that_attempt() {
 
     let id = fleet
         .client
-        .submit_args_with::<Sleep>(
-            json!({ "ms": 10000 }),
+        .submit_with::<Sleep>(
+            SleepArgs { ms: 10000 },
             JobOptions::default()
                 .timeout(Duration::from_millis(200))
                 .max_attempts(1),

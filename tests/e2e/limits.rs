@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
 use engine_shared::limits::RedisErrorPolicy;
 use engine_shared::{JobId, JobStatus};
 use engine_tests::services::{self, queue_depth};
@@ -173,8 +173,8 @@ async fn two_namespaces_have_their_own_budgets_and_other_keys_are_untouched() {
         let _: () = redis.set(key, "not yours").await.unwrap();
     }
 
-    let a = first.client.submit_args::<Noop>(json!({})).await;
-    let b = second.client.submit_args::<Noop>(json!({})).await;
+    let a = first.client.submit::<Noop>(NoopArgs {}).await;
+    let b = second.client.submit::<Noop>(NoopArgs {}).await;
     wait_until(
         "both namespaces' jobs to run",
         Duration::from_secs(10),
@@ -210,7 +210,7 @@ async fn the_scripts_are_loaded_again_after_a_script_flush() {
         .settings(|s| s.limits.push(LimitSection::rate("noop", 100)))
         .start()
         .await;
-    let first = fleet.client.submit_args::<Noop>(json!({})).await;
+    let first = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet.wait_for(first, JobStatus::Succeeded).await;
 
     let mut redis = services::redis().await;
@@ -220,7 +220,7 @@ async fn the_scripts_are_loaded_again_after_a_script_flush() {
         .await
         .unwrap();
 
-    let second = fleet.client.submit_args::<Noop>(json!({})).await;
+    let second = fleet.client.submit::<Noop>(NoopArgs {}).await;
     let record = fleet.wait_for(second, JobStatus::Succeeded).await;
     assert_eq!(record.attempts, 1);
     let key = format!("engine:{}:rl:noop", fleet.namespace);
@@ -249,7 +249,7 @@ async fn with_redis_cut_an_allow_limit_runs_jobs_and_a_defer_limit_holds_them_un
         })
         .start()
         .await;
-    let warm = fleet.client.submit_args::<Noop>(json!({})).await;
+    let warm = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet.wait_for(warm, JobStatus::Succeeded).await;
 
     proxy.cut();

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
 use engine_shared::JobStatus;
-use engine_tests::test_kinds::Flaky;
+use engine_tests::test_kinds::{Flaky, FlakyArgs};
 use engine_tests::wait::wait_until;
 use engine_tests::{JobOptions, TestFleet, TestSettings};
 
@@ -41,10 +41,10 @@ async fn submissions_outcomes_and_queues_are_counted_per_namespace_kind_and_queu
         .start()
         .await;
     let ns = fleet.namespace.as_str();
-    let ok = fleet.client.submit_args::<Noop>(json!({})).await;
+    let ok = fleet.client.submit::<Noop>(NoopArgs {}).await;
     let flaky = fleet
         .client
-        .submit_args::<Flaky>(json!({ "fail_times": 1 }))
+        .submit::<Flaky>(FlakyArgs { fail_times: 1 })
         .await;
     for id in [ok, flaky] {
         fleet.wait_for(id, JobStatus::Succeeded).await;
@@ -52,8 +52,8 @@ async fn submissions_outcomes_and_queues_are_counted_per_namespace_kind_and_queu
     // A waiting job cancelled by the API is counted there.
     let waiting = fleet
         .client
-        .submit_args_with::<Noop>(
-            json!({}),
+        .submit_with::<Noop>(
+            NoopArgs {},
             JobOptions::default().delay(Duration::from_secs(3600)),
         )
         .await;
@@ -176,7 +176,7 @@ async fn a_worker_reports_each_namespaces_running_waiting_and_job_seconds() {
     );
 
     // Job-seconds count each slot's time when it is given back.
-    let b_job = b.client.submit_args::<Noop>(json!({})).await;
+    let b_job = b.client.submit::<Noop>(NoopArgs {}).await;
     wait_until("B's job to succeed", Duration::from_secs(20), || async {
         let record = fleet.record_in(&b.namespace, b_job).await?;
         (record.status == JobStatus::Succeeded).then_some(())

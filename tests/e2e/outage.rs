@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
 use engine_shared::JobStatus;
 use engine_tests::{TcpProxy, TestFleet, wait_until};
 use reqwest::StatusCode;
@@ -17,7 +17,7 @@ async fn jobs_submitted_while_the_broker_is_unreachable_are_delivered_when_it_re
         .api_settings(|s| s.amqp.url = through_proxy)
         .start()
         .await;
-    let before = fleet.client.submit_args::<Noop>(json!({})).await;
+    let before = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet.wait_for(before, JobStatus::Succeeded).await;
 
     broker.cut();

@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
 use engine_shared::{JobId, JobStatus};
 use engine_tests::client::ApiClient;
-use engine_tests::test_kinds::BigResult;
+use engine_tests::test_kinds::{BigResult, BigResultArgs};
 use engine_tests::{ApiProcess, JobOptions, TestFleet, wait_until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -112,14 +112,14 @@ async fn a_result_over_the_cap_fails_the_job_fatally_and_is_not_stored() {
 
     let over = fleet
         .client
-        .submit_args_with::<BigResult>(
-            json!({ "bytes": CAP + 1 }),
+        .submit_with::<BigResult>(
+            BigResultArgs { bytes: CAP + 1 },
             JobOptions::default().max_attempts(3),
         )
         .await;
     let at_cap = fleet
         .client
-        .submit_args::<BigResult>(json!({ "bytes": CAP }))
+        .submit::<BigResult>(BigResultArgs { bytes: CAP })
         .await;
 
     let dead = fleet.wait_for(over, JobStatus::Dead).await;
@@ -277,7 +277,7 @@ async fn hundreds_of_mib_of_args_due_at_once_leave_the_api_memory_bounded() {
     let mut light_done = 0;
     loop {
         assert!(!api.exited(), "the API process died: {}", api.log_text());
-        let id = light.submit_args::<Noop>(json!({})).await;
+        let id = light.submit::<Noop>(NoopArgs {}).await;
         wait_until(
             "a light job to succeed",
             Duration::from_secs(30),

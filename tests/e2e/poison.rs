@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
 use engine_shared::JobStatus;
-use engine_tests::test_kinds::{AbortsProcess, Flaky};
+use engine_tests::test_kinds::{AbortsProcess, Flaky, FlakyArgs, NoArgs};
 use engine_tests::{DeadLetter, JobOptions, TestFleet, VhostClient, wait_until};
 use serde_json::json;
 
@@ -19,7 +19,7 @@ async fn next_dead_letter(broker: &VhostClient) -> DeadLetter {
 
 /// The worker is still healthy: a fresh job runs to success.
 async fn assert_worker_still_runs_jobs(fleet: &TestFleet) {
-    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    let id = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet.wait_for(id, JobStatus::Succeeded).await;
 }
 
@@ -68,7 +68,7 @@ async fn a_job_of_a_kind_this_worker_does_not_know_is_dead_at_once() {
 
     let id = fleet
         .client
-        .submit_args_with::<AbortsProcess>(json!({}), JobOptions::default().max_attempts(5))
+        .submit_with::<AbortsProcess>(NoArgs {}, JobOptions::default().max_attempts(5))
         .await;
 
     let record = fleet.wait_for(id, JobStatus::Dead).await;
@@ -93,8 +93,8 @@ async fn a_job_whose_args_no_longer_fit_its_kind_is_dead_at_once() {
     // A real job, held back by its delay so that only our forged message reaches a worker.
     let id = fleet
         .client
-        .submit_args_with::<Flaky>(
-            json!({ "fail_times": 0 }),
+        .submit_with::<Flaky>(
+            FlakyArgs { fail_times: 0 },
             JobOptions::default().delay(Duration::from_secs(3600)),
         )
         .await;
@@ -139,7 +139,7 @@ async fn a_job_that_aborts_its_worker_process_is_buried_after_the_delivery_limit
     let broker = VhostClient::connect(fleet.namespace.as_str()).await;
     let id = fleet
         .client
-        .submit_args_with::<AbortsProcess>(json!({}), JobOptions::default().max_attempts(10))
+        .submit_with::<AbortsProcess>(NoArgs {}, JobOptions::default().max_attempts(10))
         .await;
 
     // Each delivery kills the process that takes it; a new worker takes the redelivery,

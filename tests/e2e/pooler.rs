@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
 use engine_shared::config::{DatabaseSettings, Pooler};
 use engine_shared::store::{JobFilter, Store};
 use engine_shared::{JobId, JobStatus, Namespace};
-use engine_tests::test_kinds::{AlwaysFails, Flaky};
+use engine_tests::test_kinds::{AlwaysFails, Flaky, FlakyArgs, NoArgs};
 use engine_tests::{JobOptions, PgBouncer, PgBouncerOptions, TestFleet, wait_until};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -35,22 +35,22 @@ async fn submit_run_retry_schedule_cancel_and_redrive_work_through_a_transaction
     // A retry through a delay tier, a scheduled job the scheduler publishes, a cancellation.
     let flaky = fleet
         .client
-        .submit_args_with::<Flaky>(
-            json!({ "fail_times": 1 }),
+        .submit_with::<Flaky>(
+            FlakyArgs { fail_times: 1 },
             JobOptions::default().max_attempts(3),
         )
         .await;
     let scheduled = fleet
         .client
-        .submit_args_with::<Noop>(
-            json!({}),
+        .submit_with::<Noop>(
+            NoopArgs {},
             JobOptions::default().delay(Duration::from_secs(1)),
         )
         .await;
     let later = fleet
         .client
-        .submit_args_with::<Noop>(
-            json!({}),
+        .submit_with::<Noop>(
+            NoopArgs {},
             JobOptions::default().delay(Duration::from_secs(600)),
         )
         .await;
@@ -59,7 +59,7 @@ async fn submit_run_retry_schedule_cancel_and_redrive_work_through_a_transaction
     // Buried after its one attempt, then redriven.
     let doomed = fleet
         .client
-        .submit_args_with::<AlwaysFails>(json!({}), JobOptions::default().max_attempts(1))
+        .submit_with::<AlwaysFails>(NoArgs {}, JobOptions::default().max_attempts(1))
         .await;
     fleet.wait_for(doomed, JobStatus::Dead).await;
     let redriven = fleet

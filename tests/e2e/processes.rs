@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use engine_jobs::kinds::noop::Noop;
-use engine_jobs::kinds::sleep::Sleep;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
+use engine_jobs::kinds::sleep::{Sleep, SleepArgs};
 use engine_shared::{JobId, JobStatus};
 use engine_tests::{JobOptions, TestFleet, wait_until};
 use serde_json::json;
@@ -14,10 +14,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 async fn a_worker_killed_mid_job_leaves_it_to_another_that_completes_it_once() {
     let fleet = TestFleet::builder().without_worker().start().await;
     let mut doomed = fleet.spawn_worker_process(4, 10);
-    let id = fleet
-        .client
-        .submit_args::<Sleep>(json!({ "ms": 1500 }))
-        .await;
+    let id = fleet.client.submit::<Sleep>(SleepArgs { ms: 1500 }).await;
     fleet.wait_for(id, JobStatus::Running).await;
 
     doomed.kill();
@@ -30,7 +27,7 @@ async fn a_worker_killed_mid_job_leaves_it_to_another_that_completes_it_once() {
     );
     assert_eq!(record.result, Some(json!({ "slept_ms": 1500 })));
     // Completed once: a later redelivery (there should be none) could not run it again.
-    let later = fleet.client.submit_args::<Noop>(json!({})).await;
+    let later = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet.wait_for(later, JobStatus::Succeeded).await;
     let again = fleet.record(id).await;
     assert_eq!((again.attempts, again.finished_at), (2, record.finished_at));
@@ -42,18 +39,16 @@ async fn sigterm_lets_running_jobs_finish_returns_the_rest_and_exits_0() {
     let fleet = TestFleet::builder().without_worker().start().await;
     let mut worker = fleet.spawn_worker_process(2, 20);
     let running: Vec<JobId> = futures_util::future::join_all(
-        (0..2).map(|_| fleet.client.submit_args::<Sleep>(json!({ "ms": 1500 }))),
+        (0..2).map(|_| fleet.client.submit::<Sleep>(SleepArgs { ms: 1500 })),
     )
     .await;
     for &id in &running {
         fleet.wait_for(id, JobStatus::Running).await;
     }
     let bulk = JobOptions::default().queue("bulk");
-    let waiting: Vec<JobId> = futures_util::future::join_all((0..3).map(|_| {
-        fleet
-            .client
-            .submit_args_with::<Noop>(json!({}), bulk.clone())
-    }))
+    let waiting: Vec<JobId> = futures_util::future::join_all(
+        (0..3).map(|_| fleet.client.submit_with::<Noop>(NoopArgs {}, bulk.clone())),
+    )
     .await;
 
     worker.terminate();
@@ -100,10 +95,7 @@ async fn sigterm_lets_running_jobs_finish_returns_the_rest_and_exits_0() {
 async fn jobs_still_running_when_the_grace_period_ends_go_back_to_the_queue() {
     let fleet = TestFleet::builder().without_worker().start().await;
     let mut worker = fleet.spawn_worker_process(1, 1);
-    let id = fleet
-        .client
-        .submit_args::<Sleep>(json!({ "ms": 4000 }))
-        .await;
+    let id = fleet.client.submit::<Sleep>(SleepArgs { ms: 4000 }).await;
     fleet.wait_for(id, JobStatus::Running).await;
 
     worker.terminate();

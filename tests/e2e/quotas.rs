@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
 use engine_shared::{JobStatus, Namespace};
 use engine_tests::{TestFleet, services, wait_until};
 use reqwest::StatusCode;
@@ -211,7 +211,7 @@ async fn a_namespace_at_its_max_queue_bytes_waits_in_postgresql_and_others_publi
     );
 
     // Nothing is lost: once a worker drains the queue, every job of both runs.
-    fleet.start_worker(None).await;
+    fleet.start_worker().await;
     for &id in a_ids.iter().chain(&b_ids) {
         let namespace = if a_ids.contains(&id) { &a } else { &b };
         wait_until("every job to succeed", Duration::from_secs(60), || async {
@@ -311,7 +311,7 @@ async fn a_work_queue_declared_with_other_arguments_is_kept_and_its_jobs_run() {
 
     // The fleet keeps that queue as it is (with a warning) and declares the rest.
     let fleet = TestFleet::builder().namespace_name(&name).start().await;
-    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    let id = fleet.client.submit::<Noop>(NoopArgs {}).await;
     fleet.wait_for(id, JobStatus::Succeeded).await;
     fleet.stop().await;
 }

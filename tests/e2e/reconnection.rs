@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
 use engine_shared::JobStatus;
 use engine_shared::metrics::{DependencyLabels, metrics};
 use engine_tests::proxy::TcpProxy;
@@ -113,8 +113,8 @@ async fn a_start_whose_answer_is_lost_is_taken_over_not_skipped() {
     // Due in a second, so the trigger is armed before any worker sees the job.
     let id = fleet
         .client
-        .submit_args_with::<Noop>(
-            json!({}),
+        .submit_with::<Noop>(
+            NoopArgs {},
             JobOptions::default().delay(Duration::from_secs(1)),
         )
         .await;

@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
+use engine_jobs::kinds::sleep::{Sleep, SleepArgs};
 use engine_shared::JobStatus;
 use engine_tests::settings::RescueSection;
-use engine_tests::{TestFleet, TestSettings, services, wait_until};
+use engine_tests::{JobOptions, TestFleet, TestSettings, services, wait_until};
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -28,7 +29,7 @@ async fn an_attempt_whose_worker_died_and_whose_message_was_lost_is_rescued_and_
         .await;
     let mut doomed = fleet.spawn_worker_process(2, 10);
     let id = fleet
-        .submit_until_running(&json!({ "kind": "sleep", "args": { "ms": 1500 } }))
+        .submit_until_running::<Sleep>(SleepArgs { ms: 1500 }, JobOptions::default())
         .await;
     doomed.kill();
     // The redelivery the broker would make is lost too.
@@ -56,13 +57,13 @@ async fn a_queued_job_whose_message_was_lost_is_republished_and_runs() {
         .settings(quick_rescue)
         .start()
         .await;
-    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    let id = fleet.client.submit::<Noop>(NoopArgs {}).await;
     wait_until("the job to be published", DEADLINE, || async {
         fleet.record(id).await.published_at.map(|_| ())
     })
     .await;
     services::purge_queue(fleet.namespace.as_str(), "jobs.default").await;
-    fleet.start_worker(None).await;
+    fleet.start_worker().await;
 
     let record = fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(record.attempts, 1);

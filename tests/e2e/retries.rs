@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use engine_shared::{JobId, JobStatus};
 use engine_tests::services::queue_depth;
-use engine_tests::test_kinds::{AlwaysFails, FailsFatally, Flaky, Snoozes};
+use engine_tests::test_kinds::{
+    AlwaysFails, FailsFatally, Flaky, FlakyArgs, NoArgs, Snoozes, SnoozesArgs,
+};
 use engine_tests::{JobOptions, TestFleet};
 use serde_json::json;
 
@@ -14,7 +16,7 @@ async fn a_failing_job_is_retried_through_delay_tiers_then_dead_lettered() {
 
     let id = fleet
         .client
-        .submit_args_with::<AlwaysFails>(json!({}), JobOptions::default().max_attempts(3))
+        .submit_with::<AlwaysFails>(NoArgs {}, JobOptions::default().max_attempts(3))
         .await;
 
     let record = fleet.wait_for(id, JobStatus::Dead).await;
@@ -51,8 +53,8 @@ async fn a_job_failing_twice_then_succeeding_takes_three_attempts_through_the_ti
 
     let id = fleet
         .client
-        .submit_args_with::<Flaky>(
-            json!({ "fail_times": 2 }),
+        .submit_with::<Flaky>(
+            FlakyArgs { fail_times: 2 },
             JobOptions::default().max_attempts(5),
         )
         .await;
@@ -97,7 +99,7 @@ async fn a_fatal_error_kills_the_job_after_one_attempt() {
 
     let id = fleet
         .client
-        .submit_args_with::<FailsFatally>(json!({}), JobOptions::default().max_attempts(5))
+        .submit_with::<FailsFatally>(NoArgs {}, JobOptions::default().max_attempts(5))
         .await;
 
     let record = fleet.wait_for(id, JobStatus::Dead).await;
@@ -115,8 +117,8 @@ async fn a_snooze_runs_the_job_again_later_without_counting_an_attempt() {
 
     let id = fleet
         .client
-        .submit_args_with::<Snoozes>(
-            json!({ "times": 2, "ms": 100 }),
+        .submit_with::<Snoozes>(
+            SnoozesArgs { times: 2, ms: 100 },
             JobOptions::default().max_attempts(1),
         )
         .await;
@@ -141,8 +143,8 @@ async fn a_delay_longer_than_every_tier_waits_in_postgres_for_the_scheduler() {
     // 1.5 s is longer than the largest test tier (500 ms).
     let id = fleet
         .client
-        .submit_args_with::<Flaky>(
-            json!({ "fail_times": 1 }),
+        .submit_with::<Flaky>(
+            FlakyArgs { fail_times: 1 },
             JobOptions::default().backoff(Duration::from_millis(1500), Duration::from_millis(1500)),
         )
         .await;
@@ -169,8 +171,8 @@ async fn a_job_cancelled_while_it_waits_in_a_delay_tier_never_runs_again() {
 
     let id = fleet
         .client
-        .submit_args_with::<Flaky>(
-            json!({ "fail_times": 1 }),
+        .submit_with::<Flaky>(
+            FlakyArgs { fail_times: 1 },
             JobOptions::default().backoff(Duration::from_millis(400), Duration::from_millis(400)),
         )
         .await;

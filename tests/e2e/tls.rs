@@ -12,7 +12,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use engine_jobs::kinds::noop::Noop;
+use engine_jobs::kinds::noop::{Noop, NoopArgs};
 use engine_shared::JobStatus;
 use engine_tests::services::{self, queue_depth};
 use engine_tests::worker_process::free_loopback_address;
@@ -248,7 +248,7 @@ async fn a_worker_that_does_not_trust_the_brokers_certificate_runs_nothing_and_s
     let (untrusting, health) = spawn_with_health(&fleet, 4, &[]);
 
     // Act
-    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    let id = fleet.client.submit::<Noop>(NoopArgs {}).await;
 
     // Assert: not ready, because of the certificate, and saying so without the URL.
     let body = refusing_a_certificate(health, "rabbitmq").await;
@@ -327,7 +327,7 @@ async fn a_worker_verifying_postgres_certificate_accepts_it_only_from_its_roots(
     let (untrusting, health) = spawn_with_health(&fleet, 4, &trusting(unrelated.file()));
 
     // Act
-    let id = fleet.client.submit_args::<Noop>(json!({})).await;
+    let id = fleet.client.submit::<Noop>(NoopArgs {}).await;
 
     // Assert: the certificate is refused, PostgreSQL is unreachable, and nothing runs.
     let body = refusing_a_certificate(health, "postgres").await;

@@ -73,7 +73,7 @@ async fn the_requests_trace_reaches_the_row_the_message_and_the_attempts_log() {
         .start()
         .await;
     let (id, _) = submit(&fleet, json!({ "kind": "noop" }), Some(INCOMING)).await;
-    fleet.start_worker(None).await;
+    fleet.start_worker().await;
     fleet.wait_for(id, JobStatus::Succeeded).await;
     let text = wait_until("the attempt's log", Duration::from_secs(20), || async {
         let (status, _, body) = fleet

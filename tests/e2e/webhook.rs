@@ -1,14 +1,15 @@
 //! `webhook.deliver` against a real local HTTP receiver that checks the signature.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use axum::routing::post;
-use engine_jobs::kinds::webhook_deliver::WebhookDeliver;
+use engine_jobs::kinds::webhook_deliver::{WebhookDeliver, WebhookDeliverArgs};
 use engine_shared::JobStatus;
 use engine_tests::{JobOptions, RECEIVER_HOST, TestFleet};
 use hmac::{Hmac, Mac};
-use serde_json::json;
+use serde_json::{Value, json};
 use sha2::Sha256;
 
 const SECRET: &str = "whsec_test_secret";
@@ -59,6 +60,16 @@ async fn receiver(status: u16) -> (String, Arc<Mutex<Received>>) {
     (url, received)
 }
 
+/// A delivery of `body` to `url` with the kind's defaults: no extra headers, 10 s timeout.
+fn delivery(url: &str, body: Value) -> WebhookDeliverArgs {
+    WebhookDeliverArgs {
+        url: url.parse().expect("the receiver's URL parses"),
+        body,
+        headers: BTreeMap::new(),
+        timeout_ms: 10_000,
+    }
+}
+
 #[tokio::test]
 async fn a_webhook_is_delivered_signed() {
     let fleet = TestFleet::builder()
@@ -69,11 +80,8 @@ async fn a_webhook_is_delivered_signed() {
 
     let id = fleet
         .client
-        .submit_json(
-            &json!({ "kind": "webhook.deliver", "args": { "url": url, "body": { "order": 42 } } }),
-        )
-        .await
-        .job_id();
+        .submit::<WebhookDeliver>(delivery(&url, json!({ "order": 42 })))
+        .await;
 
     let record = fleet.wait_for(id, JobStatus::Succeeded).await;
     assert_eq!(record.result.unwrap()["status"], 204);
@@ -95,8 +103,8 @@ async fn a_non_2xx_answer_fails_the_attempt_and_is_retried() {
 
     let id = fleet
         .client
-        .submit_args_with::<WebhookDeliver>(
-            json!({ "url": url, "body": {} }),
+        .submit_with::<WebhookDeliver>(
+            delivery(&url, json!({})),
             JobOptions::default().max_attempts(2),
         )
         .await;

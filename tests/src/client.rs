@@ -238,15 +238,15 @@ impl ApiClient {
         self.submit_args_with::<K>(args, options).await
     }
 
-    /// [`ApiClient::submit`] with the args as JSON, for kinds whose `Args` cannot be
-    /// serialized (yet).
+    /// [`ApiClient::submit`] with the args as JSON, for args that leave fields to the kind's
+    /// defaults where its typed `Args` would spell every one out (`export.jobs_csv`).
     pub async fn submit_args<K: Job>(&self, args: Value) -> JobId {
         self.submit_args_with::<K>(args, JobOptions::default())
             .await
     }
 
     /// [`ApiClient::submit_with`] with the args as JSON.
-    pub async fn submit_args_with<K: Job>(&self, args: Value, options: JobOptions) -> JobId {
+    async fn submit_args_with<K: Job>(&self, args: Value, options: JobOptions) -> JobId {
         let mut job = serde_json::to_value(options).expect("options serialize");
         job["kind"] = Value::from(K::KIND);
         job["args"] = args;

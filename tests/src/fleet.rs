@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
+use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use engine_api::Application;
-use engine_jobs::{JobDeps, Registry, register_all};
+use engine_jobs::{Job, JobDeps, Registry, register_all};
 use engine_shared::config::{Pooler, Settings};
 use engine_shared::store::{JobRecord, Store};
 use engine_shared::{JobId, JobStatus, Namespace};
@@ -26,7 +27,7 @@ use engine_worker::Worker;
 
 pub use builder::FleetBuilder;
 
-use crate::client::ApiClient;
+use crate::client::{ApiClient, JobOptions};
 use crate::services;
 use crate::test_kinds::register_test_kinds;
 use crate::wait::wait_until;
@@ -91,7 +92,6 @@ struct Launch {
     worker_text: String,
     api_text: String,
     worker: bool,
-    webhook_secret: Option<String>,
 }
 
 /// Whether a registry may hold `test.abort`, which ends the process that runs it.
@@ -111,21 +111,12 @@ pub fn test_registry(deps: JobDeps, abort: AbortKind) -> Registry {
     registry
 }
 
-/// What the built-in kinds need, built from `settings` as a worker builds it, with the
-/// test's webhook secret for `namespace`, if any, over the settings' own.
-async fn deps_for(
-    settings: &Settings,
-    webhook_secret: Option<&str>,
-    namespace: &Namespace,
-) -> JobDeps {
-    let mut deps = JobDeps::for_fleet(settings).await.unwrap();
-    if let Some(secret) = webhook_secret {
-        deps.webhook_secrets.insert(
-            namespace.clone(),
-            secrecy::SecretString::from(secret.to_owned()),
-        );
-    }
-    deps
+/// What the built-in kinds need, built from `settings` as a worker builds it (each
+/// namespace's webhook secret included).
+async fn deps_for(settings: &Settings) -> JobDeps {
+    JobDeps::for_fleet(settings)
+        .await
+        .expect("the kinds' dependencies build")
 }
 
 static MIGRATED: OnceLock<()> = OnceLock::new();
@@ -147,7 +138,6 @@ impl TestFleet {
             worker_text: base_text,
             api_text,
             worker,
-            webhook_secret,
         } = launch;
         for name in &names {
             services::create_vhost(name).await;
@@ -184,10 +174,7 @@ impl TestFleet {
         let api_settings = Settings::from_toml(&api_text).expect("API settings are valid");
         let application = Application::build(
             api_settings.clone(),
-            test_registry(
-                deps_for(&api_settings, webhook_secret.as_deref(), &namespace).await,
-                AbortKind::Included,
-            ),
+            test_registry(deps_for(&api_settings).await, AbortKind::Included),
         )
         .await
         .expect("the API builds");
@@ -225,7 +212,7 @@ impl TestFleet {
             unfinished_expected: AtomicBool::new(false),
         };
         if worker {
-            fleet.start_worker(webhook_secret.as_deref()).await;
+            fleet.start_worker().await;
         }
         fleet
     }
@@ -242,13 +229,10 @@ impl TestFleet {
         Settings::from_toml(&self.settings_text).expect("the fleet's settings are valid")
     }
 
-    /// Starts (another) in-process worker for this namespace.
-    pub async fn start_worker(&mut self, webhook_secret: Option<&str>) {
+    /// Starts (another) in-process worker for the fleet's namespaces.
+    pub async fn start_worker(&mut self) {
         let settings = Settings::from_toml(&self.settings_text).unwrap();
-        let registry = test_registry(
-            deps_for(&settings, webhook_secret, &self.namespace).await,
-            AbortKind::Excluded,
-        );
+        let registry = test_registry(deps_for(&settings).await, AbortKind::Excluded);
         let worker = Worker::build(settings, registry)
             .await
             .expect("the worker builds");
@@ -367,9 +351,13 @@ impl TestFleet {
         .await
     }
 
-    /// Submits `job` and waits until a worker runs it; returns its id.
-    pub async fn submit_until_running(&self, job: &serde_json::Value) -> JobId {
-        let id = self.client.submit_json(job).await.job_id();
+    /// Submits a job of kind `K` with `options` and waits until a worker runs it; returns
+    /// its id.
+    pub async fn submit_until_running<K: Job>(&self, args: K::Args, options: JobOptions) -> JobId
+    where
+        K::Args: Serialize,
+    {
+        let id = self.client.submit_with::<K>(args, options).await;
         self.wait_for(id, JobStatus::Running).await;
         id
     }

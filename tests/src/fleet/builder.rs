@@ -118,7 +118,6 @@ impl<'a> FleetBuilder<'a> {
             edit(&mut worker);
         }
         TestFleet::launch(Launch {
-            webhook_secret: api.namespaces[0].webhook_signing_secret.clone(),
             names,
             worker_text: worker.to_toml(),
             api_text: api.to_toml(),
