@@ -39,7 +39,7 @@ impl ExportJobsCsv {
 }
 
 /// Which jobs to export; every field narrows the set. Newest first.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportJobsCsvArgs {
     pub status: Option<JobStatus>,
@@ -63,6 +63,20 @@ pub struct ExportJobsCsvOutput {
 
 fn max_rows() -> u64 {
     MAX_ROWS
+}
+
+/// Every job, up to the most rows: what `{}` reads as (a derived `Default` would give a
+/// `limit` of 0, which the kind refuses).
+impl Default for ExportJobsCsvArgs {
+    fn default() -> Self {
+        Self {
+            status: None,
+            kind: None,
+            queue: None,
+            error: None,
+            limit: MAX_ROWS,
+        }
+    }
 }
 
 fn at_most_max_rows<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
@@ -276,6 +290,11 @@ mod tests {
     fn the_limit_is_checked() {
         let parse = |v| serde_json::from_value::<ExportJobsCsvArgs>(v);
         assert_eq!(parse(serde_json::json!({})).unwrap().limit, MAX_ROWS);
+        assert_eq!(
+            ExportJobsCsvArgs::default().limit,
+            MAX_ROWS,
+            "as `{{}}` reads"
+        );
         assert!(parse(serde_json::json!({ "limit": 0 })).is_err());
         assert!(parse(serde_json::json!({ "limit": 2_000_000 })).is_err());
         assert!(parse(serde_json::json!({ "colour": "red" })).is_err());

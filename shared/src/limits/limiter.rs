@@ -123,7 +123,8 @@ impl Limiter {
             .query_async::<String>(&mut connection)
             .await
             .map(drop)
-            .map_err(|e| anyhow::anyhow!("{e}"))
+            // Redacted as every other Redis error: the detailed readiness report shows it.
+            .map_err(|e| anyhow::anyhow!("{}", redacted(&e)))
     }
 
     /// A handle to the shared connection for one limit command, counted in
