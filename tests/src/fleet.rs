@@ -247,7 +247,9 @@ impl TestFleet {
     /// Starts one more in-process worker beside the first (fleet-wide limits are shared).
     pub async fn start_extra_worker(&mut self) {
         let settings = Settings::from_toml(&self.settings_text).unwrap();
-        let registry = test_registry(JobDeps::default(), AbortKind::Excluded);
+        // The same kinds with the same clients as the first worker: a job it takes runs as
+        // there.
+        let registry = test_registry(deps_for(&settings).await, AbortKind::Excluded);
         let worker = Worker::build(settings, registry)
             .await
             .expect("the extra worker builds");
@@ -269,12 +271,10 @@ impl TestFleet {
     /// over HTTP: it matters for what it does in the background.
     pub async fn start_api_replica(&mut self) {
         let settings = Settings::from_toml(&self.settings_text).unwrap();
-        let application = Application::build(
-            settings,
-            test_registry(JobDeps::default(), AbortKind::Included),
-        )
-        .await
-        .expect("the API replica builds");
+        let registry = test_registry(deps_for(&settings).await, AbortKind::Included);
+        let application = Application::build(settings, registry)
+            .await
+            .expect("the API replica builds");
         let stop = CancellationToken::new();
         self.replicas.push(Running {
             task: tokio::spawn(application.run_until_stopped(stop.clone())),

@@ -28,7 +28,8 @@ async fn main() -> anyhow::Result<()> {
     tls::install_crypto_provider();
     let settings = Settings::load(Cli::parse().config.as_deref())?;
     telemetry::init(settings.log_format, "info,sqlx=warn,lapin=warn");
-    let registry = test_registry(JobDeps::default(), AbortKind::Included);
+    // The kinds' clients as a production worker builds them, from the same settings.
+    let registry = test_registry(JobDeps::for_fleet(&settings).await?, AbortKind::Included);
     let worker = Worker::build(settings, registry).await?;
     worker.run_until_stopped(shutdown::on_signal()).await
 }
