@@ -180,7 +180,7 @@ impl From<StoreError> for ApiError {
                 engine_shared::metrics::metrics().dependency_error("postgres");
                 Self::Unavailable
             }
-            StoreError::Search(refused) => Self::Search(refused),
+            StoreError::Search { refused, .. } => Self::Search(refused),
             // Only `insert_jobs` refuses, and the API calls it only for a batch (all or
             // none); a single submission's refusal comes through the group commit as a
             // `NotStored`.
@@ -309,7 +309,10 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(
-            status(StoreError::Search(SearchRefused::Busy)),
+            status(StoreError::Search {
+                doing: "listing jobs".into(),
+                refused: SearchRefused::Busy
+            }),
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(

@@ -13,9 +13,15 @@ pub enum StoreError {
     /// once it is back.
     #[error(transparent)]
     Unavailable(anyhow::Error),
-    /// A search stopped at its timeout, or found every search connection taken.
-    #[error(transparent)]
-    Search(SearchRefused),
+    /// A search (`doing` something) stopped at its timeout, or found every search
+    /// connection taken. Reads as a context over its cause: `{error:#}` prints
+    /// "listing jobs: the search ran longer than …".
+    #[error("{doing}")]
+    Search {
+        doing: String,
+        #[source]
+        refused: SearchRefused,
+    },
     /// PostgreSQL refused a job for its data (only inserting jobs says so).
     #[error(transparent)]
     Refused(Refused),
@@ -101,6 +107,16 @@ mod tests {
         assert!(
             chain_is_unavailable(&down.into()),
             "the sqlx error stays in the chain"
+        );
+
+        let refused = StoreError::Search {
+            doing: "listing jobs".into(),
+            refused: SearchRefused::Busy,
+        };
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(refused)),
+            format!("listing jobs: {}", SearchRefused::Busy),
+            "a refused search says what it was doing, once"
         );
 
         let bad = StoreError::sql(sqlx::Error::RowNotFound, "reading job 2".into());

@@ -79,13 +79,17 @@ impl Store {
 
     fn refusal(&self, error: sqlx::Error, doing: &str) -> StoreError {
         let code = error.as_database_error().and_then(|e| e.code());
-        match (&error, code.as_deref()) {
-            (sqlx::Error::PoolTimedOut, _) => StoreError::Search(SearchRefused::Busy),
+        let refused = match (&error, code.as_deref()) {
+            (sqlx::Error::PoolTimedOut, _) => SearchRefused::Busy,
             // query_canceled: what statement_timeout raises.
-            (_, Some("57014")) => StoreError::Search(SearchRefused::TimedOut {
+            (_, Some("57014")) => SearchRefused::TimedOut {
                 timeout_ms: self.search_timeout_ms,
-            }),
-            _ => StoreError::sql(error, doing.to_owned()),
+            },
+            _ => return StoreError::sql(error, doing.to_owned()),
+        };
+        StoreError::Search {
+            doing: doing.to_owned(),
+            refused,
         }
     }
 }
